@@ -1,0 +1,278 @@
+//! `legrad`: LeGrad explanations from the command line.
+
+mod bench;
+mod npy;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use burn::tensor::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use legrad::engine::{DEFAULT_TEMPLATE, Engine};
+use legrad::explain::{ExplainOptions, Method};
+use legrad::load::{ConfigSource, load_path};
+use legrad::overlay::{Colormap, overlay};
+use legrad::preprocess::{DecodeLimits, InputSize, decode, denormalize_to_rgb};
+use legrad::{LegradError, TraceRequest};
+
+#[derive(Parser)]
+#[command(name = "legrad", version, about = "LeGrad heatmaps for OpenCLIP vision transformers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendChoice {
+    /// burn's Flex CPU backend.
+    Cpu,
+    /// wgpu (Vulkan, Metal, DX12; lavapipe on a machine without a GPU).
+    Wgpu,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Checkpoint: open_clip (.safetensors, .bin, .pt), a transformers CLIPModel directory or
+    /// model.safetensors, or a model file written by `legrad convert`.
+    #[arg(long, default_value_os_t = default_model())]
+    model: PathBuf,
+    /// Model config: open_clip JSON, transformers config.json, or a preset name
+    /// (ViT-B-32, ViT-B-16, ViT-L-14, with -quickgelu for OpenAI weights).
+    #[arg(long)]
+    config: Option<String>,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
+}
+
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+struct ImageInput {
+    /// An image file (any format the `image` crate reads).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Preprocessed pixels: an f32 .npy of shape [3, H, W] (or [1, 3, H, W]).
+    #[arg(long)]
+    pixels: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Explain prompts on an image: writes DIR/n.npy, DIR/n.png and DIR/scores.json.
+    Explain {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        input: ImageInput,
+        /// A text prompt; repeat for several.
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
+        /// Template with {} for the prompt; "none" uses prompts as typed.
+        #[arg(long, default_value = DEFAULT_TEMPLATE)]
+        template: String,
+        /// Input size: N or WxH (ignored with --pixels, whose shape decides).
+        #[arg(long, default_value = "448")]
+        size: InputSize,
+        /// First layer used (negative counts from the end).
+        #[arg(long, default_value_t = -2, allow_hyphen_values = true)]
+        layer_index: i64,
+        /// Explanation method.
+        #[arg(long, default_value = "legrad")]
+        method: Method,
+        /// Overlay colormap (jet as the reference, or viridis).
+        #[arg(long, default_value = "jet")]
+        colormap: Colormap,
+        /// Also write each layer's raw grid map (DIR/n.layerL.npy).
+        #[arg(long)]
+        per_layer: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a normalised embedding as .npy.
+    Embed {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, conflicts_with_all = ["pixels", "text"])]
+        image: Option<PathBuf>,
+        #[arg(long, conflicts_with = "text")]
+        pixels: Option<PathBuf>,
+        /// Text, used as typed (no template).
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long, default_value = "224")]
+        size: InputSize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Decode and preprocess an image as `explain` does; write the f32 [3, H, W] array.
+    Preprocess {
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value = "448")]
+        size: InputSize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Time the image forward, explanations on a cached trace and text encoding.
+    Bench(bench::BenchArgs),
+}
+
+fn default_model() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-vit-b16.safetensors"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult<T> = Result<T, LegradError>;
+
+pub(crate) fn device(choice: BackendChoice) -> Device {
+    match choice {
+        BackendChoice::Cpu => Device::flex(),
+        BackendChoice::Wgpu => Device::wgpu(Default::default()),
+    }
+}
+
+pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
+    let config = match &args.config {
+        None => None,
+        Some(c) if Path::new(c).exists() => {
+            let text = std::fs::read_to_string(c).map_err(|e| LegradError::Io { path: c.clone(), source: e })?;
+            Some(ConfigSource::from_json(text))
+        }
+        Some(c) if c.ends_with(".json") => {
+            return Err(LegradError::Io {
+                path: c.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        Some(c) => Some(ConfigSource::Preset(c.clone())),
+    };
+    if let Some(spec) = args.model.to_str().and_then(|s| s.strip_prefix("random:")) {
+        // random:<preset>[:seed], e.g. random:ViT-B-16:0, for benchmarks.
+        let (name, seed) = spec.split_once(':').unwrap_or((spec, "0"));
+        let seed: u64 = seed.parse().map_err(|_| LegradError::Input(format!("bad seed in '{spec}'")))?;
+        let config = match config {
+            Some(c) => c.parse()?,
+            None => legrad::ClipConfig::preset(name)
+                .ok_or_else(|| LegradError::Config(format!("no preset named '{name}'")))?,
+        };
+        let map = legrad::weights::random::random_openclip(&config, seed);
+        let (clip, info) = legrad::load::from_tensor_map(map, Some(&ConfigSource::Config(config)), &device(args.backend))?;
+        return Engine::new(clip, info);
+    }
+    if !args.model.exists() {
+        return Err(LegradError::Io {
+            path: args.model.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        });
+    }
+    let (clip, info) = load_path(&args.model, config, &device(args.backend))?;
+    for note in &info.notes {
+        eprintln!("note: {note}");
+    }
+    Engine::new(clip, info)
+}
+
+/// Pixels and their size from --image (decoded and preprocessed) or --pixels (as given).
+fn read_input(input: &ImageInput, size: InputSize) -> CliResult<(Vec<f32>, InputSize)> {
+    if let Some(path) = &input.pixels {
+        return npy::read_pixels(path);
+    }
+    let path = input.image.as_ref().ok_or_else(|| LegradError::Input("give --image or --pixels".into()))?;
+    let bytes = std::fs::read(path).map_err(|e| LegradError::Io { path: path.display().to_string(), source: e })?;
+    let img = decode(&bytes, &DecodeLimits::default())?;
+    Ok((img.to_pixels(size.height, size.width)?, size))
+}
+
+fn run(cli: Cli) -> CliResult<()> {
+    match cli.command {
+        Command::Explain {
+            model,
+            input,
+            prompt,
+            template,
+            size,
+            layer_index,
+            method,
+            colormap,
+            per_layer,
+            out,
+        } => {
+            let engine = load_engine(&model)?;
+            let (pixels, size) = read_input(&input, size)?;
+            let template = (template != "none").then_some(template.as_str());
+            let prompts = engine.prepare(&prompt, template)?;
+            for p in prompts.iter().filter(|p| p.tokens.truncated) {
+                eprintln!(
+                    "note: prompt '{}' is longer than the model's {} tokens and was cut",
+                    p.prompt, engine.model.config.text.context_length
+                );
+            }
+            let options = ExplainOptions { layer_index };
+            let request: TraceRequest = engine.request_for(&[method], &options)?;
+            let trace = engine.trace(pixels.clone(), size, &request)?;
+            let results = pollster::block_on(engine.explain(&trace, &prompts, method, &options))?;
+            std::fs::create_dir_all(&out).map_err(|e| LegradError::io_path(&out, e))?;
+            let (h, w) = results[0].map.size;
+            // The overlay is drawn on what the model saw.
+            let rgb = denormalize_to_rgb(&pixels, size.height, size.width);
+            let rgb = crop_rgb(&rgb, size.width, h, w);
+            let mut scores = Vec::new();
+            for (n, r) in results.iter().enumerate() {
+                if r.map.constant {
+                    eprintln!("note: the map for '{}' is constant (no positive gradient): written as zeros", r.prompt);
+                }
+                npy::write_f32(&out.join(format!("{n}.npy")), &r.map.map, &[h, w])?;
+                let img = overlay(&rgb, &r.map.map, 0.6, colormap);
+                image::save_buffer(out.join(format!("{n}.png")), &img, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+                    .map_err(|e| LegradError::Input(format!("cannot write the overlay: {e}")))?;
+                if per_layer {
+                    for (l, m) in &r.map.per_layer {
+                        npy::write_f32(&out.join(format!("{n}.layer{l}.npy")), m, &[r.map.grid.0, r.map.grid.1])?;
+                    }
+                }
+                scores.push(serde_json::json!({
+                    "index": n, "prompt": r.prompt, "text": r.text, "score": r.score,
+                    "truncated": r.truncated, "constant_map": r.map.constant,
+                }));
+            }
+            let json = serde_json::json!({ "method": method.name(), "size": [size.width, size.height], "layer_index": layer_index, "prompts": scores });
+            std::fs::write(out.join("scores.json"), serde_json::to_string_pretty(&json).unwrap_or_default())
+                .map_err(|e| LegradError::io_path(&out, e))?;
+            for (n, r) in results.iter().enumerate() {
+                println!("{n}: {:.4}  {}", r.score, r.text);
+            }
+            Ok(())
+        }
+        Command::Embed { model, image, pixels, text, size, out } => {
+            let engine = load_engine(&model)?;
+            let values = if let Some(text) = text {
+                let p = engine.prepare(&[text], None)?;
+                pollster::block_on(engine.embed_texts(&p))?
+            } else {
+                let (pixels, size) = read_input(&ImageInput { image, pixels }, size)?;
+                pollster::block_on(engine.embed_image(pixels, size))?
+            };
+            npy::write_f32(&out, &values, &[values.len()])
+        }
+        Command::Preprocess { image, size, out } => {
+            let (pixels, size) = read_input(&ImageInput { image: Some(image), pixels: None }, size)?;
+            npy::write_f32(&out, &pixels, &[3, size.height, size.width])
+        }
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// The map covers the grid times the patch; a size not divisible by the patch loses a margin.
+fn crop_rgb(rgb: &[u8], width: usize, h: usize, w: usize) -> Vec<u8> {
+    (0..h).flat_map(|y| rgb[(y * width) * 3..(y * width + w) * 3].iter().copied()).collect()
+}

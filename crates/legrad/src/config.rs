@@ -1,0 +1,408 @@
+//! Model configuration: the fields of an OpenCLIP ViT CLIP, read from open_clip's JSON model
+//! config, from a transformers `config.json`, or inferred from tensor shapes.
+//!
+//! Presets cite the open_clip config they copy (`open_clip/model_configs/*.json`, v2.23.0).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::LegradError;
+
+/// The MLP activation. It changes the numbers and is not visible in the weights: OpenAI's
+/// checkpoints use QuickGELU, LAION's use exact GELU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `0.5 x (1 + erf(x / sqrt 2))`, torch's `nn.GELU()` (open_clip's default).
+    #[default]
+    Gelu,
+    /// `x * sigmoid(1.702 x)` (OpenAI CLIP, open_clip's `-quickgelu` configs).
+    QuickGelu,
+}
+
+impl std::str::FromStr for Activation {
+    type Err = LegradError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "gelu" => Ok(Self::Gelu),
+            "quickgelu" => Ok(Self::QuickGelu),
+            _ => Err(LegradError::Config(format!(
+                "unknown activation '{s}': expected 'gelu' or 'quick_gelu'"
+            ))),
+        }
+    }
+}
+
+/// Where the activation came from: written in the checkpoint or config, or open_clip's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationSource {
+    /// Read from a config (open_clip JSON, transformers `config.json`, the app's model file).
+    #[default]
+    Config,
+    /// Not recorded anywhere: open_clip's default (GELU) was used.
+    Default,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VisionConfig {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub patch_size: usize,
+    /// The image size the checkpoint was trained at (its positional embedding's grid × patch).
+    pub image_size: usize,
+    pub mlp_width: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TextConfig {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub mlp_width: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClipConfig {
+    pub embed_dim: usize,
+    pub vision: VisionConfig,
+    pub text: TextConfig,
+    pub activation: Activation,
+    #[serde(default)]
+    pub activation_source: ActivationSource,
+}
+
+impl VisionConfig {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    pub fn head_dim(&self) -> usize {
+        self.width / self.heads
+    }
+}
+
+impl ClipConfig {
+    /// open_clip `ViT-B-32.json` (LAION weights; `ViT-B-32-quickgelu` for OpenAI's).
+    pub fn vit_b_32() -> Self {
+        Self::openclip_vit(512, 768, 12, 32, 224, 512, 8, 12)
+    }
+    /// open_clip `ViT-B-16.json`; the reference demo's model (`laion2b_s34b_b88k`).
+    pub fn vit_b_16() -> Self {
+        Self::openclip_vit(512, 768, 12, 16, 224, 512, 8, 12)
+    }
+    /// open_clip `ViT-L-14.json`.
+    pub fn vit_l_14() -> Self {
+        Self::openclip_vit(768, 1024, 24, 14, 224, 768, 12, 12)
+    }
+
+    /// A preset by open_clip model name (`ViT-B-16`, `ViT-B-32-quickgelu`, ...).
+    pub fn preset(name: &str) -> Option<Self> {
+        let (base, quick) = match name.strip_suffix("-quickgelu") {
+            Some(base) => (base, true),
+            None => (name, false),
+        };
+        let mut config = match base {
+            "ViT-B-32" => Self::vit_b_32(),
+            "ViT-B-16" => Self::vit_b_16(),
+            "ViT-L-14" => Self::vit_l_14(),
+            _ => return None,
+        };
+        if quick {
+            config.activation = Activation::QuickGelu;
+        }
+        Some(config)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn openclip_vit(
+        embed_dim: usize,
+        vision_width: usize,
+        vision_layers: usize,
+        patch_size: usize,
+        image_size: usize,
+        text_width: usize,
+        text_heads: usize,
+        text_layers: usize,
+    ) -> Self {
+        Self {
+            embed_dim,
+            vision: VisionConfig {
+                width: vision_width,
+                layers: vision_layers,
+                // open_clip: heads = width // head_width, head_width = 64.
+                heads: vision_width / 64,
+                patch_size,
+                image_size,
+                mlp_width: vision_width * 4,
+            },
+            text: TextConfig {
+                width: text_width,
+                layers: text_layers,
+                heads: text_heads,
+                context_length: 77,
+                vocab_size: 49408,
+                mlp_width: text_width * 4,
+            },
+            activation: Activation::Gelu,
+            activation_source: ActivationSource::Config,
+        }
+    }
+
+    /// Parse open_clip's JSON model config (`model_configs/ViT-B-16.json`, or the
+    /// `open_clip_config.json` published next to Hugging Face checkpoints, which wraps it in
+    /// `model_cfg`).
+    pub fn from_openclip_json(text: &str) -> Result<Self, LegradError> {
+        #[derive(Deserialize)]
+        struct Vision {
+            image_size: serde_json::Value,
+            layers: serde_json::Value,
+            width: usize,
+            patch_size: usize,
+            #[serde(default = "default_head_width")]
+            head_width: usize,
+            #[serde(default = "default_mlp_ratio")]
+            mlp_ratio: f64,
+            #[serde(default)]
+            timm_model_name: Option<String>,
+            #[serde(default)]
+            attentional_pool: bool,
+            #[serde(default)]
+            ls_init_value: Option<f64>,
+            #[serde(default)]
+            final_ln_after_pool: bool,
+            #[serde(default)]
+            pool_type: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Text {
+            #[serde(default = "default_context")]
+            context_length: usize,
+            #[serde(default = "default_vocab")]
+            vocab_size: usize,
+            #[serde(default = "default_text_width")]
+            width: usize,
+            #[serde(default = "default_text_heads")]
+            heads: usize,
+            #[serde(default = "default_text_layers")]
+            layers: usize,
+            #[serde(default = "default_mlp_ratio")]
+            mlp_ratio: f64,
+            #[serde(default)]
+            hf_model_name: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Model {
+            embed_dim: usize,
+            #[serde(default)]
+            quick_gelu: bool,
+            vision_cfg: Vision,
+            text_cfg: Text,
+        }
+        fn default_head_width() -> usize {
+            64
+        }
+        fn default_mlp_ratio() -> f64 {
+            4.0
+        }
+        fn default_context() -> usize {
+            77
+        }
+        fn default_vocab() -> usize {
+            49408
+        }
+        fn default_text_width() -> usize {
+            512
+        }
+        fn default_text_heads() -> usize {
+            8
+        }
+        fn default_text_layers() -> usize {
+            12
+        }
+
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| LegradError::Config(format!("not a JSON model config: {e}")))?;
+        let value = value.get("model_cfg").cloned().unwrap_or(value);
+        let m: Model = serde_json::from_value(value).map_err(|e| {
+            LegradError::Config(format!("not an open_clip ViT model config: {e}"))
+        })?;
+        let v = m.vision_cfg;
+        if v.timm_model_name.is_some() {
+            return Err(LegradError::Unsupported(
+                "timm vision towers (SigLIP, ConvNeXt, ...): only open_clip's own ViT is supported"
+                    .into(),
+            ));
+        }
+        if v.attentional_pool {
+            return Err(LegradError::Unsupported(
+                "attentional pooling (CoCa) vision towers".into(),
+            ));
+        }
+        if v.ls_init_value.is_some() {
+            return Err(LegradError::Unsupported("LayerScale (ls_init_value)".into()));
+        }
+        if v.final_ln_after_pool || v.pool_type.as_deref().is_some_and(|p| p != "tok") {
+            return Err(LegradError::Unsupported(
+                "vision pooling other than the class token".into(),
+            ));
+        }
+        if m.text_cfg.hf_model_name.is_some() {
+            return Err(LegradError::Unsupported(
+                "Hugging Face text towers (hf_model_name)".into(),
+            ));
+        }
+        let layers = v.layers.as_u64().ok_or_else(|| {
+            LegradError::Unsupported("ResNet vision towers (layers given as a list)".into())
+        })? as usize;
+        let image_size = match &v.image_size {
+            serde_json::Value::Number(n) => n.as_u64().unwrap_or(0) as usize,
+            serde_json::Value::Array(a) if a.len() == 2 && a[0] == a[1] => {
+                a[0].as_u64().unwrap_or(0) as usize
+            }
+            other => {
+                return Err(LegradError::Config(format!(
+                    "vision image_size {other} is not a square size"
+                )));
+            }
+        };
+        let t = m.text_cfg;
+        let config = Self {
+            embed_dim: m.embed_dim,
+            vision: VisionConfig {
+                width: v.width,
+                layers,
+                heads: v.width / v.head_width.max(1),
+                patch_size: v.patch_size,
+                image_size,
+                mlp_width: (v.width as f64 * v.mlp_ratio) as usize,
+            },
+            text: TextConfig {
+                width: t.width,
+                layers: t.layers,
+                heads: t.heads,
+                context_length: t.context_length,
+                vocab_size: t.vocab_size,
+                mlp_width: (t.width as f64 * t.mlp_ratio) as usize,
+            },
+            activation: if m.quick_gelu {
+                Activation::QuickGelu
+            } else {
+                Activation::Gelu
+            },
+            activation_source: ActivationSource::Config,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse a Hugging Face transformers `CLIPModel` `config.json`.
+    pub fn from_transformers_json(text: &str) -> Result<Self, LegradError> {
+        #[derive(Deserialize)]
+        struct Vision {
+            hidden_size: usize,
+            intermediate_size: usize,
+            num_hidden_layers: usize,
+            num_attention_heads: usize,
+            patch_size: usize,
+            image_size: usize,
+            #[serde(default)]
+            hidden_act: Option<String>,
+            #[serde(default)]
+            layer_norm_eps: Option<f64>,
+        }
+        #[derive(Deserialize)]
+        struct Text {
+            hidden_size: usize,
+            intermediate_size: usize,
+            num_hidden_layers: usize,
+            num_attention_heads: usize,
+            max_position_embeddings: usize,
+            vocab_size: usize,
+            #[serde(default)]
+            hidden_act: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Model {
+            projection_dim: usize,
+            vision_config: Vision,
+            text_config: Text,
+        }
+        let m: Model = serde_json::from_str(text).map_err(|e| {
+            LegradError::Config(format!("not a transformers CLIPModel config.json: {e}"))
+        })?;
+        let act = |a: &Option<String>| -> Result<Activation, LegradError> {
+            match a.as_deref().unwrap_or("quick_gelu") {
+                "quick_gelu" => Ok(Activation::QuickGelu),
+                "gelu" => Ok(Activation::Gelu),
+                other => Err(LegradError::Unsupported(format!("hidden_act '{other}'"))),
+            }
+        };
+        let activation = act(&m.vision_config.hidden_act)?;
+        if act(&m.text_config.hidden_act)? != activation {
+            return Err(LegradError::Unsupported(
+                "different activations in the two towers".into(),
+            ));
+        }
+        if let Some(eps) = m.vision_config.layer_norm_eps
+            && (eps - 1e-5).abs() > 1e-12
+        {
+            return Err(LegradError::Unsupported(format!("layer_norm_eps {eps}")));
+        }
+        let v = m.vision_config;
+        let t = m.text_config;
+        let config = Self {
+            embed_dim: m.projection_dim,
+            vision: VisionConfig {
+                width: v.hidden_size,
+                layers: v.num_hidden_layers,
+                heads: v.num_attention_heads,
+                patch_size: v.patch_size,
+                image_size: v.image_size,
+                mlp_width: v.intermediate_size,
+            },
+            text: TextConfig {
+                width: t.hidden_size,
+                layers: t.num_hidden_layers,
+                heads: t.num_attention_heads,
+                context_length: t.max_position_embeddings,
+                vocab_size: t.vocab_size,
+                mlp_width: t.intermediate_size,
+            },
+            activation,
+            activation_source: ActivationSource::Config,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Sanity checks that make later shape errors impossible.
+    pub fn validate(&self) -> Result<(), LegradError> {
+        let bad = |what: String| Err(LegradError::Config(what));
+        let v = &self.vision;
+        let t = &self.text;
+        if v.width == 0 || v.layers == 0 || v.heads == 0 || v.patch_size == 0 || v.image_size == 0 {
+            return bad("vision width, layers, heads, patch size and image size must be positive".into());
+        }
+        if v.width % v.heads != 0 {
+            return bad(format!("vision width {} is not divisible by {} heads", v.width, v.heads));
+        }
+        if v.image_size % v.patch_size != 0 {
+            return bad(format!(
+                "vision image size {} is not a multiple of the patch size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        if t.width == 0 || t.layers == 0 || t.heads == 0 || t.context_length < 2 {
+            return bad("text width, layers, heads must be positive and the context at least 2".into());
+        }
+        if t.width % t.heads != 0 {
+            return bad(format!("text width {} is not divisible by {} heads", t.width, t.heads));
+        }
+        if self.embed_dim == 0 {
+            return bad("embed_dim must be positive".into());
+        }
+        Ok(())
+    }
+}

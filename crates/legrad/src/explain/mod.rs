@@ -1,0 +1,170 @@
+//! Explainers: one interface, LeGrad and the baseline methods behind it.
+//!
+//! An explainer declares what it needs from the image's forward pass ([`TraceRequest`]),
+//! then turns a cached [`ImageTrace`] and text embeddings into relevance maps at grid
+//! resolution, on the device. [`finish_maps`] does the host-side rest: upsampling to the input
+//! size and min-max normalisation, as the reference does after its sum over layers.
+
+pub mod legrad;
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LegradError, Result};
+use crate::model::pos_embed::upsample_bilinear;
+use crate::model::{Clip, ImageTrace, TraceRequest};
+
+/// The explanation methods the app offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    LeGrad,
+}
+
+impl Method {
+    pub const ALL: [Method; 1] = [Method::LeGrad];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::LeGrad => "LeGrad",
+        }
+    }
+
+    pub fn explainer(self, options: &ExplainOptions) -> Box<dyn Explainer> {
+        match self {
+            Method::LeGrad => Box::new(legrad::LeGrad {
+                layer_index: options.layer_index,
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = LegradError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().replace(['-', '_', ' '], "").as_str() {
+            "legrad" => Ok(Method::LeGrad),
+            _ => Err(LegradError::Input(format!(
+                "unknown method '{s}': expected one of {}",
+                Method::ALL.map(|m| m.name()).join(", ")
+            ))),
+        }
+    }
+}
+
+/// Options shared by the explainers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExplainOptions {
+    /// LeGrad's `layer_index`: the first layer used, counted from the end when negative.
+    pub layer_index: i64,
+}
+
+impl Default for ExplainOptions {
+    fn default() -> Self {
+        Self { layer_index: -2 }
+    }
+}
+
+/// Resolve a `layer_index` (negative counts from the end) against a depth.
+pub fn first_layer(layer_index: i64, depth: usize) -> Result<usize> {
+    let l0 = if layer_index < 0 {
+        depth as i64 + layer_index
+    } else {
+        layer_index
+    };
+    if l0 < 0 || l0 >= depth as i64 {
+        return Err(LegradError::Input(format!(
+            "layer index {layer_index} is out of range for a {depth}-layer vision tower (use -{depth}..{})",
+            depth - 1
+        )));
+    }
+    Ok(l0 as usize)
+}
+
+/// Relevance at grid resolution, on the device, before upsampling and normalisation.
+#[derive(Clone, Debug)]
+pub struct GridMaps {
+    /// `[P, G_h * G_w]`, row-major grid.
+    pub summed: Tensor<2>,
+    /// Per layer `[L, P, G_h * G_w]` and the layer indices, where the method has layers.
+    pub per_layer: Option<(Vec<usize>, Tensor<3>)>,
+}
+
+pub trait Explainer: Send + Sync {
+    fn method(&self) -> Method;
+    /// What the image forward must keep for this method, for a tower of `depth` layers.
+    fn trace_request(&self, depth: usize) -> Result<TraceRequest>;
+    /// Maps for each text embedding (`[P, E]`, L2-normalised).
+    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps>;
+}
+
+/// One prompt's map, on the host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptMap {
+    /// Grid `(rows, cols)`.
+    pub grid: (usize, usize),
+    /// Min-max normalised at grid resolution, `rows * cols`.
+    pub grid_map: Vec<f32>,
+    /// `(height, width)` of `map`: the grid times the patch size.
+    pub size: (usize, usize),
+    /// Upsampled bilinearly then min-max normalised (the reference's output), `height * width`.
+    pub map: Vec<f32>,
+    /// The raw map was constant (e.g. every gradient negative): `map` is all zeros. The
+    /// reference returns NaN here.
+    pub constant: bool,
+    /// Per-layer raw grid maps `(layer, rows * cols)`, where requested.
+    pub per_layer: Vec<(usize, Vec<f32>)>,
+}
+
+/// Min-max normalise in place; returns false (and zeros) when the values are constant or not
+/// finite.
+pub fn min_max_normalize(values: &mut [f32]) -> bool {
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let range = hi - lo;
+    if !(range.is_finite() && range > 0.0) {
+        values.iter_mut().for_each(|v| *v = 0.0);
+        return false;
+    }
+    values.iter_mut().for_each(|v| *v = (*v - lo) / range);
+    true
+}
+
+/// Host-side end of an explanation: per prompt, upsample the summed grid map by the patch size
+/// and min-max normalise (both at grid and at image resolution).
+pub fn finish_maps(
+    summed: &[f32],
+    per_layer: Option<(&[usize], &[f32])>,
+    prompts: usize,
+    grid: (usize, usize),
+    patch: usize,
+) -> Vec<PromptMap> {
+    let cells = grid.0 * grid.1;
+    (0..prompts)
+        .map(|p| {
+            let raw = &summed[p * cells..][..cells];
+            let mut map = upsample_bilinear(raw, 1, grid, patch);
+            let ok = min_max_normalize(&mut map);
+            let mut grid_map = raw.to_vec();
+            min_max_normalize(&mut grid_map);
+            let per_layer = per_layer
+                .map(|(layers, data)| {
+                    layers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &l)| (l, data[(i * prompts + p) * cells..][..cells].to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            PromptMap {
+                grid,
+                grid_map,
+                size: (grid.0 * patch, grid.1 * patch),
+                map,
+                constant: !ok,
+                per_layer,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,27 @@
+//! LeGrad for OpenCLIP vision transformers, in burn.
+//!
+//! The flow (see the README's architecture section):
+//! bytes → [`preprocess`] → [`model::VisionTower::forward_with_trace`] → [`ImageTrace`] (cached
+//! per image and size) → [`explain::Explainer`] with text embeddings from
+//! [`model::TextTower::encode`] → grid maps → [`explain::finish_maps`] → [`PromptMap`]s.
+//! [`engine::Engine`] ties these together with the caches; the CLI and the web app use it.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod explain;
+pub mod format;
+pub mod load;
+pub mod model;
+pub mod overlay;
+pub mod preprocess;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Activation, ClipConfig};
+pub use engine::Engine;
+pub use error::{LegradError, Result};
+pub use explain::{Method, PromptMap};
+pub use model::{Clip, ImageTrace, TraceRequest};
+pub use preprocess::InputSize;
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,173 @@
+//! One entry point for every checkpoint kind: bytes or a path in, a [`Clip`] and a description
+//! of what was loaded out.
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::config::{ActivationSource, ClipConfig};
+use crate::error::{LegradError, Result};
+use crate::format;
+use crate::model::Clip;
+use crate::weights::{self, ContainerKind, Layout, TensorMap};
+
+/// A config given next to a checkpoint.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// open_clip's JSON model config (or `open_clip_config.json`).
+    OpenClipJson(String),
+    /// transformers' `config.json`.
+    TransformersJson(String),
+    /// An open_clip model name with a built-in preset (`ViT-B-16`, `ViT-B-32-quickgelu`, ...).
+    Preset(String),
+    /// A config already parsed.
+    Config(ClipConfig),
+}
+
+impl ConfigSource {
+    /// Decide from a JSON text which kind of config it is.
+    pub fn from_json(text: String) -> Self {
+        if text.contains("\"vision_config\"") {
+            Self::TransformersJson(text)
+        } else {
+            Self::OpenClipJson(text)
+        }
+    }
+
+    pub fn parse(&self) -> Result<ClipConfig> {
+        match self {
+            Self::Config(c) => Ok(c.clone()),
+            Self::OpenClipJson(t) => ClipConfig::from_openclip_json(t),
+            Self::TransformersJson(t) => ClipConfig::from_transformers_json(t),
+            Self::Preset(name) => ClipConfig::preset(name).ok_or_else(|| {
+                LegradError::Config(format!(
+                    "no preset named '{name}': use ViT-B-32, ViT-B-16, ViT-L-14 (optionally -quickgelu) or give a JSON config"
+                ))
+            }),
+        }
+    }
+}
+
+/// What was loaded, for the user.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    pub config: ClipConfig,
+    /// "open_clip", "transformers" or "legrad-web model (q8)".
+    pub source_format: String,
+    /// Things the user should know (e.g. an assumed activation).
+    pub notes: Vec<String>,
+}
+
+/// Build a model from a tensor map and an optional config.
+pub fn from_tensor_map(map: TensorMap, config: Option<&ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
+    let layout = weights::detect_layout(&map)?;
+    let mut notes = Vec::new();
+    let (map, config, source_format) = match layout {
+        Layout::Transformers => {
+            let config = match config {
+                Some(c) => c.parse()?,
+                None => {
+                    return Err(LegradError::Config(
+                        "a transformers CLIPModel checkpoint needs its config.json (heads and activation are not in the weights): pass it with --config, or load the directory holding both".into(),
+                    ));
+                }
+            };
+            (weights::keys::transformers_to_openclip(map)?, config, "transformers CLIPModel")
+        }
+        Layout::OpenClip => {
+            let config = match config {
+                Some(c) => c.parse()?,
+                None => {
+                    let inferred = weights::infer_config(&map.shapes())?;
+                    if inferred.activation_source == ActivationSource::Default {
+                        notes.push(
+                            "the checkpoint does not record its activation: using GELU (open_clip's default, right for LAION weights); OpenAI weights need QuickGELU (--config ViT-B-16-quickgelu or a JSON config with \"quick_gelu\": true)".into(),
+                        );
+                    }
+                    inferred
+                }
+            };
+            (map, config, "open_clip")
+        }
+    };
+    let clip = Clip::from_tensors(config.clone(), map, device)?;
+    Ok((
+        clip,
+        ModelInfo {
+            config,
+            source_format: source_format.into(),
+            notes,
+        },
+    ))
+}
+
+/// Load from bytes: safetensors (open_clip or transformers names) or the app's model file.
+/// PyTorch pickles need random access and load from a path ([`load_path`]).
+pub fn load_bytes(bytes: &[u8], config: Option<&ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
+    match weights::sniff(bytes) {
+        Some(ContainerKind::Safetensors) => {
+            if format::is_app_model(bytes) {
+                return format::read(bytes, device);
+            }
+            from_tensor_map(TensorMap::from_safetensors(bytes)?, config, device)
+        }
+        Some(ContainerKind::Pytorch) => Err(LegradError::Unsupported(
+            "PyTorch pickles (.bin/.pt) load from a file path (CLI), not from memory: convert with `legrad convert` first".into(),
+        )),
+        None => Err(LegradError::Checkpoint(
+            "this is not a model file: expected safetensors (open_clip or transformers), a PyTorch .bin/.pt, or a model written by `legrad convert`".into(),
+        )),
+    }
+}
+
+/// Load from a file or a directory (a transformers model directory with `config.json`, or an
+/// open_clip Hub directory with `open_clip_config.json`). A config next to the weights is used
+/// when none is given.
+#[cfg(not(target_family = "wasm"))]
+pub fn load_path(path: &std::path::Path, config: Option<ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
+    let (file, dir) = if path.is_dir() {
+        let candidates = ["open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"];
+        let file = candidates
+            .iter()
+            .map(|c| path.join(c))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                LegradError::Checkpoint(format!(
+                    "{} holds none of {candidates:?}",
+                    path.display()
+                ))
+            })?;
+        (file, path.to_path_buf())
+    } else {
+        (path.to_path_buf(), path.parent().map(|p| p.to_path_buf()).unwrap_or_default())
+    };
+    let config = match config {
+        Some(c) => Some(c),
+        None => ["open_clip_config.json", "config.json"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.exists())
+            .map(|p| std::fs::read_to_string(&p).map_err(|e| LegradError::io_path(&p, e)))
+            .transpose()?
+            .map(ConfigSource::from_json),
+    };
+    let head = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&file).map_err(|e| LegradError::io_path(&file, e))?;
+        let mut head = vec![0u8; 16];
+        let n = f.read(&mut head).map_err(|e| LegradError::io_path(&file, e))?;
+        head.truncate(n);
+        head
+    };
+    match weights::sniff(&head) {
+        Some(ContainerKind::Pytorch) => {
+            from_tensor_map(TensorMap::from_pytorch_file(&file)?, config.as_ref(), device)
+        }
+        _ => {
+            let bytes = std::fs::read(&file).map_err(|e| LegradError::io_path(&file, e))?;
+            load_bytes(&bytes, config.as_ref(), device).map_err(|e| match e {
+                LegradError::Checkpoint(msg) => LegradError::Checkpoint(format!("{}: {msg}", file.display())),
+                other => other,
+            })
+        }
+    }
+}

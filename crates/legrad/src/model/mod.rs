@@ -1,0 +1,301 @@
+//! OpenCLIP's ViT CLIP in burn: the shared residual attention block here, one file per tower.
+//!
+//! Module names follow open_clip's (`ln_1`, `attn.in_proj`, `mlp.c_fc`, ...) so that the
+//! loader's key table maps one to one. Weights are stored as burn's `Linear` does, `[in, out]`;
+//! the loader transposes PyTorch's `[out, in]`.
+
+pub mod pos_embed;
+pub mod text;
+pub mod vision;
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::config::{Activation, ClipConfig};
+use crate::error::Result;
+use crate::weights::TensorMap;
+
+pub use text::TextTower;
+pub use vision::{ImageTrace, LayerTrace, TraceRequest, VisionTower};
+
+pub(crate) const LN_EPS: f64 = 1e-5;
+
+/// Both towers.
+#[derive(Debug)]
+pub struct Clip {
+    pub config: ClipConfig,
+    pub vision: VisionTower,
+    pub text: TextTower,
+}
+
+impl Clip {
+    /// Build from a tensor map in open_clip's names, checking every shape against `config`.
+    pub fn from_tensors(config: ClipConfig, mut map: TensorMap, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let vision = VisionTower::load(&config, &mut map, device)?;
+        let text = TextTower::load(&config, &mut map, device)?;
+        Ok(Self {
+            config,
+            vision,
+            text,
+        })
+    }
+}
+
+pub(crate) fn tensor1(data: Vec<f32>, device: &Device) -> Tensor<1> {
+    let n = data.len();
+    Tensor::from_data(TensorData::new(data, [n]), device)
+}
+
+pub(crate) fn tensor2(data: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// Transpose a row-major `[rows, cols]` buffer.
+pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as burn's `Linear` (`[in, out]`).
+pub(crate) fn load_linear(
+    map: &mut TensorMap,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &Device,
+) -> Result<Linear> {
+    let w = map.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
+    let b = map.take(&format!("{prefix}.bias"), &[d_out])?;
+    Ok(Linear {
+        weight: Param::from_tensor(tensor2(transposed(&w, d_out, d_in), [d_in, d_out], device)),
+        bias: Some(Param::from_tensor(tensor1(b, device))),
+    })
+}
+
+/// LayerNorm over the last dimension (eps 1e-5, biased variance, as torch).
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+/// What LayerNorm's backward needs: the normalised input and 1/σ per row.
+#[derive(Clone, Debug)]
+pub struct LayerNormStats<const D: usize> {
+    pub x_hat: Tensor<D>,
+    pub rstd: Tensor<D>,
+}
+
+impl LayerNorm {
+    pub(crate) fn load(map: &mut TensorMap, prefix: &str, width: usize, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: Param::from_tensor(tensor1(map.take(&format!("{prefix}.weight"), &[width])?, device)),
+            bias: Param::from_tensor(tensor1(map.take(&format!("{prefix}.bias"), &[width])?, device)),
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_with_stats(x).0
+    }
+
+    pub fn forward_with_stats<const D: usize>(&self, x: Tensor<D>) -> (Tensor<D>, LayerNormStats<D>) {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let rstd = var.add_scalar(LN_EPS).sqrt().recip();
+        let x_hat = (x - mean) * rstd.clone();
+        let y = x_hat.clone() * self.weight.val().unsqueeze() + self.bias.val().unsqueeze();
+        (y, LayerNormStats { x_hat, rstd })
+    }
+
+    /// d/dx of LayerNorm given d/dy: `rstd * (γ dy - mean(γ dy) - x̂ mean(γ dy x̂))`.
+    pub fn backward<const D: usize>(&self, dy: Tensor<D>, stats: &LayerNormStats<D>) -> Tensor<D> {
+        let g = dy * self.weight.val().unsqueeze();
+        let mean_g = g.clone().mean_dim(D - 1);
+        let mean_gx = (g.clone() * stats.x_hat.clone()).mean_dim(D - 1);
+        (g - mean_g - stats.x_hat.clone() * mean_gx) * stats.rstd.clone()
+    }
+}
+
+/// `act(x)` and, for the analytic backward, `act'(x)`.
+pub(crate) fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    match act {
+        Activation::Gelu => activation::gelu(x),
+        Activation::QuickGelu => x.clone() * activation::sigmoid(x.mul_scalar(1.702)),
+    }
+}
+
+pub(crate) fn activate_grad<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    match act {
+        // d/dx x Φ(x) = Φ(x) + x φ(x)
+        Activation::Gelu => {
+            let cdf = x.clone().div_scalar(std::f64::consts::SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
+            let pdf = x.clone().powi_scalar(2).mul_scalar(-0.5).exp().mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+            cdf + x * pdf
+        }
+        // d/dx x σ(ax) = σ(ax) + a x σ(ax)(1 - σ(ax))
+        Activation::QuickGelu => {
+            let s = activation::sigmoid(x.clone().mul_scalar(1.702));
+            s.clone() + x.mul_scalar(1.702) * s.clone() * s.neg().add_scalar(1.0)
+        }
+    }
+}
+
+/// Multi-head self-attention with open_clip's fused `in_proj` (q, k, v stacked).
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub in_proj: Linear,
+    pub out_proj: Linear,
+    pub heads: usize,
+}
+
+/// What one attention call produced, for explainers.
+#[derive(Clone, Debug)]
+pub struct AttentionOutput {
+    /// `[B, N, W]`, after `out_proj`.
+    pub output: Tensor<3>,
+    /// Post-softmax probabilities `[B, H, N, N]`.
+    pub probs: Tensor<4>,
+    /// Values `[B, H, N, d]`.
+    pub values: Tensor<4>,
+}
+
+impl Attention {
+    pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> AttentionOutput {
+        let [b, n, w] = x.dims();
+        let h = self.heads;
+        let d = w / h;
+        let qkv = self.in_proj.forward(x);
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * w, w)
+                .reshape([b, n, h, d])
+                .swap_dims(1, 2)
+        };
+        // torch scales q before the product (F.multi_head_attention_forward).
+        let q = split(0).mul_scalar((d as f64).powf(-0.5));
+        let k = split(1);
+        let v = split(2);
+        let mut scores = q.matmul(k.swap_dims(2, 3));
+        if let Some(mask) = mask {
+            scores = scores + mask.unsqueeze::<4>();
+        }
+        let probs = activation::softmax(scores, 3);
+        let out = self.attend(probs.clone(), v.clone());
+        AttentionOutput {
+            output: out,
+            probs,
+            values: v,
+        }
+    }
+
+    /// `out_proj(probs @ v)` with heads merged: the part of attention after the softmax.
+    pub fn attend(&self, probs: Tensor<4>, values: Tensor<4>) -> Tensor<3> {
+        let [b, h, n, d] = values.dims();
+        let ctx = probs.matmul(values).swap_dims(1, 2).reshape([b, n, h * d]);
+        self.out_proj.forward(ctx)
+    }
+}
+
+/// `mlp = c_proj(act(c_fc(.)))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub c_fc: Linear,
+    pub c_proj: Linear,
+}
+
+/// open_clip's `ResidualAttentionBlock`: `u = x + attn(ln_1(x))`, `x' = u + mlp(ln_2(u))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub ln_1: LayerNorm,
+    pub attn: Attention,
+    pub ln_2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+/// Everything a block computed that explainers may need.
+#[derive(Clone, Debug)]
+pub struct BlockOutput {
+    pub output: Tensor<3>,
+    pub attention: AttentionOutput,
+    /// The residual stream after attention, the MLP's input (`u`).
+    pub post_attn: Tensor<3>,
+    pub ln_2: LayerNormStats<3>,
+    /// The MLP's pre-activation `c_fc(ln_2(u))`.
+    pub mlp_pre: Tensor<3>,
+}
+
+impl Block {
+    pub(crate) fn load(
+        map: &mut TensorMap,
+        prefix: &str,
+        width: usize,
+        heads: usize,
+        mlp_width: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            ln_1: LayerNorm::load(map, &format!("{prefix}.ln_1"), width, device)?,
+            attn: Attention {
+                in_proj: {
+                    let w = map.take(&format!("{prefix}.attn.in_proj_weight"), &[3 * width, width])?;
+                    let b = map.take(&format!("{prefix}.attn.in_proj_bias"), &[3 * width])?;
+                    Linear {
+                        weight: Param::from_tensor(tensor2(
+                            transposed(&w, 3 * width, width),
+                            [width, 3 * width],
+                            device,
+                        )),
+                        bias: Some(Param::from_tensor(tensor1(b, device))),
+                    }
+                },
+                out_proj: load_linear(map, &format!("{prefix}.attn.out_proj"), width, width, device)?,
+                heads,
+            },
+            ln_2: LayerNorm::load(map, &format!("{prefix}.ln_2"), width, device)?,
+            mlp: Mlp {
+                c_fc: load_linear(map, &format!("{prefix}.mlp.c_fc"), width, mlp_width, device)?,
+                c_proj: load_linear(map, &format!("{prefix}.mlp.c_proj"), mlp_width, width, device)?,
+            },
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>, act: Activation) -> Tensor<3> {
+        let u = x.clone() + self.attn.forward(self.ln_1.forward(x), mask).output;
+        let h = self.mlp.c_fc.forward(self.ln_2.forward(u.clone()));
+        u + self.mlp.c_proj.forward(activate(act, h))
+    }
+
+    pub fn forward_traced(&self, x: Tensor<3>, act: Activation) -> BlockOutput {
+        let attention = self.attn.forward(self.ln_1.forward(x.clone()), None);
+        let u = x + attention.output.clone();
+        self.finish(u, attention, act)
+    }
+
+    /// The block from its attention probabilities on: `u = x + out_proj(A v)`, then the MLP.
+    /// Explainers that differentiate with respect to `A` run this part under autodiff.
+    pub fn forward_from_probs(&self, x: Tensor<3>, probs: Tensor<4>, values: Tensor<4>, act: Activation) -> Tensor<3> {
+        let u = x + self.attn.attend(probs, values);
+        let h = self.mlp.c_fc.forward(self.ln_2.forward(u.clone()));
+        u + self.mlp.c_proj.forward(activate(act, h))
+    }
+
+    fn finish(&self, u: Tensor<3>, attention: AttentionOutput, act: Activation) -> BlockOutput {
+        let (n2, ln_2) = self.ln_2.forward_with_stats(u.clone());
+        let h = self.mlp.c_fc.forward(n2);
+        let output = u.clone() + self.mlp.c_proj.forward(activate(act, h.clone()));
+        BlockOutput {
+            output,
+            attention,
+            post_attn: u,
+            ln_2,
+            mlp_pre: h,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! open_clip's text tower (`CLIP.encode_text`): token and positional embeddings, causal blocks,
+//! `ln_final`, the feature at the end-of-text token, `@ text_projection`.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::vision::l2_normalize;
+use super::{Block, LayerNorm, tensor2};
+use crate::config::{Activation, ClipConfig};
+use crate::error::{LegradError, Result};
+use crate::weights::TensorMap;
+
+#[derive(Module, Debug)]
+pub struct TextWeights {
+    /// `[context, W]`.
+    pub positional_embedding: Param<Tensor<2>>,
+    pub blocks: Vec<Block>,
+    pub ln_final: LayerNorm,
+    /// `[W, E]`.
+    pub text_projection: Param<Tensor<2>>,
+}
+
+#[derive(Debug)]
+pub struct TextTower {
+    pub weights: TextWeights,
+    /// `[vocab, W]`, on the host: a prompt needs a handful of rows, not a 49408-row table on
+    /// the GPU.
+    token_embedding: Vec<f32>,
+    pub vocab_size: usize,
+    pub width: usize,
+    pub context_length: usize,
+    pub activation: Activation,
+}
+
+impl TextTower {
+    pub(crate) fn load(config: &ClipConfig, map: &mut TensorMap, device: &Device) -> Result<Self> {
+        let t = &config.text;
+        let token_embedding = map.take("token_embedding.weight", &[t.vocab_size, t.width])?;
+        Self::from_parts(config, token_embedding, map, device)
+    }
+
+    pub(crate) fn from_parts(
+        config: &ClipConfig,
+        token_embedding: Vec<f32>,
+        map: &mut TensorMap,
+        device: &Device,
+    ) -> Result<Self> {
+        let t = &config.text;
+        let pos = map.take("positional_embedding", &[t.context_length, t.width])?;
+        let blocks = (0..t.layers)
+            .map(|i| Block::load(map, &format!("transformer.resblocks.{i}"), t.width, t.heads, t.mlp_width, device))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_final = LayerNorm::load(map, "ln_final", t.width, device)?;
+        let proj = map.take("text_projection", &[t.width, config.embed_dim])?;
+        Ok(Self {
+            weights: TextWeights {
+                positional_embedding: Param::from_tensor(tensor2(pos, [t.context_length, t.width], device)),
+                blocks,
+                ln_final,
+                text_projection: Param::from_tensor(tensor2(proj, [t.width, config.embed_dim], device)),
+            },
+            token_embedding,
+            vocab_size: t.vocab_size,
+            width: t.width,
+            context_length: t.context_length,
+            activation: config.activation,
+        })
+    }
+
+    pub fn token_embedding(&self) -> &[f32] {
+        &self.token_embedding
+    }
+
+    /// Encode token sequences (start token first, as the tokenizer gives them, at most the
+    /// context length) into L2-normalised embeddings `[P, E]`.
+    ///
+    /// The feature is read at the highest token id (the end-of-text token, as open_clip's
+    /// `argmax`). The mask is causal, so only the tokens up to it are run: the padding the
+    /// reference also runs cannot change that feature.
+    pub fn encode(&self, sequences: &[Vec<u32>]) -> Result<Tensor<2>> {
+        let device = self.weights.text_projection.val().device();
+        if sequences.is_empty() {
+            return Err(LegradError::Input("no prompts to encode".into()));
+        }
+        let mut pool_at = Vec::with_capacity(sequences.len());
+        for seq in sequences {
+            if seq.is_empty() || seq.len() > self.context_length {
+                return Err(LegradError::Input(format!(
+                    "a token sequence has {} tokens; the context holds 1 to {}",
+                    seq.len(),
+                    self.context_length
+                )));
+            }
+            if let Some(&bad) = seq.iter().find(|&&t| t as usize >= self.vocab_size) {
+                return Err(LegradError::Input(format!(
+                    "token id {bad} is outside the model's vocabulary of {}",
+                    self.vocab_size
+                )));
+            }
+            // First position of the maximum, as torch.argmax.
+            let max = *seq.iter().max().unwrap_or(&0);
+            pool_at.push(seq.iter().position(|&t| t == max).unwrap_or(0));
+        }
+        let p = sequences.len();
+        let len = pool_at.iter().max().copied().unwrap_or(0) + 1;
+        let w = self.width;
+        let mut x = vec![0f32; p * len * w];
+        for (i, seq) in sequences.iter().enumerate() {
+            for j in 0..len {
+                let token = seq.get(j).copied().unwrap_or(0) as usize;
+                x[(i * len + j) * w..][..w].copy_from_slice(&self.token_embedding[token * w..][..w]);
+            }
+        }
+        let x: Tensor<3> = Tensor::from_data(TensorData::new(x, [p, len, w]), &device);
+        let pos = self.weights.positional_embedding.val().narrow(0, 0, len);
+        let mut x = x + pos.unsqueeze();
+        let mut mask = vec![0f32; len * len];
+        for r in 0..len {
+            for c in r + 1..len {
+                mask[r * len + c] = f32::NEG_INFINITY;
+            }
+        }
+        let mask = tensor2(mask, [len, len], &device);
+        for block in &self.weights.blocks {
+            x = block.forward(x, Some(mask.clone()), self.activation);
+        }
+        let x = self.weights.ln_final.forward(x);
+        let pooled: Vec<Tensor<2>> = pool_at
+            .iter()
+            .enumerate()
+            .map(|(i, &at)| x.clone().slice([i..i + 1, at..at + 1, 0..w]).reshape([1, w]))
+            .collect();
+        let pooled = Tensor::cat(pooled, 0);
+        Ok(l2_normalize(pooled.matmul(self.weights.text_projection.val())))
+    }
+}

@@ -1,0 +1,308 @@
+//! open_clip's `VisionTransformer` at any grid (legrad's `vit_dynamic_size_forward`), with the
+//! per-layer trace explainers read from.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+
+use super::pos_embed::resample_bicubic_aa;
+use super::{Block, LayerNorm, LayerNormStats, activate_grad, tensor1, tensor2, transposed};
+use crate::config::{Activation, ClipConfig};
+use crate::error::{LegradError, Result};
+use crate::weights::TensorMap;
+
+/// The vision tower's weights (a burn module, so it can be moved, quantized and saved).
+#[derive(Module, Debug)]
+pub struct VisionWeights {
+    /// `conv1` as a matrix `[3 * P * P, W]` over flattened patches (channel, row, column).
+    pub patch_embed: Param<Tensor<2>>,
+    pub class_embedding: Param<Tensor<1>>,
+    pub ln_pre: LayerNorm,
+    pub blocks: Vec<Block>,
+    pub ln_post: LayerNorm,
+    /// `[W, E]`.
+    pub proj: Param<Tensor<2>>,
+}
+
+#[derive(Debug)]
+pub struct VisionTower {
+    pub weights: VisionWeights,
+    pub patch_size: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub activation: Activation,
+    /// The checkpoint's positional embedding, `[1 + G*G, W]`, kept on the host for resampling.
+    native_pos: Vec<f32>,
+    native_grid: usize,
+    /// Resampled positional embeddings by grid `(rows, cols)`, never written back to the weights.
+    pos_cache: Mutex<HashMap<(usize, usize), Tensor<2>>>,
+    /// Image forwards run so far (tests check that a new prompt runs none).
+    forwards: AtomicUsize,
+}
+
+/// Which intermediate values a forward pass keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceRequest {
+    /// Keep layers `first_layer..depth`.
+    pub first_layer: usize,
+    /// What LeGrad's analytic backward needs (LEGRAD.md section 5).
+    pub mlp_backward: bool,
+    /// Post-softmax attention probabilities.
+    pub attention: bool,
+    /// Each kept block's input and output tokens (for methods that re-run a block under autodiff).
+    pub tokens: bool,
+}
+
+impl TraceRequest {
+    /// The union of two requests.
+    pub fn merge(&self, other: &Self) -> Self {
+        Self {
+            first_layer: self.first_layer.min(other.first_layer),
+            mlp_backward: self.mlp_backward || other.mlp_backward,
+            attention: self.attention || other.attention,
+            tokens: self.tokens || other.tokens,
+        }
+    }
+
+    /// Does a trace made for `self` hold everything `other` needs?
+    pub fn covers(&self, other: &Self) -> bool {
+        self.merge(other) == *self
+    }
+}
+
+/// One block's values for one image (batch dimension removed). `N` tokens, CLS first.
+#[derive(Clone, Debug)]
+pub struct LayerTrace {
+    pub index: usize,
+    /// Mean over all tokens (CLS included) of the block's output, `[W]`.
+    pub output_mean: Tensor<1>,
+    /// Block input and output tokens `[N, W]`, when requested.
+    pub input: Option<Tensor<2>>,
+    pub output: Option<Tensor<2>>,
+    /// Attention probabilities `[H, N, N]`, when requested.
+    pub probs: Option<Tensor<3>>,
+    /// For the analytic backward: values `[H, N, d]`, ln_2 statistics `[N, W]` / `[N, 1]`,
+    /// and `act'(c_fc(ln_2(u)))` `[N, M]`.
+    pub values: Option<Tensor<3>>,
+    pub ln_2: Option<LayerNormStats<2>>,
+    pub act_grad: Option<Tensor<2>>,
+}
+
+/// What one image's forward pass leaves for explainers: computed once per image and size.
+#[derive(Clone, Debug)]
+pub struct ImageTrace {
+    /// Grid `(rows, cols)`.
+    pub grid: (usize, usize),
+    pub patch_size: usize,
+    /// The normalised image embedding `[E]`.
+    pub embedding: Tensor<1>,
+    /// Layers `request.first_layer..depth`, in order.
+    pub layers: Vec<LayerTrace>,
+    pub request: TraceRequest,
+}
+
+impl ImageTrace {
+    pub fn tokens(&self) -> usize {
+        self.grid.0 * self.grid.1 + 1
+    }
+    pub fn layer(&self, index: usize) -> Option<&LayerTrace> {
+        self.layers.iter().find(|l| l.index == index)
+    }
+}
+
+impl VisionTower {
+    pub(crate) fn load(config: &ClipConfig, map: &mut TensorMap, device: &Device) -> Result<Self> {
+        let v = &config.vision;
+        let (w, p) = (v.width, v.patch_size);
+        let grid = v.grid();
+        let conv = map.take("visual.conv1.weight", &[w, 3, p, p])?;
+        let patch_embed = tensor2(transposed(&conv, w, 3 * p * p), [3 * p * p, w], device);
+        let class_embedding = tensor1(map.take("visual.class_embedding", &[w])?, device);
+        let native_pos = map.take("visual.positional_embedding", &[grid * grid + 1, w])?;
+        let ln_pre = LayerNorm::load(map, "visual.ln_pre", w, device)?;
+        let blocks = (0..v.layers)
+            .map(|i| {
+                Block::load(
+                    map,
+                    &format!("visual.transformer.resblocks.{i}"),
+                    w,
+                    v.heads,
+                    v.mlp_width,
+                    device,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if map.get(&format!("visual.transformer.resblocks.{}.attn.in_proj_weight", v.layers)).is_some() {
+            return Err(LegradError::Config(format!(
+                "the config says {} vision layers but the checkpoint has more",
+                v.layers
+            )));
+        }
+        let ln_post = LayerNorm::load(map, "visual.ln_post", w, device)?;
+        let proj = tensor2(map.take("visual.proj", &[w, config.embed_dim])?, [w, config.embed_dim], device);
+        Ok(Self {
+            weights: VisionWeights {
+                patch_embed: Param::from_tensor(patch_embed),
+                class_embedding: Param::from_tensor(class_embedding),
+                ln_pre,
+                blocks,
+                ln_post,
+                proj: Param::from_tensor(proj),
+            },
+            patch_size: p,
+            width: w,
+            heads: v.heads,
+            activation: config.activation,
+            native_pos,
+            native_grid: grid,
+            pos_cache: Mutex::new(HashMap::new()),
+            forwards: AtomicUsize::new(0),
+        })
+    }
+
+    /// How many image forwards this tower has run.
+    pub fn forward_count(&self) -> usize {
+        self.forwards.load(Ordering::Relaxed)
+    }
+
+    pub fn depth(&self) -> usize {
+        self.weights.blocks.len()
+    }
+
+    pub fn device(&self) -> Device {
+        self.weights.proj.val().device()
+    }
+
+    /// The positional embedding for a grid, resampled once per grid size and cached.
+    pub fn positional_embedding(&self, grid: (usize, usize)) -> Tensor<2> {
+        let mut cache = self.pos_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.get(&grid) {
+            return t.clone();
+        }
+        let w = self.width;
+        let g0 = self.native_grid;
+        let mut data = self.native_pos[..w].to_vec();
+        if grid == (g0, g0) {
+            data.extend_from_slice(&self.native_pos[w..]);
+        } else {
+            data.extend(resample_bicubic_aa(&self.native_pos[w..], (g0, g0), grid, w));
+        }
+        let t = tensor2(data, [grid.0 * grid.1 + 1, w], &self.device());
+        cache.insert(grid, t.clone());
+        t
+    }
+
+    /// The grid a `[H, W]` input gives (conv1 with stride P drops a partial last patch).
+    pub fn grid_for(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let p = self.patch_size;
+        if height < p || width < p {
+            return Err(LegradError::Input(format!(
+                "the input is {width}x{height} pixels, smaller than one {p}x{p} patch"
+            )));
+        }
+        Ok((height / p, width / p))
+    }
+
+    /// Patch embedding, class token, positional embedding and `ln_pre`: `[B, 3, H, W]` → `[B, N, W]`.
+    pub fn embed(&self, pixels: Tensor<4>) -> Result<(Tensor<3>, (usize, usize))> {
+        self.forwards.fetch_add(1, Ordering::Relaxed);
+        let [b, c, h, w] = pixels.dims();
+        if c != 3 {
+            return Err(LegradError::Input(format!("expected 3 colour channels, got {c}")));
+        }
+        let p = self.patch_size;
+        let (gh, gw) = self.grid_for(h, w)?;
+        let pixels = if gh * p != h || gw * p != w {
+            pixels.slice([0..b, 0..3, 0..gh * p, 0..gw * p])
+        } else {
+            pixels
+        };
+        let patches = pixels
+            .reshape([b, 3, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, gh * gw, 3 * p * p]);
+        let x = patches.matmul(self.weights.patch_embed.val().unsqueeze());
+        let cls = self
+            .weights
+            .class_embedding
+            .val()
+            .reshape([1, 1, self.width])
+            .expand([b, 1, self.width]);
+        let x = Tensor::cat(vec![cls, x], 1) + self.positional_embedding((gh, gw)).unsqueeze();
+        Ok((self.weights.ln_pre.forward(x), (gh, gw)))
+    }
+
+    /// `ln_post(x[CLS]) @ proj`, not normalised: `[B, N, W]` → `[B, E]`.
+    pub fn pool(&self, x: Tensor<3>) -> Tensor<2> {
+        let [b, _, w] = x.dims();
+        let cls = x.narrow(1, 0, 1).reshape([b, w]);
+        self.weights.ln_post.forward(cls).matmul(self.weights.proj.val())
+    }
+
+    /// The image embeddings `[B, E]`, L2-normalised.
+    pub fn forward(&self, pixels: Tensor<4>) -> Result<Tensor<2>> {
+        let (mut x, _) = self.embed(pixels)?;
+        for block in &self.weights.blocks {
+            x = block.forward(x, None, self.activation);
+        }
+        Ok(l2_normalize(self.pool(x)))
+    }
+
+    /// One image `[3, H, W]` through the tower, keeping what `request` asks for.
+    pub fn forward_with_trace(&self, pixels: Tensor<3>, request: &TraceRequest) -> Result<ImageTrace> {
+        if request.first_layer >= self.depth() {
+            return Err(LegradError::Input(format!(
+                "layer {} does not exist: the vision tower has {} layers",
+                request.first_layer,
+                self.depth()
+            )));
+        }
+        let (mut x, grid) = self.embed(pixels.unsqueeze())?;
+        let mut layers = Vec::with_capacity(self.depth() - request.first_layer);
+        for (i, block) in self.weights.blocks.iter().enumerate() {
+            if i < request.first_layer {
+                x = block.forward(x, None, self.activation);
+                continue;
+            }
+            let input = x;
+            let out = block.forward_traced(input.clone(), self.activation);
+            let [_, n, w] = out.output.dims();
+            let squeeze3 = |t: Tensor<3>| -> Tensor<2> { t.squeeze_dim(0) };
+            let squeeze4 = |t: Tensor<4>| -> Tensor<3> { t.squeeze_dim(0) };
+            layers.push(LayerTrace {
+                index: i,
+                output_mean: out.output.clone().mean_dim(1).reshape([w]),
+                input: request.tokens.then(|| squeeze3(input.clone())),
+                output: request.tokens.then(|| squeeze3(out.output.clone())),
+                probs: request.attention.then(|| squeeze4(out.attention.probs.clone())),
+                values: request.mlp_backward.then(|| squeeze4(out.attention.values.clone())),
+                ln_2: request.mlp_backward.then(|| LayerNormStats {
+                    x_hat: squeeze3(out.ln_2.x_hat.clone()),
+                    rstd: squeeze3(out.ln_2.rstd.clone()),
+                }),
+                act_grad: request
+                    .mlp_backward
+                    .then(|| squeeze3(activate_grad(self.activation, out.mlp_pre.clone()))),
+            });
+            debug_assert_eq!(n, grid.0 * grid.1 + 1);
+            x = out.output;
+        }
+        let embedding = l2_normalize(self.pool(x)).squeeze_dim(0);
+        Ok(ImageTrace {
+            grid,
+            patch_size: self.patch_size,
+            embedding,
+            layers,
+            request: request.clone(),
+        })
+    }
+}
+
+/// `x / max(|x|, 1e-12)` along the last dimension (torch's `F.normalize`).
+pub fn l2_normalize<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let norm = x.clone().powi_scalar(2).sum_dim(D - 1).sqrt().clamp_min(1e-12);
+    x / norm
+}

@@ -1,0 +1,73 @@
+//! Seeded random weights for any config, in open_clip's names: full-size models for benchmarks
+//! and memory measurements are generated on demand, never committed.
+
+use super::{RawTensor, TensorMap};
+use crate::config::ClipConfig;
+
+/// SplitMix64 with a Box-Muller normal: deterministic across platforms, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+}
+
+/// A model with open_clip-like initial scales (std 0.02 matrices, LayerNorms near identity).
+pub fn random_openclip(config: &ClipConfig, seed: u64) -> TensorMap {
+    let mut rng = Rng(seed);
+    let mut map = TensorMap::new();
+    let mut put = |name: String, shape: Vec<usize>, mean: f32, std: f32, rng: &mut Rng| {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| mean + std * rng.normal()).collect();
+        map.insert(name, RawTensor::from_f32(shape, &data));
+    };
+    let blocks = |prefix: &str, layers: usize, w: usize, m: usize, put: &mut dyn FnMut(String, Vec<usize>, f32, f32, &mut Rng), rng: &mut Rng| {
+        for i in 0..layers {
+            let p = format!("{prefix}{i}");
+            put(format!("{p}.ln_1.weight"), vec![w], 1.0, 0.02, rng);
+            put(format!("{p}.ln_1.bias"), vec![w], 0.0, 0.02, rng);
+            put(format!("{p}.attn.in_proj_weight"), vec![3 * w, w], 0.0, (w as f32).powf(-0.5), rng);
+            put(format!("{p}.attn.in_proj_bias"), vec![3 * w], 0.0, 0.02, rng);
+            put(format!("{p}.attn.out_proj.weight"), vec![w, w], 0.0, (w as f32).powf(-0.5), rng);
+            put(format!("{p}.attn.out_proj.bias"), vec![w], 0.0, 0.02, rng);
+            put(format!("{p}.ln_2.weight"), vec![w], 1.0, 0.02, rng);
+            put(format!("{p}.ln_2.bias"), vec![w], 0.0, 0.02, rng);
+            put(format!("{p}.mlp.c_fc.weight"), vec![m, w], 0.0, (w as f32).powf(-0.5), rng);
+            put(format!("{p}.mlp.c_fc.bias"), vec![m], 0.0, 0.02, rng);
+            put(format!("{p}.mlp.c_proj.weight"), vec![w, m], 0.0, (m as f32).powf(-0.5), rng);
+            put(format!("{p}.mlp.c_proj.bias"), vec![w], 0.0, 0.02, rng);
+        }
+    };
+    let v = &config.vision;
+    let t = &config.text;
+    let g = v.grid();
+    put("visual.conv1.weight".into(), vec![v.width, 3, v.patch_size, v.patch_size], 0.0, 0.02, &mut rng);
+    put("visual.class_embedding".into(), vec![v.width], 0.0, (v.width as f32).powf(-0.5), &mut rng);
+    put("visual.positional_embedding".into(), vec![g * g + 1, v.width], 0.0, (v.width as f32).powf(-0.5), &mut rng);
+    put("visual.ln_pre.weight".into(), vec![v.width], 1.0, 0.02, &mut rng);
+    put("visual.ln_pre.bias".into(), vec![v.width], 0.0, 0.02, &mut rng);
+    blocks("visual.transformer.resblocks.", v.layers, v.width, v.mlp_width, &mut put, &mut rng);
+    put("visual.ln_post.weight".into(), vec![v.width], 1.0, 0.02, &mut rng);
+    put("visual.ln_post.bias".into(), vec![v.width], 0.0, 0.02, &mut rng);
+    put("visual.proj".into(), vec![v.width, config.embed_dim], 0.0, (v.width as f32).powf(-0.5), &mut rng);
+    put("token_embedding.weight".into(), vec![t.vocab_size, t.width], 0.0, 0.02, &mut rng);
+    put("positional_embedding".into(), vec![t.context_length, t.width], 0.0, 0.01, &mut rng);
+    blocks("transformer.resblocks.", t.layers, t.width, t.mlp_width, &mut put, &mut rng);
+    put("ln_final.weight".into(), vec![t.width], 1.0, 0.02, &mut rng);
+    put("ln_final.bias".into(), vec![t.width], 0.0, 0.02, &mut rng);
+    put("text_projection".into(), vec![t.width, config.embed_dim], 0.0, (t.width as f32).powf(-0.5), &mut rng);
+    map.insert("logit_scale", RawTensor::from_f32(vec![], &[(1.0f32 / 0.07).ln()]));
+    map
+}
