@@ -15,6 +15,8 @@ pub mod load;
 pub mod model;
 pub mod overlay;
 pub mod preprocess;
+pub mod rng;
+pub mod scenes;
 pub mod tokenizer;
 pub mod weights;
 

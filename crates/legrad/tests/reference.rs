@@ -236,3 +236,31 @@ fn new_prompt_reuses_the_trace() {
     let d = max_abs_diff(&out[0].map.map, &want[2 * 4096..3 * 4096]);
     assert!(d <= MAP_TOL, "single prompt vs batch: {d}");
 }
+
+#[test]
+fn baselines_match_their_references() {
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let base = Expected::load("tiny-vit-b16.baselines.safetensors");
+    for (backend, device) in devices() {
+        let engine = tiny_b16(&device);
+        let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+        let options = ExplainOptions::default();
+        let methods = [Method::GradCam, Method::Rollout, Method::RawAttention, Method::CheferCam];
+        let request = engine.request_for(&methods, &options).unwrap();
+        for key in ["64x64", "96x96"] {
+            let size = size_of(key);
+            let trace = engine.trace(exp.values(&format!("pixels/{key}")).to_vec(), size, &request).unwrap();
+            for (method, name) in methods.iter().zip(["gradcam", "rollout", "raw-attention", "chefercam"]) {
+                let out = pollster::block_on(engine.explain(&trace, &prepared, *method, &options)).unwrap();
+                let want = base.values(&format!("{name}/{key}"));
+                let n = size.width * size.height;
+                for (p, r) in out.iter().enumerate() {
+                    let d = max_abs_diff(&r.map.map, &want[p * n..][..n]);
+                    // relu(∇A ⊙ A) and GradCAM's relu(Σ w A) cut near zero, where GPU summation
+                    // order moves values by ~1e-4: the baselines get 1e-3.
+                    assert!(d <= 1e-3, "{backend} {name} {key} prompt {p}: max abs diff {d}");
+                }
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! resolution, on the device. [`finish_maps`] does the host-side rest: upsampling to the input
 //! size and min-max normalisation, as the reference does after its sum over layers.
 
+pub mod baselines;
 pub mod legrad;
 
 use burn::tensor::Tensor;
@@ -19,15 +20,28 @@ use crate::model::{Clip, ImageTrace, TraceRequest};
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     LeGrad,
+    GradCam,
+    Rollout,
+    RawAttention,
+    CheferCam,
 }
 
 impl Method {
-    pub const ALL: [Method; 1] = [Method::LeGrad];
+    pub const ALL: [Method; 5] = [Method::LeGrad, Method::GradCam, Method::Rollout, Method::RawAttention, Method::CheferCam];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::LeGrad => "LeGrad",
+            Method::GradCam => "GradCAM",
+            Method::Rollout => "Rollout",
+            Method::RawAttention => "RawAttention",
+            Method::CheferCam => "CheferCAM",
         }
+    }
+
+    /// Does the map depend on the prompt?
+    pub fn uses_text(self) -> bool {
+        !matches!(self, Method::Rollout | Method::RawAttention)
     }
 
     pub fn explainer(self, options: &ExplainOptions) -> Box<dyn Explainer> {
@@ -35,6 +49,10 @@ impl Method {
             Method::LeGrad => Box::new(legrad::LeGrad {
                 layer_index: options.layer_index,
             }),
+            Method::GradCam => Box::new(baselines::GradCam),
+            Method::Rollout => Box::new(baselines::Rollout),
+            Method::RawAttention => Box::new(baselines::RawAttention),
+            Method::CheferCam => Box::new(baselines::CheferCam),
         }
     }
 }
@@ -44,6 +62,10 @@ impl std::str::FromStr for Method {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().replace(['-', '_', ' '], "").as_str() {
             "legrad" => Ok(Method::LeGrad),
+            "gradcam" => Ok(Method::GradCam),
+            "rollout" | "attentionrollout" => Ok(Method::Rollout),
+            "rawattention" | "attention" => Ok(Method::RawAttention),
+            "chefercam" | "chefer" => Ok(Method::CheferCam),
             _ => Err(LegradError::Input(format!(
                 "unknown method '{s}': expected one of {}",
                 Method::ALL.map(|m| m.name()).join(", ")
@@ -144,6 +166,9 @@ pub fn finish_maps(
     (0..prompts)
         .map(|p| {
             let raw = &summed[p * cells..][..cells];
+            // Upsample, then min-max: the order of every reference here (pytorch-grad-cam
+            // normalises at grid resolution and again after resizing, which comes to the same).
+            // The two do not commute: bilinear upsampling does not reach the grid's extremes.
             let mut map = upsample_bilinear(raw, 1, grid, patch);
             let ok = min_max_normalize(&mut map);
             let mut grid_map = raw.to_vec();

@@ -268,6 +268,11 @@ impl Block {
 
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>, act: Activation) -> Tensor<3> {
         let u = x.clone() + self.attn.forward(self.ln_1.forward(x), mask).output;
+        self.mlp_residual(u, act)
+    }
+
+    /// The second half of the block: `u + mlp(ln_2(u))`.
+    pub fn mlp_residual(&self, u: Tensor<3>, act: Activation) -> Tensor<3> {
         let h = self.mlp.c_fc.forward(self.ln_2.forward(u.clone()));
         u + self.mlp.c_proj.forward(activate(act, h))
     }
@@ -281,9 +286,7 @@ impl Block {
     /// The block from its attention probabilities on: `u = x + out_proj(A v)`, then the MLP.
     /// Explainers that differentiate with respect to `A` run this part under autodiff.
     pub fn forward_from_probs(&self, x: Tensor<3>, probs: Tensor<4>, values: Tensor<4>, act: Activation) -> Tensor<3> {
-        let u = x + self.attn.attend(probs, values);
-        let h = self.mlp.c_fc.forward(self.ln_2.forward(u.clone()));
-        u + self.mlp.c_proj.forward(activate(act, h))
+        self.mlp_residual(x + self.attn.attend(probs, values), act)
     }
 
     fn finish(&self, u: Tensor<3>, attention: AttentionOutput, act: Activation) -> BlockOutput {

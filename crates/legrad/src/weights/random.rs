@@ -2,31 +2,12 @@
 //! and memory measurements are generated on demand, never committed.
 
 use super::{RawTensor, TensorMap};
+use crate::rng::Rng;
 use crate::config::ClipConfig;
-
-/// SplitMix64 with a Box-Muller normal: deterministic across platforms, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-}
 
 /// A model with open_clip-like initial scales (std 0.02 matrices, LayerNorms near identity).
 pub fn random_openclip(config: &ClipConfig, seed: u64) -> TensorMap {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut map = TensorMap::new();
     let mut put = |name: String, shape: Vec<usize>, mean: f32, std: f32, rng: &mut Rng| {
         let n: usize = shape.iter().product();

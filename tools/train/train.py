@@ -1,0 +1,153 @@
+"""Train the default model: a small OpenCLIP ViT on synthetic scenes, exported as an OpenCLIP
+checkpoint (safetensors + JSON model config) with the real CLIP tokenizer.
+
+    python tools/train/train.py --out /tmp/synthetic-clip      # about 45 minutes on 2 CPU cores
+
+The scenes come from the project's one generator, streamed by `legrad scenes --stream` (Rust):
+each record is a 224x224 RGB image and a 96-byte caption naming one of its objects. Training is
+open_clip's own model and loss (`CLIP`, `ClipLoss`); nothing here is specific to this project
+except the data. Seeded: the same command gives the same weights on the same machine.
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import open_clip
+from open_clip.model import CLIP, CLIPVisionCfg, CLIPTextCfg
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
+SHAPES = ["circle", "square", "triangle", "star", "cross", "ring"]
+
+# The model: B/32-like patching at 224 (a 7x7 grid; 14x14 at the app's default 448), small.
+CONFIG = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 224, "layers": 6, "width": 128, "head_width": 64, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 4},
+}
+
+
+def scene_stream(legrad, seed, start, count, size=224, objects=None):
+    cmd = [legrad, "scenes", "--stream", "--seed", str(seed), "--start", str(start), "--count", str(count), "--size", str(size)]
+    if objects:
+        cmd += ["--objects", str(objects)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, bufsize=1 << 20)
+    n = size * size * 3
+    rec = n + 128
+    try:
+        while True:
+            buf = proc.stdout.read(rec)
+            if len(buf) < rec:
+                break
+            img = np.frombuffer(buf[:n], dtype=np.uint8).reshape(size, size, 3)
+            cap = buf[n:n + 96].rstrip(b"\0").decode("utf-8")
+            truth = buf[n + 96:].rstrip(b"\0").decode("utf-8")
+            yield img, cap, truth
+    finally:
+        proc.kill()
+
+
+def batches(stream, batch):
+    imgs, caps, truths = [], [], []
+    for img, cap, truth in stream:
+        imgs.append(img)
+        caps.append(cap)
+        truths.append(truth)
+        if len(imgs) == batch:
+            yield imgs, caps, truths
+            imgs, caps, truths = [], [], []
+
+
+def to_pixels(imgs):
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - MEAN) / STD
+
+
+def zero_shot(model, tok, legrad, n=300):
+    """Top-1 over all colour x shape names on held-out single-object scenes (seed 999)."""
+    names = [f"{c} {s}" for c in COLORS for s in SHAPES]
+    with torch.no_grad():
+        t = F.normalize(model.encode_text(tok([f"a photo of a {n}." for n in names])), dim=-1)
+        right = 0
+        for imgs, _, truths in batches(scene_stream(legrad, 999, 0, n, objects=1), 100):
+            i = F.normalize(model.encode_image(to_pixels(imgs)), dim=-1)
+            pred = (i @ t.T).argmax(-1)
+            right += sum(names[p] == truth for p, truth in zip(pred.tolist(), truths))
+    return right / n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--legrad", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "legrad"))
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not os.path.exists(args.legrad):
+        sys.exit(f"{args.legrad} not found: build it with `cargo build --release -p legrad-cli` or pass --legrad")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+
+    model = CLIP(
+        embed_dim=CONFIG["embed_dim"],
+        vision_cfg=CLIPVisionCfg(**CONFIG["vision_cfg"]),
+        text_cfg=CLIPTextCfg(**CONFIG["text_cfg"]),
+    )
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    loss_fn = open_clip.ClipLoss()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    warmup = max(1, args.steps // 20)
+
+    def lr_at(step):
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        return 0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
+
+    t0 = time.time()
+    stream = scene_stream(args.legrad, args.seed, 0, args.steps * args.batch)
+    for step, (imgs, caps, _) in enumerate(batches(stream, args.batch)):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        img_f, txt_f, scale = model(to_pixels(imgs), tok(caps))
+        loss = loss_fn(img_f, txt_f, scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.3f}  scale {model.logit_scale.exp().item():.1f}  {time.time() - t0:.0f}s", flush=True)
+    model.eval()
+    acc = zero_shot(model, tok, args.legrad)
+    print(f"zero-shot top-1 on 300 held-out single-object scenes: {acc:.3f}  ({time.time() - t0:.0f}s)", flush=True)
+
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(args.out, "synthetic-clip.safetensors"))
+    with open(os.path.join(args.out, "synthetic-clip.json"), "w") as f:
+        json.dump(CONFIG, f, indent=2)
+    with open(os.path.join(args.out, "train-log.json"), "w") as f:
+        json.dump({"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+                   "threads": args.threads, "seconds": time.time() - t0, "zero_shot_top1": acc}, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+/// Pinned tool versions. wasm-bindgen-cli must equal the `wasm-bindgen` in Cargo.lock.
+const TRUNK_VERSION: &str = "0.21.14";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.current_dir_if_unset().status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({status})"))
+    }
+}
+
+trait CurrentDir {
+    fn current_dir_if_unset(&mut self) -> &mut Self;
+}
+
+impl CurrentDir for Command {
+    fn current_dir_if_unset(&mut self) -> &mut Self {
+        if self.get_current_dir().is_none() {
+            self.current_dir(root());
+        }
+        self
+    }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn flag(args: &[String], name: &str) -> bool {
+    args.iter().any(|a| a == name)
+}
+
+fn value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+/// The wasm-bindgen version in Cargo.lock.
+fn wasm_bindgen_version() -> Result<String> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l == "name = \"wasm-bindgen\"" {
+            if let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \"")) {
+                return Ok(v.trim_end_matches('"').to_string());
+            }
+        }
+    }
+    Err("wasm-bindgen is not in Cargo.lock".into())
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default();
+    home.join("bin").join(name)
+}
+
+/// Installs what a fresh machine lacks, from crates.io and npm only.
+pub fn setup(_args: &[String]) -> Result {
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !targets.lines().any(|l| l == "wasm32-unknown-unknown") {
+        run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    let wb = wasm_bindgen_version()?;
+    let have_wb = output(Command::new(cargo_bin("wasm-bindgen")).arg("--version")).unwrap_or_default();
+    if !have_wb.ends_with(&wb) {
+        // `--locked` fails for 0.2.130 (a locked dependency is missing from the registry).
+        run(cargo().args(["install", "wasm-bindgen-cli", "--version", &format!("={wb}")]))?;
+    }
+    let have_trunk = output(Command::new(cargo_bin("trunk")).arg("--version")).unwrap_or_default();
+    if !have_trunk.ends_with(TRUNK_VERSION) {
+        run(cargo().args(["install", "trunk", "--locked", "--version", &format!("={TRUNK_VERSION}")]))?;
+    }
+    let e2e = root().join("tests/e2e");
+    if e2e.join("package.json").exists() && !e2e.join("node_modules/playwright-core").exists() {
+        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&e2e))?;
+    }
+    Ok(())
+}
+
+/// trunk with the pinned tools found on PATH, so it never downloads a binary.
+fn trunk() -> Command {
+    let mut cmd = Command::new(cargo_bin("trunk"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![cargo_bin("")];
+    paths.extend(std::env::split_paths(&path));
+    cmd.env("PATH", std::env::join_paths(paths).unwrap_or(path));
+    cmd.env("TRUNK_SKIP_VERSION_CHECK", "true");
+    cmd.env("TRUNK_OFFLINE", "true");
+    cmd
+}
+
+pub fn serve(args: &[String]) -> Result {
+    setup(args)?;
+    let port = value(args, "--port").unwrap_or("8080");
+    run(trunk().args(["serve", "--release", "--address", "127.0.0.1", "--port", port]))
+}
+
+pub fn dist(args: &[String]) -> Result {
+    setup(args)?;
+    run(trunk().args(["build", "--release"]))?;
+    report_sizes(&root().join("dist"))
+}
+
+fn report_sizes(dir: &Path) -> Result {
+    let mut total = 0u64;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in entries.flatten() {
+        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+        total += len;
+        eprintln!("{:>12} {}", len, e.file_name().to_string_lossy());
+    }
+    eprintln!("{total:>12} total in {}", dir.display());
+    Ok(())
+}
+
+/// Every test. `--native` runs only the native ones.
+pub fn test(args: &[String]) -> Result {
+    let xdg = std::env::temp_dir().join("legrad-xdg");
+    let _ = std::fs::create_dir_all(&xdg);
+    // 1. Native: the core on burn's CPU backend and on wgpu (Vulkan; lavapipe without a GPU).
+    run(cargo()
+        .args(["test", "--release", "--workspace", "--exclude", "xtask"])
+        .env("XDG_RUNTIME_DIR", &xdg))?;
+    // 2. The core builds for the browser's target.
+    run(cargo().args(["build", "--release", "--target", "wasm32-unknown-unknown", "-p", "legrad"]))?;
+    if flag(args, "--native") {
+        return Ok(());
+    }
+    web_tests(args)
+}
+
+fn web_tests(args: &[String]) -> Result {
+    let web = root().join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&web).unwrap_or_default();
+    if !manifest.contains("[package]") {
+        eprintln!("(no web app crate yet: browser tests skipped)");
+        return Ok(());
+    }
+    setup(args)?;
+    // 3. The engine in headless Chromium: WebGPU (SwiftShader) and the CPU fallback.
+    let wb_runner = cargo_bin("wasm-bindgen-test-runner");
+    run(cargo()
+        .args(["test", "--release", "--target", "wasm32-unknown-unknown", "-p", "legrad-web"])
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &wb_runner)
+        .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+        .env("WASM_BINDGEN_TEST_TIMEOUT", "600")
+        .env("WASM_BINDGEN_USE_BROWSER", "1")
+        .env("WASM_BINDGEN_TEST_DRIVER_TIMEOUT", "120"))?;
+    // 4. End to end: the built page in Playwright.
+    run(trunk().args(["build", "--release"]))?;
+    run(Command::new("node")
+        .args(["run.mjs"])
+        .current_dir(root().join("tests/e2e"))
+        .env("LEGRAD_DIST", root().join("dist")))
+}
+
+pub fn bench(args: &[String]) -> Result {
+    let python = value(args, "--python")
+        .map(String::from)
+        .or_else(|| std::env::var("LEGRAD_REFERENCE_PYTHON").ok())
+        .ok_or("pass --python PATH (a venv with tools/reference/requirements.txt)")?;
+    let threads = value(args, "--threads").unwrap_or("2");
+    let runs = value(args, "--runs").unwrap_or("5");
+    run(cargo().args(["build", "--release", "-p", "legrad-cli"]))?;
+    let legrad = target_dir().join("release/legrad");
+    println!("| size | prompts | step | legrad-web (Rust, burn CPU) | reference (PyTorch) |");
+    println!("|---|---|---|---|---|");
+    for size in value(args, "--sizes").unwrap_or("224,448").split(',') {
+        for prompts in value(args, "--prompts").unwrap_or("1,8").split(',') {
+            let ours = output(Command::new(&legrad).args([
+                "bench", "--model", "random:ViT-B-16:0", "--size", size, "--prompts", prompts, "--threads", threads,
+                "--runs", runs, "--json",
+            ]))
+            .ok_or("legrad bench failed")?;
+            let theirs = output(
+                Command::new(&python)
+                    .args(["-W", "ignore", "tools/reference/bench.py", "--size", size, "--prompts", prompts, "--threads", threads, "--runs", runs, "--json"])
+                    .current_dir(root()),
+            )
+            .ok_or("tools/reference/bench.py failed")?;
+            let ours = ours.lines().last().unwrap_or_default().to_string();
+            let theirs = theirs.lines().last().unwrap_or_default().to_string();
+            let get = |json: &str, key: &str| -> f64 {
+                json.split(&format!("\"{key}\":"))
+                    .nth(1)
+                    .and_then(|r| r.split([',', '}']).next())
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            let ms = |v: f64| format!("{:.1} ms", v * 1e3);
+            let mb = |v: f64| format!("{:.0} MiB", v / (1 << 20) as f64);
+            for (step, a, b) in [
+                ("image forward (ours: with trace; ref: no grad)", get(&ours, "image_forward_with_trace_s"), get(&theirs, "image_forward_s")),
+                ("explain on cached image (ref: compute_legrad_clip(image=None))", get(&ours, "explain_cached_text_s"), get(&theirs, "legrad_cached_s")),
+                ("new prompt incl. text encoding (ours)", get(&ours, "explain_new_prompts_s"), f64::NAN),
+                ("image forward + LeGrad (ref: compute_legrad_clip(image))", get(&ours, "image_forward_with_trace_s") + get(&ours, "explain_cached_text_s"), get(&theirs, "legrad_full_s")),
+                ("text encoding", get(&ours, "text_encode_s"), get(&theirs, "text_encode_s")),
+            ] {
+                println!("| {size} | {prompts} | {step} | {} | {} |", ms(a), if b.is_nan() { "-".into() } else { ms(b) });
+            }
+            println!("| {size} | {prompts} | peak RSS | {} | {} |", mb(get(&ours, "peak_rss_bytes")), mb(get(&theirs, "peak_rss_bytes")));
+        }
+    }
+    Ok(())
+}
+
+pub fn reference(args: &[String]) -> Result {
+    let python = value(args, "--python")
+        .map(String::from)
+        .or_else(|| std::env::var("LEGRAD_REFERENCE_PYTHON").ok())
+        .ok_or("pass --python PATH (a venv with tools/reference/requirements.txt)")?;
+    let mut cmd = Command::new(python);
+    cmd.args(["-W", "ignore", "tools/reference/make_fixtures.py"]);
+    if flag(args, "--check") {
+        cmd.arg("--check");
+    }
+    run(&mut cmd)
+}
+
+pub fn fetch_model(args: &[String]) -> Result {
+    let url = "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_model.safetensors";
+    let out = PathBuf::from(value(args, "--out").unwrap_or("models/ViT-B-16-laion2b_s34b_b88k.safetensors"));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    run(Command::new("curl").args(["-L", "--fail", "--progress-bar", "-o"]).arg(&out).arg(url))?;
+    eprintln!("saved {}; use it with: legrad explain --model {} --config ViT-B-16 ...", out.display(), out.display());
+    Ok(())
+}
