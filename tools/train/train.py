@@ -6,7 +6,8 @@ checkpoint (safetensors + JSON model config) with the real CLIP tokenizer.
 The scenes come from the project's one generator, streamed by `legrad scenes --stream` (Rust):
 each record is a 224x224 RGB image and a 96-byte caption naming one of its objects. Training is
 open_clip's own model and loss (`CLIP`, `ClipLoss`); nothing here is specific to this project
-except the data. Seeded: the same command gives the same weights on the same machine.
+except the data. (Repeated captions in a batch need no special care: identical captions have
+identical embeddings, and the loss over them equals the multi-positive loss.) Seeded: the same command gives the same weights on the same machine.
 """
 
 import argparse
@@ -93,7 +94,7 @@ def main():
     ap.add_argument("--legrad", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "legrad"))
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 pub type Result<T = ()> = std::result::Result<T, String>;
 
 /// Pinned tool versions. wasm-bindgen-cli must equal the `wasm-bindgen` in Cargo.lock.
-const TRUNK_VERSION: &str = "0.21.14";
+const TRUNK_VERSION: &str = "0.22.1";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -143,7 +143,7 @@ pub fn test(args: &[String]) -> Result {
     let _ = std::fs::create_dir_all(&xdg);
     // 1. Native: the core on burn's CPU backend and on wgpu (Vulkan; lavapipe without a GPU).
     run(cargo()
-        .args(["test", "--release", "--workspace", "--exclude", "xtask"])
+        .args(["test", "--release", "--workspace", "--exclude", "xtask", "--exclude", "legrad-web"])
         .env("XDG_RUNTIME_DIR", &xdg))?;
     // 2. The core builds for the browser's target.
     run(cargo().args(["build", "--release", "--target", "wasm32-unknown-unknown", "-p", "legrad"]))?;
@@ -154,12 +154,6 @@ pub fn test(args: &[String]) -> Result {
 }
 
 fn web_tests(args: &[String]) -> Result {
-    let web = root().join("Cargo.toml");
-    let manifest = std::fs::read_to_string(&web).unwrap_or_default();
-    if !manifest.contains("[package]") {
-        eprintln!("(no web app crate yet: browser tests skipped)");
-        return Ok(());
-    }
     setup(args)?;
     // 3. The engine in headless Chromium: WebGPU (SwiftShader) and the CPU fallback.
     let wb_runner = cargo_bin("wasm-bindgen-test-runner");
@@ -172,10 +166,12 @@ fn web_tests(args: &[String]) -> Result {
         .env("WASM_BINDGEN_TEST_DRIVER_TIMEOUT", "120"))?;
     // 4. End to end: the built page in Playwright.
     run(trunk().args(["build", "--release"]))?;
+    run(cargo().args(["build", "--release", "-p", "legrad-cli"]))?;
     run(Command::new("node")
         .args(["run.mjs"])
         .current_dir(root().join("tests/e2e"))
-        .env("LEGRAD_DIST", root().join("dist")))
+        .env("LEGRAD_DIST", root().join("dist"))
+        .env("LEGRAD_CLI", target_dir().join("release/legrad")))
 }
 
 pub fn bench(args: &[String]) -> Result {
@@ -226,6 +222,26 @@ pub fn bench(args: &[String]) -> Result {
         }
     }
     Ok(())
+}
+
+pub fn bench_web(args: &[String]) -> Result {
+    setup(args)?;
+    run(cargo().args(["build", "--release", "-p", "legrad-cli"]))?;
+    run(trunk().args(["build", "--release"]))?;
+    report_sizes(&root().join("dist"))?;
+    for f in ["legrad-web_bg.wasm", "legrad-web.js"] {
+        let path = root().join("dist").join(f);
+        if let Some(gz) = output(Command::new("sh").arg("-c").arg(format!("gzip -9 -c '{}' | wc -c", path.display()))) {
+            eprintln!("{f}: gzip -9 {gz} bytes");
+        }
+    }
+    let mut cmd = Command::new("node");
+    cmd.arg("bench.mjs").current_dir(root().join("tests/e2e"));
+    cmd.env("LEGRAD_DIST", root().join("dist")).env("LEGRAD_CLI", target_dir().join("release/legrad"));
+    if flag(args, "--skip-vit") {
+        cmd.arg("--skip-vit");
+    }
+    run(&mut cmd)
 }
 
 pub fn reference(args: &[String]) -> Result {

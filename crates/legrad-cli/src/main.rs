@@ -1,6 +1,8 @@
 //! `legrad`: LeGrad explanations from the command line.
 
 mod bench;
+mod convert;
+mod eval;
 mod npy;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +25,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum BackendChoice {
+pub(crate) enum BackendChoice {
     /// burn's Flex CPU backend.
     Cpu,
     /// wgpu (Vulkan, Metal, DX12; lavapipe on a machine without a GPU).
@@ -31,18 +33,18 @@ enum BackendChoice {
 }
 
 #[derive(Args, Clone)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Checkpoint: open_clip (.safetensors, .bin, .pt), a transformers CLIPModel directory or
     /// model.safetensors, or a model file written by `legrad convert`.
     #[arg(long, default_value_os_t = default_model())]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Model config: open_clip JSON, transformers config.json, or a preset name
     /// (ViT-B-32, ViT-B-16, ViT-L-14, with -quickgelu for OpenAI weights).
     #[arg(long)]
-    config: Option<String>,
+    pub(crate) config: Option<String>,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
-    backend: BackendChoice,
+    pub(crate) backend: BackendChoice,
 }
 
 #[derive(Args, Clone)]
@@ -138,6 +140,12 @@ enum Command {
     },
     /// Time the image forward, explanations on a cached trace and text encoding.
     Bench(bench::BenchArgs),
+    /// Localisation (pointing game, mIoU) and zero-shot accuracy on held-out synthetic scenes.
+    Eval(eval::EvalArgs),
+    /// Convert a checkpoint to the app's model file (f32, f16, q8, q4).
+    Convert(convert::ConvertArgs),
+    /// Compare a converted model with its f32 reference: maps, embeddings, accuracy.
+    Fidelity(convert::FidelityArgs),
 }
 
 fn default_model() -> PathBuf {
@@ -164,8 +172,9 @@ pub(crate) fn device(choice: BackendChoice) -> Device {
     }
 }
 
-pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
-    let config = match &args.config {
+/// `--config`: a JSON file (open_clip or transformers) or a preset name.
+pub(crate) fn config_source(config: &Option<String>) -> CliResult<Option<ConfigSource>> {
+    Ok(match config {
         None => None,
         Some(c) if Path::new(c).exists() => {
             let text = std::fs::read_to_string(c).map_err(|e| LegradError::Io { path: c.clone(), source: e })?;
@@ -178,25 +187,16 @@ pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
             });
         }
         Some(c) => Some(ConfigSource::Preset(c.clone())),
-    };
+    })
+}
+
+pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
+    let config = config_source(&args.config)?;
     if let Some(spec) = args.model.to_str().and_then(|s| s.strip_prefix("random:")) {
-        // random:<preset>[:seed], e.g. random:ViT-B-16:0, for benchmarks.
-        let (name, seed) = spec.split_once(':').unwrap_or((spec, "0"));
-        let seed: u64 = seed.parse().map_err(|_| LegradError::Input(format!("bad seed in '{spec}'")))?;
-        let config = match config {
-            Some(c) => c.parse()?,
-            None => legrad::ClipConfig::preset(name)
-                .ok_or_else(|| LegradError::Config(format!("no preset named '{name}'")))?,
-        };
-        let map = legrad::weights::random::random_openclip(&config, seed);
-        let (clip, info) = legrad::load::from_tensor_map(map, Some(&ConfigSource::Config(config)), &device(args.backend))?;
+        // random:<preset or config.json>[:seed], e.g. random:ViT-B-16:0, for benchmarks.
+        let p = convert::random_model(spec, config.as_ref())?;
+        let (clip, info) = legrad::load::from_tensor_map(p.map, Some(&ConfigSource::Config(p.config)), &device(args.backend))?;
         return Engine::new(clip, info);
-    }
-    if !args.model.exists() {
-        return Err(LegradError::Io {
-            path: args.model.display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-        });
     }
     let (clip, info) = load_path(&args.model, config, &device(args.backend))?;
     for note in &info.notes {
@@ -293,6 +293,9 @@ fn run(cli: Cli) -> CliResult<()> {
         }
         Command::Scenes { seed, start, count, size, objects, out, stream } => scenes(seed, start, count, size, objects, out, stream),
         Command::Bench(args) => bench::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Convert(args) => convert::convert(args),
+        Command::Fidelity(args) => convert::fidelity(args),
     }
 }
 

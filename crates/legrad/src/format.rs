@@ -18,11 +18,20 @@ pub const FORMAT_NAME: &str = "legrad-web-model";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// How the weights are stored.
+///
+/// `q8` and `q4` quantize the matrices of every Linear layer of both towers and the token
+/// embedding (symmetric, one f16 scale per block of output features: 64 for q8, 32 for q4; see
+/// [`crate::weights::quant`]); everything else (norms, biases, positional and class embeddings,
+/// the patch embedding and the two projections) is kept in f16. The token embedding is
+/// quantized too, against the usual practice, because ViT-B/16's alone is 101 MB in f32 and the
+/// 8-bit file must stay under 160 MB; it is looked up on the host, a row at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quant {
     F32,
     F16,
+    Q8,
+    Q4,
 }
 
 impl std::str::FromStr for Quant {
@@ -31,10 +40,22 @@ impl std::str::FromStr for Quant {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
-            _ => Err(LegradError::Input(format!("unknown quantization '{s}': expected f32 or f16"))),
+            "q8" => Ok(Self::Q8),
+            "q4" => Ok(Self::Q4),
+            _ => Err(LegradError::Input(format!("unknown quantization '{s}': expected f32, f16, q8 or q4"))),
         }
     }
 }
+
+/// Tensors that `q8` / `q4` quantize.
+pub fn is_quantized_weight(name: &str) -> bool {
+    name == "token_embedding.weight"
+        || ["attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]
+            .iter()
+            .any(|s| name.ends_with(s))
+}
+
+const SCALES: &str = ".__scales";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TokenizerSettings {
@@ -63,6 +84,17 @@ pub fn is_app_model(bytes: &[u8]) -> bool {
 
 /// Write `map` (open_clip names) with its config.
 pub fn write(map: &TensorMap, config: &ClipConfig, quant: Quant, source: &str) -> Result<Vec<u8>> {
+    write_with_progress(map, config, quant, source, &mut |_, _| {})
+}
+
+/// As [`write`], reporting `(tensors done, tensors)`.
+pub fn write_with_progress(
+    map: &TensorMap,
+    config: &ClipConfig,
+    quant: Quant,
+    source: &str,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<u8>> {
     let header = Header {
         format_version: FORMAT_VERSION,
         quant,
@@ -79,19 +111,38 @@ pub fn write(map: &TensorMap, config: &ClipConfig, quant: Quant, source: &str) -
         "header".to_string(),
         serde_json::to_string(&header).map_err(|e| LegradError::ModelFile(e.to_string()))?,
     );
+    let f16_bytes = |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect() };
     let mut owned: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = Vec::new();
-    for name in map.names() {
+    let total = map.len();
+    for (done, name) in map.names().enumerate() {
+        progress(done, total);
         let t = map.get(name).ok_or_else(|| LegradError::ModelFile(format!("tensor {name} vanished")))?;
         let values = t.to_f32();
+        let bits = match quant {
+            Quant::Q8 => 8,
+            Quant::Q4 => 4,
+            _ => 0,
+        };
+        let matrix = t.shape.len() == 2 && (bits == 8 || t.shape[1] % 2 == 0);
+        if bits > 0 && matrix && is_quantized_weight(name) {
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let q = crate::weights::quant::quantize(&values, rows, cols, bits, if bits == 8 { 64 } else { 32 });
+            let (dtype, shape) = if bits == 8 {
+                (safetensors::Dtype::I8, vec![rows, cols])
+            } else {
+                (safetensors::Dtype::U8, vec![rows, cols / 2])
+            };
+            owned.push((name.to_string(), shape, dtype, q.bytes.clone()));
+            owned.push((format!("{name}{SCALES}"), vec![q.scales.len() / cols, cols], safetensors::Dtype::F16, f16_bytes(&q.scales)));
+            continue;
+        }
         let (dtype, bytes) = match quant {
             Quant::F32 => (safetensors::Dtype::F32, bytemuck::cast_slice(&values).to_vec()),
-            Quant::F16 => (
-                safetensors::Dtype::F16,
-                values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-            ),
+            _ => (safetensors::Dtype::F16, f16_bytes(&values)),
         };
         owned.push((name.to_string(), t.shape.clone(), dtype, bytes));
     }
+    progress(total, total);
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
         .iter()
         .map(|(n, s, d, b)| {
@@ -101,6 +152,24 @@ pub fn write(map: &TensorMap, config: &ClipConfig, quant: Quant, source: &str) -
         })
         .collect::<Result<_>>()?;
     safetensors::serialize(views, Some(metadata)).map_err(|e| LegradError::ModelFile(e.to_string()))
+}
+
+/// A plain f32 safetensors state dict in open_clip's names (what `open_clip.create_model`
+/// loads; no legrad metadata).
+pub fn write_plain(map: &TensorMap) -> Result<Vec<u8>> {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = map
+        .names()
+        .filter_map(|n| map.get(n).map(|t| (n.to_string(), t.shape.clone(), bytemuck::cast_slice(&t.to_f32()).to_vec())))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| LegradError::ModelFile(e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, None).map_err(|e| LegradError::ModelFile(e.to_string()))
 }
 
 /// Read the header of an app model file.
@@ -125,18 +194,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header> {
 
 /// Load an app model file.
 pub fn read(bytes: &[u8], device: &Device) -> Result<(Clip, ModelInfo)> {
-    let header = read_header(bytes)?;
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| LegradError::ModelFile(format!("truncated or corrupt ({e})")))?;
-    let mut map = TensorMap::new();
-    for (name, view) in st.tensors() {
-        let dtype = match view.dtype() {
-            safetensors::Dtype::F32 => StoredDType::F32,
-            safetensors::Dtype::F16 => StoredDType::F16,
-            other => return Err(LegradError::ModelFile(format!("tensor {name} has unexpected type {other:?}"))),
-        };
-        map.insert(name, RawTensor { shape: view.shape().to_vec(), dtype, bytes: view.data().to_vec() });
-    }
+    let (map, header) = read_map(bytes)?;
     let clip = Clip::from_tensors(header.config.clone(), map, device)?;
     Ok((
         clip,
@@ -146,4 +204,45 @@ pub fn read(bytes: &[u8], device: &Device) -> Result<(Clip, ModelInfo)> {
             notes: vec![],
         },
     ))
+}
+
+/// The tensors of an app model file (quantized ones kept quantized) and its header.
+pub fn read_map(bytes: &[u8]) -> Result<(TensorMap, Header)> {
+    let header = read_header(bytes)?;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| LegradError::ModelFile(format!("truncated or corrupt ({e})")))?;
+    let mut map = TensorMap::new();
+    let tensors = st.tensors();
+    let scales: HashMap<&str, &safetensors::tensor::TensorView<'_>> =
+        tensors.iter().filter_map(|(n, v)| n.strip_suffix(SCALES).map(|base| (base, v))).collect();
+    for (name, view) in &tensors {
+        if name.ends_with(SCALES) {
+            continue;
+        }
+        let bad = |what: &str| LegradError::ModelFile(format!("tensor {name}: {what}"));
+        let shape = view.shape().to_vec();
+        let t = match view.dtype() {
+            safetensors::Dtype::F32 => RawTensor { shape, dtype: StoredDType::F32, bytes: view.data().to_vec(), scales: vec![] },
+            safetensors::Dtype::F16 => RawTensor { shape, dtype: StoredDType::F16, bytes: view.data().to_vec(), scales: vec![] },
+            dt @ (safetensors::Dtype::I8 | safetensors::Dtype::U8) => {
+                let s = scales.get(name.as_str()).ok_or_else(|| bad("quantized values without scales"))?;
+                let scale_values: Vec<f32> = s.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+                let (rows, cols) = match (dt, shape.as_slice()) {
+                    (safetensors::Dtype::I8, &[r, c]) => (r, c),
+                    (_, &[r, c]) => (r, c * 2),
+                    _ => return Err(bad("quantized tensors must be matrices")),
+                };
+                let sshape = s.shape();
+                if sshape.len() != 2 || sshape[1] != cols || sshape[0] == 0 || rows % sshape[0] != 0 {
+                    return Err(bad(&format!("scales of shape {sshape:?} do not fit [{rows}, {cols}]")));
+                }
+                let block = rows / sshape[0];
+                let dtype = if dt == safetensors::Dtype::I8 { StoredDType::Q8 { block } } else { StoredDType::Q4 { block } };
+                RawTensor { shape: vec![rows, cols], dtype, bytes: view.data().to_vec(), scales: scale_values }
+            }
+            other => return Err(bad(&format!("unexpected type {other:?}"))),
+        };
+        map.insert(name.clone(), t);
+    }
+    Ok((map, header))
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod explain;
 pub mod format;
 pub mod load;

@@ -57,8 +57,17 @@ pub struct ModelInfo {
     pub notes: Vec<String>,
 }
 
-/// Build a model from a tensor map and an optional config.
-pub fn from_tensor_map(map: TensorMap, config: Option<&ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
+/// A checkpoint in open_clip's names with its config: what the model is built from, and what
+/// `legrad convert` writes.
+pub struct Prepared {
+    pub map: TensorMap,
+    pub config: ClipConfig,
+    pub source_format: String,
+    pub notes: Vec<String>,
+}
+
+/// Rename (transformers → open_clip) and settle the config (given, or inferred from shapes).
+pub fn prepare(map: TensorMap, config: Option<&ConfigSource>) -> Result<Prepared> {
     let layout = weights::detect_layout(&map)?;
     let mut notes = Vec::new();
     let (map, config, source_format) = match layout {
@@ -89,29 +98,23 @@ pub fn from_tensor_map(map: TensorMap, config: Option<&ConfigSource>, device: &D
             (map, config, "open_clip")
         }
     };
-    let clip = Clip::from_tensors(config.clone(), map, device)?;
-    Ok((
-        clip,
-        ModelInfo {
-            config,
-            source_format: source_format.into(),
-            notes,
-        },
-    ))
+    Ok(Prepared { map, config, source_format: source_format.into(), notes })
 }
 
-/// Load from bytes: safetensors (open_clip or transformers names) or the app's model file.
-/// PyTorch pickles need random access and load from a path ([`load_path`]).
-pub fn load_bytes(bytes: &[u8], config: Option<&ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
+/// Build a model from a tensor map and an optional config.
+pub fn from_tensor_map(map: TensorMap, config: Option<&ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
+    let p = prepare(map, config)?;
+    let clip = Clip::from_tensors(p.config.clone(), p.map, device)?;
+    Ok((clip, ModelInfo { config: p.config, source_format: p.source_format, notes: p.notes }))
+}
+
+/// The tensors of a checkpoint held in memory (safetensors, open_clip or transformers names),
+/// renamed to open_clip's, with its config.
+pub fn prepare_bytes(bytes: &[u8], config: Option<&ConfigSource>) -> Result<Prepared> {
     match weights::sniff(bytes) {
-        Some(ContainerKind::Safetensors) => {
-            if format::is_app_model(bytes) {
-                return format::read(bytes, device);
-            }
-            from_tensor_map(TensorMap::from_safetensors(bytes)?, config, device)
-        }
+        Some(ContainerKind::Safetensors) => prepare(TensorMap::from_safetensors(bytes)?, config),
         Some(ContainerKind::Pytorch) => Err(LegradError::Unsupported(
-            "PyTorch pickles (.bin/.pt) load from a file path (CLI), not from memory: convert with `legrad convert` first".into(),
+            "PyTorch pickles (.bin/.pt) load from a file path (CLI), not from memory: convert with `legrad convert` first, or use the .safetensors file".into(),
         )),
         None => Err(LegradError::Checkpoint(
             "this is not a model file: expected safetensors (open_clip or transformers), a PyTorch .bin/.pt, or a model written by `legrad convert`".into(),
@@ -119,23 +122,40 @@ pub fn load_bytes(bytes: &[u8], config: Option<&ConfigSource>, device: &Device) 
     }
 }
 
+/// Load from bytes: safetensors (open_clip or transformers names) or the app's model file.
+/// PyTorch pickles need random access and load from a path ([`load_path`]).
+pub fn load_bytes(bytes: &[u8], config: Option<&ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
+    if format::is_app_model(bytes) {
+        return format::read(bytes, device);
+    }
+    let p = prepare_bytes(bytes, config)?;
+    let clip = Clip::from_tensors(p.config.clone(), p.map, device)?;
+    Ok((clip, ModelInfo { config: p.config, source_format: p.source_format, notes: p.notes }))
+}
+
 /// Load from a file or a directory (a transformers model directory with `config.json`, or an
 /// open_clip Hub directory with `open_clip_config.json`). A config next to the weights is used
 /// when none is given.
 #[cfg(not(target_family = "wasm"))]
 pub fn load_path(path: &std::path::Path, config: Option<ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
+    let p = prepare_path(path, config)?;
+    let clip = Clip::from_tensors(p.config.clone(), p.map, device)?;
+    Ok((clip, ModelInfo { config: p.config, source_format: p.source_format, notes: p.notes }))
+}
+
+/// [`prepare`] for a file or directory, any container.
+#[cfg(not(target_family = "wasm"))]
+pub fn prepare_path(path: &std::path::Path, config: Option<ConfigSource>) -> Result<Prepared> {
+    if !path.exists() {
+        return Err(LegradError::io_path(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+    }
     let (file, dir) = if path.is_dir() {
         let candidates = ["open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"];
         let file = candidates
             .iter()
             .map(|c| path.join(c))
             .find(|p| p.exists())
-            .ok_or_else(|| {
-                LegradError::Checkpoint(format!(
-                    "{} holds none of {candidates:?}",
-                    path.display()
-                ))
-            })?;
+            .ok_or_else(|| LegradError::Checkpoint(format!("{} holds none of {candidates:?}", path.display())))?;
         (file, path.to_path_buf())
     } else {
         (path.to_path_buf(), path.parent().map(|p| p.to_path_buf()).unwrap_or_default())
@@ -158,16 +178,24 @@ pub fn load_path(path: &std::path::Path, config: Option<ConfigSource>, device: &
         head.truncate(n);
         head
     };
+    let named = |e: LegradError| match e {
+        LegradError::Checkpoint(msg) => LegradError::Checkpoint(format!("{}: {msg}", file.display())),
+        other => other,
+    };
     match weights::sniff(&head) {
-        Some(ContainerKind::Pytorch) => {
-            from_tensor_map(TensorMap::from_pytorch_file(&file)?, config.as_ref(), device)
-        }
+        Some(ContainerKind::Pytorch) => prepare(TensorMap::from_pytorch_file(&file)?, config.as_ref()),
         _ => {
             let bytes = std::fs::read(&file).map_err(|e| LegradError::io_path(&file, e))?;
-            load_bytes(&bytes, config.as_ref(), device).map_err(|e| match e {
-                LegradError::Checkpoint(msg) => LegradError::Checkpoint(format!("{}: {msg}", file.display())),
-                other => other,
-            })
+            if format::is_app_model(&bytes) {
+                let (map, header) = format::read_map(&bytes)?;
+                return Ok(Prepared {
+                    map,
+                    config: header.config,
+                    source_format: format!("legrad-web model ({:?})", header.quant).to_lowercase(),
+                    notes: vec![],
+                });
+            }
+            prepare_bytes(&bytes, config.as_ref()).map_err(named)
         }
     }
 }

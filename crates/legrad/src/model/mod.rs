@@ -11,11 +11,12 @@ pub mod vision;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation;
+use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, QuantizationParameters, ScaleDtype};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::{Activation, ClipConfig};
 use crate::error::Result;
-use crate::weights::TensorMap;
+use crate::weights::{RawTensor, StoredDType, TensorMap};
 
 pub use text::TextTower;
 pub use vision::{ImageTrace, LayerTrace, TraceRequest, VisionTower};
@@ -64,6 +65,29 @@ pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// A weight matrix stored `[out, in]` (PyTorch) as burn's `[in, out]`. A quantized one stays
+/// quantized on the device: burn's block-quantized tensor with the stored values and scales
+/// (blocks of output features become blocks along burn's last dimension), so matmuls read
+/// 8- or 4-bit weights and no f32 copy is kept.
+pub(crate) fn weight_matrix(raw: RawTensor, d_in: usize, d_out: usize, device: &Device) -> Tensor<2> {
+    let values = raw.to_f32();
+    let t = tensor2(transposed(&values, d_out, d_in), [d_in, d_out], device);
+    match raw.dtype {
+        StoredDType::Q8 { block } | StoredDType::Q4 { block } if block <= 255 => {
+            let value = if matches!(raw.dtype, StoredDType::Q8 { .. }) { QuantValue::Q8S } else { QuantValue::Q4S };
+            let scheme = QuantScheme::default()
+                .with_value(value)
+                .with_store(QuantStore::PackedU32(0))
+                .per_block([1u8, block as u8], ScaleDtype::F32);
+            let scales = transposed(&raw.scales, d_out / block, d_in);
+            let n = scales.len();
+            let qparams = QuantizationParameters { scales: Tensor::from_data(TensorData::new(scales, [n]), device), global: None };
+            t.quantize(&scheme, qparams)
+        }
+        _ => t,
+    }
+}
+
 /// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as burn's `Linear` (`[in, out]`).
 pub(crate) fn load_linear(
     map: &mut TensorMap,
@@ -72,10 +96,10 @@ pub(crate) fn load_linear(
     d_out: usize,
     device: &Device,
 ) -> Result<Linear> {
-    let w = map.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
+    let w = map.take_raw(&format!("{prefix}.weight"), &[d_out, d_in])?;
     let b = map.take(&format!("{prefix}.bias"), &[d_out])?;
     Ok(Linear {
-        weight: Param::from_tensor(tensor2(transposed(&w, d_out, d_in), [d_in, d_out], device)),
+        weight: Param::from_tensor(weight_matrix(w, d_in, d_out, device)),
         bias: Some(Param::from_tensor(tensor1(b, device))),
     })
 }
@@ -244,14 +268,10 @@ impl Block {
             ln_1: LayerNorm::load(map, &format!("{prefix}.ln_1"), width, device)?,
             attn: Attention {
                 in_proj: {
-                    let w = map.take(&format!("{prefix}.attn.in_proj_weight"), &[3 * width, width])?;
+                    let w = map.take_raw(&format!("{prefix}.attn.in_proj_weight"), &[3 * width, width])?;
                     let b = map.take(&format!("{prefix}.attn.in_proj_bias"), &[3 * width])?;
                     Linear {
-                        weight: Param::from_tensor(tensor2(
-                            transposed(&w, 3 * width, width),
-                            [width, 3 * width],
-                            device,
-                        )),
+                        weight: Param::from_tensor(weight_matrix(w, width, 3 * width, device)),
                         bias: Some(Param::from_tensor(tensor1(b, device))),
                     }
                 },

@@ -8,7 +8,7 @@ use super::vision::l2_normalize;
 use super::{Block, LayerNorm, tensor2};
 use crate::config::{Activation, ClipConfig};
 use crate::error::{LegradError, Result};
-use crate::weights::TensorMap;
+use crate::weights::{RawTensor, StoredDType, TensorMap, quant};
 
 #[derive(Module, Debug)]
 pub struct TextWeights {
@@ -23,9 +23,9 @@ pub struct TextWeights {
 #[derive(Debug)]
 pub struct TextTower {
     pub weights: TextWeights,
-    /// `[vocab, W]`, on the host: a prompt needs a handful of rows, not a 49408-row table on
-    /// the GPU.
-    token_embedding: Vec<f32>,
+    /// `[vocab, W]`, on the host, as stored (f32, f16 or quantized): a prompt needs a handful
+    /// of rows, not a 49408-row table on the GPU.
+    token_embedding: RawTensor,
     pub vocab_size: usize,
     pub width: usize,
     pub context_length: usize,
@@ -35,17 +35,7 @@ pub struct TextTower {
 impl TextTower {
     pub(crate) fn load(config: &ClipConfig, map: &mut TensorMap, device: &Device) -> Result<Self> {
         let t = &config.text;
-        let token_embedding = map.take("token_embedding.weight", &[t.vocab_size, t.width])?;
-        Self::from_parts(config, token_embedding, map, device)
-    }
-
-    pub(crate) fn from_parts(
-        config: &ClipConfig,
-        token_embedding: Vec<f32>,
-        map: &mut TensorMap,
-        device: &Device,
-    ) -> Result<Self> {
-        let t = &config.text;
+        let token_embedding = map.take_raw("token_embedding.weight", &[t.vocab_size, t.width])?;
         let pos = map.take("positional_embedding", &[t.context_length, t.width])?;
         let blocks = (0..t.layers)
             .map(|i| Block::load(map, &format!("transformer.resblocks.{i}"), t.width, t.heads, t.mlp_width, device))
@@ -67,8 +57,33 @@ impl TextTower {
         })
     }
 
-    pub fn token_embedding(&self) -> &[f32] {
-        &self.token_embedding
+    /// Row `token` of the token embedding.
+    fn embedding_row(&self, token: usize) -> Vec<f32> {
+        let w = self.width;
+        let t = &self.token_embedding;
+        match t.dtype {
+            StoredDType::F32 => t.bytes[token * w * 4..(token + 1) * w * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            StoredDType::Q8 { block } | StoredDType::Q4 { block } => {
+                let values = quant::values(&RawTensor {
+                    shape: vec![1, w],
+                    dtype: t.dtype,
+                    bytes: match t.dtype {
+                        StoredDType::Q4 { .. } => t.bytes[token * w / 2..(token + 1) * w / 2].to_vec(),
+                        _ => t.bytes[token * w..(token + 1) * w].to_vec(),
+                    },
+                    scales: vec![],
+                });
+                let srow = &t.scales[(token / block) * w..][..w];
+                values.iter().zip(srow).map(|(&q, &s)| q as f32 * s).collect()
+            }
+            _ => {
+                let size = t.bytes.len() / t.numel().max(1);
+                RawTensor { shape: vec![1, w], dtype: t.dtype, bytes: t.bytes[token * w * size..(token + 1) * w * size].to_vec(), scales: vec![] }.to_f32()
+            }
+        }
     }
 
     /// Encode token sequences (start token first, as the tokenizer gives them, at most the
@@ -108,7 +123,7 @@ impl TextTower {
         for (i, seq) in sequences.iter().enumerate() {
             for j in 0..len {
                 let token = seq.get(j).copied().unwrap_or(0) as usize;
-                x[(i * len + j) * w..][..w].copy_from_slice(&self.token_embedding[token * w..][..w]);
+                x[(i * len + j) * w..][..w].copy_from_slice(&self.embedding_row(token));
             }
         }
         let x: Tensor<3> = Tensor::from_data(TensorData::new(x, [p, len, w]), &device);

@@ -130,5 +130,5 @@ fn concat_rows(parts: Vec<RawTensor>, layer: &str) -> Result<RawTensor> {
     shape[0] = parts.iter().map(|p| p.shape[0]).sum();
     let dtype: StoredDType = first.dtype;
     let bytes = parts.into_iter().flat_map(|p| p.bytes).collect();
-    Ok(RawTensor { shape, dtype, bytes })
+    Ok(RawTensor { shape, dtype, bytes, scales: Vec::new() })
 }

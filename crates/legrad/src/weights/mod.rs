@@ -11,6 +11,7 @@
 //! Everything downstream sees open_clip's names (`visual.transformer.resblocks.0.attn.in_proj_weight`).
 
 pub mod keys;
+pub mod quant;
 pub mod random;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,11 @@ pub enum StoredDType {
     F16,
     BF16,
     F64,
+    /// Symmetric 8-bit, one scale per block of `block` consecutive rows in a column
+    /// (see [`quant`]).
+    Q8 { block: usize },
+    /// Symmetric 4-bit (-7..=7), two values per byte along a row, scales as `Q8`.
+    Q4 { block: usize },
 }
 
 impl StoredDType {
@@ -33,16 +39,24 @@ impl StoredDType {
             Self::F32 => 4,
             Self::F16 | Self::BF16 => 2,
             Self::F64 => 8,
+            Self::Q8 { .. } | Self::Q4 { .. } => 1,
         }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        matches!(self, Self::Q8 { .. } | Self::Q4 { .. })
     }
 }
 
-/// One tensor as stored: shape, element type and little-endian bytes.
+/// One tensor as stored: shape, element type and little-endian bytes (and, quantized, its
+/// per-block scales).
 #[derive(Clone, Debug)]
 pub struct RawTensor {
     pub shape: Vec<usize>,
     pub dtype: StoredDType,
     pub bytes: Vec<u8>,
+    /// Quantized tensors: `[rows / block, cols]` scales, row-major.
+    pub scales: Vec<f32>,
 }
 
 impl RawTensor {
@@ -51,6 +65,7 @@ impl RawTensor {
             shape,
             dtype: StoredDType::F32,
             bytes: bytemuck::cast_slice(data).to_vec(),
+            scales: Vec::new(),
         }
     }
 
@@ -78,6 +93,7 @@ impl RawTensor {
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
                 .collect(),
+            StoredDType::Q8 { .. } | StoredDType::Q4 { .. } => quant::dequantize(self),
         }
     }
 }
@@ -154,6 +170,11 @@ impl TensorMap {
     /// Remove `name`, checking its shape; a missing or mis-shaped tensor names the key and both
     /// shapes.
     pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        Ok(self.take_raw(name, expected)?.to_f32())
+    }
+
+    /// As [`take`](Self::take), keeping the stored form (quantized weights stay quantized).
+    pub fn take_raw(&mut self, name: &str, expected: &[usize]) -> Result<RawTensor> {
         let tensor = self.tensors.remove(name).ok_or_else(|| LegradError::MissingTensor {
             key: name.to_string(),
             expected: expected.to_vec(),
@@ -168,7 +189,7 @@ impl TensorMap {
                 found: tensor.shape,
             });
         }
-        Ok(tensor.to_f32())
+        Ok(tensor)
     }
 
     /// Read a safetensors file from memory.
@@ -194,6 +215,7 @@ impl TensorMap {
                     shape: view.shape().to_vec(),
                     dtype,
                     bytes,
+                    scales: Vec::new(),
                 },
             );
         }
@@ -226,7 +248,7 @@ impl TensorMap {
             let bytes = tensor.read().map_err(|e| {
                 LegradError::Checkpoint(format!("{}: tensor '{name}' is unreadable: {e}", path.display()))
             })?;
-            map.insert(name, RawTensor { shape, dtype, bytes });
+            map.insert(name, RawTensor { shape, dtype, bytes, scales: Vec::new() });
         }
         map.strip_wrapper_prefixes();
         Ok(map)

@@ -1,0 +1,121 @@
+//! The app's model file: every format round-trips (convert, load, explain), quantized models
+//! stay within the fidelity bars on the fixture model, bad files are refused.
+
+mod common;
+
+use common::*;
+use legrad::engine::DEFAULT_TEMPLATE;
+use legrad::explain::{ExplainOptions, Method};
+use legrad::format::{self, Quant};
+use legrad::load::{ConfigSource, load_bytes, prepare_bytes};
+use legrad::{Engine, InputSize, LegradError};
+
+fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let ma = a.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let mb = b.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let cov: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - ma) * (y as f64 - mb)).sum();
+    let va: f64 = a.iter().map(|&x| (x as f64 - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|&y| (y as f64 - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+fn converted(quant: Quant) -> Vec<u8> {
+    let bytes = std::fs::read(fixtures().join("tiny-vit-b16.safetensors")).unwrap();
+    let config = ConfigSource::from_json(std::fs::read_to_string(fixtures().join("tiny-vit-b16.json")).unwrap());
+    let p = prepare_bytes(&bytes, Some(&config)).unwrap();
+    format::write(&p.map, &p.config, quant, "fixture").unwrap()
+}
+
+#[test]
+fn every_format_round_trips_within_its_bar() {
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let original = std::fs::metadata(fixtures().join("tiny-vit-b16.safetensors")).unwrap().len() as usize;
+    for (backend, device) in devices() {
+        for quant in [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4] {
+            let bytes = converted(quant);
+            let header = format::read_header(&bytes).unwrap();
+            assert_eq!(header.quant, quant);
+            assert_eq!(header.tokenizer.context_length, 77);
+            match quant {
+                Quant::Q8 => assert!(bytes.len() * 100 < original * 60, "q8 is {} bytes, f16 {original}", bytes.len()),
+                Quant::Q4 => assert!(bytes.len() * 100 < original * 35, "q4 is {} bytes, f16 {original}", bytes.len()),
+                _ => {}
+            }
+            let (clip, info) = load_bytes(&bytes, None, &device).unwrap();
+            let engine = Engine::new(clip, info).unwrap();
+            let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+            let text = pollster::block_on(engine.embed_texts(&prepared)).unwrap();
+            let e = engine.model.config.embed_dim;
+            let options = ExplainOptions::default();
+            let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+            let mut worst_r = 1.0f64;
+            let mut worst_cos = 1.0f64;
+            for p in 0..3 {
+                worst_cos = worst_cos.min(cosine(&text[p * e..][..e], &exp.values("text_emb")[p * e..][..e]));
+            }
+            for key in ["64x64", "96x96"] {
+                let size = size_of(key);
+                let pixels = exp.values(&format!("pixels/{key}")).to_vec();
+                let img = pollster::block_on(engine.embed_image(pixels.clone(), size)).unwrap();
+                worst_cos = worst_cos.min(cosine(&img, exp.values(&format!("image_emb/{key}"))));
+                let trace = engine.trace(pixels, size, &request).unwrap();
+                let out = pollster::block_on(engine.explain(&trace, &prepared, Method::LeGrad, &options)).unwrap();
+                let want = exp.values(&format!("legrad/{key}/layer-2/final"));
+                let n = size.width * size.height;
+                for (p, r) in out.iter().enumerate() {
+                    let w = &want[p * n..][..n];
+                    if matches!(quant, Quant::F32 | Quant::F16) {
+                        // The fixture's weights are f16 values: both formats hold them exactly.
+                        let d = max_abs_diff(&r.map.map, w);
+                        assert!(d <= 1e-4, "{backend} {quant:?} {key} prompt {p}: {d}");
+                    }
+                    worst_r = worst_r.min(pearson(&r.map.map, w));
+                }
+            }
+            let (bar_r, bar_cos) = match quant {
+                Quant::Q8 => (0.99, 0.999),
+                Quant::Q4 => (0.97, 0.99),
+                _ => (0.99999, 0.99999),
+            };
+            println!("{backend} {quant:?}: {} bytes, worst map r {worst_r:.5}, worst embedding cosine {worst_cos:.6}", bytes.len());
+            assert!(worst_r >= bar_r, "{backend} {quant:?}: map correlation {worst_r} below {bar_r}");
+            assert!(worst_cos >= bar_cos, "{backend} {quant:?}: embedding cosine {worst_cos} below {bar_cos}");
+        }
+    }
+}
+
+#[test]
+fn bad_model_files_are_refused() {
+    let device = burn::tensor::Device::flex();
+    let q8 = converted(Quant::Q8);
+    // Truncated anywhere: a clear error, never a panic.
+    for cut in [10, 100, q8.len() / 2, q8.len() - 1] {
+        let e = load_bytes(&q8[..cut], None, &device).unwrap_err();
+        assert!(matches!(e, LegradError::Checkpoint(_) | LegradError::ModelFile(_)), "cut at {cut}: {e}");
+    }
+    // A foreign safetensors file is not an app model file.
+    let plain = std::fs::read(fixtures().join("tiny-vit-b16.safetensors")).unwrap();
+    let e = format::read_header(&plain).unwrap_err();
+    assert!(e.to_string().contains("not a legrad-web model file"), "{e}");
+    // A newer format version is refused with what to do.
+    let newer = String::from_utf8_lossy(&q8).replacen("\\\"format_version\\\":1", "\\\"format_version\\\":9", 1).into_owned();
+    let e = format::read_header(newer.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("version 9"), "{e}");
+    // The file keeps the quantized form it was written with.
+    let (map, header) = format::read_map(&q8).unwrap();
+    assert_eq!(header.quant, Quant::Q8);
+    assert!(map.get("visual.transformer.resblocks.0.mlp.c_fc.weight").unwrap().dtype.is_quantized());
+    assert!(!map.get("visual.ln_pre.weight").unwrap().dtype.is_quantized());
+}
+
+#[test]
+fn quantized_weights_stay_quantized_on_the_device() {
+    let q8 = converted(Quant::Q8);
+    let (clip, _) = load_bytes(&q8, None, &burn::tensor::Device::flex()).unwrap();
+    let w = clip.vision.weights.blocks[0].mlp.c_fc.weight.val();
+    assert!(matches!(w.dtype(), burn::tensor::DType::QFloat(_)), "c_fc is {:?}", w.dtype());
+    let ln = clip.vision.weights.blocks[0].ln_1.weight.val();
+    assert!(matches!(ln.dtype(), burn::tensor::DType::F32));
+    let _ = InputSize::square(64);
+}

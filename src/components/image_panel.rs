@@ -1,0 +1,117 @@
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use wasm_bindgen::JsCast;
+
+use crate::app::{AppState, ImageStatus};
+use crate::components::{fetch_bytes, file_bytes, is_model_file};
+use crate::protocol::ModelSource;
+
+/// Sample images shipped with the site: scenes from the generator the default model was
+/// trained on (held-out seeds), so that the default model has something it knows.
+pub const SAMPLES: [(&str, &str); 4] = [
+    ("samples/scene-1.png", "Shapes on stripes"),
+    ("samples/scene-2.png", "Shapes on noise"),
+    ("samples/scene-3.png", "Shapes on a gradient"),
+    ("samples/scene-4.png", "One star"),
+];
+
+/// Files dropped, picked or pasted: a checkpoint (and its config.json) loads as the model,
+/// anything else is tried as an image.
+pub fn take_files(state: AppState, files: Vec<web_sys::File>) {
+    let (models, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| is_model_file(&f.name()));
+    let (configs, images): (Vec<_>, Vec<_>) = rest.into_iter().partition(|f| f.name().to_ascii_lowercase().ends_with(".json"));
+    spawn_local(async move {
+        if let Some(model) = models.first() {
+            let name = model.name();
+            let Some(bytes) = file_bytes(model).await else { return };
+            let mut buffers = vec![bytes];
+            if let Some(cfg) = configs.first() {
+                if let Some(c) = file_bytes(cfg).await {
+                    buffers.push(c);
+                }
+            }
+            state.load_model(ModelSource::File { name: name.clone() }, buffers, name);
+        } else if let Some(image) = images.first() {
+            if let Some(bytes) = file_bytes(image).await {
+                state.set_image(image.name(), bytes);
+            }
+        } else if !configs.is_empty() {
+            state.image.set(ImageStatus::Failed("a config.json alone is not a model: drop it together with the weights file".into()));
+        }
+    });
+}
+
+fn file_list(list: Option<web_sys::FileList>) -> Vec<web_sys::File> {
+    let Some(list) = list else { return vec![] };
+    (0..list.length()).filter_map(|i| list.get(i)).collect()
+}
+
+#[component]
+pub fn ImagePanel() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let dragging = RwSignal::new(0i32);
+    // Drag and drop anywhere on the page; enter/leave are counted because they fire for every
+    // child element crossed.
+    let _ = window_event_listener(leptos::ev::dragenter, move |ev| {
+        ev.prevent_default();
+        dragging.update(|d| *d += 1);
+    });
+    let _ = window_event_listener(leptos::ev::dragleave, move |ev| {
+        ev.prevent_default();
+        dragging.update(|d| *d = (*d - 1).max(0));
+    });
+    let _ = window_event_listener(leptos::ev::dragover, move |ev| ev.prevent_default());
+    let _ = window_event_listener(leptos::ev::drop, move |ev| {
+        ev.prevent_default();
+        dragging.set(0);
+        take_files(state, file_list(ev.data_transfer().and_then(|d| d.files())));
+    });
+    let _ = window_event_listener(leptos::ev::paste, move |ev: web_sys::ClipboardEvent| {
+        let files = file_list(ev.clipboard_data().and_then(|d| d.files()));
+        if !files.is_empty() {
+            ev.prevent_default();
+            take_files(state, files);
+        }
+    });
+    let on_pick = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = ev.target().unwrap().unchecked_into();
+        take_files(state, file_list(input.files()));
+        input.set_value("");
+    };
+    let load_sample = move |url: &'static str, name: &'static str| {
+        spawn_local(async move {
+            match fetch_bytes(url).await {
+                Some(bytes) => state.set_image(name.to_string(), bytes),
+                None => state.image.set(ImageStatus::Failed(format!("the sample {url} could not be loaded"))),
+            }
+        });
+    };
+    let status = move || match state.image.get() {
+        ImageStatus::Empty => view! { <p class="hint">"Drop an image anywhere on the page, paste one, pick a file, or try a sample."</p> }.into_any(),
+        ImageStatus::Decoding(name) => view! { <p class="hint">{format!("Reading {name}…")}</p> }.into_any(),
+        ImageStatus::Ready { name, width, height, .. } => {
+            view! { <p class="ok" data-testid="image-ready">{format!("{name} ({width}×{height})")}</p> }.into_any()
+        }
+        ImageStatus::Failed(msg) => view! {
+            <p class="error" role="alert" data-testid="image-error">{msg}" Try another file: PNG, JPEG, GIF, WebP, BMP, TIFF…"</p>
+        }.into_any(),
+    };
+    view! {
+        <div class="drop-overlay" class:visible=move || dragging.get() > 0 aria-hidden="true">"Drop an image or a model file"</div>
+        <fieldset class="panel">
+            <legend>"Image"</legend>
+            <label class="file">
+                "Choose a file "
+                <input type="file" data-testid="image-input" accept="image/*,.safetensors,.bin,.pt,.pth,.json" multiple=true on:change=on_pick />
+            </label>
+            {status}
+            <div class="samples" role="group" aria-label="Sample images">
+                {SAMPLES.iter().map(|&(url, name)| view! {
+                    <button class="sample" title=name aria-label=format!("Sample: {name}") on:click=move |_| load_sample(url, name)>
+                        <img src=url alt="" width="56" height="56" />
+                    </button>
+                }).collect_view()}
+            </div>
+        </fieldset>
+    }
+}

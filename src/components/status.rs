@@ -1,0 +1,62 @@
+use leptos::prelude::*;
+
+use crate::app::{AppState, ImageStatus, ModelStatus};
+use crate::components::human_bytes;
+
+/// Progress, timings and engine errors, announced politely to screen readers.
+#[component]
+pub fn StatusBar() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let progress = move || {
+        state.progress.get().map(|(stage, done, total)| {
+            let text = match total {
+                Some(t) if t > 0 && stage == crate::protocol::Stage::Download => {
+                    format!("{}: {} of {}", stage.label(), human_bytes(done), human_bytes(t))
+                }
+                Some(t) if t > 0 => format!("{}: {done} of {t}", stage.label()),
+                _ => format!("{}…", stage.label()),
+            };
+            let (value, max) = match total {
+                Some(t) if t > 0 => (done.to_string(), t.to_string()),
+                _ => (String::new(), String::new()),
+            };
+            view! {
+                <div class="progress" data-testid="progress">
+                    <label>{text.clone()}
+                        <progress value=value max=max aria-label=text></progress>
+                    </label>
+                    <Show when=move || stage == crate::protocol::Stage::Download>
+                        <button class="secondary" data-testid="cancel" on:click=move |_| crate::bridge::send(&crate::protocol::Request::Cancel, vec![])>"Cancel"</button>
+                    </Show>
+                </div>
+            }
+        })
+    };
+    let timing = move || {
+        state.results.get().map(|r| {
+            let m = &r.ready;
+            let image = if m.traced { format!("image encoded in {:.0} ms, ", m.image_ms) } else { "image cached, ".into() };
+            format!("{image}{} map(s) in {:.0} ms", m.prompts.len() * m.methods.len(), m.explain_ms)
+        })
+    };
+    let busy = move || {
+        let model_loading = matches!(state.model.get(), ModelStatus::Loading(_));
+        let decoding = matches!(state.image.get(), ImageStatus::Decoding(_));
+        model_loading || decoding || state.pending.get()
+    };
+    view! {
+        <footer class="status" role="status" aria-live="polite" aria-busy=move || busy().to_string()>
+            {progress}
+            <span data-testid="timing"
+                data-image-ms=move || state.results.get().map(|r| r.ready.image_ms.to_string()).unwrap_or_default()
+                data-explain-ms=move || state.results.get().map(|r| r.ready.explain_ms.to_string()).unwrap_or_default()
+                data-traced=move || state.results.get().map(|r| r.ready.traced.to_string()).unwrap_or_default()>{timing}</span>
+            <Show when=move || state.pending.get()>
+                <span class="working" data-testid="working">"working…"</span>
+            </Show>
+            <Show when=move || state.engine_error.get().is_some()>
+                <p class="error" role="alert" data-testid="engine-error">{move || state.engine_error.get().unwrap_or_default()}</p>
+            </Show>
+        </footer>
+    }
+}

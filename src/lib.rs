@@ -1,0 +1,28 @@
+//! LeGrad Web: the browser app. The UI (leptos, main thread) talks to the engine (a Web
+//! Worker running the `legrad` core on WebGPU, or on the CPU when WebGPU is missing) through
+//! the typed messages of [`protocol`]. Everything here is browser code: natively this crate is
+//! empty.
+#![cfg(target_family = "wasm")]
+
+pub mod app;
+pub mod bridge;
+pub mod components;
+pub mod models;
+pub mod protocol;
+pub mod render;
+pub mod worker;
+
+use wasm_bindgen::prelude::*;
+
+/// The module's entry in both of its homes: in the page it mounts the UI, in the worker it
+/// installs the engine's message handler.
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+    let in_worker = js_sys::global().dyn_into::<web_sys::DedicatedWorkerGlobalScope>().is_ok();
+    if in_worker {
+        worker::install();
+    } else {
+        leptos::mount::mount_to_body(app::App);
+    }
+}

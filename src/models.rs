@@ -1,0 +1,175 @@
+//! Getting model bytes in the browser: the shipped default, a dropped file, or a URL
+//! (downloaded with progress and cancel, converted to the app's 8-bit format, kept in the Cache
+//! API so that the next visit neither downloads nor converts).
+
+use legrad::format::{self, Quant};
+use legrad::load::{ConfigSource, prepare_bytes};
+use legrad::LegradError;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+
+use crate::protocol::{ModelSource, Stage, buffer_to_bytes};
+
+pub const DEFAULT_MODEL_URL: &str = "./models/default.safetensors";
+pub const DEFAULT_MODEL_NAME: &str = "Synthetic-scenes CLIP (default, offline)";
+const CACHE_NAME: &str = "legrad-web-models-v1";
+
+pub struct Obtained {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub downloaded_bytes: u64,
+    pub from_cache: bool,
+    pub notes: Vec<String>,
+}
+
+fn js_err(context: &str, e: wasm_bindgen::JsValue) -> LegradError {
+    let msg = e
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| format!("{e:?}"));
+    LegradError::Input(format!("{context}: {msg}"))
+}
+
+fn global() -> web_sys::WorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+pub async fn obtain(
+    source: ModelSource,
+    buffers: Vec<js_sys::ArrayBuffer>,
+    abort: Option<&web_sys::AbortController>,
+    progress: &dyn Fn(Stage, u64, Option<u64>),
+) -> Result<Obtained, LegradError> {
+    match source {
+        ModelSource::Default => {
+            let bytes = download(DEFAULT_MODEL_URL, abort, progress).await?;
+            let n = bytes.len() as u64;
+            Ok(Obtained { name: DEFAULT_MODEL_NAME.into(), bytes, downloaded_bytes: n, from_cache: false, notes: vec![] })
+        }
+        ModelSource::File { name } => {
+            let bytes = buffers.first().map(buffer_to_bytes).ok_or_else(|| LegradError::Input("no file bytes".into()))?;
+            let config = buffers.get(1).map(|b| ConfigSource::from_json(String::from_utf8_lossy(&buffer_to_bytes(b)).into_owned()));
+            let (bytes, notes) = convert_if_needed(bytes, config.as_ref(), &name, progress)?;
+            Ok(Obtained { name, bytes, downloaded_bytes: 0, from_cache: false, notes })
+        }
+        ModelSource::Url { url } => {
+            if let Some(bytes) = cache_get(&url).await {
+                return Ok(Obtained { name: url, bytes, downloaded_bytes: 0, from_cache: true, notes: vec![] });
+            }
+            let raw = download(&url, abort, progress).await?;
+            let downloaded = raw.len() as u64;
+            let (bytes, notes) = convert_if_needed(raw, None, &url, progress)?;
+            progress(Stage::Store, 0, Some(bytes.len() as u64));
+            let mut notes = notes;
+            if let Err(e) = cache_put(&url, &bytes).await {
+                notes.push(format!("could not store the model in the browser ({e}); it will be downloaded again next time"));
+            }
+            Ok(Obtained { name: url, bytes, downloaded_bytes: downloaded, from_cache: false, notes })
+        }
+    }
+}
+
+/// A checkpoint that is not in the app's format is converted to 8 bits.
+fn convert_if_needed(
+    bytes: Vec<u8>,
+    config: Option<&ConfigSource>,
+    name: &str,
+    progress: &dyn Fn(Stage, u64, Option<u64>),
+) -> Result<(Vec<u8>, Vec<String>), LegradError> {
+    if format::is_app_model(&bytes) {
+        format::read_header(&bytes)?;
+        return Ok((bytes, vec![]));
+    }
+    let total = bytes.len() as u64;
+    progress(Stage::Convert, 0, Some(total));
+    let prepared = prepare_bytes(&bytes, config)?;
+    drop(bytes);
+    let out = format::write_with_progress(&prepared.map, &prepared.config, Quant::Q8, name, &mut |done, all| {
+        progress(Stage::Convert, done as u64, Some(all as u64))
+    })?;
+    let mut notes = prepared.notes;
+    notes.push(format!("converted to 8-bit in the browser ({} MB → {} MB)", total / 1_000_000, out.len() / 1_000_000));
+    Ok((out, notes))
+}
+
+async fn download(url: &str, abort: Option<&web_sys::AbortController>, progress: &dyn Fn(Stage, u64, Option<u64>)) -> Result<Vec<u8>, LegradError> {
+    let init = web_sys::RequestInit::new();
+    if let Some(a) = abort {
+        init.set_signal(Some(&a.signal()));
+    }
+    let response = JsFuture::from(global().fetch_with_str_and_init(url, &init)).await.map_err(|e| {
+        if abort.is_some_and(|a| a.signal().aborted()) {
+            LegradError::Input("download cancelled".into())
+        } else {
+            js_err(&format!("could not download {url} (offline, or the server does not allow this site to read it)"), e)
+        }
+    })?;
+    let response: web_sys::Response = response.unchecked_into();
+    if !response.ok() {
+        return Err(LegradError::Input(format!("the server answered {} {} for {url}", response.status(), response.status_text())));
+    }
+    let total = response
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = response.body().ok_or_else(|| LegradError::Input(format!("{url}: empty response")))?;
+    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut bytes: Vec<u8> = Vec::with_capacity(total.unwrap_or(0).min(1 << 31) as usize);
+    let mut last_report = 0u64;
+    progress(Stage::Download, 0, total);
+    loop {
+        let chunk = JsFuture::from(reader.read()).await.map_err(|e| {
+            if abort.is_some_and(|a| a.signal().aborted()) {
+                LegradError::Input("download cancelled".into())
+            } else {
+                js_err(&format!("the download of {url} broke off"), e)
+            }
+        })?;
+        let done = js_sys::Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true);
+        if done {
+            break;
+        }
+        if let Ok(value) = js_sys::Reflect::get(&chunk, &"value".into()) {
+            let array: js_sys::Uint8Array = value.unchecked_into();
+            let start = bytes.len();
+            bytes.resize(start + array.length() as usize, 0);
+            array.copy_to(&mut bytes[start..]);
+        }
+        let n = bytes.len() as u64;
+        if n - last_report > (1 << 20) || total.is_some_and(|t| n == t) {
+            progress(Stage::Download, n, total);
+            last_report = n;
+        }
+    }
+    progress(Stage::Download, bytes.len() as u64, total);
+    Ok(bytes)
+}
+
+async fn open_cache() -> Option<web_sys::Cache> {
+    let caches = global().caches().ok()?;
+    JsFuture::from(caches.open(CACHE_NAME)).await.ok().map(|c| c.unchecked_into())
+}
+
+async fn cache_get(key: &str) -> Option<Vec<u8>> {
+    let cache = open_cache().await?;
+    let hit = JsFuture::from(cache.match_with_str(key)).await.ok()?;
+    if hit.is_undefined() {
+        return None;
+    }
+    let response: web_sys::Response = hit.unchecked_into();
+    let buffer = JsFuture::from(response.array_buffer().ok()?).await.ok()?;
+    let bytes = buffer_to_bytes(&buffer.unchecked_into());
+    // A damaged entry is ignored (and replaced by the next download).
+    format::read_header(&bytes).ok().map(|_| bytes)
+}
+
+async fn cache_put(key: &str, bytes: &[u8]) -> Result<(), String> {
+    let cache = open_cache().await.ok_or("the Cache API is unavailable")?;
+    let array = js_sys::Uint8Array::from(bytes);
+    let response = web_sys::Response::new_with_opt_buffer_source(Some(&array)).map_err(|e| format!("{e:?}"))?;
+    JsFuture::from(cache.put_with_str(key, &response)).await.map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}

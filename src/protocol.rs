@@ -1,0 +1,185 @@
+//! The one boundary between the UI and the engine (which runs in a Web Worker): typed requests
+//! and responses, sent as JSON with their binary payloads (image and model bytes, maps)
+//! transferred as `ArrayBuffer`s. No tensors cross it.
+
+use legrad::explain::Method;
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::{JsCast, JsValue};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum ModelSource {
+    /// The model shipped with the site (relative URL).
+    Default,
+    /// A checkpoint by URL, converted to q8 in the browser and kept in the Cache API.
+    Url { url: String },
+    /// A dropped or picked file; its bytes travel with the request.
+    File { name: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExplainRequest {
+    /// Increases with every request; the UI keeps only the latest answer.
+    pub seq: u64,
+    pub image_id: u64,
+    pub prompts: Vec<String>,
+    /// `None`: prompts as typed.
+    pub template: Option<String>,
+    pub methods: Vec<Method>,
+    pub size: u32,
+    pub layer_index: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Request {
+    /// Initialise the compute backend (WebGPU, else the CPU fallback).
+    Init { force_cpu: bool },
+    LoadModel(ModelSource),
+    /// Cancel the running download.
+    Cancel,
+    /// A new image; its bytes travel with the request.
+    SetImage { id: u64, name: String },
+    Explain(ExplainRequest),
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Stage {
+    Download,
+    Convert,
+    Store,
+    Load,
+    WarmUp,
+}
+
+impl Stage {
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Download => "Downloading",
+            Stage::Convert => "Converting to 8-bit",
+            Stage::Store => "Storing in the browser",
+            Stage::Load => "Loading",
+            Stage::WarmUp => "Warming up",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelSummary {
+    pub name: String,
+    pub description: String,
+    pub format: String,
+    pub native_size: usize,
+    pub patch_size: usize,
+    pub layers: usize,
+    pub context_length: usize,
+    /// Bytes downloaded (0 when loaded from the cache or shipped) and stored.
+    pub downloaded_bytes: u64,
+    pub stored_bytes: u64,
+    pub from_cache: bool,
+    pub notes: Vec<String>,
+    /// Milliseconds: obtaining the bytes plus building the model; the first explanation.
+    pub load_ms: f64,
+    pub warmup_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PromptResult {
+    pub prompt: String,
+    pub text: String,
+    pub score: f32,
+    pub truncated: bool,
+    pub constant: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MapsReady {
+    pub seq: u64,
+    pub image_id: u64,
+    /// `(height, width)` of every map and of the image they overlay.
+    pub size: (usize, usize),
+    pub methods: Vec<Method>,
+    pub prompts: Vec<PromptResult>,
+    /// Milliseconds: the image forward (0 when the trace was cached) and the explanation.
+    pub image_ms: f64,
+    pub explain_ms: f64,
+    /// The image forward ran for this request (false: the cached trace served).
+    pub traced: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Response {
+    Backend { name: String, adapter: String, fallback_reason: Option<String> },
+    Progress { stage: Stage, done: u64, total: Option<u64> },
+    ModelReady(ModelSummary),
+    ImageReady { id: u64, width: u32, height: u32 },
+    /// Payload: the image as the model saw it (RGB bytes), then the maps (f32, method-major,
+    /// then prompt, then pixels).
+    Maps(MapsReady),
+    Error { about: ErrorAbout, message: String },
+}
+
+/// What an error concerns, so the UI can show it in the right place.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ErrorAbout {
+    Backend,
+    Model,
+    Image,
+    Prompt,
+    Explain,
+}
+
+/// A message as it travels: JSON text and transferred buffers.
+pub struct Envelope {
+    pub json: String,
+    pub buffers: Vec<js_sys::ArrayBuffer>,
+}
+
+impl Envelope {
+    pub fn new<T: Serialize>(value: &T, buffers: Vec<js_sys::ArrayBuffer>) -> Self {
+        Self { json: serde_json::to_string(value).unwrap_or_default(), buffers }
+    }
+
+    pub fn decode<T: for<'de> Deserialize<'de>>(&self) -> Result<T, String> {
+        serde_json::from_str(&self.json).map_err(|e| format!("malformed message: {e}"))
+    }
+
+    /// `{json, buffers}` and the transfer list.
+    pub fn to_js(&self) -> (JsValue, js_sys::Array) {
+        let obj = js_sys::Object::new();
+        let buffers = js_sys::Array::new();
+        for b in &self.buffers {
+            buffers.push(b);
+        }
+        let _ = js_sys::Reflect::set(&obj, &"json".into(), &self.json.clone().into());
+        let _ = js_sys::Reflect::set(&obj, &"buffers".into(), &buffers);
+        (obj.into(), buffers)
+    }
+
+    pub fn from_js(value: &JsValue) -> Result<Self, String> {
+        let json = js_sys::Reflect::get(value, &"json".into())
+            .ok()
+            .and_then(|j| j.as_string())
+            .ok_or("message without json")?;
+        let buffers = js_sys::Reflect::get(value, &"buffers".into())
+            .ok()
+            .and_then(|b| b.dyn_into::<js_sys::Array>().ok())
+            .map(|a| a.iter().filter_map(|b| b.dyn_into::<js_sys::ArrayBuffer>().ok()).collect())
+            .unwrap_or_default();
+        Ok(Self { json, buffers })
+    }
+}
+
+pub fn bytes_to_buffer(bytes: &[u8]) -> js_sys::ArrayBuffer {
+    js_sys::Uint8Array::from(bytes).buffer()
+}
+
+pub fn buffer_to_bytes(buffer: &js_sys::ArrayBuffer) -> Vec<u8> {
+    js_sys::Uint8Array::new(buffer).to_vec()
+}
+
+pub fn f32_to_buffer(values: &[f32]) -> js_sys::ArrayBuffer {
+    js_sys::Float32Array::from(values).buffer()
+}
+
+pub fn buffer_to_f32(buffer: &js_sys::ArrayBuffer) -> Vec<f32> {
+    js_sys::Float32Array::new(buffer).to_vec()
+}

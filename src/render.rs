@@ -1,0 +1,72 @@
+//! Drawing maps on canvases and exporting them (the colouring itself is the core's
+//! `overlay` module, shared with the CLI).
+
+use legrad::overlay::{Colormap, overlay};
+use wasm_bindgen::{Clamped, JsCast};
+
+/// Draw `(1 - alpha) image + alpha heatmap` on `canvas`, at the map's size.
+pub fn draw_overlay(canvas: &web_sys::HtmlCanvasElement, rgb: &[u8], map: &[f32], (h, w): (usize, usize), alpha: f32, colormap: Colormap) {
+    if rgb.len() != h * w * 3 || map.len() != h * w {
+        return;
+    }
+    canvas.set_width(w as u32);
+    canvas.set_height(h as u32);
+    let Some(ctx) = canvas
+        .get_context("2d")
+        .ok()
+        .flatten()
+        .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
+    else {
+        return;
+    };
+    let blended = overlay(rgb, map, alpha, colormap);
+    let rgba: Vec<u8> = blended.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    if let Ok(data) = web_sys::ImageData::new_with_u8_clamped_array_and_sh(Clamped(&rgba), w as u32, h as u32) {
+        let _ = ctx.put_image_data(&data, 0.0, 0.0);
+    }
+}
+
+/// The map as a 16-bit greyscale PNG (0 → 0, 1 → 65535): the raw numbers, lossless enough.
+pub fn map_png(map: &[f32], (h, w): (usize, usize)) -> Option<Vec<u8>> {
+    use image::ImageEncoder;
+    let data: Vec<u8> = map
+        .iter()
+        .flat_map(|v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes())
+        .collect();
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(&data, w as u32, h as u32, image::ExtendedColorType::L16)
+        .ok()?;
+    Some(out)
+}
+
+/// Offer bytes as a download.
+pub fn download(bytes: &[u8], filename: &str, mime: &str) {
+    let array = js_sys::Array::new();
+    array.push(&js_sys::Uint8Array::from(bytes).buffer());
+    let props = web_sys::BlobPropertyBag::new();
+    props.set_type(mime);
+    let Ok(blob) = web_sys::Blob::new_with_buffer_source_sequence_and_options(&array, &props) else { return };
+    let Ok(url) = web_sys::Url::create_object_url_with_blob(&blob) else { return };
+    download_url(&url, filename);
+    let _ = web_sys::Url::revoke_object_url(&url);
+}
+
+pub fn download_url(url: &str, filename: &str) {
+    let Some(doc) = web_sys::window().and_then(|w| w.document()) else { return };
+    if let Ok(a) = doc.create_element("a").map(|e| e.unchecked_into::<web_sys::HtmlAnchorElement>()) {
+        a.set_href(url);
+        a.set_download(filename);
+        a.click();
+    }
+}
+
+/// A filename-safe version of a prompt.
+pub fn slug(text: &str) -> String {
+    let s: String = text
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let s = s.trim_matches('-').to_string();
+    if s.is_empty() { "map".into() } else { s.chars().take(40).collect() }
+}

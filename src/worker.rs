@@ -1,0 +1,308 @@
+//! The engine side of the app, in a dedicated Web Worker so that the page never waits on it:
+//! it owns the device, the model, the decoded image and its cached trace, and answers
+//! [`Request`]s with [`Response`]s.
+//!
+//! Requests are queued and handled one at a time; of several queued `Explain` requests only the
+//! newest runs (the last keystroke wins). `Cancel` acts at once on a running download.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use burn::tensor::Device;
+use legrad::engine::Engine;
+use legrad::explain::{ExplainOptions, Method};
+use legrad::model::ImageTrace;
+use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, decode};
+use legrad::{LegradError, TraceRequest};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::DedicatedWorkerGlobalScope;
+use web_time::Instant;
+
+use crate::models;
+use crate::protocol::*;
+
+struct CachedTrace {
+    image_id: u64,
+    size: u32,
+    request: TraceRequest,
+    trace: ImageTrace,
+    rgb: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    device: Option<Device>,
+    engine: Option<Rc<Engine>>,
+    image: Option<(u64, Rc<DecodedImage>)>,
+    trace: Option<Rc<CachedTrace>>,
+    queue: VecDeque<(Request, Vec<js_sys::ArrayBuffer>)>,
+    busy: bool,
+    abort: Option<web_sys::AbortController>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn scope() -> DedicatedWorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+pub fn post(response: &Response, buffers: Vec<js_sys::ArrayBuffer>) {
+    let (msg, transfer) = Envelope::new(response, buffers).to_js();
+    let _ = scope().post_message_with_transfer(&msg, &transfer);
+}
+
+fn post_error(about: ErrorAbout, message: impl Into<String>) {
+    post(&Response::Error { about, message: message.into() }, vec![]);
+}
+
+/// Called once when the module starts inside the worker.
+pub fn install() {
+    let onmessage = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(|ev: web_sys::MessageEvent| {
+        let envelope = match Envelope::from_js(&ev.data()) {
+            Ok(e) => e,
+            Err(e) => return post_error(ErrorAbout::Explain, e),
+        };
+        let request: Request = match envelope.decode() {
+            Ok(r) => r,
+            Err(e) => return post_error(ErrorAbout::Explain, e),
+        };
+        if request == Request::Cancel {
+            STATE.with(|s| {
+                if let Some(a) = s.borrow_mut().abort.take() {
+                    a.abort();
+                }
+            });
+            return;
+        }
+        let start = STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.queue.push_back((request, envelope.buffers));
+            !std::mem::replace(&mut s.busy, true)
+        });
+        if start {
+            wasm_bindgen_futures::spawn_local(run_queue());
+        }
+    });
+    scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+    onmessage.forget();
+}
+
+fn next_request() -> Option<(Request, Vec<js_sys::ArrayBuffer>)> {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let next = s.queue.pop_front();
+        if let Some((Request::Explain(_), _)) = &next
+            && s.queue.iter().any(|(r, _)| matches!(r, Request::Explain(_)))
+        {
+            // A newer explanation is queued: this one is stale.
+            return Some((Request::Cancel, vec![]));
+        }
+        if next.is_none() {
+            s.busy = false;
+        }
+        next
+    })
+}
+
+async fn run_queue() {
+    while let Some((request, buffers)) = next_request() {
+        handle(request, buffers).await;
+    }
+}
+
+async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
+    match request {
+        Request::Cancel => {}
+        Request::Init { force_cpu } => init(force_cpu).await,
+        Request::LoadModel(source) => {
+            if let Err(e) = load_model(source, buffers).await {
+                post_error(ErrorAbout::Model, e.to_string());
+            }
+        }
+        Request::SetImage { id, name } => {
+            let bytes = buffers.first().map(buffer_to_bytes).unwrap_or_default();
+            // Browsers hold images of any size; the model needs at most 448 x 448, so the
+            // limits only guard memory (an image bomb is refused, not decoded).
+            let limits = DecodeLimits { max_pixels: 64_000_000, max_side: 16_384, max_alloc_bytes: 512 << 20 };
+            match decode(&bytes, &limits) {
+                Ok(img) => {
+                    let (w, h) = (img.width, img.height);
+                    STATE.with(|s| {
+                        let mut s = s.borrow_mut();
+                        s.image = Some((id, Rc::new(img)));
+                        s.trace = None;
+                    });
+                    post(&Response::ImageReady { id, width: w, height: h }, vec![]);
+                }
+                Err(e) => post_error(ErrorAbout::Image, format!("{name}: {e}")),
+            }
+        }
+        Request::Explain(req) => {
+            if let Err((about, e)) = explain(req).await {
+                post_error(about, e.to_string());
+            }
+        }
+    }
+}
+
+/// `navigator.gpu`'s adapter, described.
+async fn adapter_description() -> Option<String> {
+    let nav = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
+    let gpu = js_sys::Reflect::get(&nav, &"gpu".into()).ok().filter(|g| !g.is_undefined())?;
+    let request: js_sys::Function = js_sys::Reflect::get(&gpu, &"requestAdapter".into()).ok()?.dyn_into().ok()?;
+    let promise: js_sys::Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
+    let adapter = JsFuture::from(promise).await.ok().filter(|a| !a.is_null())?;
+    let info = js_sys::Reflect::get(&adapter, &"info".into()).ok()?;
+    let field = |k: &str| js_sys::Reflect::get(&info, &k.into()).ok().and_then(|v| v.as_string()).filter(|s| !s.is_empty());
+    let parts: Vec<String> = ["vendor", "architecture", "description", "device"].iter().filter_map(|k| field(k)).collect();
+    Some(if parts.is_empty() { "unnamed adapter".into() } else { parts.join(" / ") })
+}
+
+async fn init(force_cpu: bool) {
+    let (device, name, adapter, reason) = if force_cpu {
+        (Device::flex(), "CPU (wasm)", "Flex".to_string(), Some("CPU backend chosen".to_string()))
+    } else {
+        match adapter_description().await {
+            None => (Device::flex(), "CPU (wasm)", "Flex".into(), Some("this browser has no WebGPU adapter".into())),
+            Some(adapter) => match Device::wgpu_options().init_async().await {
+                Ok(d) => (d, "WebGPU", adapter, None),
+                Err(e) => (Device::flex(), "CPU (wasm)", "Flex".into(), Some(format!("WebGPU failed to start ({e:?})"))),
+            },
+        }
+    };
+    STATE.with(|s| s.borrow_mut().device = Some(device));
+    post(&Response::Backend { name: name.into(), adapter, fallback_reason: reason }, vec![]);
+}
+
+fn device() -> Device {
+    STATE.with(|s| s.borrow().device.clone()).unwrap_or_else(Device::flex)
+}
+
+fn progress(stage: Stage, done: u64, total: Option<u64>) {
+    post(&Response::Progress { stage, done, total }, vec![]);
+}
+
+async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> Result<(), LegradError> {
+    let device = device();
+    let t0 = Instant::now();
+    let abort = web_sys::AbortController::new().ok();
+    STATE.with(|s| s.borrow_mut().abort = abort.clone());
+    let loaded = models::obtain(source, buffers, abort.as_ref(), &progress).await;
+    STATE.with(|s| s.borrow_mut().abort = None);
+    let loaded = loaded?;
+    progress(Stage::Load, 0, None);
+    let (clip, info) = legrad::load::load_bytes(&loaded.bytes, None, &device)?;
+    let engine = Rc::new(Engine::new(clip, info)?);
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // Warm-up: compile the kernels once on a blank image at the native size.
+    progress(Stage::WarmUp, 0, None);
+    let t1 = Instant::now();
+    let native = engine.model.config.vision.image_size;
+    let options = ExplainOptions::default();
+    let request = engine.request_for(&[Method::LeGrad], &options)?;
+    let trace = engine.trace(vec![0.0; 3 * native * native], InputSize::square(native), &request)?;
+    let prompts = engine.prepare(&["warm up".to_string()], None)?;
+    engine.explain(&trace, &prompts, Method::LeGrad, &options).await?;
+    let warmup_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let c = &engine.model.config;
+    let summary = ModelSummary {
+        name: loaded.name,
+        description: format!(
+            "ViT width {} × {} layers, patch {}, {} px; text width {} × {} layers; embedding {}",
+            c.vision.width, c.vision.layers, c.vision.patch_size, c.vision.image_size, c.text.width, c.text.layers, c.embed_dim
+        ),
+        format: engine.info.source_format.clone(),
+        native_size: native,
+        patch_size: c.vision.patch_size,
+        layers: c.vision.layers,
+        context_length: c.text.context_length,
+        downloaded_bytes: loaded.downloaded_bytes,
+        stored_bytes: loaded.bytes.len() as u64,
+        from_cache: loaded.from_cache,
+        notes: engine.info.notes.clone().into_iter().chain(loaded.notes).collect(),
+        load_ms,
+        warmup_ms,
+    };
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.engine = Some(engine);
+        s.trace = None;
+    });
+    post(&Response::ModelReady(summary), vec![]);
+    Ok(())
+}
+
+async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
+    let (engine, image, cached) = STATE.with(|s| {
+        let s = s.borrow();
+        (s.engine.clone(), s.image.clone(), s.trace.clone())
+    });
+    let engine = engine.ok_or((ErrorAbout::Model, LegradError::Input("the model is still loading".into())))?;
+    let (image_id, image) = image.ok_or((ErrorAbout::Image, LegradError::Input("drop an image first".into())))?;
+    if image_id != req.image_id {
+        return Ok(()); // an answer for an image that is gone
+    }
+    if req.methods.is_empty() {
+        return Err((ErrorAbout::Explain, LegradError::Input("choose a method".into())));
+    }
+    let options = ExplainOptions { layer_index: req.layer_index };
+    let e = |about| move |err: LegradError| (about, err);
+    let prompts = engine.prepare(&req.prompts, req.template.as_deref()).map_err(e(ErrorAbout::Prompt))?;
+    let request = engine.request_for(&req.methods, &options).map_err(e(ErrorAbout::Explain))?;
+    let t0 = Instant::now();
+    let reuse = cached.filter(|c| c.image_id == image_id && c.size == req.size && c.request.covers(&request));
+    let traced = reuse.is_none();
+    let cached = match reuse {
+        Some(c) => c,
+        None => {
+            let size = req.size as usize;
+            let pixels = image.to_pixels(size, size).map_err(e(ErrorAbout::Image))?;
+            let rgb = image.resize_rgb(size as u32, size as u32).map_err(e(ErrorAbout::Image))?;
+            let trace = engine.trace(pixels, InputSize::square(size), &request).map_err(e(ErrorAbout::Explain))?;
+            // Reading the embedding waits for the image forward, so the timing is honest.
+            legrad::engine::read_f32(trace.embedding.clone()).await.map_err(e(ErrorAbout::Explain))?;
+            let c = Rc::new(CachedTrace { image_id, size: req.size, request: request.clone(), trace, rgb });
+            STATE.with(|s| s.borrow_mut().trace = Some(c.clone()));
+            c
+        }
+    };
+    let image_ms = if traced { t0.elapsed().as_secs_f64() * 1e3 } else { 0.0 };
+    let t1 = Instant::now();
+    let mut maps: Vec<f32> = Vec::new();
+    let mut results = Vec::new();
+    let mut size = (0, 0);
+    for method in &req.methods {
+        let out = engine.explain(&cached.trace, &prompts, *method, &options).await.map_err(e(ErrorAbout::Explain))?;
+        for r in &out {
+            size = r.map.size;
+            maps.extend_from_slice(&r.map.map);
+        }
+        if results.is_empty() {
+            results = out
+                .iter()
+                .map(|r| PromptResult { prompt: r.prompt.clone(), text: r.text.clone(), score: r.score, truncated: r.truncated, constant: r.map.constant })
+                .collect();
+        }
+    }
+    let explain_ms = t1.elapsed().as_secs_f64() * 1e3;
+    // The overlay is drawn on what the model saw, cropped to the maps (grid × patch).
+    let full = req.size as usize;
+    let rgb: Vec<u8> = (0..size.0).flat_map(|y| cached.rgb[y * full * 3..(y * full + size.1) * 3].iter().copied()).collect();
+    let ready = MapsReady {
+        seq: req.seq,
+        image_id,
+        size,
+        methods: req.methods.clone(),
+        prompts: results,
+        image_ms,
+        explain_ms,
+        traced,
+    };
+    post(&Response::Maps(ready), vec![bytes_to_buffer(&rgb), f32_to_buffer(&maps)]);
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! The engine in a real browser (headless Chromium): WebGPU (SwiftShader here) and the CPU
+//! fallback, against the reference's numbers with the native tests' tolerances.
+//! Run by `cargo xtask test` through wasm-bindgen-test-runner and chromedriver
+//! (Chromium's flags are in webdriver.json).
+#![cfg(target_family = "wasm")]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use burn::tensor::Device;
+use legrad::engine::{DEFAULT_TEMPLATE, Engine};
+use legrad::explain::{ExplainOptions, Method};
+use legrad::format::{self, Quant};
+use legrad::load::{ConfigSource, load_bytes, prepare_bytes};
+use legrad::InputSize;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const MODEL: &[u8] = include_bytes!("fixtures/tiny-vit-b16.safetensors");
+const CONFIG: &str = include_str!("fixtures/tiny-vit-b16.json");
+const EXPECTED: &[u8] = include_bytes!("fixtures/tiny-vit-b16.expected.safetensors");
+const BASELINES: &[u8] = include_bytes!("fixtures/tiny-vit-b16.baselines.safetensors");
+
+thread_local! {
+    static WEBGPU: RefCell<Option<Device>> = const { RefCell::new(None) };
+}
+
+/// The WebGPU device, initialised once per page.
+async fn webgpu() -> Device {
+    if let Some(d) = WEBGPU.with(|w| w.borrow().clone()) {
+        return d;
+    }
+    let d = Device::wgpu_options()
+        .init_async()
+        .await
+        .expect("no WebGPU adapter: Chromium must run with --enable-unsafe-webgpu (see webdriver.json)");
+    WEBGPU.with(|w| *w.borrow_mut() = Some(d.clone()));
+    d
+}
+
+fn expected(bytes: &[u8]) -> HashMap<String, Vec<f32>> {
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+        .collect()
+}
+
+fn engine(bytes: &[u8], device: &Device) -> Engine {
+    let (clip, info) = load_bytes(bytes, Some(&ConfigSource::from_json(CONFIG.to_string())), device).unwrap();
+    Engine::new(clip, info).unwrap()
+}
+
+fn prompts() -> Vec<String> {
+    ["cat", "the remote control", "something red"].map(String::from).to_vec()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let d: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    d / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt())
+}
+
+/// LeGrad maps and embeddings against the reference, at three grids and two layer settings.
+async fn check_against_reference(device: &Device, backend: &str) {
+    let exp = expected(EXPECTED);
+    let engine = engine(MODEL, device);
+    let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+    let text = engine.embed_texts(&prepared).await.unwrap();
+    let e = engine.model.config.embed_dim;
+    for p in 0..3 {
+        let c = cosine(&text[p * e..][..e], &exp["text_emb"][p * e..][..e]);
+        assert!(c >= 0.99999, "{backend}: text embedding {p}: cosine {c}");
+    }
+    for (key, h, w) in [("64x64", 64, 64), ("96x96", 96, 96), ("64x96", 64, 96)] {
+        let size = InputSize { width: w, height: h };
+        let pixels = exp[&format!("pixels/{key}")].clone();
+        let img = engine.embed_image(pixels.clone(), size).await.unwrap();
+        let c = cosine(&img, &exp[&format!("image_emb/{key}")]);
+        assert!(c >= 0.99999, "{backend} {key}: image embedding cosine {c}");
+        for li in [-2i64, 0] {
+            let options = ExplainOptions { layer_index: li };
+            let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+            let trace = engine.trace(pixels.clone(), size, &request).unwrap();
+            let out = engine.explain(&trace, &prepared, Method::LeGrad, &options).await.unwrap();
+            let want = &exp[&format!("legrad/{key}/layer{li}/final")];
+            for (p, r) in out.iter().enumerate() {
+                let d = max_abs_diff(&r.map.map, &want[p * h * w..][..h * w]);
+                assert!(d <= 1e-4, "{backend} {key} layer_index {li} prompt {p}: max abs diff {d}");
+            }
+        }
+    }
+}
+
+#[wasm_bindgen_test]
+async fn webgpu_matches_reference() {
+    check_against_reference(&webgpu().await, "webgpu").await;
+}
+
+#[wasm_bindgen_test]
+async fn cpu_fallback_matches_reference() {
+    check_against_reference(&Device::flex(), "cpu").await;
+}
+
+#[wasm_bindgen_test]
+async fn webgpu_baselines_match_reference() {
+    let device = webgpu().await;
+    let exp = expected(EXPECTED);
+    let base = expected(BASELINES);
+    let engine = engine(MODEL, &device);
+    let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+    let options = ExplainOptions::default();
+    let methods = [Method::GradCam, Method::Rollout, Method::RawAttention, Method::CheferCam];
+    let request = engine.request_for(&methods, &options).unwrap();
+    let trace = engine.trace(exp["pixels/64x64"].clone(), InputSize::square(64), &request).unwrap();
+    for (m, name) in methods.iter().zip(["gradcam", "rollout", "raw-attention", "chefercam"]) {
+        let out = engine.explain(&trace, &prepared, *m, &options).await.unwrap();
+        for (p, r) in out.iter().enumerate() {
+            let d = max_abs_diff(&r.map.map, &base[&format!("{name}/64x64")][p * 4096..][..4096]);
+            assert!(d <= 1e-3, "webgpu {name} prompt {p}: {d}");
+        }
+    }
+}
+
+/// Conversion to 8 bits in the browser, then maps on the quantized model (WebGPU).
+#[wasm_bindgen_test]
+async fn webgpu_q8_conversion_round_trip() {
+    let device = webgpu().await;
+    let prepared = prepare_bytes(MODEL, Some(&ConfigSource::from_json(CONFIG.to_string()))).unwrap();
+    let q8 = format::write(&prepared.map, &prepared.config, Quant::Q8, "test").unwrap();
+    assert!(q8.len() * 3 < MODEL.len() * 2, "q8 file not smaller than f16: {} vs {}", q8.len(), MODEL.len());
+    let (clip, info) = load_bytes(&q8, None, &device).unwrap();
+    let quantized = Engine::new(clip, info).unwrap();
+    let exp = expected(EXPECTED);
+    let prepared = quantized.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+    let options = ExplainOptions::default();
+    let request = quantized.request_for(&[Method::LeGrad], &options).unwrap();
+    let trace = quantized.trace(exp["pixels/64x64"].clone(), InputSize::square(64), &request).unwrap();
+    let out = quantized.explain(&trace, &prepared, Method::LeGrad, &options).await.unwrap();
+    for (p, r) in out.iter().enumerate() {
+        let want = &exp["legrad/64x64/layer-2/final"][p * 4096..][..4096];
+        let (ma, mb) = (mean(&r.map.map), mean(want));
+        let cov: f32 = r.map.map.iter().zip(want).map(|(a, b)| (a - ma) * (b - mb)).sum();
+        let va: f32 = r.map.map.iter().map(|a| (a - ma).powi(2)).sum();
+        let vb: f32 = want.iter().map(|b| (b - mb).powi(2)).sum();
+        let corr = cov / (va * vb).sqrt();
+        assert!(corr >= 0.99, "q8 map {p}: Pearson r {corr} against the f32 reference");
+    }
+}
+
+fn mean(v: &[f32]) -> f32 {
+    v.iter().sum::<f32>() / v.len() as f32
+}
+
+#[wasm_bindgen_test]
+fn decoding_errors_are_errors_in_the_browser() {
+    let limits = legrad::preprocess::DecodeLimits::default();
+    assert!(legrad::preprocess::decode(b"not an image", &limits).is_err());
+    let png = include_bytes!("fixtures/images/scene.png");
+    let img = legrad::preprocess::decode(png, &limits).unwrap();
+    assert_eq!((img.width, img.height), (150, 100));
+    let tok = legrad::Tokenizer::new().unwrap();
+    assert_eq!(tok.tokenize("a photo of a cat.", 77).ids, vec![49406, 320, 1125, 539, 320, 2368, 269, 49407]);
+}
