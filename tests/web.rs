@@ -15,7 +15,9 @@ use legrad::load::{ConfigSource, load_bytes, prepare_bytes};
 use legrad::InputSize;
 use wasm_bindgen_test::*;
 
-wasm_bindgen_test_configure!(run_in_browser);
+// In a dedicated worker, as the app runs its engine: the page (and chromedriver, which polls it)
+// stays responsive while the tests compute.
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 const MODEL: &[u8] = include_bytes!("fixtures/tiny-vit-b16.safetensors");
 const CONFIG: &str = include_str!("fixtures/tiny-vit-b16.json");

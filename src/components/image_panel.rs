@@ -7,12 +7,13 @@ use crate::components::{fetch_bytes, file_bytes, is_model_file};
 use crate::protocol::ModelSource;
 
 /// Sample images shipped with the site: scenes from the generator the default model was
-/// trained on (held-out seeds), so that the default model has something it knows.
+/// trained on (`legrad scenes --seed 5`, held out from training), so that the default model
+/// has something it knows.
 pub const SAMPLES: [(&str, &str); 4] = [
-    ("samples/scene-1.png", "Shapes on stripes"),
-    ("samples/scene-2.png", "Shapes on noise"),
-    ("samples/scene-3.png", "Shapes on a gradient"),
-    ("samples/scene-4.png", "One star"),
+    ("samples/scene-1.png", "A ring, two circles and a cross on stripes"),
+    ("samples/scene-2.png", "Four shapes on noise"),
+    ("samples/scene-3.png", "A cross, a star, a ring and a circle on a gradient"),
+    ("samples/scene-4.png", "A green star"),
 ];
 
 /// Files dropped, picked or pasted: a checkpoint (and its config.json) loads as the model,
@@ -44,6 +45,10 @@ pub fn take_files(state: AppState, files: Vec<web_sys::File>) {
 fn file_list(list: Option<web_sys::FileList>) -> Vec<web_sys::File> {
     let Some(list) = list else { return vec![] };
     (0..list.length()).filter_map(|i| list.get(i)).collect()
+}
+
+fn overlay_class(dragging: i32) -> &'static str {
+    if dragging > 0 { "drop-overlay visible" } else { "drop-overlay" }
 }
 
 #[component]
@@ -97,7 +102,7 @@ pub fn ImagePanel() -> impl IntoView {
         }.into_any(),
     };
     view! {
-        <div class="drop-overlay" class:visible=move || dragging.get() > 0 aria-hidden="true">"Drop an image or a model file"</div>
+        <div class=move || overlay_class(dragging.get()) aria-hidden="true">"Drop an image or a model file"</div>
         <fieldset class="panel">
             <legend>"Image"</legend>
             <label class="file">

@@ -60,7 +60,7 @@ async function measure(label, loadModel, size) {
   await page.waitForSelector('[data-testid="image-ready"]', { timeout: T });
   await page.selectOption('[data-testid="size"]', String(size));
   const timings = [];
-  for (const prompt of ["a red square", "a blue circle", "something green", "a yellow star"]) {
+  for (const prompt of ["a red circle", "a blue circle", "something green", "a yellow star"]) {
     await page.fill('[data-testid="prompts"]', prompt);
     await page.waitForFunction((p) => [...document.querySelectorAll('[data-testid="map-card"]')].some((c) => c.dataset.prompt === p), prompt, { timeout: T });
     timings.push(await page.$eval('[data-testid="timing"]', (e) => ({ image: +e.dataset.imageMs, explain: +e.dataset.explainMs, traced: e.dataset.traced === "true" })));

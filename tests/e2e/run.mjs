@@ -140,9 +140,9 @@ await test("drop an image, type a prompt: the map equals the native engine's", a
   await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
   assert(await page.isVisible('[data-testid="empty-hint"]'), "no hint for the empty prompt");
   await page.screenshot({ path: join(shots, "03-image-no-prompt.png") });
-  await page.fill('[data-testid="prompts"]', "a red square");
-  await waitForCard("a red square");
-  const r = await compareCanvas("a red square", nativeOverlay(scene, "a red square", "first"));
+  await page.fill('[data-testid="prompts"]', "a red circle");
+  await waitForCard("a red circle");
+  const r = await compareCanvas("a red circle", nativeOverlay(scene, "a red circle", "first"));
   assert(!r.error, r.error);
   assert(r.mean < 0.5 && r.off < 0.005, `canvas vs native: mean abs diff ${r.mean}, ${(100 * r.off).toFixed(2)}% off by > 2`);
   await page.screenshot({ path: join(shots, "04-heatmap.png") });
@@ -189,8 +189,8 @@ await test("a corrupt file gives a message, and the next image still works", asy
   await page.screenshot({ path: join(shots, "07-corrupt-file.png") });
   await dropFile(join(root, "www/samples/scene-2.png"), "scene-2.png");
   await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
-  await page.fill('[data-testid="prompts"]', "a red square");
-  await waitForCard("a red square");
+  await page.fill('[data-testid="prompts"]', "a red circle");
+  await waitForCard("a red circle");
   await page.screenshot({ path: join(shots, "08-recovered.png") });
 });
 
@@ -231,8 +231,8 @@ await test("without WebGPU the CPU fallback says so and still explains", async (
   await dropFile(scene, "scene-1.png");
   await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
   await page.selectOption('[data-testid="size"]', "224");
-  await page.fill('[data-testid="prompts"]', "a red square");
-  await waitForCard("a red square");
+  await page.fill('[data-testid="prompts"]', "a red circle");
+  await waitForCard("a red circle");
   await page.screenshot({ path: join(shots, "11-cpu-fallback.png") });
 });
 

@@ -92,11 +92,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--legrad", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "legrad"))
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--single-first", type=float, default=0.3,
+                    help="share of the steps trained on single-object scenes before mixing in 1-4 objects")
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=300, help="zero-shot check on 100 held-out scenes every N steps")
     args = ap.parse_args()
     if not os.path.exists(args.legrad):
         sys.exit(f"{args.legrad} not found: build it with `cargo build --release -p legrad-cli` or pass --legrad")
@@ -123,8 +127,13 @@ def main():
         return 0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
 
     t0 = time.time()
-    stream = scene_stream(args.legrad, args.seed, 0, args.steps * args.batch)
-    for step, (imgs, caps, _) in enumerate(batches(stream, args.batch)):
+    # A curriculum: single objects first (the caption describes the whole picture), then scenes
+    # of 1 to 4 objects (the caption describes one of them). Disjoint scene indices.
+    first = int(args.steps * args.single_first)
+    def curriculum():
+        yield from batches(scene_stream(args.legrad, args.seed, 0, first * args.batch, objects=1), args.batch)
+        yield from batches(scene_stream(args.legrad, args.seed, 10_000_000, (args.steps - first) * args.batch), args.batch)
+    for step, (imgs, caps, _) in enumerate(curriculum()):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         img_f, txt_f, scale = model(to_pixels(imgs), tok(caps))
@@ -134,8 +143,12 @@ def main():
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % 50 == 0 or step == args.steps - 1:
+        if step % args.log_every == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss.item():.3f}  scale {model.logit_scale.exp().item():.1f}  {time.time() - t0:.0f}s", flush=True)
+        if args.eval_every and step > 0 and step % args.eval_every == 0:
+            model.eval()
+            print(f"step {step:5d}  zero-shot top-1 on 100 held-out scenes: {zero_shot(model, tok, args.legrad, 100):.2f}", flush=True)
+            model.train()
     model.eval()
     acc = zero_shot(model, tok, args.legrad)
     print(f"zero-shot top-1 on 300 held-out single-object scenes: {acc:.3f}  ({time.time() - t0:.0f}s)", flush=True)

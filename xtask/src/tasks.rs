@@ -4,7 +4,8 @@ use std::process::{Command, Stdio};
 pub type Result<T = ()> = std::result::Result<T, String>;
 
 /// Pinned tool versions. wasm-bindgen-cli must equal the `wasm-bindgen` in Cargo.lock.
-const TRUNK_VERSION: &str = "0.22.1";
+// 0.22.x needs rustc 1.96; this machine has 1.95.
+const TRUNK_VERSION: &str = "0.21.14";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -161,9 +162,7 @@ fn web_tests(args: &[String]) -> Result {
         .args(["test", "--release", "--target", "wasm32-unknown-unknown", "-p", "legrad-web"])
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &wb_runner)
         .env("CHROMEDRIVER", "/usr/bin/chromedriver")
-        .env("WASM_BINDGEN_TEST_TIMEOUT", "600")
-        .env("WASM_BINDGEN_USE_BROWSER", "1")
-        .env("WASM_BINDGEN_TEST_DRIVER_TIMEOUT", "120"))?;
+        .env("WASM_BINDGEN_TEST_TIMEOUT", "1200"))?;
     // 4. End to end: the built page in Playwright.
     run(trunk().args(["build", "--release"]))?;
     run(cargo().args(["build", "--release", "-p", "legrad-cli"]))?;

@@ -11,7 +11,7 @@ pub mod vision;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation;
-use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, QuantizationParameters, ScaleDtype};
+use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::{Activation, ClipConfig};
@@ -66,9 +66,14 @@ pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// A weight matrix stored `[out, in]` (PyTorch) as burn's `[in, out]`. A quantized one stays
-/// quantized on the device: burn's block-quantized tensor with the stored values and scales
-/// (blocks of output features become blocks along burn's last dimension), so matmuls read
-/// 8- or 4-bit weights and no f32 copy is kept.
+/// quantized on the device: burn's block-quantized tensor (blocks of output features become
+/// blocks along burn's last dimension), so matmuls read 8- or 4-bit weights and no f32 copy is
+/// kept.
+///
+/// burn recomputes each block's scale from the dequantized values (`quantize_dynamic`, absmax):
+/// every stored block has a value at ±qmax (the stored scale is the absmax or clips), so that
+/// scale is the stored one and the device holds exactly the file's grid. (Passing the stored
+/// scales to `quantize` is exact on Flex but not on wgpu in burn 0.22.1.)
 pub(crate) fn weight_matrix(raw: RawTensor, d_in: usize, d_out: usize, device: &Device) -> Tensor<2> {
     let values = raw.to_f32();
     let t = tensor2(transposed(&values, d_out, d_in), [d_in, d_out], device);
@@ -79,10 +84,7 @@ pub(crate) fn weight_matrix(raw: RawTensor, d_in: usize, d_out: usize, device: &
                 .with_value(value)
                 .with_store(QuantStore::PackedU32(0))
                 .per_block([1u8, block as u8], ScaleDtype::F32);
-            let scales = transposed(&raw.scales, d_out / block, d_in);
-            let n = scales.len();
-            let qparams = QuantizationParameters { scales: Tensor::from_data(TensorData::new(scales, [n]), device), global: None };
-            t.quantize(&scheme, qparams)
+            t.quantize_dynamic(&scheme)
         }
         _ => t,
     }
