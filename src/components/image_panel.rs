@@ -10,10 +10,10 @@ use crate::protocol::ModelSource;
 /// trained on (`legrad scenes --seed 5`, held out from training), so that the default model
 /// has something it knows.
 pub const SAMPLES: [(&str, &str); 4] = [
-    ("samples/scene-1.png", "A ring, two circles and a cross on stripes"),
-    ("samples/scene-2.png", "Four shapes on noise"),
-    ("samples/scene-3.png", "A cross, a star, a ring and a circle on a gradient"),
-    ("samples/scene-4.png", "A green star"),
+    ("samples/scene-1.png", "A blue circle, an orange triangle and a red ring on stripes"),
+    ("samples/scene-2.png", "A blue square, a green ring and a yellow star on noise"),
+    ("samples/scene-3.png", "Two crosses, a yellow square and an orange ring on a gradient"),
+    ("samples/scene-4.png", "A green star and a blue triangle"),
 ];
 
 /// Files dropped, picked or pasted: a checkpoint (and its config.json) loads as the model,

@@ -5,9 +5,12 @@ checkpoint (safetensors + JSON model config) with the real CLIP tokenizer.
 
 The scenes come from the project's one generator, streamed by `legrad scenes --stream` (Rust):
 each record is a 224x224 RGB image and a 96-byte caption naming one of its objects. Training is
-open_clip's own model and loss (`CLIP`, `ClipLoss`); nothing here is specific to this project
-except the data. (Repeated captions in a batch need no special care: identical captions have
-identical embeddings, and the loss over them equals the multi-positive loss.) Seeded: the same command gives the same weights on the same machine.
+open_clip's own model (`CLIP`) with the CLIP contrastive loss, in its multi-positive form: with
+only 36 objects, a batch of 128 repeats captions, and the plain loss (`open_clip.ClipLoss`)
+would push a caption away from every other picture of the same object. Here a pair counts as
+positive when the caption describes the captioned object of the picture ("something red" fits
+every red target), and the targets are spread evenly over the positives. Seeded: the same
+command gives the same weights on the same machine.
 """
 
 import argparse
@@ -75,6 +78,26 @@ def to_pixels(imgs):
     return (x - MEAN) / STD
 
 
+def describes(caption, truth):
+    """Does `caption` fit the object named `truth` ("red circle")?"""
+    color, shape = truth.split(" ")
+    c = caption.rstrip(".")
+    if c.startswith("a photo of a "):
+        c = "a " + c[len("a photo of a "):]
+    if c.startswith("something "):
+        return c[len("something "):] == color
+    words = c[2:].split(" ")
+    return words == [color, shape] or words == [shape]
+
+
+def multi_positive_loss(img_f, txt_f, scale, caps, truths):
+    logits = scale * img_f @ txt_f.T
+    pos = torch.tensor([[describes(c, t) for c in caps] for t in truths], dtype=torch.float32)
+    i2t = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
+    t2i = -(pos.T / pos.T.sum(1, keepdim=True) * F.log_softmax(logits.T, 1)).sum(1).mean()
+    return 0.5 * (i2t + t2i)
+
+
 def zero_shot(model, tok, legrad, n=300):
     """Top-1 over all colour x shape names on held-out single-object scenes (seed 999)."""
     names = [f"{c} {s}" for c in COLORS for s in SHAPES]
@@ -94,7 +117,7 @@ def main():
     ap.add_argument("--legrad", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "legrad"))
     ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--single-first", type=float, default=0.3,
@@ -114,7 +137,6 @@ def main():
         text_cfg=CLIPTextCfg(**CONFIG["text_cfg"]),
     )
     tok = open_clip.get_tokenizer("ViT-B-32")
-    loss_fn = open_clip.ClipLoss()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -133,11 +155,11 @@ def main():
     def curriculum():
         yield from batches(scene_stream(args.legrad, args.seed, 0, first * args.batch, objects=1), args.batch)
         yield from batches(scene_stream(args.legrad, args.seed, 10_000_000, (args.steps - first) * args.batch), args.batch)
-    for step, (imgs, caps, _) in enumerate(curriculum()):
+    for step, (imgs, caps, truths) in enumerate(curriculum()):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         img_f, txt_f, scale = model(to_pixels(imgs), tok(caps))
-        loss = loss_fn(img_f, txt_f, scale)
+        loss = multi_positive_loss(img_f, txt_f, scale, caps, truths)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -202,10 +202,12 @@ pub fn generate(seed: u64, index: u64, size: usize, objects: Option<usize>) -> S
         }
     }
     // Place objects without overlap (bounding circles apart by a margin).
+    // Sizes: a shape's radius in image widths. A 224 image at patch 32 is a 7 x 7 grid: the
+    // smallest shapes still span about two patches.
     let (rmin, rmax) = match n {
-        1 => (0.12, 0.30),
-        2 => (0.10, 0.22),
-        _ => (0.09, 0.17),
+        1 => (0.15, 0.32),
+        2 => (0.13, 0.24),
+        _ => (0.11, 0.18),
     };
     let mut placed: Vec<SceneObject> = Vec::new();
     let mut attempts = 0;
@@ -226,7 +228,8 @@ pub fn generate(seed: u64, index: u64, size: usize, objects: Option<usize>) -> S
         if placed.iter().any(|o| o.shape == shape && o.color == color) {
             continue;
         }
-        let rotation = rng.range(0.0, std::f64::consts::TAU) as f32;
+        // Upright shapes, tilted a little: a square stays a square, a cross a plus sign.
+        let rotation = rng.range(-0.25, 0.25) as f32;
         placed.push(SceneObject { shape, color, center: (cx, cy), radius: r, rotation, mask: Vec::new() });
     }
     for obj in &mut placed {
