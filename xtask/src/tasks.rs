@@ -7,8 +7,13 @@ pub type Result<T = ()> = std::result::Result<T, String>;
 // 0.22.x needs rustc 1.96; this machine has 1.95.
 const TRUNK_VERSION: &str = "0.21.14";
 
+/// The repository root. Read at run time (`cargo run` sets CARGO_MANIFEST_DIR): a binary built
+/// in another clone that shares the target directory must not act on that clone.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("..")
 }
 
 fn target_dir() -> PathBuf {

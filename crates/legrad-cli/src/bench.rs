@@ -58,6 +58,9 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
     let load_s = t0.elapsed().as_secs_f64();
     let device = engine.device();
     let sync = || device.sync().map_err(|e| LegradError::Backend(format!("{e:?}")));
+    sync()?;
+    // The model at rest: weights uploaded (quantized weights stay packed), nothing computed yet.
+    let gpu_at_rest = device.memory_pool_usage().map(|u| u.bytes_in_use);
     let size = args.size;
     let options = ExplainOptions { layer_index: args.layer_index };
     let request = engine.request_for(&[Method::LeGrad], &options)?;
@@ -113,11 +116,12 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
             text_t.push(text_s);
         }
     }
+    // During an explanation: the pools keep what the trace and the explanations needed.
     let gpu = device.memory_pool_usage().map(|u| u.bytes_reserved);
     let rss = peak_rss();
     let c = &engine.model.config;
     let result = serde_json::json!({
-        "model": args.model.model.display().to_string(),
+        "model": args.model.label(),
         "vision": format!("width {} layers {} patch {}", c.vision.width, c.vision.layers, c.vision.patch_size),
         "backend": format!("{:?}", args.model.backend),
         "threads": args.threads.unwrap_or_else(rayon::current_num_threads),
@@ -131,6 +135,7 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         "explain_new_prompts_s": median(new_prompt_t),
         "text_encode_s": median(text_t),
         "peak_rss_bytes": rss,
+        "device_memory_at_rest_bytes": gpu_at_rest,
         "device_memory_reserved_bytes": gpu,
     });
     if args.json {
@@ -147,8 +152,11 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         if let Some(r) = rss {
             println!("  peak RSS                      {:10.1} MiB", r as f64 / (1 << 20) as f64);
         }
+        if let Some(g) = gpu_at_rest {
+            println!("  device memory, model at rest  {:10.1} MiB", g as f64 / (1 << 20) as f64);
+        }
         if let Some(g) = gpu {
-            println!("  device memory reserved        {:10.1} MiB", g as f64 / (1 << 20) as f64);
+            println!("  device memory, peak reserved  {:10.1} MiB", g as f64 / (1 << 20) as f64);
         }
     }
     Ok(())

@@ -35,9 +35,10 @@ pub(crate) enum BackendChoice {
 #[derive(Args, Clone)]
 pub(crate) struct ModelArgs {
     /// Checkpoint: open_clip (.safetensors, .bin, .pt), a transformers CLIPModel directory or
-    /// model.safetensors, or a model file written by `legrad convert`.
-    #[arg(long, default_value_os_t = default_model())]
-    pub(crate) model: PathBuf,
+    /// model.safetensors, or a model file written by `legrad convert`. Default: the app's
+    /// default model (the synthetic-scenes CLIP, 8-bit), built into this binary.
+    #[arg(long)]
+    pub(crate) model: Option<PathBuf>,
     /// Model config: open_clip JSON, transformers config.json, or a preset name
     /// (ViT-B-32, ViT-B-16, ViT-L-14, with -quickgelu for OpenAI weights).
     #[arg(long)]
@@ -148,8 +149,18 @@ enum Command {
     Fidelity(convert::FidelityArgs),
 }
 
-fn default_model() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-vit-b16.safetensors"))
+/// The app's default model, the same file the web app serves: the CLI works offline and from
+/// anywhere without a path.
+const DEFAULT_MODEL: &[u8] = include_bytes!("../../../www/models/default.safetensors");
+
+impl ModelArgs {
+    /// What `--model` names, for messages and reports.
+    pub(crate) fn label(&self) -> String {
+        match &self.model {
+            Some(p) => p.display().to_string(),
+            None => "default (synthetic-scenes CLIP, q8)".into(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -192,13 +203,20 @@ pub(crate) fn config_source(config: &Option<String>) -> CliResult<Option<ConfigS
 
 pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
     let config = config_source(&args.config)?;
-    if let Some(spec) = args.model.to_str().and_then(|s| s.strip_prefix("random:")) {
+    let Some(model) = &args.model else {
+        if args.config.is_some() {
+            return Err(LegradError::Input("--config needs --model (the default model carries its own config)".into()));
+        }
+        let (clip, info) = legrad::load::load_bytes(DEFAULT_MODEL, None, &device(args.backend))?;
+        return Engine::new(clip, info);
+    };
+    if let Some(spec) = model.to_str().and_then(|s| s.strip_prefix("random:")) {
         // random:<preset or config.json>[:seed], e.g. random:ViT-B-16:0, for benchmarks.
         let p = convert::random_model(spec, config.as_ref())?;
         let (clip, info) = legrad::load::from_tensor_map(p.map, Some(&ConfigSource::Config(p.config)), &device(args.backend))?;
         return Engine::new(clip, info);
     }
-    let (clip, info) = load_path(&args.model, config, &device(args.backend))?;
+    let (clip, info) = load_path(model, config, &device(args.backend))?;
     for note in &info.notes {
         eprintln!("note: {note}");
     }

@@ -7,7 +7,7 @@ use legrad::explain::{ExplainOptions, Method};
 use legrad::{Engine, format};
 
 fn path() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../www/models/default.safetensors")
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("../../www/models/default.safetensors")
 }
 
 #[test]

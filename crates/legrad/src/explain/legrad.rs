@@ -4,7 +4,7 @@
 //! `s = t_p · normalize(ln_post(mean_i x_l[i]) @ proj)`, `G = ds/dA_l`,
 //! `R = mean_h mean_i relu(G)[h, i, 1:]`; the map is the sum over layers.
 //!
-//! [`LeGrad`] computes `G` in closed form from the cached trace (two MLP-sized matmuls per layer
+//! [`LeGrad`] computes `G` in closed form from the cached trace (one MLP-sized matmul per layer
 //! and prompt, no image forward). [`legrad_autodiff`] computes the same `G` with burn's autodiff
 //! from the block inputs; the tests check that the two agree.
 
@@ -65,9 +65,12 @@ pub(crate) fn stack(layers: Vec<usize>, maps: Vec<Tensor<2>>) -> GridMaps {
 fn layer_relevance(model: &Clip, lt: &LayerTrace, texts: Tensor<2>) -> Result<Tensor<2>> {
     let v = &model.vision;
     let block = &v.weights.blocks[lt.index];
-    let (Some(values), Some(ln_2), Some(act_grad)) = (&lt.values, &lt.ln_2, &lt.act_grad) else {
+    let (Some(values), Some(rstd), Some(xhat_out), Some(act_grad), Some(act_grad_b)) =
+        (&lt.values, &lt.ln_2_rstd, &lt.xhat_out, &lt.act_grad, &lt.act_grad_b)
+    else {
         return Err(missing(lt.index));
     };
+    let consts = v.legrad_consts(lt.index)?;
     let [p, _] = texts.dims();
     let [h, n, d] = values.dims();
     let w = h * d;
@@ -86,21 +89,43 @@ fn layer_relevance(model: &Clip, lt: &LayerTrace, texts: Tensor<2>) -> Result<Te
     // Every token contributes 1/N to the mean: the same gradient g for each.
     let g = ds_dm.div_scalar(n as f64); // [P, W]
 
-    // Through the MLP: c_proj's weight is [M, W] (burn's [in, out]).
+    // Through the MLP, ln_2 and out_proj at once. With a = g W_projᵀ and dh = act' ⊙ a, the
+    // gradient at the attention's concatenated heads is (LayerNorm's backward, pushed through
+    // out_proj): dc = rstd ⊙ (dh K - (dh·κ) 1ᵀW_outᵀ - (dh·B/W) x̂W_outᵀ) + g W_outᵀ.
     let a = g.clone().matmul(block.mlp.c_proj.weight.val().transpose()); // [P, M]
-    let dh = act_grad.clone().unsqueeze::<3>() * a.unsqueeze_dim(1); // [P, N, M]
-    let dn2 = dh.matmul(block.mlp.c_fc.weight.val().transpose().unsqueeze()); // [P, N, W]
-    let stats2 = crate::model::LayerNormStats {
-        x_hat: ln_2.x_hat.clone().unsqueeze::<3>(),
-        rstd: ln_2.rstd.clone().unsqueeze::<3>(),
-    };
-    let du = block.ln_2.backward(dn2, &stats2) + g.unsqueeze_dim(1); // [P, N, W]
+    let dh = act_grad.clone().unsqueeze::<3>() * a.clone().unsqueeze_dim(1); // [P, N, M]
+    let main = dh.matmul(consts.k.unsqueeze()); // [P, N, W]
+    let mean_1 = act_grad.clone().matmul((a.clone() * consts.kappa.unsqueeze()).transpose()); // [N, P]
+    let mean_2 = act_grad_b.clone().matmul(a.transpose()).div_scalar(w as f64); // [N, P]
+    let mean_1 = mean_1.transpose().unsqueeze_dim::<3>(2); // [P, N, 1]
+    let mean_2 = mean_2.transpose().unsqueeze_dim::<3>(2); // [P, N, 1]
+    let g_out = g.matmul(block.attn.out_proj.weight.val().transpose()).unsqueeze_dim::<3>(1); // [P, 1, W]
+    let dc = (main - mean_1 * consts.ones_out.unsqueeze::<3>() - mean_2 * xhat_out.clone().unsqueeze::<3>())
+        * rstd.clone().unsqueeze::<3>()
+        + g_out; // [P, N, W]
 
-    // Through out_proj (o = c W_out), then per head dA = dc_h V_hᵀ.
-    let dc = du.matmul(block.attn.out_proj.weight.val().transpose().unsqueeze()); // [P, N, W]
+    // Per head: dA = dc_h V_hᵀ.
     let dc = dc.reshape([p, n, h, d]).swap_dims(1, 2); // [P, H, N, d]
-    let da = dc.matmul(values.clone().swap_dims(1, 2).unsqueeze()); // [P, H, N, N]
-    Ok(relevance_from_grad(da))
+    Ok(relevance_per_head(dc, values.clone()))
+}
+
+/// [`relevance_from_grad`] of `dA = dc Vᵀ` without holding `[P, H, N, N]`: one head at a time,
+/// each head's `[P, N, N]` reduced over rows at once. The same numbers (up to summation order);
+/// at 448 px a ViT-B/16 head's gradient is 2.4 MB and stays in cache, the whole is 30 MB.
+fn relevance_per_head(dc: Tensor<4>, values: Tensor<3>) -> Tensor<2> {
+    let [p, h, n, _] = dc.dims();
+    let mut sum: Option<Tensor<3>> = None;
+    for k in 0..h {
+        let dc_k = dc.clone().narrow(1, k, 1).squeeze_dim::<3>(1); // [P, N, d]
+        let v_k = values.clone().narrow(0, k, 1).swap_dims(1, 2); // [1, d, N]
+        let r = dc_k.matmul(v_k).clamp_min(0.0).sum_dim(1); // [P, 1, N]
+        sum = Some(match sum {
+            None => r,
+            Some(s) => s + r,
+        });
+    }
+    let sum = sum.expect("at least one head");
+    sum.reshape([p, n]).div_scalar((h * n) as f64).narrow(1, 1, n - 1)
 }
 
 /// `mean_h mean_i relu(G)[:, :, i, 1:]`: `[P, H, N, N]` → `[P, N - 1]`.

@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
 use super::pos_embed::resample_bicubic_aa;
-use super::{Block, LayerNorm, LayerNormStats, activate_grad, tensor1, tensor2, transposed};
+use super::{Block, LayerNorm, activate_grad, tensor1, tensor2, transposed};
 use crate::config::{Activation, ClipConfig};
 use crate::error::{LegradError, Result};
 use crate::weights::TensorMap;
@@ -39,8 +39,19 @@ pub struct VisionTower {
     native_grid: usize,
     /// Resampled positional embeddings by grid `(rows, cols)`, never written back to the weights.
     pos_cache: Mutex<HashMap<(usize, usize), Tensor<2>>>,
+    /// LeGrad's per-layer constants, computed on first use.
+    legrad_cache: Mutex<HashMap<usize, LegradConsts>>,
     /// Image forwards run so far (tests check that a new prompt runs none).
     forwards: AtomicUsize,
+}
+
+/// See [`VisionTower::legrad_consts`]: `k = W_fcᵀ diag(γ₂) W_outᵀ` `[M, W]`,
+/// `kappa = W_fcᵀ γ₂ / W` `[M]`, `ones_out = 1ᵀ W_outᵀ` `[W]` (burn's `[in, out]` weights).
+#[derive(Clone, Debug)]
+pub struct LegradConsts {
+    pub k: Tensor<2>,
+    pub kappa: Tensor<1>,
+    pub ones_out: Tensor<1>,
 }
 
 /// Which intermediate values a forward pass keeps.
@@ -84,11 +95,15 @@ pub struct LayerTrace {
     pub output: Option<Tensor<2>>,
     /// Attention probabilities `[H, N, N]`, when requested.
     pub probs: Option<Tensor<3>>,
-    /// For the analytic backward: values `[H, N, d]`, ln_2 statistics `[N, W]` / `[N, 1]`,
-    /// and `act'(c_fc(ln_2(u)))` `[N, M]`.
+    /// For the analytic backward (LEGRAD.md section 5, with ln_2 folded as in
+    /// [`VisionTower::legrad_consts`]): values `[H, N, d]`; ln_2's `1/σ` `[N, 1]`; its `x̂`
+    /// through `out_proj`, `x̂ W_outᵀ` `[N, W]`; `act'(h)` `[N, M]` for `h = c_fc(ln_2(u))`; and
+    /// `act'(h) ⊙ (x̂ diag(γ₂) W_fc)` `[N, M]`.
     pub values: Option<Tensor<3>>,
-    pub ln_2: Option<LayerNormStats<2>>,
+    pub ln_2_rstd: Option<Tensor<2>>,
+    pub xhat_out: Option<Tensor<2>>,
     pub act_grad: Option<Tensor<2>>,
+    pub act_grad_b: Option<Tensor<2>>,
 }
 
 /// What one image's forward pass leaves for explainers: computed once per image and size.
@@ -159,8 +174,32 @@ impl VisionTower {
             native_pos,
             native_grid: grid,
             pos_cache: Mutex::new(HashMap::new()),
+            legrad_cache: Mutex::new(HashMap::new()),
             forwards: AtomicUsize::new(0),
         })
+    }
+
+    /// Block `layer`'s weights folded for LeGrad's closed-form backward (LEGRAD.md section 5):
+    /// the path `c_fc`ᵀ → ln_2 (its diagonal part) → `out_proj`ᵀ as one `[M, W]` matrix, so that
+    /// a prompt costs one MLP-sized matmul per layer. Image-independent: computed once per model
+    /// and layer, from the dequantized weights (the same values the quantized matmuls use).
+    pub fn legrad_consts(&self, layer: usize) -> Result<LegradConsts> {
+        let mut cache = self.legrad_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(&layer) {
+            return Ok(c.clone());
+        }
+        let block = self.weights.blocks.get(layer).ok_or_else(|| {
+            LegradError::Input(format!("layer {layer} does not exist: the vision tower has {} layers", self.depth()))
+        })?;
+        let w = self.width;
+        let out_t = block.attn.out_proj.weight.val().dequantize().transpose(); // [W, W]
+        let gamma = block.ln_2.weight.val().unsqueeze::<2>(); // [1, W]
+        let fc_t_gamma = block.mlp.c_fc.weight.val().dequantize().transpose() * gamma; // [M, W]
+        let kappa = fc_t_gamma.clone().sum_dim(1).div_scalar(w as f64).squeeze_dim::<1>(1); // [M]
+        let ones_out = out_t.clone().sum_dim(0).squeeze_dim::<1>(0); // [W]
+        let c = LegradConsts { k: fc_t_gamma.matmul(out_t), kappa, ones_out };
+        cache.insert(layer, c.clone());
+        Ok(c)
     }
 
     /// How many image forwards this tower has run.
@@ -272,6 +311,20 @@ impl VisionTower {
             let [_, n, w] = out.output.dims();
             let squeeze3 = |t: Tensor<3>| -> Tensor<2> { t.squeeze_dim(0) };
             let squeeze4 = |t: Tensor<4>| -> Tensor<3> { t.squeeze_dim(0) };
+            let backward = request.mlp_backward.then(|| {
+                let x_hat = squeeze3(out.ln_2.x_hat.clone()); // [N, W]
+                let h = squeeze3(out.mlp_pre.clone()); // [N, M]
+                let act_grad = activate_grad(self.activation, h.clone());
+                // x̂ diag(γ) W_fc = h - b_fc - β W_fc: no second [N, W] x [W, M] product.
+                let fc = &block.mlp.c_fc;
+                let beta_fc = block.ln_2.bias.val().unsqueeze::<2>().matmul(fc.weight.val()); // [1, M]
+                let mut b = h - beta_fc;
+                if let Some(bias) = &fc.bias {
+                    b = b - bias.val().unsqueeze::<2>();
+                }
+                let xhat_out = x_hat.matmul(block.attn.out_proj.weight.val().transpose());
+                (squeeze3(out.ln_2.rstd.clone()), xhat_out, act_grad.clone(), act_grad * b)
+            });
             layers.push(LayerTrace {
                 index: i,
                 output_mean: out.output.clone().mean_dim(1).reshape([w]),
@@ -279,13 +332,10 @@ impl VisionTower {
                 output: request.tokens.then(|| squeeze3(out.output.clone())),
                 probs: request.attention.then(|| squeeze4(out.attention.probs.clone())),
                 values: request.mlp_backward.then(|| squeeze4(out.attention.values.clone())),
-                ln_2: request.mlp_backward.then(|| LayerNormStats {
-                    x_hat: squeeze3(out.ln_2.x_hat.clone()),
-                    rstd: squeeze3(out.ln_2.rstd.clone()),
-                }),
-                act_grad: request
-                    .mlp_backward
-                    .then(|| squeeze3(activate_grad(self.activation, out.mlp_pre.clone()))),
+                ln_2_rstd: backward.as_ref().map(|b| b.0.clone()),
+                xhat_out: backward.as_ref().map(|b| b.1.clone()),
+                act_grad: backward.as_ref().map(|b| b.2.clone()),
+                act_grad_b: backward.map(|b| b.3),
             });
             debug_assert_eq!(n, grid.0 * grid.1 + 1);
             x = out.output;

@@ -9,7 +9,7 @@ use legrad::load::{ConfigSource, load_path};
 use legrad::{Engine, InputSize};
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("../../tests/fixtures")
 }
 
 /// The backends every numeric test runs on: burn's CPU backend (Flex) and wgpu (Vulkan; lavapipe
