@@ -51,6 +51,8 @@ async function measure(label, loadModel, size) {
     await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, loadModel, { timeout: T });
   }
   const info = await page.$eval('[data-testid="model-info"]', (e) => ({ load: +e.dataset.loadMs, warm: +e.dataset.warmupMs, text: e.textContent }));
+  // Stages as they finish, so that a run stopped part-way still reports what it measured.
+  console.error(`# ${label}: model load ${info.load.toFixed(0)} ms, warm-up ${info.warm.toFixed(0)} ms`);
   const bytes = Array.from(readFileSync(join(root, "www/samples/scene-1.png")));
   await page.evaluate(({ bytes }) => {
     const dt = new DataTransfer();
@@ -64,6 +66,7 @@ async function measure(label, loadModel, size) {
     await page.fill('[data-testid="prompts"]', prompt);
     await page.waitForFunction((p) => [...document.querySelectorAll('[data-testid="map-card"]')].some((c) => c.dataset.prompt === p), prompt, { timeout: T });
     timings.push(await page.$eval('[data-testid="timing"]', (e) => ({ image: +e.dataset.imageMs, explain: +e.dataset.explainMs, traced: e.dataset.traced === "true" })));
+    console.error(`# ${label}: "${prompt}": image ${timings.at(-1).image.toFixed(0)} ms, explain ${timings.at(-1).explain.toFixed(0)} ms`);
   }
   await page.close();
   const median = (v) => v.sort((a, b) => a - b)[Math.floor(v.length / 2)];
