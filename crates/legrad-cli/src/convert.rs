@@ -27,6 +27,10 @@ pub struct ConvertArgs {
     /// dict with open_clip's names, as open_clip itself loads.
     #[arg(long, default_value = "app")]
     format: OutputFormat,
+    /// Quantize with GPTQ, calibrated on this many synthetic scenes and their captions, instead
+    /// of rounding each weight (default: 32 for q4, 0 = rounding for q8).
+    #[arg(long)]
+    calibrate: Option<u64>,
     #[arg(long)]
     out: PathBuf,
 }
@@ -71,8 +75,31 @@ pub fn convert(args: ConvertArgs) -> Result<(), LegradError> {
     for n in &prepared.notes {
         eprintln!("note: {n}");
     }
+    let calibrate = args.calibrate.unwrap_or(if matches!(args.quant, Quant::Q4) { 32 } else { 0 });
+    let quantized = matches!(args.quant, Quant::Q4 | Quant::Q8);
+    let hessians = if calibrate > 0 && quantized && matches!(args.format, OutputFormat::App) {
+        let (clip, info) = legrad::load::from_tensor_map(
+            prepared.map.clone(),
+            Some(&legrad::load::ConfigSource::Config(prepared.config.clone())),
+            &crate::device(crate::BackendChoice::Cpu),
+        )?;
+        let engine = Engine::new(clip, info)?;
+        // A line per stage on stderr (a progress-bar crate would change the features of a
+        // dependency burn shares, and rebuild burn, for one loop).
+        let mut last = String::new();
+        pollster::block_on(legrad::calibrate::hessians(&engine, calibrate, &mut |what, done, total| {
+            let line = format!("calibrating (GPTQ): {what} {done}/{total}");
+            if done == total && line != last {
+                eprintln!("{line}");
+                last = line;
+            }
+        }))?
+    } else {
+        Default::default()
+    };
+    let source = format!("{} ({})", model, prepared.source_format);
     let bytes = match args.format {
-        OutputFormat::App => format::write(&prepared.map, &prepared.config, args.quant, &format!("{} ({})", model, prepared.source_format))?,
+        OutputFormat::App => format::write_calibrated(&prepared.map, &prepared.config, args.quant, &source, &hessians, &mut |_, _| {})?,
         OutputFormat::Openclip => format::write_plain(&prepared.map)?,
     };
     std::fs::write(&args.out, &bytes).map_err(|e| LegradError::io_path(&args.out, e))?;

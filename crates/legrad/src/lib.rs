@@ -6,6 +6,7 @@
 //! [`model::TextTower::encode`] → grid maps → [`explain::finish_maps`] → [`PromptMap`]s.
 //! [`engine::Engine`] ties these together with the caches; the CLI and the web app use it.
 
+pub mod calibrate;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -51,37 +51,7 @@ fn every_format_round_trips_within_its_bar() {
                 Quant::Q4 => assert!(bytes.len() * 100 < original * 35, "q4 is {} bytes, f16 {original}", bytes.len()),
                 _ => {}
             }
-            let (clip, info) = load_bytes(&bytes, None, &device).unwrap();
-            let engine = Engine::new(clip, info).unwrap();
-            let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
-            let text = pollster::block_on(engine.embed_texts(&prepared)).unwrap();
-            let e = engine.model.config.embed_dim;
-            let options = ExplainOptions::default();
-            let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
-            let mut worst_r = 1.0f64;
-            let mut worst_cos = 1.0f64;
-            for p in 0..3 {
-                worst_cos = worst_cos.min(cosine(&text[p * e..][..e], &exp.values("text_emb")[p * e..][..e]));
-            }
-            for key in ["64x64", "96x96"] {
-                let size = size_of(key);
-                let pixels = exp.values(&format!("pixels/{key}")).to_vec();
-                let img = pollster::block_on(engine.embed_image(pixels.clone(), size)).unwrap();
-                worst_cos = worst_cos.min(cosine(&img, exp.values(&format!("image_emb/{key}"))));
-                let trace = engine.trace(pixels, size, &request).unwrap();
-                let out = pollster::block_on(engine.explain(&trace, &prepared, Method::LeGrad, &options)).unwrap();
-                let want = exp.values(&format!("legrad/{key}/layer-2/final"));
-                let n = size.width * size.height;
-                for (p, r) in out.iter().enumerate() {
-                    let w = &want[p * n..][..n];
-                    if matches!(quant, Quant::F32 | Quant::F16) {
-                        // The fixture's weights are f16 values: both formats hold them exactly.
-                        let d = max_abs_diff(&r.map.map, w);
-                        assert!(d <= 1e-4, "{backend} {quant:?} {key} prompt {p}: {d}");
-                    }
-                    worst_r = worst_r.min(pearson(&r.map.map, w));
-                }
-            }
+            let (worst_r, worst_cos) = against_reference(&bytes, &device, &exp, matches!(quant, Quant::F32 | Quant::F16), backend);
             // The bars are q8 ≥ 0.99 and q4 ≥ 0.97 for maps. This fixture's weights are
             // random (uniform plus noise) in a 64-wide model, where every map is a fragile noise
             // pattern: q8 meets its bar here, q4 is held to 0.90 here and to 0.97 on the trained
@@ -96,6 +66,72 @@ fn every_format_round_trips_within_its_bar() {
             assert!(worst_cos >= bar_cos, "{backend} {quant:?}: embedding cosine {worst_cos} below {bar_cos}");
         }
     }
+}
+
+/// The worst map correlation and embedding cosine of a model file against the f32 reference
+/// fixture; `exact` also asks for maps within 1e-4.
+fn against_reference(bytes: &[u8], device: &burn::tensor::Device, exp: &Expected, exact: bool, backend: &str) -> (f64, f64) {
+    let (clip, info) = load_bytes(bytes, None, device).unwrap();
+    let engine = Engine::new(clip, info).unwrap();
+    let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+    let text = pollster::block_on(engine.embed_texts(&prepared)).unwrap();
+    let e = engine.model.config.embed_dim;
+    let options = ExplainOptions::default();
+    let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+    let mut worst_r = 1.0f64;
+    let mut worst_cos = 1.0f64;
+    for p in 0..3 {
+        worst_cos = worst_cos.min(cosine(&text[p * e..][..e], &exp.values("text_emb")[p * e..][..e]));
+    }
+    for key in ["64x64", "96x96"] {
+        let size = size_of(key);
+        let pixels = exp.values(&format!("pixels/{key}")).to_vec();
+        let img = pollster::block_on(engine.embed_image(pixels.clone(), size)).unwrap();
+        worst_cos = worst_cos.min(cosine(&img, exp.values(&format!("image_emb/{key}"))));
+        let trace = engine.trace(pixels, size, &request).unwrap();
+        let out = pollster::block_on(engine.explain(&trace, &prepared, Method::LeGrad, &options)).unwrap();
+        let want = exp.values(&format!("legrad/{key}/layer-2/final"));
+        let n = size.width * size.height;
+        for (p, r) in out.iter().enumerate() {
+            let w = &want[p * n..][..n];
+            if exact {
+                // The fixture's weights are f16 values: both formats hold them exactly.
+                let d = max_abs_diff(&r.map.map, w);
+                assert!(d <= 1e-4, "{backend} {key} prompt {p}: {d}");
+            }
+            worst_r = worst_r.min(pearson(&r.map.map, w));
+        }
+    }
+    (worst_r, worst_cos)
+}
+
+#[test]
+fn gptq_keeps_4_bit_embeddings_closer_than_rounding() {
+    // `legrad convert --quant q4` calibrates GPTQ on synthetic scenes (legrad::calibrate); the
+    // same on the fixture model, against plain rounding, on the CPU backend.
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let device = burn::tensor::Device::flex();
+    let bytes = std::fs::read(fixtures().join("tiny-vit-b16.safetensors")).unwrap();
+    let config = ConfigSource::from_json(std::fs::read_to_string(fixtures().join("tiny-vit-b16.json")).unwrap());
+    let p = prepare_bytes(&bytes, Some(&config)).unwrap();
+    let (clip, info) = legrad::load::from_tensor_map(p.map.clone(), Some(&ConfigSource::Config(p.config.clone())), &device).unwrap();
+    let engine = Engine::new(clip, info).unwrap();
+    let hessians = pollster::block_on(legrad::calibrate::hessians(&engine, 8, &mut |_, _, _| {})).unwrap();
+    assert_eq!(hessians.len(), 4 * (p.config.vision.layers + p.config.text.layers));
+    let gptq = format::write_calibrated(&p.map, &p.config, Quant::Q4, "fixture", &hessians, &mut |_, _| {}).unwrap();
+    let rounded = format::write(&p.map, &p.config, Quant::Q4, "fixture").unwrap();
+    assert_eq!(gptq.len(), rounded.len(), "same stored form, other levels");
+    let (r_gptq, cos_gptq) = against_reference(&gptq, &device, &exp, false, "cpu");
+    let (r_rounded, cos_rounded) = against_reference(&rounded, &device, &exp, false, "cpu");
+    println!("q4 worst map r: GPTQ {r_gptq:.5}, rounding {r_rounded:.5}; worst cosine {cos_gptq:.6} vs {cos_rounded:.6}");
+    // GPTQ minimises each layer's output error on inputs like its calibration data: the
+    // embeddings (image and text) move less than with rounding (measured: worst cosine 0.9946
+    // vs 0.9835). This fixture's test images are not scenes and its maps are fragile noise
+    // patterns, so its worst map only has to stay within the q4 bar above (measured 0.914 vs
+    // 0.942 with rounding); on a ViT-B/16 with scene inputs GPTQ lifts the mean map r from
+    // 0.875 to 0.977 (BENCHMARKS.md §3).
+    assert!(cos_gptq > cos_rounded, "GPTQ {cos_gptq} vs rounding {cos_rounded}");
+    assert!(r_gptq >= 0.90, "GPTQ {r_gptq} (rounding {r_rounded})");
 }
 
 #[test]

@@ -223,9 +223,13 @@ impl Attention {
 
     /// `out_proj(probs @ v)` with heads merged: the part of attention after the softmax.
     pub fn attend(&self, probs: Tensor<4>, values: Tensor<4>) -> Tensor<3> {
+        self.out_proj.forward(Self::context(probs, values))
+    }
+
+    /// `probs @ v` with heads merged `[B, N, W]`: `out_proj`'s input.
+    pub fn context(probs: Tensor<4>, values: Tensor<4>) -> Tensor<3> {
         let [b, h, n, d] = values.dims();
-        let ctx = probs.matmul(values).swap_dims(1, 2).reshape([b, n, h * d]);
-        self.out_proj.forward(ctx)
+        probs.matmul(values).swap_dims(1, 2).reshape([b, n, h * d])
     }
 }
 
@@ -235,6 +239,9 @@ pub struct Mlp {
     pub c_fc: Linear,
     pub c_proj: Linear,
 }
+
+/// The linear weights of a block, in open_clip's names (after `...resblocks.{i}.`).
+pub const LINEAR_WEIGHTS: [&str; 4] = ["attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"];
 
 /// open_clip's `ResidualAttentionBlock`: `u = x + attn(ln_1(x))`, `x' = u + mlp(ln_2(u))`.
 #[derive(Module, Debug)]
@@ -297,6 +304,19 @@ impl Block {
     pub fn mlp_residual(&self, u: Tensor<3>, act: Activation) -> Tensor<3> {
         let h = self.mlp.c_fc.forward(self.ln_2.forward(u.clone()));
         u + self.mlp.c_proj.forward(activate(act, h))
+    }
+
+    /// The block's output and the inputs of its linear layers, in the order of
+    /// [`LINEAR_WEIGHTS`]: what calibrating their quantization needs.
+    pub fn forward_linear_inputs(&self, x: Tensor<3>, mask: Option<Tensor<2>>, act: Activation) -> (Tensor<3>, [Tensor<3>; 4]) {
+        let a = self.ln_1.forward(x.clone());
+        let attention = self.attn.forward(a.clone(), mask);
+        let ctx = Attention::context(attention.probs, attention.values);
+        let u = x + attention.output;
+        let n2 = self.ln_2.forward(u.clone());
+        let g = activate(act, self.mlp.c_fc.forward(n2.clone()));
+        let out = u + self.mlp.c_proj.forward(g.clone());
+        (out, [a, ctx, n2, g])
     }
 
     pub fn forward_traced(&self, x: Tensor<3>, act: Activation) -> BlockOutput {

@@ -93,6 +93,37 @@ impl TextTower {
     /// `argmax`). The mask is causal, so only the tokens up to it are run: the padding the
     /// reference also runs cannot change that feature.
     pub fn encode(&self, sequences: &[Vec<u32>]) -> Result<Tensor<2>> {
+        let (mut x, mask, pool_at) = self.embed(sequences)?;
+        let w = self.width;
+        for block in &self.weights.blocks {
+            x = block.forward(x, Some(mask.clone()), self.activation);
+        }
+        let x = self.weights.ln_final.forward(x);
+        let pooled: Vec<Tensor<2>> = pool_at
+            .iter()
+            .enumerate()
+            .map(|(i, &at)| x.clone().slice([i..i + 1, at..at + 1, 0..w]).reshape([1, w]))
+            .collect();
+        let pooled = Tensor::cat(pooled, 0);
+        Ok(l2_normalize(pooled.matmul(self.weights.text_projection.val())))
+    }
+
+    /// Each block's linear-layer inputs for one token sequence, up to its end-of-text token
+    /// (see [`Block::forward_linear_inputs`](super::Block::forward_linear_inputs)).
+    pub fn linear_inputs(&self, sequence: &[u32]) -> Result<Vec<[Tensor<3>; 4]>> {
+        let (mut x, mask, _) = self.embed(std::slice::from_ref(&sequence.to_vec()))?;
+        let mut inputs = Vec::with_capacity(self.weights.blocks.len());
+        for block in &self.weights.blocks {
+            let (out, seen) = block.forward_linear_inputs(x, Some(mask.clone()), self.activation);
+            inputs.push(seen);
+            x = out;
+        }
+        Ok(inputs)
+    }
+
+    /// Token and positional embeddings `[P, len, W]` up to the last end-of-text token, the
+    /// causal mask, and where each sequence's feature is read.
+    fn embed(&self, sequences: &[Vec<u32>]) -> Result<(Tensor<3>, Tensor<2>, Vec<usize>)> {
         let device = self.weights.text_projection.val().device();
         if sequences.is_empty() {
             return Err(LegradError::Input("no prompts to encode".into()));
@@ -128,24 +159,13 @@ impl TextTower {
         }
         let x: Tensor<3> = Tensor::from_data(TensorData::new(x, [p, len, w]), &device);
         let pos = self.weights.positional_embedding.val().narrow(0, 0, len);
-        let mut x = x + pos.unsqueeze();
+        let x = x + pos.unsqueeze();
         let mut mask = vec![0f32; len * len];
         for r in 0..len {
             for c in r + 1..len {
                 mask[r * len + c] = f32::NEG_INFINITY;
             }
         }
-        let mask = tensor2(mask, [len, len], &device);
-        for block in &self.weights.blocks {
-            x = block.forward(x, Some(mask.clone()), self.activation);
-        }
-        let x = self.weights.ln_final.forward(x);
-        let pooled: Vec<Tensor<2>> = pool_at
-            .iter()
-            .enumerate()
-            .map(|(i, &at)| x.clone().slice([i..i + 1, at..at + 1, 0..w]).reshape([1, w]))
-            .collect();
-        let pooled = Tensor::cat(pooled, 0);
-        Ok(l2_normalize(pooled.matmul(self.weights.text_projection.val())))
+        Ok((x, tensor2(mask, [len, len], &device), pool_at))
     }
 }

@@ -290,6 +290,18 @@ impl VisionTower {
         Ok(l2_normalize(self.pool(x)))
     }
 
+    /// Each block's linear-layer inputs `[B, N, in]` (see [`Block::forward_linear_inputs`](super::Block::forward_linear_inputs)).
+    pub fn linear_inputs(&self, pixels: Tensor<4>) -> Result<Vec<[Tensor<3>; 4]>> {
+        let (mut x, _) = self.embed(pixels)?;
+        let mut inputs = Vec::with_capacity(self.depth());
+        for block in &self.weights.blocks {
+            let (out, seen) = block.forward_linear_inputs(x, None, self.activation);
+            inputs.push(seen);
+            x = out;
+        }
+        Ok(inputs)
+    }
+
     /// One image `[3, H, W]` through the tower, keeping what `request` asks for.
     pub fn forward_with_trace(&self, pixels: Tensor<3>, request: &TraceRequest) -> Result<ImageTrace> {
         if request.first_layer >= self.depth() {

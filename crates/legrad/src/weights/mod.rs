@@ -10,6 +10,7 @@
 //!
 //! Everything downstream sees open_clip's names (`visual.transformer.resblocks.0.attn.in_proj_weight`).
 
+pub mod gptq;
 pub mod keys;
 pub mod quant;
 pub mod random;

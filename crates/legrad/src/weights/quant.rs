@@ -43,30 +43,44 @@ pub fn quantize(values: &[f32], rows: usize, cols: usize, bits: u8, preferred_bl
             for (k, v) in column.iter_mut().enumerate() {
                 *v = values[(b * block + k) * cols + c];
             }
-            let m = column.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let mut best = (f32::INFINITY, 1.0f32);
-            for step in 0..=10 {
-                let s = half::f16::from_f32(m / qm * (0.5 + 0.05 * step as f32)).to_f32();
-                if !(s > 0.0 && s.is_finite()) {
-                    continue;
-                }
-                let err: f32 = column.iter().map(|&v| (v - (v / s).round().clamp(-qm, qm) * s).powi(2)).sum();
-                if err < best.0 {
-                    best = (err, s);
-                }
-            }
-            scales[b * cols + c] = best.1;
+            scales[b * cols + c] = best_scale(&column, qm);
         }
     }
     let q: Vec<i8> = values
         .iter()
         .enumerate()
-        .map(|(idx, &v)| {
-            let s = scales[(idx / cols / block) * cols + idx % cols];
-            (v / s).round().clamp(-qm, qm) as i8
-        })
+        .map(|(idx, &v)| round_to_grid(v, scales[(idx / cols / block) * cols + idx % cols], qm))
         .collect();
-    let bytes = if bits == 4 {
+    packed(q, rows, cols, dtype, scales)
+}
+
+/// The scale (rounded to f16, as stored) with the least squared error for one block.
+pub(crate) fn best_scale(block: &[f32], qm: f32) -> f32 {
+    let m = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let mut best = (f32::INFINITY, 1.0f32);
+    for step in 0..=10 {
+        let s = half::f16::from_f32(m / qm * (0.5 + 0.05 * step as f32)).to_f32();
+        if !(s > 0.0 && s.is_finite()) {
+            continue;
+        }
+        let err: f32 = block.iter().map(|&v| (v - round_to_grid(v, s, qm) as f32 * s).powi(2)).sum();
+        if err < best.0 {
+            best = (err, s);
+        }
+    }
+    best.1
+}
+
+/// The nearest level in `-qm..=qm`. Not -8 at 4 bits: the loader hands burn the dequantized
+/// values and burn's quantizer takes `absmax / 7` as the block's scale, which reproduces this
+/// grid exactly only when the largest level is ±7 (as the scale search guarantees).
+pub(crate) fn round_to_grid(v: f32, scale: f32, qm: f32) -> i8 {
+    (v / scale).round().clamp(-qm, qm) as i8
+}
+
+/// The stored form of quantized values `q` (row-major `[rows, cols]`).
+pub(crate) fn packed(q: Vec<i8>, rows: usize, cols: usize, dtype: StoredDType, scales: Vec<f32>) -> RawTensor {
+    let bytes = if matches!(dtype, StoredDType::Q4 { .. }) {
         // Two values per byte along a row (low nibble first); `cols` is even for every
         // matrix quantized here.
         q.chunks(2)
