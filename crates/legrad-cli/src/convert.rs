@@ -86,12 +86,9 @@ pub fn convert(args: ConvertArgs) -> Result<(), LegradError> {
         let engine = Engine::new(clip, info)?;
         // A line per stage on stderr (a progress-bar crate would change the features of a
         // dependency burn shares, and rebuild burn, for one loop).
-        let mut last = String::new();
         pollster::block_on(legrad::calibrate::hessians(&engine, calibrate, &mut |what, done, total| {
-            let line = format!("calibrating (GPTQ): {what} {done}/{total}");
-            if done == total && line != last {
-                eprintln!("{line}");
-                last = line;
+            if done == total {
+                eprintln!("calibrating (GPTQ): {what} {done}/{total}");
             }
         }))?
     } else {

@@ -51,9 +51,7 @@ impl std::str::FromStr for Quant {
 /// Tensors that `q8` / `q4` quantize.
 pub fn is_quantized_weight(name: &str) -> bool {
     name == "token_embedding.weight"
-        || ["attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]
-            .iter()
-            .any(|s| name.ends_with(s))
+        || crate::model::LINEAR_WEIGHTS.iter().any(|s| name.ends_with(s))
 }
 
 /// Values per scale: 64 at 8 bits; 32 at 4 bits, and 16 for the token table and the text

@@ -61,7 +61,7 @@ pub fn quantize(values: &[f32], rows: usize, cols: usize, bits: u8, preferred_bl
     let qm = qmax(dtype);
     // Columns in the order of decreasing H diagonal ("act order"): the inputs that carry the
     // most energy are rounded first, while the most columns remain to absorb their error.
-    // Scales belong to single columns, so the stored form is simply un-permuted at the end.
+    // Scales belong to single columns, so levels and scales go straight to their own column.
     let n = cols;
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| h.sum[b * n + b].total_cmp(&h.sum[a * n + a]));
@@ -74,6 +74,7 @@ pub fn quantize(values: &[f32], rows: usize, cols: usize, bits: u8, preferred_bl
     }
     let u = inverse_hessian_factor(&permuted)?;
     let mut w: Vec<f64> = (0..rows * n).map(|idx| values[(idx / n) * n + order[idx % n]] as f64).collect();
+    // Levels and scales in the stored (unpermuted) column order.
     let mut q = vec![0i8; rows * cols];
     let mut scales = vec![0f32; (rows / block) * cols];
     let mut column = vec![0f32; block];
@@ -84,11 +85,11 @@ pub fn quantize(values: &[f32], rows: usize, cols: usize, bits: u8, preferred_bl
                 *c = w[(b * block + k) * n + i] as f32;
             }
             let s = best_scale(&column, qm);
-            scales[b * n + i] = s;
+            scales[b * n + order[i]] = s;
             for (k, &c) in column.iter().enumerate() {
                 let o = b * block + k;
                 let level = round_to_grid(c, s, qm);
-                q[o * n + i] = level;
+                q[o * n + order[i]] = level;
                 err[o] = (w[o * n + i] - level as f64 * s as f64) / u[i * n + i];
             }
         }
@@ -101,17 +102,7 @@ pub fn quantize(values: &[f32], rows: usize, cols: usize, bits: u8, preferred_bl
             }
         }
     }
-    let mut q_out = vec![0i8; rows * n];
-    let mut scales_out = vec![0f32; scales.len()];
-    for (i, &oi) in order.iter().enumerate() {
-        for o in 0..rows {
-            q_out[o * n + oi] = q[o * n + i];
-        }
-        for b in 0..rows / block {
-            scales_out[b * n + oi] = scales[b * n + i];
-        }
-    }
-    Ok(packed(q_out, rows, cols, dtype, scales_out))
+    Ok(packed(q, rows, cols, dtype, scales))
 }
 
 /// The upper-triangular `U` with `Uᵀ U = (H + λI)⁻¹`, row-major. With `J` the reversal, the
