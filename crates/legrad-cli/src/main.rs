@@ -117,8 +117,8 @@ enum Command {
         out: PathBuf,
     },
     /// Synthetic scenes: write images, masks and captions to a folder, or stream training
-    /// records to stdout (RGB bytes, a 96-byte caption, the 32-byte name of the object it
-    /// describes; zero-padded UTF-8).
+    /// records to stdout (RGB bytes, a 96-byte caption, 96 bytes naming every object of the
+    /// scene, comma-separated, the captioned one first; zero-padded UTF-8).
     Scenes {
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -322,6 +322,23 @@ fn crop_rgb(rgb: &[u8], width: usize, h: usize, w: usize) -> Vec<u8> {
     (0..h).flat_map(|y| rgb[(y * width) * 3..(y * width + w) * 3].iter().copied()).collect()
 }
 
+/// The 192 bytes after a streamed scene's pixels: a caption of one object (its full name half
+/// of the time, else any caption that singles it out), then every object's name,
+/// comma-separated, the captioned one first (at most 4 names of at most 15 bytes).
+fn stream_record(seed: u64, i: u64, scene: &legrad::scenes::Scene) -> [u8; 192] {
+    let mut rng = legrad::rng::Rng::for_item(seed ^ 0x5EED, i);
+    let target = rng.below(scene.objects.len());
+    let captions = scene.captions(target);
+    let caption = if rng.uniform() < 0.5 { &captions[0] } else { &captions[rng.below(captions.len())] };
+    let others = scene.objects.iter().enumerate().filter(|&(j, _)| j != target).map(|(_, o)| o);
+    let names: Vec<String> = std::iter::once(&scene.objects[target]).chain(others).map(|o| legrad::scenes::object_name(o.color, o.shape)).collect();
+    let names = names.join(",");
+    let mut field = [0u8; 192];
+    field[..caption.len().min(96)].copy_from_slice(&caption.as_bytes()[..caption.len().min(96)]);
+    field[96..96 + names.len().min(96)].copy_from_slice(&names.as_bytes()[..names.len().min(96)]);
+    field
+}
+
 fn scenes(seed: u64, start: u64, count: u64, size: usize, objects: Option<usize>, out: Option<PathBuf>, stream: bool) -> CliResult<()> {
     use std::io::Write;
     if stream {
@@ -329,18 +346,7 @@ fn scenes(seed: u64, start: u64, count: u64, size: usize, objects: Option<usize>
         let mut w = std::io::BufWriter::new(stdout.lock());
         for i in start..start + count {
             let scene = legrad::scenes::generate(seed, i, size, objects);
-            // The caption: one object, its full name half of the time, else any caption that
-            // singles it out.
-            let mut rng = legrad::rng::Rng::for_item(seed ^ 0x5EED, i);
-            let target = rng.below(scene.objects.len());
-            let captions = scene.captions(target);
-            let caption = if rng.uniform() < 0.5 { &captions[0] } else { &captions[rng.below(captions.len())] };
-            let o = &scene.objects[target];
-            let mut field = [0u8; 128];
-            let bytes = caption.as_bytes();
-            field[..bytes.len().min(96)].copy_from_slice(&bytes[..bytes.len().min(96)]);
-            let truth = legrad::scenes::object_name(o.color, o.shape);
-            field[96..96 + truth.len().min(32)].copy_from_slice(&truth.as_bytes()[..truth.len().min(32)]);
+            let field = stream_record(seed, i, &scene);
             if w.write_all(&scene.rgb).and_then(|_| w.write_all(&field)).is_err() {
                 return Ok(()); // the reader closed the pipe
             }
@@ -366,4 +372,27 @@ fn scenes(seed: u64, start: u64, count: u64, size: usize, objects: Option<usize>
     }
     std::fs::write(out.join("scenes.json"), serde_json::to_string_pretty(&index).unwrap_or_default())
         .map_err(|e| LegradError::io_path(&out, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_records_name_every_object_captioned_first() {
+        let text = |b: &[u8]| String::from_utf8(b.iter().copied().take_while(|&c| c != 0).collect()).unwrap();
+        for i in 0..40 {
+            let scene = legrad::scenes::generate(5, i, 64, None);
+            let field = stream_record(5, i, &scene);
+            let (caption, names) = (text(&field[..96]), text(&field[96..]));
+            let names: Vec<&str> = names.split(',').collect();
+            let mut expected: Vec<String> = scene.objects.iter().map(|o| legrad::scenes::object_name(o.color, o.shape)).collect();
+            let target = expected.iter().position(|n| n == names[0]).unwrap();
+            assert!(scene.captions(target).contains(&caption), "scene {i}: {caption:?} does not single out {}", names[0]);
+            let mut got: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            expected.sort();
+            got.sort();
+            assert_eq!(got, expected, "scene {i}");
+        }
+    }
 }

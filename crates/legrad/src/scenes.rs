@@ -116,33 +116,32 @@ pub fn all_names() -> Vec<(Color, Shape, String)> {
         .collect()
 }
 
-/// Does the unit shape (radius 1, rotation applied by the caller) contain `(x, y)`?
-fn inside(shape: Shape, x: f32, y: f32) -> bool {
+/// The outline of a polygonal unit shape (radius 1, pointing up); empty for the others.
+fn polygon(shape: Shape) -> Vec<(f32, f32)> {
+    let (n, inner) = match shape {
+        Shape::Triangle => (3, 1.0),
+        Shape::Star => (10, 0.45),
+        _ => return Vec::new(),
+    };
+    (0..n)
+        .map(|k| {
+            let r = if k % 2 == 0 { 1.0 } else { inner };
+            let a = -std::f32::consts::FRAC_PI_2 + k as f32 * 2.0 * std::f32::consts::PI / n as f32;
+            (r * a.cos(), r * a.sin())
+        })
+        .collect()
+}
+
+/// Does the unit shape (radius 1, rotation applied by the caller; `poly` from [`polygon`])
+/// contain `(x, y)`? Every shape lies within distance 0.8 * sqrt(2) < 1.2 of the centre.
+fn inside(shape: Shape, poly: &[(f32, f32)], x: f32, y: f32) -> bool {
     let d = (x * x + y * y).sqrt();
     match shape {
         Shape::Circle => d <= 1.0,
         Shape::Ring => (0.55..=1.0).contains(&d),
         Shape::Square => x.abs() <= 0.8 && y.abs() <= 0.8,
         Shape::Cross => (x.abs() <= 0.3 && y.abs() <= 1.0) || (y.abs() <= 0.3 && x.abs() <= 1.0),
-        Shape::Triangle => {
-            let pts: Vec<(f32, f32)> = (0..3)
-                .map(|k| {
-                    let a = -std::f32::consts::FRAC_PI_2 + k as f32 * 2.0 * std::f32::consts::PI / 3.0;
-                    (a.cos(), a.sin())
-                })
-                .collect();
-            in_polygon(&pts, x, y)
-        }
-        Shape::Star => {
-            let pts: Vec<(f32, f32)> = (0..10)
-                .map(|k| {
-                    let r = if k % 2 == 0 { 1.0 } else { 0.45 };
-                    let a = -std::f32::consts::FRAC_PI_2 + k as f32 * std::f32::consts::PI / 5.0;
-                    (r * a.cos(), r * a.sin())
-                })
-                .collect();
-            in_polygon(&pts, x, y)
-        }
+        Shape::Triangle | Shape::Star => in_polygon(poly, x, y),
     }
 }
 
@@ -237,12 +236,16 @@ pub fn generate(seed: u64, index: u64, size: usize, objects: Option<usize>) -> S
         let rgb = obj.color.rgb();
         let mut mask = vec![false; size * size];
         let (cos, sin) = (obj.rotation.cos(), obj.rotation.sin());
-        for y in 0..size {
-            for x in 0..size {
+        let poly = polygon(obj.shape);
+        // Only the square around the shape's reach (1.2 radii) can hold its pixels.
+        let span = |c: f32| ((c - 1.2 * obj.radius - 1.0).max(0.0) as usize, ((c + 1.2 * obj.radius + 2.0) as usize).min(size));
+        let ((x0, x1), (y0, y1)) = (span(obj.center.0), span(obj.center.1));
+        for y in y0..y1 {
+            for x in x0..x1 {
                 let dx = (x as f32 + 0.5 - obj.center.0) / obj.radius;
                 let dy = (y as f32 + 0.5 - obj.center.1) / obj.radius;
                 let (rx, ry) = (dx * cos + dy * sin, -dx * sin + dy * cos);
-                if inside(obj.shape, rx, ry) {
+                if inside(obj.shape, &poly, rx, ry) {
                     mask[y * size + x] = true;
                     for c in 0..3 {
                         img[(y * size + x) * 3 + c] = rgb[c] + jitter[c];
