@@ -1,11 +1,11 @@
 """Train the default model: a small OpenCLIP ViT on synthetic scenes, exported as an OpenCLIP
 checkpoint (safetensors + JSON model config) with the real CLIP tokenizer.
 
-    python tools/train/train.py --out /tmp/synthetic-clip      # about 56 minutes on 2 CPU cores
+    python tools/train/train.py --out /tmp/synthetic-clip      # about 57 minutes on 2 CPU cores
 
 The scenes come from the project's one generator, streamed by `legrad scenes --stream` (Rust):
-each record is a 224x224 RGB image, a caption naming one of its objects and the names of all
-its objects. Training is open_clip's own model (`CLIP`) with the CLIP contrastive loss in a
+each record is a 224x224 RGB image, a caption naming one of its objects, the names of all its
+objects and a label map (which object each pixel belongs to). Training is open_clip's own model (`CLIP`) with the CLIP contrastive loss in a
 multi-positive form. The captions are few (84: "a photo of a {color} {shape}.", "a {color}
 {shape}", "a {shape}", "something {color}"), so every step embeds all of them: each picture is
 contrasted with the whole caption set, each caption with the batch's pictures. A pair counts as
@@ -13,7 +13,20 @@ positive when the caption describes any object of the picture ("something red" f
 picture with a red object), and the targets are spread evenly over the positives. The plain
 loss (`open_clip.ClipLoss`, one caption per picture) would push a caption away from every
 other picture of the same object, and from pictures where that object sits beside the
-captioned one. Seeded: the same command gives the same weights on the same machine.
+captioned one.
+
+A dense loss is added (weight `--dense`): what each patch writes into the pooled embedding
+through the last blocks' attention (its value, through out_proj, ln_post's linear part and
+the projection; the direct-contribution decomposition of Gandelsman et al., "Interpreting
+CLIP's image representation via text-based decomposition", 2023) is contrasted with the 36
+full captions, the target being the object that covers at least half the patch. The
+contrastive loss alone gives a model that names objects (zero-shot 100%) but whose patches'
+contributions say little about which object they show: gradient methods then point at the
+wrong object of the same colour. The dense loss computes no explainer's map; it makes the
+model's own per-patch contributions meaningful, and every gradient method gains from it
+(BENCHMARKS.md section 2 gives the ablation). The same loss on the blocks' patch outputs
+(`--dense-path token`) does not help. Seeded: the same command gives the same weights on the
+same machine.
 """
 
 import argparse
@@ -51,7 +64,7 @@ def scene_stream(legrad, seed, start, count, size=224, objects=None):
         cmd += ["--objects", str(objects)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, bufsize=1 << 20)
     n = size * size * 3
-    rec = n + 192
+    rec = n + 192 + size * size
     try:
         while True:
             buf = proc.stdout.read(rec)
@@ -59,21 +72,23 @@ def scene_stream(legrad, seed, start, count, size=224, objects=None):
                 break
             img = np.frombuffer(buf[:n], dtype=np.uint8).reshape(size, size, 3)
             cap = buf[n:n + 96].rstrip(b"\0").decode("utf-8")
-            names = buf[n + 96:].rstrip(b"\0").decode("utf-8").split(",")
-            yield img, cap, names
+            names = buf[n + 96:n + 192].rstrip(b"\0").decode("utf-8").split(",")
+            labels = np.frombuffer(buf[n + 192:], dtype=np.uint8).reshape(size, size)
+            yield img, cap, names, labels
     finally:
         proc.kill()
 
 
 def batches(stream, batch):
-    imgs, caps, names = [], [], []
-    for img, cap, objs in stream:
+    imgs, caps, names, labels = [], [], [], []
+    for img, cap, objs, lab in stream:
         imgs.append(img)
         caps.append(cap)
         names.append(objs)
+        labels.append(lab)
         if len(imgs) == batch:
-            yield imgs, caps, names
-            imgs, caps, names = [], [], []
+            yield imgs, caps, names, labels
+            imgs, caps, names, labels = [], [], [], []
 
 
 def to_pixels(imgs):
@@ -110,13 +125,58 @@ def multi_positive_loss(img_f, txt_f, scale, names):
     return 0.5 * (i2t + t2i)
 
 
+FULL = [f"a photo of a {c} {s}." for c in COLORS for s in SHAPES]  # CAPTIONS[:36]
+
+
+def patch_targets(names, labels, patch, cover):
+    """Per patch, the index in FULL of the object covering at least `cover` of it, else -1."""
+    lab = np.stack(labels)  # B, H, W; 0 background, k the k-th name's object
+    b, h, _ = lab.shape
+    g = h // patch
+    lab = lab[:, :g * patch, :g * patch].reshape(b, g, patch, g, patch)
+    share = np.stack([(lab == k).mean((2, 4)) for k in range(1, 5)], 1).reshape(b, 4, g * g)
+    k, best = share.argmax(1), share.max(1)  # the biggest object per patch, and its share
+    full = np.full((b, 4), -1)
+    for i, objs in enumerate(names):
+        for j, n in enumerate(objs):
+            full[i, j] = FULL.index(f"a photo of a {n}.")
+    t = np.take_along_axis(full, k, 1)
+    t[best < cover] = -1
+    return torch.from_numpy(t)
+
+
+def dense_loss(feats, txt_f, scale, targets):
+    """Per-patch image features [T, B, P, E], each contrasted with the 36 full captions; target:
+    the caption of the object covering the patch. Patches of background or of several objects
+    are left out."""
+    logits = scale * F.normalize(feats, dim=-1) @ txt_f[:len(FULL)].T  # T, B, P, 36
+    t = targets.unsqueeze(0).expand(logits.shape[0], -1, -1)
+    return F.cross_entropy(logits.flatten(0, 2), t.flatten(), ignore_index=-1)
+
+
+def value_features(visual, ln1_outs):
+    """What each patch writes into the image embedding through a block's attention: its value
+    through out_proj (all heads), then ln_post's linear part and the image projection. Read
+    directly from the model's weights (Gandelsman et al.'s decomposition of CLIP's image
+    representation), this is what a patch contributes when the pooled token attends to it."""
+    feats = []
+    for i, h in ln1_outs:  # h: block i's ln_1 output, LND
+        attn = visual.transformer.resblocks[i].attn
+        d = h.shape[-1]
+        v = F.linear(h.permute(1, 0, 2)[:, 1:], attn.in_proj_weight[2 * d:], attn.in_proj_bias[2 * d:])
+        u = v @ attn.out_proj.weight.T
+        y = (u - u.mean(-1, keepdim=True)) * visual.ln_post.weight
+        feats.append(y @ visual.proj)
+    return torch.stack(feats, 0)
+
+
 def zero_shot(model, tok, legrad, n=300):
     """Top-1 over all colour x shape names on held-out single-object scenes (seed 999)."""
     names = [f"{c} {s}" for c in COLORS for s in SHAPES]
     with torch.no_grad():
         t = F.normalize(model.encode_text(tok([f"a photo of a {n}." for n in names])), dim=-1)
         right = 0
-        for imgs, _, objs in batches(scene_stream(legrad, 999, 0, n, objects=1), 100):
+        for imgs, _, objs, _ in batches(scene_stream(legrad, 999, 0, n, objects=1), 100):
             i = F.normalize(model.encode_image(to_pixels(imgs)), dim=-1)
             pred = (i @ t.T).argmax(-1)
             right += sum(names[p] == o[0] for p, o in zip(pred.tolist(), objs))
@@ -127,13 +187,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--legrad", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "legrad"))
-    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--steps", type=int, default=2200)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--single-first", type=float, default=0.2,
                     help="share of the steps trained on single-object scenes before mixing in 1-4 objects")
+    ap.add_argument("--dense", type=float, default=1.0,
+                    help="weight of the dense loss: patch tokens contrasted with the caption of the object under them")
+    ap.add_argument("--dense-layers", type=int, default=3,
+                    help="the dense loss reads the outputs of this many last blocks (through ln_post and proj)")
+    ap.add_argument("--dense-path", choices=["value", "token"], default="value",
+                    help="value: what each patch writes through the blocks' attention; token: the blocks' patch outputs")
+    ap.add_argument("--cover", type=float, default=0.5, help="an object must cover this share of a patch to be its target")
+    ap.add_argument("--init", help="start from this checkpoint (a pilot fine-tune) instead of random weights")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=300, help="zero-shot check on 100 held-out scenes every N steps")
     args = ap.parse_args()
@@ -148,7 +216,17 @@ def main():
         vision_cfg=CLIPVisionCfg(**CONFIG["vision_cfg"]),
         text_cfg=CLIPTextCfg(**CONFIG["text_cfg"]),
     )
+    if args.init:
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(args.init))
     tok = open_clip.get_tokenizer("ViT-B-32")
+    # The dense loss reads the last blocks' outputs (LND in open_clip 2.23) through ln_post.
+    blocks = model.visual.transformer.resblocks
+    outs = {}
+    for i in range(len(blocks) - args.dense_layers, len(blocks)):
+        hooked = blocks[i].ln_1 if args.dense_path == "value" else blocks[i]
+        hooked.register_forward_hook(lambda m, inp, out, i=i: outs.__setitem__(i, out))
+    patch = CONFIG["vision_cfg"]["patch_size"]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -168,18 +246,27 @@ def main():
         yield from batches(scene_stream(args.legrad, args.seed, 0, first * args.batch, objects=1), args.batch)
         yield from batches(scene_stream(args.legrad, args.seed, 10_000_000, (args.steps - first) * args.batch), args.batch)
     captions = tok(CAPTIONS)
-    for step, (imgs, _, names) in enumerate(curriculum()):
+    for step, (imgs, _, names, labels) in enumerate(curriculum()):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
+        outs.clear()
         img_f, txt_f, scale = model(to_pixels(imgs), captions)
-        loss = multi_positive_loss(img_f, txt_f, scale, names)
+        loss = contrastive = multi_positive_loss(img_f, txt_f, scale, names)
+        if args.dense > 0:
+            if args.dense_path == "value":
+                feats = value_features(model.visual, sorted(outs.items()))
+            else:
+                feats = torch.stack([model.visual.ln_post(outs[i].permute(1, 0, 2)[:, 1:]) for i in sorted(outs)]) @ model.visual.proj
+            dense = dense_loss(feats, txt_f, scale, patch_targets(names, labels, patch, args.cover))
+            loss = contrastive + args.dense * dense
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % args.log_every == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.3f}  scale {model.logit_scale.exp().item():.1f}  {time.time() - t0:.0f}s", flush=True)
+            extra = f" (contrastive {contrastive.item():.3f}, dense {dense.item():.3f})" if args.dense > 0 else ""
+            print(f"step {step:5d}  loss {loss.item():.3f}{extra}  scale {model.logit_scale.exp().item():.1f}  {time.time() - t0:.0f}s", flush=True)
         if args.eval_every and step > 0 and step % args.eval_every == 0:
             model.eval()
             print(f"step {step:5d}  zero-shot top-1 on 100 held-out scenes: {zero_shot(model, tok, args.legrad, 100):.2f}", flush=True)

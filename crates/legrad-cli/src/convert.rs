@@ -65,6 +65,16 @@ pub fn random_model(spec: &str, config: Option<&legrad::load::ConfigSource>) -> 
 }
 
 pub fn convert(args: ConvertArgs) -> Result<(), LegradError> {
+    let quantized = matches!(args.quant, Quant::Q4 | Quant::Q8) && matches!(args.format, OutputFormat::App);
+    if let (Some(n), false) = (args.calibrate, quantized) {
+        if n > 0 {
+            return Err(LegradError::Input(format!(
+                "--calibrate {n} calibrates 8- or 4-bit quantization of the app's format; it does nothing for --quant {} --format {}",
+                format!("{:?}", args.quant).to_lowercase(),
+                format!("{:?}", args.format).to_lowercase()
+            )));
+        }
+    }
     let config = config_source(&args.config)?;
     let model = args.model.to_string_lossy().to_string();
     let prepared = if let Some(spec) = model.strip_prefix("random:") {
@@ -76,8 +86,7 @@ pub fn convert(args: ConvertArgs) -> Result<(), LegradError> {
         eprintln!("note: {n}");
     }
     let calibrate = args.calibrate.unwrap_or(if matches!(args.quant, Quant::Q4) { 32 } else { 0 });
-    let quantized = matches!(args.quant, Quant::Q4 | Quant::Q8);
-    let hessians = if calibrate > 0 && quantized && matches!(args.format, OutputFormat::App) {
+    let hessians = if calibrate > 0 && quantized {
         let (clip, info) = legrad::load::from_tensor_map(
             prepared.map.clone(),
             Some(&legrad::load::ConfigSource::Config(prepared.config.clone())),
@@ -232,4 +241,29 @@ pub fn fidelity(args: FidelityArgs) -> Result<(), LegradError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibrate_without_quantization_is_an_error() {
+        let args = |quant, format, calibrate| ConvertArgs {
+            model: "/nonexistent.safetensors".into(),
+            config: None,
+            quant,
+            format,
+            calibrate,
+            out: "/nonexistent-out".into(),
+        };
+        for (quant, format) in [(Quant::F32, OutputFormat::App), (Quant::F16, OutputFormat::App), (Quant::Q8, OutputFormat::Openclip)] {
+            match convert(args(quant, format, Some(16))) {
+                Err(LegradError::Input(m)) => assert!(m.contains("--calibrate 16"), "{m}"),
+                other => panic!("{quant:?} {format:?}: {:?}", other.err()),
+            }
+        }
+        // `--calibrate 0` asks for nothing; the missing file is then the error.
+        assert!(!matches!(convert(args(Quant::F32, OutputFormat::App, Some(0))), Err(LegradError::Input(m)) if m.contains("--calibrate")));
+    }
 }

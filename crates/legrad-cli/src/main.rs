@@ -118,7 +118,8 @@ enum Command {
     },
     /// Synthetic scenes: write images, masks and captions to a folder, or stream training
     /// records to stdout (RGB bytes, a 96-byte caption, 96 bytes naming every object of the
-    /// scene, comma-separated, the captioned one first; zero-padded UTF-8).
+    /// scene, comma-separated, the captioned one first, zero-padded UTF-8; then one byte per
+    /// pixel: 0 for background, k for the k-th named object).
     Scenes {
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -322,21 +323,30 @@ fn crop_rgb(rgb: &[u8], width: usize, h: usize, w: usize) -> Vec<u8> {
     (0..h).flat_map(|y| rgb[(y * width) * 3..(y * width + w) * 3].iter().copied()).collect()
 }
 
-/// The 192 bytes after a streamed scene's pixels: a caption of one object (its full name half
-/// of the time, else any caption that singles it out), then every object's name,
-/// comma-separated, the captioned one first (at most 4 names of at most 15 bytes).
-fn stream_record(seed: u64, i: u64, scene: &legrad::scenes::Scene) -> [u8; 192] {
+/// What follows a streamed scene's pixels: 192 bytes of text, a caption of one object (its full
+/// name half of the time, else any caption that singles it out), then every object's name,
+/// comma-separated, the captioned one first (at most 4 names of at most 15 bytes); then the
+/// label map, one byte per pixel, 0 for background and k for the k-th name's object.
+fn stream_record(seed: u64, i: u64, scene: &legrad::scenes::Scene) -> ([u8; 192], Vec<u8>) {
     let mut rng = legrad::rng::Rng::for_item(seed ^ 0x5EED, i);
     let target = rng.below(scene.objects.len());
     let captions = scene.captions(target);
     let caption = if rng.uniform() < 0.5 { &captions[0] } else { &captions[rng.below(captions.len())] };
-    let others = scene.objects.iter().enumerate().filter(|&(j, _)| j != target).map(|(_, o)| o);
-    let names: Vec<String> = std::iter::once(&scene.objects[target]).chain(others).map(|o| legrad::scenes::object_name(o.color, o.shape)).collect();
+    let order: Vec<usize> = std::iter::once(target).chain((0..scene.objects.len()).filter(|&j| j != target)).collect();
+    let names: Vec<String> = order.iter().map(|&j| legrad::scenes::object_name(scene.objects[j].color, scene.objects[j].shape)).collect();
     let names = names.join(",");
     let mut field = [0u8; 192];
     field[..caption.len().min(96)].copy_from_slice(&caption.as_bytes()[..caption.len().min(96)]);
     field[96..96 + names.len().min(96)].copy_from_slice(&names.as_bytes()[..names.len().min(96)]);
-    field
+    let mut labels = vec![0u8; scene.width * scene.height];
+    for (k, &j) in order.iter().enumerate() {
+        for (l, &m) in labels.iter_mut().zip(&scene.objects[j].mask) {
+            if m {
+                *l = k as u8 + 1;
+            }
+        }
+    }
+    (field, labels)
 }
 
 fn scenes(seed: u64, start: u64, count: u64, size: usize, objects: Option<usize>, out: Option<PathBuf>, stream: bool) -> CliResult<()> {
@@ -346,8 +356,8 @@ fn scenes(seed: u64, start: u64, count: u64, size: usize, objects: Option<usize>
         let mut w = std::io::BufWriter::new(stdout.lock());
         for i in start..start + count {
             let scene = legrad::scenes::generate(seed, i, size, objects);
-            let field = stream_record(seed, i, &scene);
-            if w.write_all(&scene.rgb).and_then(|_| w.write_all(&field)).is_err() {
+            let (field, labels) = stream_record(seed, i, &scene);
+            if w.write_all(&scene.rgb).and_then(|_| w.write_all(&field)).and_then(|_| w.write_all(&labels)).is_err() {
                 return Ok(()); // the reader closed the pipe
             }
         }
@@ -379,11 +389,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_records_name_every_object_captioned_first() {
+    fn stream_records_name_and_label_every_object_captioned_first() {
         let text = |b: &[u8]| String::from_utf8(b.iter().copied().take_while(|&c| c != 0).collect()).unwrap();
         for i in 0..40 {
             let scene = legrad::scenes::generate(5, i, 64, None);
-            let field = stream_record(5, i, &scene);
+            let (field, labels) = stream_record(5, i, &scene);
             let (caption, names) = (text(&field[..96]), text(&field[96..]));
             let names: Vec<&str> = names.split(',').collect();
             let mut expected: Vec<String> = scene.objects.iter().map(|o| legrad::scenes::object_name(o.color, o.shape)).collect();
@@ -393,6 +403,14 @@ mod tests {
             expected.sort();
             got.sort();
             assert_eq!(got, expected, "scene {i}");
+            // The label map marks each named object's mask with its place in the names.
+            for (k, name) in names.iter().enumerate() {
+                let o = scene.objects.iter().find(|o| legrad::scenes::object_name(o.color, o.shape) == *name).unwrap();
+                let marked: Vec<bool> = labels.iter().map(|&l| l as usize == k + 1).collect();
+                assert_eq!(marked, o.mask, "scene {i}, object {name}");
+            }
+            let covered = scene.objects.iter().map(|o| o.mask.iter().filter(|&&m| m).count()).sum::<usize>();
+            assert_eq!(labels.iter().filter(|&&l| l > 0).count(), covered, "scene {i}: masks overlap or labels stray");
         }
     }
 }
