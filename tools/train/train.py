@@ -1,7 +1,7 @@
 """Train the default model: a small OpenCLIP ViT on synthetic scenes, exported as an OpenCLIP
 checkpoint (safetensors + JSON model config) with the real CLIP tokenizer.
 
-    python tools/train/train.py --out /tmp/synthetic-clip      # about 57 minutes on 2 CPU cores
+    python tools/train/train.py --out /tmp/synthetic-clip      # about 55 minutes on 2 CPU cores
 
 The scenes come from the project's one generator, streamed by `legrad scenes --stream` (Rust):
 each record is a 224x224 RGB image, a caption naming one of its objects, the names of all its
