@@ -5,8 +5,8 @@ checkpoint (safetensors + JSON model config) with the real CLIP tokenizer.
 
 The scenes come from the project's one generator, streamed by `legrad scenes --stream` (Rust):
 each record is a 224x224 RGB image, a caption naming one of its objects, the names of all its
-objects and a label map (which object each pixel belongs to). Training is open_clip's own model (`CLIP`) with the CLIP contrastive loss in a
-multi-positive form. The captions are few (84: "a photo of a {color} {shape}.", "a {color}
+objects and a label map (which object each pixel belongs to). Training is open_clip's own
+model (`CLIP`) with the CLIP contrastive loss in a multi-positive form. The captions are few (84: "a photo of a {color} {shape}.", "a {color}
 {shape}", "a {shape}", "something {color}"), so every step embeds all of them: each picture is
 contrasted with the whole caption set, each caption with the batch's pictures. A pair counts as
 positive when the caption describes any object of the picture ("something red" fits every
@@ -109,9 +109,9 @@ def describes(caption, truth):
     return words == [color, shape] or words == [shape]
 
 
-# Every caption the generator writes.
-CAPTIONS = ([f"a photo of a {c} {s}." for c in COLORS for s in SHAPES] + [f"a {c} {s}" for c in COLORS for s in SHAPES]
-            + [f"a {s}" for s in SHAPES] + [f"something {c}" for c in COLORS])
+# Every caption the generator writes; the full names first.
+FULL = [f"a photo of a {c} {s}." for c in COLORS for s in SHAPES]
+CAPTIONS = FULL + [f"a {c} {s}" for c in COLORS for s in SHAPES] + [f"a {s}" for s in SHAPES] + [f"something {c}" for c in COLORS]
 
 
 def multi_positive_loss(img_f, txt_f, scale, names):
@@ -123,9 +123,6 @@ def multi_positive_loss(img_f, txt_f, scale, names):
     p, l = pos.T[seen], logits.T[seen]
     t2i = -(p / p.sum(1, keepdim=True) * F.log_softmax(l, 1)).sum(1).mean()
     return 0.5 * (i2t + t2i)
-
-
-FULL = [f"a photo of a {c} {s}." for c in COLORS for s in SHAPES]  # CAPTIONS[:36]
 
 
 def patch_targets(names, labels, patch, cover):
@@ -172,9 +169,9 @@ def value_features(visual, ln1_outs):
 
 def zero_shot(model, tok, legrad, n=300):
     """Top-1 over all colour x shape names on held-out single-object scenes (seed 999)."""
-    names = [f"{c} {s}" for c in COLORS for s in SHAPES]
+    names = [f"{c} {s}" for c in COLORS for s in SHAPES]  # in FULL's order
     with torch.no_grad():
-        t = F.normalize(model.encode_text(tok([f"a photo of a {n}." for n in names])), dim=-1)
+        t = F.normalize(model.encode_text(tok(FULL)), dim=-1)
         right = 0
         for imgs, _, objs, _ in batches(scene_stream(legrad, 999, 0, n, objects=1), 100):
             i = F.normalize(model.encode_image(to_pixels(imgs)), dim=-1)
@@ -197,7 +194,7 @@ def main():
     ap.add_argument("--dense", type=float, default=1.0,
                     help="weight of the dense loss: patch tokens contrasted with the caption of the object under them")
     ap.add_argument("--dense-layers", type=int, default=3,
-                    help="the dense loss reads the outputs of this many last blocks (through ln_post and proj)")
+                    help="the dense loss reads this many last blocks")
     ap.add_argument("--dense-path", choices=["value", "token"], default="value",
                     help="value: what each patch writes through the blocks' attention; token: the blocks' patch outputs")
     ap.add_argument("--cover", type=float, default=0.5, help="an object must cover this share of a patch to be its target")
@@ -220,7 +217,8 @@ def main():
         from safetensors.torch import load_file
         model.load_state_dict(load_file(args.init))
     tok = open_clip.get_tokenizer("ViT-B-32")
-    # The dense loss reads the last blocks' outputs (LND in open_clip 2.23) through ln_post.
+    # The dense loss reads the last blocks' ln_1 outputs (value path) or outputs (token path);
+    # both LND in open_clip 2.23.
     blocks = model.visual.transformer.resblocks
     outs = {}
     for i in range(len(blocks) - args.dense_layers, len(blocks)):

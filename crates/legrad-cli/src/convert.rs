@@ -66,14 +66,12 @@ pub fn random_model(spec: &str, config: Option<&legrad::load::ConfigSource>) -> 
 
 pub fn convert(args: ConvertArgs) -> Result<(), LegradError> {
     let quantized = matches!(args.quant, Quant::Q4 | Quant::Q8) && matches!(args.format, OutputFormat::App);
-    if let (Some(n), false) = (args.calibrate, quantized) {
-        if n > 0 {
-            return Err(LegradError::Input(format!(
-                "--calibrate {n} calibrates 8- or 4-bit quantization of the app's format; it does nothing for --quant {} --format {}",
-                format!("{:?}", args.quant).to_lowercase(),
-                format!("{:?}", args.format).to_lowercase()
-            )));
-        }
+    if let Some(n) = args.calibrate.filter(|&n| n > 0 && !quantized) {
+        return Err(LegradError::Input(format!(
+            "--calibrate {n} calibrates 8- or 4-bit quantization of the app's format; it does nothing for --quant {} --format {}",
+            format!("{:?}", args.quant).to_lowercase(),
+            format!("{:?}", args.format).to_lowercase()
+        )));
     }
     let config = config_source(&args.config)?;
     let model = args.model.to_string_lossy().to_string();
