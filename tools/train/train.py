@@ -25,8 +25,15 @@ contributions say little about which object they show: gradient methods then poi
 wrong object of the same colour. The dense loss computes no explainer's map; it makes the
 model's own per-patch contributions meaningful, and every gradient method gains from it
 (BENCHMARKS.md section 2 gives the ablation). The same loss on the blocks' patch outputs
-(`--dense-path token`) does not help. Seeded: the same command gives the same weights on the
-same machine.
+(`--dense-path token`) does not help.
+
+The dense loss also runs the other way (weight `--spatial`), as CLIP's loss does: each object's
+caption is contrasted with the picture's patches, the logits being the patches' contributions
+along the caption (not normalised, so their sizes count: a map peaks where a patch
+contributes most), the targets each patch's share of its central half that the object
+covers. Trained one way only, a patch's contribution names its object but its size is free,
+and a map's maximum lands on the object's rim as often as on its middle (a ring's hole, a
+star's gap). Seeded: the same command gives the same weights on the same machine.
 """
 
 import argparse
@@ -151,6 +158,37 @@ def dense_loss(feats, txt_f, scale, targets):
     return F.cross_entropy(logits.flatten(0, 2), t.flatten(), ignore_index=-1)
 
 
+def spatial_targets(names, labels, patch):
+    """Per object, how much of each patch's central half (the middle patch/2 x patch/2 pixels)
+    it covers: [B, 4, P], with each object's index in FULL ([B, 4], -1 where there is none)."""
+    lab = np.stack(labels)
+    b, h, _ = lab.shape
+    g, q = h // patch, patch // 4
+    mid = lab[:, :g * patch, :g * patch].reshape(b, g, patch, g, patch)[:, :, q:patch - q, :, q:patch - q]
+    share = np.stack([(mid == k).mean((2, 4)) for k in range(1, 5)], 1).reshape(b, 4, g * g)
+    full = np.full((b, 4), -1)
+    for i, objs in enumerate(names):
+        for j, n in enumerate(objs):
+            full[i, j] = FULL.index(f"a photo of a {n}.")
+    return torch.from_numpy(share).float(), torch.from_numpy(full)
+
+
+def spatial_loss(feats, txt_f, scale, share, full):
+    """The dense loss's other direction, as in CLIP's symmetric loss: each object's caption
+    picks, among the picture's patches, those whose centres show the object. Logits: the
+    patches' contributions (not normalised: their sizes decide where a map peaks) along the
+    caption, over their root-mean-square norm; targets: each patch's share of the central half
+    covered by the object."""
+    t = txt_f[full.clamp(min=0)]  # B, 4, E
+    rms = feats.norm(dim=-1).pow(2).mean(-1, keepdim=True).sqrt()  # T, B, 1
+    z = scale * torch.einsum("tbpe,bje->tbjp", feats, t) / rms.unsqueeze(-1)  # T, B, 4, P
+    w = share.unsqueeze(0).expand(z.shape[0], -1, -1, -1)
+    keep = (full >= 0) & (share.sum(-1) > 0)  # B, 4
+    q = w / w.sum(-1, keepdim=True).clamp(min=1e-9)
+    ce = -(q * F.log_softmax(z, -1)).sum(-1)  # T, B, 4
+    return ce[:, keep].mean()
+
+
 def value_features(visual, ln1_outs):
     """What each patch writes into the image embedding through a block's attention: its value
     through out_proj (all heads), then ln_post's linear part and the image projection. Read
@@ -184,7 +222,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--legrad", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "legrad"))
-    ap.add_argument("--steps", type=int, default=2200)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
@@ -197,6 +235,8 @@ def main():
                     help="the dense loss reads this many last blocks")
     ap.add_argument("--dense-path", choices=["value", "token"], default="value",
                     help="value: what each patch writes through the blocks' attention; token: the blocks' patch outputs")
+    ap.add_argument("--spatial", type=float, default=1.0,
+                    help="weight of the dense loss's other direction: each object's caption against the picture's patches")
     ap.add_argument("--cover", type=float, default=0.5, help="an object must cover this share of a patch to be its target")
     ap.add_argument("--init", help="start from this checkpoint (a pilot fine-tune) instead of random weights")
     ap.add_argument("--log-every", type=int, default=50)
@@ -257,13 +297,17 @@ def main():
                 feats = torch.stack([model.visual.ln_post(outs[i].permute(1, 0, 2)[:, 1:]) for i in sorted(outs)]) @ model.visual.proj
             dense = dense_loss(feats, txt_f, scale, patch_targets(names, labels, patch, args.cover))
             loss = contrastive + args.dense * dense
+            if args.spatial > 0:
+                spatial = spatial_loss(feats, txt_f, scale, *spatial_targets(names, labels, patch))
+                loss = loss + args.spatial * spatial
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % args.log_every == 0 or step == args.steps - 1:
-            extra = f" (contrastive {contrastive.item():.3f}, dense {dense.item():.3f})" if args.dense > 0 else ""
+            extra = f" (contrastive {contrastive.item():.3f}, dense {dense.item():.3f}" if args.dense > 0 else ""
+            extra += f", spatial {spatial.item():.3f})" if args.dense > 0 and args.spatial > 0 else (")" if extra else "")
             print(f"step {step:5d}  loss {loss.item():.3f}{extra}  scale {model.logit_scale.exp().item():.1f}  {time.time() - t0:.0f}s", flush=True)
         if args.eval_every and step > 0 and step % args.eval_every == 0:
             model.eval()

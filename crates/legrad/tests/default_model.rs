@@ -24,11 +24,11 @@ fn default_model_knows_colours_and_shapes_and_points_at_them() {
     let (clip, info) = legrad::load::load_path(&path(), None, &Device::flex()).unwrap();
     let engine = Engine::new(clip, info).unwrap();
     // Held-out scenes (the model was trained on stream 0); the recorded run in BENCHMARKS.md
-    // uses 500 scenes, this check 60 and 30. The shipped model scores 100% and 80.0% here
+    // uses 500 scenes, this check 60 and 30. The shipped model scores 100% and 86.7% here
     // (chance: 2.8% for 36 names; about 5% for the pointing game, the targets' share of the
     // image): the bars sit a few points below, to catch a broken model or loader, not noise.
     let zs = pollster::block_on(zero_shot(&engine, 1, 60, 224)).unwrap();
     assert!(zs >= 0.95, "zero-shot top-1 {zs} on 60 single-object scenes");
     let pg = pollster::block_on(localization(&engine, Method::LeGrad, &ExplainOptions::default(), 1, 30, 224)).unwrap();
-    assert!(pg.pointing >= 0.70, "LeGrad pointing game {} on 30 scenes", pg.pointing);
+    assert!(pg.pointing >= 0.80, "LeGrad pointing game {} on 30 scenes", pg.pointing);
 }
