@@ -1,7 +1,7 @@
 """Train the default model: a small OpenCLIP ViT on synthetic scenes, exported as an OpenCLIP
 checkpoint (safetensors + JSON model config) with the real CLIP tokenizer.
 
-    python tools/train/train.py --out /tmp/synthetic-clip      # about 55 minutes on 2 CPU cores
+    python tools/train/train.py --out /tmp/synthetic-clip      # about 52 minutes on 2 CPU cores
 
 The scenes come from the project's one generator, streamed by `legrad scenes --stream` (Rust):
 each record is a 224x224 RGB image, a caption naming one of its objects, the names of all its
@@ -32,8 +32,8 @@ caption is contrasted with the picture's patches, the logits being the patches' 
 along the caption (not normalised, so their sizes count: a map peaks where a patch
 contributes most), the targets each patch's share of its central half that the object
 covers. Trained one way only, a patch's contribution names its object but its size is free,
-and a map's maximum lands on the object's rim as often as on its middle (a ring's hole, a
-star's gap). Seeded: the same command gives the same weights on the same machine.
+and a map's maximum often lands on a patch at the object's rim whose centre misses it (a
+ring's hole, a star's gap). Seeded: the same command gives the same weights on the same machine.
 """
 
 import argparse
@@ -132,21 +132,31 @@ def multi_positive_loss(img_f, txt_f, scale, names):
     return 0.5 * (i2t + t2i)
 
 
-def patch_targets(names, labels, patch, cover):
-    """Per patch, the index in FULL of the object covering at least `cover` of it, else -1."""
-    lab = np.stack(labels)  # B, H, W; 0 background, k the k-th name's object
-    b, h, _ = lab.shape
-    g = h // patch
-    lab = lab[:, :g * patch, :g * patch].reshape(b, g, patch, g, patch)
-    share = np.stack([(lab == k).mean((2, 4)) for k in range(1, 5)], 1).reshape(b, 4, g * g)
-    k, best = share.argmax(1), share.max(1)  # the biggest object per patch, and its share
-    full = np.full((b, 4), -1)
+def object_indices(names):
+    """Each picture's objects as indices in FULL: [B, 4], -1 where a picture has fewer."""
+    full = np.full((len(names), 4), -1)
     for i, objs in enumerate(names):
         for j, n in enumerate(objs):
             full[i, j] = FULL.index(f"a photo of a {n}.")
-    t = np.take_along_axis(full, k, 1)
+    return torch.from_numpy(full)
+
+
+def object_shares(labels, patch, inset=0):
+    """How much of each patch each object covers, the patch shrunk by `inset` pixels on every
+    side: [B, 4, P] (labels: 0 background, k the k-th name's object)."""
+    lab = np.stack(labels)
+    b, h, _ = lab.shape
+    g = h // patch
+    lab = lab[:, :g * patch, :g * patch].reshape(b, g, patch, g, patch)[:, :, inset:patch - inset, :, inset:patch - inset]
+    return torch.from_numpy(np.stack([(lab == k).mean((2, 4)) for k in range(1, 5)], 1).reshape(b, 4, g * g))
+
+
+def patch_targets(shares, full, cover):
+    """Per patch, the index in FULL of the object covering at least `cover` of it, else -1."""
+    best, k = shares.max(1)  # the biggest object per patch, and its share
+    t = torch.gather(full, 1, k)
     t[best < cover] = -1
-    return torch.from_numpy(t)
+    return t
 
 
 def dense_loss(feats, txt_f, scale, targets):
@@ -158,27 +168,12 @@ def dense_loss(feats, txt_f, scale, targets):
     return F.cross_entropy(logits.flatten(0, 2), t.flatten(), ignore_index=-1)
 
 
-def spatial_targets(names, labels, patch):
-    """Per object, how much of each patch's central half (the middle patch/2 x patch/2 pixels)
-    it covers: [B, 4, P], with each object's index in FULL ([B, 4], -1 where there is none)."""
-    lab = np.stack(labels)
-    b, h, _ = lab.shape
-    g, q = h // patch, patch // 4
-    mid = lab[:, :g * patch, :g * patch].reshape(b, g, patch, g, patch)[:, :, q:patch - q, :, q:patch - q]
-    share = np.stack([(mid == k).mean((2, 4)) for k in range(1, 5)], 1).reshape(b, 4, g * g)
-    full = np.full((b, 4), -1)
-    for i, objs in enumerate(names):
-        for j, n in enumerate(objs):
-            full[i, j] = FULL.index(f"a photo of a {n}.")
-    return torch.from_numpy(share).float(), torch.from_numpy(full)
-
-
 def spatial_loss(feats, txt_f, scale, share, full):
     """The dense loss's other direction, as in CLIP's symmetric loss: each object's caption
     picks, among the picture's patches, those whose centres show the object. Logits: the
     patches' contributions (not normalised: their sizes decide where a map peaks) along the
     caption, over their root-mean-square norm; targets: each patch's share of the central half
-    covered by the object."""
+    covered by the object (`share`, [B, 4, P])."""
     t = txt_f[full.clamp(min=0)]  # B, 4, E
     rms = feats.norm(dim=-1).pow(2).mean(-1, keepdim=True).sqrt()  # T, B, 1
     z = scale * torch.einsum("tbpe,bje->tbjp", feats, t) / rms.unsqueeze(-1)  # T, B, 4, P
@@ -230,7 +225,7 @@ def main():
     ap.add_argument("--single-first", type=float, default=0.2,
                     help="share of the steps trained on single-object scenes before mixing in 1-4 objects")
     ap.add_argument("--dense", type=float, default=1.0,
-                    help="weight of the dense loss: patch tokens contrasted with the caption of the object under them")
+                    help="weight of the dense loss: each patch's contribution contrasted with the caption of the object under it")
     ap.add_argument("--dense-layers", type=int, default=3,
                     help="the dense loss reads this many last blocks")
     ap.add_argument("--dense-path", choices=["value", "token"], default="value",
@@ -290,24 +285,26 @@ def main():
         outs.clear()
         img_f, txt_f, scale = model(to_pixels(imgs), captions)
         loss = contrastive = multi_positive_loss(img_f, txt_f, scale, names)
-        if args.dense > 0:
+        terms = {"contrastive": contrastive}
+        if args.dense > 0 or args.spatial > 0:
             if args.dense_path == "value":
                 feats = value_features(model.visual, sorted(outs.items()))
             else:
                 feats = torch.stack([model.visual.ln_post(outs[i].permute(1, 0, 2)[:, 1:]) for i in sorted(outs)]) @ model.visual.proj
-            dense = dense_loss(feats, txt_f, scale, patch_targets(names, labels, patch, args.cover))
-            loss = contrastive + args.dense * dense
-            if args.spatial > 0:
-                spatial = spatial_loss(feats, txt_f, scale, *spatial_targets(names, labels, patch))
-                loss = loss + args.spatial * spatial
+            full = object_indices(names)
+        if args.dense > 0:
+            terms["dense"] = dense_loss(feats, txt_f, scale, patch_targets(object_shares(labels, patch), full, args.cover))
+            loss = loss + args.dense * terms["dense"]
+        if args.spatial > 0:
+            terms["spatial"] = spatial_loss(feats, txt_f, scale, object_shares(labels, patch, patch // 4).float(), full)
+            loss = loss + args.spatial * terms["spatial"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % args.log_every == 0 or step == args.steps - 1:
-            extra = f" (contrastive {contrastive.item():.3f}, dense {dense.item():.3f}" if args.dense > 0 else ""
-            extra += f", spatial {spatial.item():.3f})" if args.dense > 0 and args.spatial > 0 else (")" if extra else "")
+            extra = " (" + ", ".join(f"{k} {v.item():.3f}" for k, v in terms.items()) + ")" if len(terms) > 1 else ""
             print(f"step {step:5d}  loss {loss.item():.3f}{extra}  scale {model.logit_scale.exp().item():.1f}  {time.time() - t0:.0f}s", flush=True)
         if args.eval_every and step > 0 and step % args.eval_every == 0:
             model.eval()
