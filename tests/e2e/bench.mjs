@@ -1,13 +1,19 @@
-// Browser benchmark (prints, asserts nothing): model load, warm-up, image encode and
-// per-prompt update, in headless Chromium's WebGPU (SwiftShader on a machine without a GPU),
-// for the default model and for a random ViT-B/16 (8-bit) at 448.
+// Browser benchmark (prints, asserts nothing), in headless Chromium (WebGPU on SwiftShader on a
+// machine without a GPU), the built dist/ served from localhost. For the default model and a
+// random ViT-B/16 (8-bit, loaded by URL), on each backend (`?backend=webgpu`, `?backend=cpu`)
+// and on the app's own pick (no parameter), at 224 and 448:
 //
-//   LEGRAD_DIST=dist LEGRAD_CLI=target/release/legrad node tests/e2e/bench.mjs [--skip-vit | --only-vit]
+//   * page open to model ready (a fresh browser context: nothing cached),
+//   * image encode (the page's timing of the trace),
+//   * one new prompt with 0, 2 and 7 prompts already shown (the page's timing of the update),
+//   * one prompt replaced by another, median of 4 (the page's timing).
 //
-// LEGRAD_BENCH_VIT_PROMPTS=2 times two prompts instead of four for the ViT-B/16 (on SwiftShader
-// each takes minutes): the first with its image encode, the second for the per-prompt update.
+//   LEGRAD_DIST=dist LEGRAD_CLI=target/release/legrad node tests/e2e/bench.mjs [--full] [--only default|vit]
+//       [--backends pick,webgpu,cpu] [--sizes 224,448]
 //
-// Run by `cargo xtask bench-web`.
+// The ViT-B/16 on SwiftShader takes minutes per step (its image encode at 448 took 17.8 min
+// on 2026-11-26): without --full it is measured at 224 only, for page open, image encode and
+// the first prompt, and the other cells say "skipped". Run by `cargo xtask bench-web`.
 
 import { chromium } from "playwright-core";
 import { createServer } from "node:http";
@@ -23,7 +29,17 @@ const dist = resolve(process.env.LEGRAD_DIST ?? join(root, "dist"));
 const cli = resolve(process.env.LEGRAD_CLI ?? join(root, "target/release/legrad"));
 const work = join(tmpdir(), "legrad-bench");
 mkdirSync(work, { recursive: true });
-const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".png": "image/png" };
+const arg = (name, fallback) => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+};
+const full = process.argv.includes("--full");
+const only = arg("--only", null);
+const backends = arg("--backends", "pick,webgpu,cpu").split(",");
+const sizes = arg("--sizes", "224,448").split(",").map(Number);
+
+const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css",
+  ".png": "image/png", ".json": "application/json", ".webmanifest": "application/manifest+json" };
 const server = createServer((req, res) => {
   const url = decodeURIComponent(req.url.split("?")[0]);
   let path = url.startsWith("/app/") ? join(dist, url.slice(5) || "index.html") : url.startsWith("/files/") ? join(work, url.slice(7)) : null;
@@ -38,52 +54,92 @@ const base = `http://127.0.0.1:${server.address().port}`;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"],
+    "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage", "--disable-sync"],
 });
-const T = +(process.env.LEGRAD_BENCH_TIMEOUT_MS ?? 1_800_000);
+const T = +(process.env.LEGRAD_BENCH_TIMEOUT_MS ?? 3_600_000);
+const PROMPTS = ["a red circle", "a blue circle", "something green", "a yellow star", "an orange ring",
+  "a purple cross", "a green square", "a blue triangle", "a red star", "a yellow ring", "an orange square", "a purple circle"];
 
-async function measure(label, loadModel, size, count = 4) {
-  const page = await browser.newPage();
-  await page.goto(`${base}/app/`);
-  await page.waitForSelector('[data-testid="model-info"]', { timeout: T });
-  const backend = await page.textContent('[data-testid="backend"]');
-  if (loadModel) {
-    await page.click("details summary");
-    await page.fill('[data-testid="model-url"]', loadModel);
-    await page.click('[data-testid="load-url"]');
-    await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, loadModel, { timeout: T });
-  }
-  const info = await page.$eval('[data-testid="model-info"]', (e) => ({ load: +e.dataset.loadMs, warm: +e.dataset.warmupMs, text: e.textContent }));
-  // Stages as they finish, so that a run stopped part-way still reports what it measured.
-  console.error(`# ${label}: model load ${info.load.toFixed(0)} ms, warm-up ${info.warm.toFixed(0)} ms`);
-  const bytes = Array.from(readFileSync(join(root, "www/samples/scene-1.png")));
-  await page.evaluate(({ bytes }) => {
-    const dt = new DataTransfer();
-    dt.items.add(new File([new Uint8Array(bytes)], "scene-1.png", { type: "image/png" }));
-    document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
-  }, { bytes });
-  await page.waitForSelector('[data-testid="image-ready"]', { timeout: T });
-  await page.selectOption('[data-testid="size"]', String(size));
-  const timings = [];
-  for (const prompt of ["a red circle", "a blue circle", "something green", "a yellow star"].slice(0, count)) {
-    await page.fill('[data-testid="prompts"]', prompt);
-    await page.waitForFunction((p) => [...document.querySelectorAll('[data-testid="map-card"]')].some((c) => c.dataset.prompt === p), prompt, { timeout: T });
-    timings.push(await page.$eval('[data-testid="timing"]', (e) => ({ image: +e.dataset.imageMs, explain: +e.dataset.explainMs, traced: e.dataset.traced === "true" })));
-    console.error(`# ${label}: "${prompt}": image ${timings.at(-1).image.toFixed(0)} ms, explain ${timings.at(-1).explain.toFixed(0)} ms`);
-  }
-  await page.close();
-  const median = (v) => v.sort((a, b) => a - b)[Math.floor(v.length / 2)];
-  const perPrompt = median(timings.slice(1).map((t) => t.explain));
-  console.log(`| ${label} | ${backend} | ${size} | ${info.load.toFixed(0)} ms | ${info.warm.toFixed(0)} ms | ${timings[0].image.toFixed(0)} ms | ${perPrompt.toFixed(0)} ms (${count > 2 ? `median of ${count - 1}` : "one prompt"}) |`);
+const ms = (v) => (v === undefined || Number.isNaN(v) ? "-" : `${Math.round(v)} ms`);
+const median = (v) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
+
+async function timing(page) {
+  return await page.$eval('[data-testid="timing"]', (e) => ({ image: +e.dataset.imageMs, explain: +e.dataset.explainMs, traced: e.dataset.traced === "true" }));
 }
 
-console.log("| model | backend | size | model load | warm-up | image encode | per-prompt update (median of 3) |");
-console.log("|---|---|---|---|---|---|---|");
-if (!process.argv.includes("--only-vit")) await measure("default (synthetic scenes, q8)", null, 448);
-if (!process.argv.includes("--skip-vit")) {
+/// Set the prompt box to `lines` and wait until every line has its card and nothing is pending.
+async function show(page, lines) {
+  await page.fill('[data-testid="prompts"]', lines.join("\n"));
+  await page.waitForFunction((ps) => {
+    const shown = [...document.querySelectorAll('[data-testid="map-card"]')].map((c) => c.dataset.prompt);
+    return ps.every((p) => shown.includes(p)) && shown.length === ps.length && !document.querySelector('[data-testid="working"]');
+  }, lines, { timeout: T });
+  return await timing(page);
+}
+
+async function measure(model, backend) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const query = backend === "pick" ? "" : `?backend=${backend}`;
+  const t0 = Date.now();
+  await page.goto(`${base}/app/${query}`);
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: T });
+  if (model.url) {
+    await page.click("details summary");
+    await page.fill('[data-testid="model-url"]', model.url);
+    await page.click('[data-testid="load-url"]');
+    await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, model.url, { timeout: T });
+  }
+  const open = Date.now() - t0;
+  const badge = (await page.textContent('[data-testid="backend"]')).trim();
+  const info = await page.$eval('[data-testid="model-info"]', (e) => ({ load: +e.dataset.loadMs, warm: +e.dataset.warmupMs }));
+  console.error(`# ${model.label} / ${backend}: ${badge}; page open to model ready ${open} ms (model load ${Math.round(info.load)} ms, warm-up ${Math.round(info.warm)} ms)`);
+  const software = /swiftshader|llvmpipe|lavapipe|warp/i.test(badge) && badge.startsWith("WebGPU");
+  const rows = [];
+  for (const size of sizes) {
+    const row = { size, open, badge, image: NaN, p0: NaN, p2: NaN, p7: NaN, replace: NaN, note: "" };
+    rows.push(row);
+    if (software && model.slowOnSoftware && !full && size !== 224) { row.note = "skipped (ViT-B/16 on SwiftShader; --full)"; continue; }
+    await page.fill('[data-testid="prompts"]', "");
+    await page.selectOption('[data-testid="size"]', String(size));
+    const bytes = Array.from(readFileSync(join(root, "www/samples/scene-1.png")));
+    await page.evaluate(({ bytes }) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([new Uint8Array(bytes)], "scene-1.png", { type: "image/png" }));
+      document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, { bytes });
+    await page.waitForSelector('[data-testid="image-ready"]', { timeout: T });
+    // The first prompt traces the image: its timing splits into the encode and the update.
+    const first = await show(page, PROMPTS.slice(0, 1));
+    row.image = first.image;
+    row.p0 = first.explain;
+    console.error(`#   ${size}: image encode ${ms(row.image)}, first prompt ${ms(row.p0)}`);
+    if (software && model.slowOnSoftware && !full) { row.note = "2 / 7 shown and replace skipped (--full)"; continue; }
+    await show(page, PROMPTS.slice(0, 2));
+    row.p2 = (await show(page, PROMPTS.slice(0, 3))).explain;
+    await show(page, PROMPTS.slice(0, 7));
+    row.p7 = (await show(page, PROMPTS.slice(0, 8))).explain;
+    console.error(`#   ${size}: new prompt with 2 shown ${ms(row.p2)}, with 7 shown ${ms(row.p7)}`);
+    const replaced = [];
+    for (const p of PROMPTS.slice(8, 12)) replaced.push((await show(page, [p])).explain);
+    row.replace = median(replaced);
+    console.error(`#   ${size}: one prompt replaced ${replaced.map(ms).join(", ")}`);
+  }
+  await context.close();
+  for (const r of rows) {
+    console.log(`| ${model.label} | ${backend} | ${r.badge} | ${r.size} | ${ms(r.open)} | ${ms(r.image)} | ${ms(r.p0)} | ${ms(r.p2)} | ${ms(r.p7)} | ${ms(r.replace)} | ${r.note} |`);
+  }
+}
+
+console.log("| model | asked | backend used | size | page open to model ready | image encode | new prompt, 0 shown | 2 shown | 7 shown | one replaced (median of 4) | note |");
+console.log("|---|---|---|---|---|---|---|---|---|---|---|");
+const models = [];
+if (only !== "vit") models.push({ label: "default (q8)", url: null });
+if (only !== "default") {
   const vit = join(work, "vit-b16-random-q8.safetensors");
   if (!existsSync(vit)) execFileSync(cli, ["convert", "--model", "random:ViT-B-16:0", "--quant", "q8", "--out", vit]);
-  await measure("random ViT-B/16 (q8)", `${base}/files/vit-b16-random-q8.safetensors`, 448, +(process.env.LEGRAD_BENCH_VIT_PROMPTS ?? 4));
+  models.push({ label: "random ViT-B/16 (q8)", url: `${base}/files/vit-b16-random-q8.safetensors`, slowOnSoftware: true });
 }
+for (const model of models) for (const backend of backends) await measure(model, backend);
 await browser.close();
 server.close();

@@ -8,6 +8,7 @@
 
 pub mod calibrate;
 pub mod config;
+pub mod device_stats;
 pub mod engine;
 pub mod error;
 pub mod eval;

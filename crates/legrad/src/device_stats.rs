@@ -1,0 +1,148 @@
+//! What a step costs a GPU, in numbers that transfer from a software adapter to a real one:
+//! kernel launches and pipelines compiled.
+//!
+//! * launches: cubecl's launch observer, told of every kernel issued in this process (fused
+//!   ones included), before it reaches the device;
+//! * compilations: cubecl's compilation logger, routed to the `log` crate, writes one line per
+//!   pipeline built (a kernel id missing from the in-memory cache); a `log` sink counts them.
+//!
+//! [`install`] must run before the first device is used (cubecl reads its configuration once).
+//! Counting costs one atomic load per launch and nothing per cached pipeline. The compilation
+//! lines are delivered by cubecl's logging task, so [`settle`] waits for them to arrive before a
+//! step's count is read.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+use cubecl_runtime::logging::{LaunchObservation, LaunchObserver};
+
+static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+static COMPILATIONS: AtomicUsize = AtomicUsize::new(0);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+static COMPILATIONS_COUNTED: AtomicBool = AtomicBool::new(false);
+
+/// Launches and compilations so far in this process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub launches: usize,
+    /// `None` when cubecl's configuration was set before [`install`] could route its
+    /// compilation log.
+    pub compilations: Option<usize>,
+}
+
+impl Counts {
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: Counts) -> Counts {
+        Counts {
+            launches: self.launches - earlier.launches,
+            compilations: match (self.compilations, earlier.compilations) {
+                (Some(a), Some(b)) => Some(a - b),
+                _ => None,
+            },
+        }
+    }
+}
+
+struct CountLaunches;
+
+impl LaunchObserver for CountLaunches {
+    fn launched(&self, _kernel: &'static str) {
+        LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts cubecl's compilation lines; passes warnings and errors on to stderr natively.
+struct CompilationSink;
+
+const COMPILATION_TARGET: &str = "cubecl::compilation";
+
+impl log::Log for CompilationSink {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.target() == COMPILATION_TARGET || metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if record.target() == COMPILATION_TARGET {
+            COMPILATIONS.fetch_add(1, Ordering::Relaxed);
+        } else if record.level() <= log::Level::Warn {
+            report(&format!("{}: {}", record.target(), record.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn report(line: &str) {
+    eprintln!("{line}");
+}
+
+/// In the browser the core has no console (no web dependencies): dropped, as without a sink.
+#[cfg(target_family = "wasm")]
+fn report(_line: &str) {}
+
+static SINK: CompilationSink = CompilationSink;
+
+/// Start counting. Call once, before any GPU device is used; later calls do nothing. Returns
+/// whether compilations are counted (false when cubecl was configured first, or another `log`
+/// sink is installed).
+pub fn install() -> bool {
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return COMPILATIONS_COUNTED.load(Ordering::SeqCst);
+    }
+    // The observation lasts for the process.
+    std::mem::forget(LaunchObservation::new(Arc::new(CountLaunches)));
+    let mut config = base_config();
+    config.compilation.logger.level = cubecl_runtime::config::compilation::CompilationLogLevel::Basic;
+    config.compilation.logger.log = Some(cubecl_environment::config::logger::LogCrateLevel::Info);
+    let counted = CubeClRuntimeConfig::try_set(config) && log::set_logger(&SINK).is_ok();
+    if counted {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    COMPILATIONS_COUNTED.store(counted, Ordering::SeqCst);
+    counted
+}
+
+/// The configuration cubecl would have read itself (`cubecl.toml`, `CUBECL_*` variables).
+#[cfg(not(target_family = "wasm"))]
+fn base_config() -> CubeClRuntimeConfig {
+    CubeClRuntimeConfig::from_current_dir().override_from_env()
+}
+
+#[cfg(target_family = "wasm")]
+fn base_config() -> CubeClRuntimeConfig {
+    CubeClRuntimeConfig::default()
+}
+
+/// The counts so far.
+pub fn counts() -> Counts {
+    Counts {
+        launches: LAUNCHES.load(Ordering::Relaxed),
+        compilations: COMPILATIONS_COUNTED.load(Ordering::Relaxed).then(|| COMPILATIONS.load(Ordering::Relaxed)),
+    }
+}
+
+/// Wait (natively, up to half a second) until the compilation count has been still for 20 ms:
+/// cubecl's logging task delivers the lines after the launches that caused them.
+pub fn settle() {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        if !COMPILATIONS_COUNTED.load(Ordering::Relaxed) {
+            return;
+        }
+        let start = std::time::Instant::now();
+        let mut last = COMPILATIONS.load(Ordering::Relaxed);
+        let mut still = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(500) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let now = COMPILATIONS.load(Ordering::Relaxed);
+            if now != last {
+                last = now;
+                still = std::time::Instant::now();
+            } else if still.elapsed() >= std::time::Duration::from_millis(20) {
+                break;
+            }
+        }
+    }
+}
