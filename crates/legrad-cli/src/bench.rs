@@ -38,6 +38,14 @@ pub struct BenchArgs {
     /// compiles for each count (what typing one more line costs).
     #[arg(long, default_value_t = 8)]
     prompt_counts: usize,
+    /// Skip the warm-up the app runs at model load (on a GPU: compiling every prompt count's
+    /// kernels), to see what a cold process compiles on each step.
+    #[arg(long)]
+    no_warm_up: bool,
+    /// Time every kernel of one new-prompt explanation, after the steady state, and print the
+    /// slowest (each launch then waits for its kernel: where time goes, not how long it takes).
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -131,6 +139,9 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
     if args.runs == 0 {
         return Err(LegradError::Input("--runs must be at least 1".into()));
     }
+    if args.profile {
+        device_stats::enable_profile();
+    }
     let counting = matches!(args.model.backend, BackendChoice::Wgpu) && device_stats::install();
     let t0 = Instant::now();
     let engine = load_engine(&args.model)?;
@@ -155,6 +166,12 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         Ok(pollster::block_on(engine.explain(trace, &prepared, Method::LeGrad, &options))?.len())
     };
 
+    // What the app does at model load (and, on a GPU, after each new image size).
+    let mut warm_s = Step::default();
+    if !args.no_warm_up {
+        let (_, s) = measure(&engine, || pollster::block_on(engine.warm_up(size, &options)))?;
+        warm_s.samples.push(s);
+    }
     let (mut trace_s, mut text_s, mut cached_s, mut new_s) = (Step::default(), Step::default(), Step::default(), Step::default());
     let mut trace = None;
     for r in 0..=args.runs {
@@ -185,6 +202,12 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         let (_, s) = measure(&engine, || explain(&trace, &batch(20_000 + count, count)))?;
         per_count.push(json!({ "prompts": count, "s": s.secs, "launches": s.counts.launches, "compilations": s.counts.compilations }));
     }
+    let mut profile = Vec::new();
+    if args.profile && counting {
+        device_stats::take_profile();
+        measure(&engine, || explain(&trace, &batch(30_000, args.prompts)))?;
+        profile = device_stats::take_profile();
+    }
     // During an explanation: the pools keep what the trace and the explanations needed.
     let gpu = device.memory_pool_usage().map(|u| u.bytes_reserved);
     let rss = peak_rss();
@@ -205,6 +228,7 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         "explain_new_prompts_s": new_s.steady_secs(),
         "text_encode_s": text_s.steady_secs(),
         "steps": {
+            "warm_up": warm_s.json(),
             "image_trace": trace_s.json(),
             "text_encoding": text_s.json(),
             "explain_cached_text": cached_s.json(),
@@ -233,23 +257,30 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
     let count = |c: Option<usize>| c.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
     println!("  {:<32} {:>10} {:>9} {:>9}   {:>10} {:>9} {:>9}", "step", "first ms", "launches", "compiled", "steady ms", "launches", "compiled");
     for (name, step) in [
+        ("warm-up (at load)", &warm_s),
         ("image forward with trace", &trace_s),
         ("text encoding", &text_s),
         ("explain, cached trace + text", &cached_s),
         ("explain, new prompt(s)", &new_s),
     ] {
-        let first = step.first().expect("at least one run");
+        let Some(first) = step.first() else { continue };
         let steady = step.steady_counts();
-        let (fl, sl) = if counting { (first.counts.launches.to_string(), steady.launches.to_string()) } else { ("-".into(), "-".into()) };
+        let has_steady = step.samples.len() > 1;
+        let shown = |v: String| if counting { v } else { "-".into() };
+        let (sms, sl, sc) = if has_steady {
+            (format!("{:.1}", step.steady_secs() * 1e3), shown(steady.launches.to_string()), shown(count(steady.compilations)))
+        } else {
+            ("-".into(), "-".into(), "-".into())
+        };
         println!(
-            "  {:<32} {:>10.1} {:>9} {:>9}   {:>10.1} {:>9} {:>9}",
+            "  {:<32} {:>10.1} {:>9} {:>9}   {:>10} {:>9} {:>9}",
             name,
             first.secs * 1e3,
-            fl,
-            count(first.counts.compilations.filter(|_| counting)),
-            step.steady_secs() * 1e3,
+            shown(first.counts.launches.to_string()),
+            shown(count(first.counts.compilations)),
+            sms,
             sl,
-            count(steady.compilations.filter(|_| counting)),
+            sc,
         );
     }
     if counting && !per_count.is_empty() {
@@ -258,6 +289,13 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
             .map(|v| format!("{}: {} ms, {} compiled", v["prompts"], (v["s"].as_f64().unwrap_or(f64::NAN) * 1e3).round(), count(v["compilations"].as_u64().map(|c| c as usize))))
             .collect();
         println!("  new prompts by count (once each)  {}", line.join("; "));
+    }
+    if !profile.is_empty() {
+        let total: f64 = profile.iter().map(|p| p.2).sum();
+        println!("  kernel times, one new prompt (each waited for; {:.1} ms in all):", total * 1e3);
+        for (name, n, t) in profile.iter().take(15) {
+            println!("    {:>8.2} ms {:>5} x {name}", t * 1e3, n);
+        }
     }
     if let Some(r) = rss {
         println!("  peak RSS                      {:10.1} MiB", r as f64 / (1 << 20) as f64);

@@ -44,12 +44,59 @@ impl Counts {
     }
 }
 
+/// Counts launches; with [`profile`] on, also times each one (the launch path then waits for
+/// every kernel: a breakdown of where time goes, not a measurement of the pass).
 struct CountLaunches;
+
+static PROFILING: AtomicBool = AtomicBool::new(false);
+static PROFILE: std::sync::Mutex<Vec<(&'static str, f64)>> = std::sync::Mutex::new(Vec::new());
 
 impl LaunchObserver for CountLaunches {
     fn launched(&self, _kernel: &'static str) {
         LAUNCHES.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn timing(&self) -> cubecl_runtime::logging::TimingRequest {
+        // Decided once, at install: cubecl asks that the answer never change while installed.
+        if PROFILING.load(Ordering::Relaxed) {
+            cubecl_runtime::logging::TimingRequest::Resolved
+        } else {
+            cubecl_runtime::logging::TimingRequest::None
+        }
+    }
+
+    fn timed(&self, kernel: &'static str, duration: cubecl_runtime::logging::Duration, _method: cubecl_runtime::logging::TimingMethod) {
+        if let Ok(mut p) = PROFILE.lock() {
+            p.push((kernel, duration.as_secs_f64()));
+        }
+    }
+}
+
+/// Time every kernel from now on (set before [`install`]; each launch then waits for its
+/// kernel). [`take_profile`] returns the times per kernel name.
+pub fn enable_profile() {
+    PROFILING.store(true, Ordering::SeqCst);
+}
+
+/// Kernel times since the last call, summed per kernel name: `(name, launches, seconds)`,
+/// slowest first.
+pub fn take_profile() -> Vec<(String, usize, f64)> {
+    let entries = PROFILE.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+    let mut by_name: std::collections::HashMap<&'static str, (usize, f64)> = Default::default();
+    for (k, t) in entries {
+        let e = by_name.entry(k).or_default();
+        e.0 += 1;
+        e.1 += t;
+    }
+    let mut out: Vec<(String, usize, f64)> = by_name.into_iter().map(|(k, (n, t))| (short_name(k), n, t)).collect();
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    out
+}
+
+/// A kernel's type name without its module paths and generic arguments.
+fn short_name(name: &str) -> String {
+    let head = name.split('<').next().unwrap_or(name);
+    head.rsplit("::").next().unwrap_or(head).to_string()
 }
 
 /// Counts cubecl's compilation lines; passes warnings and errors on to stderr natively.

@@ -24,6 +24,25 @@ pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
 
 const TEXT_CACHE_CAPACITY: usize = 512;
 
+/// On a GPU, kernels are compiled for the shapes they meet (cubecl specialises matmuls and
+/// reductions on them), so a prompt count or a prompt length not seen before compiles
+/// pipelines on the keystroke path: 0.5 to 2 s each on a software adapter (BENCHMARKS.md §4).
+/// There, the prompts of a request are explained in chunks of at most the largest of these
+/// counts, each padded to the next count (a padded prompt is a zero text embedding, whose map is
+/// zero and is dropped), and text is encoded at the next of [`TOKEN_BUCKETS`] tokens; warm-up
+/// compiles every combination once. On the CPU nothing compiles and nothing is padded.
+pub const PROMPT_BUCKETS: [usize; 4] = [1, 2, 4, 8];
+
+/// Token counts text is padded to on a GPU (see [`PROMPT_BUCKETS`]); the last is capped at the
+/// model's context length. Padding after the end-of-text token cannot change its feature (the
+/// mask is causal).
+pub const TOKEN_BUCKETS: [usize; 3] = [16, 32, 77];
+
+/// The smallest bucket that holds `n`, or the largest.
+fn bucket(n: usize, buckets: &[usize]) -> usize {
+    buckets.iter().copied().find(|&b| b >= n).unwrap_or(buckets[buckets.len() - 1])
+}
+
 /// A prompt ready for the text tower.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedPrompt {
@@ -32,6 +51,16 @@ pub struct PreparedPrompt {
     /// After the template.
     pub text: String,
     pub tokens: Tokens,
+}
+
+/// How fast an engine is on its device, for choosing between backends (see [`Engine::speed`]).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Speed {
+    /// Seconds for a new prompt: its text encoding and LeGrad on a trace at the model's own
+    /// size (median).
+    pub new_prompt_s: f64,
+    /// Seconds for an image encode at the model's own size, estimated from one block.
+    pub image_s: f64,
 }
 
 /// One prompt's explanation.
@@ -52,6 +81,12 @@ pub struct Engine {
     pub info: ModelInfo,
     pub tokenizer: Tokenizer,
     text_cache: Mutex<HashMap<String, Tensor<1>>>,
+    /// Pad shapes to the buckets (a GPU device, which compiles per shape).
+    pad_shapes: bool,
+    /// Grids, methods and layer settings whose per-prompt kernels warm-up has compiled, and
+    /// whether the text tower's have been.
+    warmed: Mutex<std::collections::HashSet<((usize, usize), Method, i64)>>,
+    text_warmed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -89,10 +124,13 @@ pub fn apply_template(template: Option<&str>, prompt: &str) -> Result<String> {
 impl Engine {
     pub fn new(model: Clip, info: ModelInfo) -> Result<Self> {
         Ok(Self {
-            model,
-            info,
+            pad_shapes: crate::model::keeps_quantized(&model.vision.device()),
             tokenizer: Tokenizer::new()?,
             text_cache: Mutex::new(HashMap::new()),
+            warmed: Mutex::new(Default::default()),
+            text_warmed: Default::default(),
+            model,
+            info,
         })
     }
 
@@ -122,19 +160,36 @@ impl Engine {
     /// Text embeddings `[P, E]`, from the cache where possible.
     pub fn encode(&self, prompts: &[PreparedPrompt]) -> Result<Tensor<2>> {
         let mut cache = self.text_cache.lock().unwrap_or_else(|e| e.into_inner());
-        let missing: Vec<&PreparedPrompt> = prompts
-            .iter()
-            .filter(|p| !cache.contains_key(&p.text))
-            .collect();
+        let mut missing: Vec<&PreparedPrompt> = Vec::new();
+        for p in prompts {
+            if !cache.contains_key(&p.text) && !missing.iter().any(|m| m.text == p.text) {
+                missing.push(p);
+            }
+        }
         if !missing.is_empty() {
-            let seqs: Vec<Vec<u32>> = missing.iter().map(|p| p.tokens.ids.clone()).collect();
-            let emb = self.model.text.encode(&seqs)?;
             if cache.len() + missing.len() > TEXT_CACHE_CAPACITY {
                 cache.clear();
             }
-            for (i, p) in missing.iter().enumerate() {
-                let row: Tensor<1> = emb.clone().narrow(0, i, 1).squeeze_dim(0);
-                cache.insert(p.text.clone(), row);
+            let chunk = if self.pad_shapes { PROMPT_BUCKETS[PROMPT_BUCKETS.len() - 1] } else { missing.len() };
+            for part in missing.chunks(chunk) {
+                let mut seqs: Vec<Vec<u32>> = part.iter().map(|p| p.tokens.ids.clone()).collect();
+                let emb = if self.pad_shapes {
+                    // Padded rows repeat the last prompt; their embeddings are dropped.
+                    let rows = bucket(seqs.len(), &PROMPT_BUCKETS);
+                    while seqs.len() < rows {
+                        seqs.push(seqs[seqs.len() - 1].clone());
+                    }
+                    let needed = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
+                    let context = self.model.config.text.context_length;
+                    let buckets: Vec<usize> = TOKEN_BUCKETS.iter().map(|&b| b.min(context)).collect();
+                    self.model.text.encode_padded(&seqs, bucket(needed, &buckets))?
+                } else {
+                    self.model.text.encode(&seqs)?
+                };
+                for (i, p) in part.iter().enumerate() {
+                    let row: Tensor<1> = emb.clone().narrow(0, i, 1).squeeze_dim(0);
+                    cache.insert(p.text.clone(), row);
+                }
             }
         }
         let rows: Vec<Tensor<1>> = prompts.iter().map(|p| cache[&p.text].clone()).collect();
@@ -191,14 +246,7 @@ impl Engine {
             )));
         }
         let texts = self.encode(prompts)?;
-        let scores = texts.clone().matmul(trace.embedding.clone().unsqueeze_dim(1));
-        let grid_maps = explainer.explain(&self.model, trace, texts)?;
-        let summed = read_f32(grid_maps.summed).await?;
-        let per_layer = match grid_maps.per_layer {
-            Some((layers, t)) => Some((layers, read_f32(t).await?)),
-            None => None,
-        };
-        let scores = read_f32(scores).await?;
+        let (summed, per_layer, scores) = self.explain_texts(explainer.as_ref(), method, trace, texts).await?;
         let maps = finish_maps(
             &summed,
             per_layer.as_ref().map(|(l, d)| (l.as_slice(), d.as_slice())),
@@ -218,6 +266,151 @@ impl Engine {
                 map,
             })
             .collect())
+    }
+
+    /// Maps and scores for text embeddings `[P, E]`, read back: summed grid maps `[P, cells]`,
+    /// per-layer maps `[L, P, cells]` where the method has layers, and scores `[P]`. On a GPU,
+    /// in chunks padded to [`PROMPT_BUCKETS`] (a method that explains prompt by prompt gets one
+    /// at a time), so that only warmed-up shapes run.
+    async fn explain_texts(
+        &self,
+        explainer: &dyn crate::explain::Explainer,
+        method: Method,
+        trace: &ImageTrace,
+        texts: Tensor<2>,
+    ) -> Result<(Vec<f32>, Option<(Vec<usize>, Vec<f32>)>, Vec<f32>)> {
+        let [p, e] = texts.dims();
+        let (chunk, pad) = match (self.pad_shapes, method.batches_prompts()) {
+            (false, _) => (p, false),
+            (true, true) => (PROMPT_BUCKETS[PROMPT_BUCKETS.len() - 1], true),
+            (true, false) => (1, false),
+        };
+        let cells = trace.grid.0 * trace.grid.1;
+        let mut summed = Vec::with_capacity(p * cells);
+        let mut scores = Vec::with_capacity(p);
+        let mut layers: Option<(Vec<usize>, Vec<Vec<f32>>)> = None;
+        for start in (0..p).step_by(chunk.max(1)) {
+            let k = chunk.min(p - start);
+            let mut part = texts.clone().narrow(0, start, k);
+            if pad && bucket(k, &PROMPT_BUCKETS) > k {
+                let zeros = Tensor::zeros([bucket(k, &PROMPT_BUCKETS) - k, e], &texts.device());
+                part = Tensor::cat(vec![part, zeros], 0);
+            }
+            let pb = part.dims()[0];
+            let part_scores = part.clone().matmul(trace.embedding.clone().unsqueeze_dim(1)); // [Pb, 1]
+            let grid_maps = explainer.explain(&self.model, trace, part)?;
+            // One read for the chunk (each read waits for the device: a round trip that costs
+            // more than a kernel on some adapters): the summed maps, the scores, the layers.
+            let mut parts = vec![grid_maps.summed.reshape([pb * cells]), part_scores.reshape([pb])];
+            if let Some((_, t)) = &grid_maps.per_layer {
+                let n: usize = t.dims().iter().product();
+                parts.push(t.clone().reshape([n]));
+            }
+            let all = read_f32(Tensor::cat(parts, 0)).await?;
+            summed.extend_from_slice(&all[..k * cells]);
+            scores.extend_from_slice(&all[pb * cells..][..k]);
+            if let Some((ls, _)) = grid_maps.per_layer {
+                let d = &all[pb * cells + pb..];
+                let entry = layers.get_or_insert_with(|| (ls.clone(), vec![Vec::new(); ls.len()]));
+                for (li, rows) in entry.1.iter_mut().enumerate() {
+                    rows.extend_from_slice(&d[li * pb * cells..][..k * cells]);
+                }
+            }
+        }
+        let per_layer = layers.map(|(ls, rows)| (ls, rows.concat()));
+        Ok((summed, per_layer, scores))
+    }
+
+    /// On a GPU, compile the per-prompt kernels for a trace's grid, for every prompt count and
+    /// prompt length a request can bring (once per grid; the page calls it after a new image's
+    /// trace, before its first map). Nothing to do on the CPU.
+    pub async fn warm_up_prompts(&self, trace: &ImageTrace, method: Method, options: &ExplainOptions) -> Result<()> {
+        if !self.pad_shapes {
+            return Ok(());
+        }
+        let key = (trace.grid, method, options.layer_index);
+        if self.warmed.lock().unwrap_or_else(|e| e.into_inner()).insert(key) {
+            // The explanation, for each padded count: zero texts are enough to compile it.
+            let explainer = method.explainer(options);
+            // 3 also compiles what padding a chunk uses.
+            for rows in [1, 2, 3, 4, 8] {
+                let texts = Tensor::zeros([rows, self.model.config.embed_dim], &self.device());
+                self.explain_texts(explainer.as_ref(), method, trace, texts).await?;
+            }
+        }
+        if !self.text_warmed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // The text encoding, for each padded count and length.
+            let context = self.model.config.text.context_length;
+            let lengths: std::collections::BTreeSet<usize> = TOKEN_BUCKETS.iter().map(|&b| b.min(context)).collect();
+            for &rows in &PROMPT_BUCKETS {
+                for &len in &lengths {
+                    let seqs = vec![self.tokenizer.tokenize("warm up", context).ids; rows];
+                    read_f32(self.model.text.encode_padded(&seqs, len)?).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepare the engine for the page's first requests at `size`: on a GPU, compile the kernels
+    /// an image forward and LeGrad use (a blank image's trace, then an explanation); on the CPU,
+    /// where nothing compiles, fill the per-model caches (LeGrad's per-layer constants) on a
+    /// placeholder trace, without paying for an image forward.
+    pub async fn warm_up(&self, size: InputSize, options: &ExplainOptions) -> Result<()> {
+        let request = self.request_for(&[Method::LeGrad], options)?;
+        let trace = if self.compiles_kernels() {
+            let trace = self.trace(vec![0.0; 3 * size.width * size.height], size, &request)?;
+            read_f32(trace.embedding.clone()).await?;
+            trace
+        } else {
+            let grid = self.model.vision.grid_for(size.height, size.width)?;
+            self.model.vision.placeholder_trace(grid, &request)
+        };
+        self.warm_up_prompts(&trace, Method::LeGrad, options).await?;
+        let prompts = self.prepare(&["warm up".to_string()], None)?;
+        self.explain(&trace, &prompts, Method::LeGrad, options).await?;
+        Ok(())
+    }
+
+    /// Does this engine's device compile kernels (a GPU runtime), so that a first call costs
+    /// more than the next?
+    pub fn compiles_kernels(&self) -> bool {
+        crate::model::keeps_quantized(&self.device())
+    }
+
+    /// Time what a user waits for, at the model's own size: a new prompt (text encoding and
+    /// LeGrad on a placeholder trace; median of `runs` after one untimed run that compiles) and
+    /// an image encode (one block forward, untimed once, then timed and multiplied by the depth).
+    pub async fn speed(&self, runs: usize) -> Result<Speed> {
+        use burn::tensor::Distribution;
+        let native = self.model.config.vision.image_size;
+        let grid = self.model.vision.grid_for(native, native)?;
+        let options = ExplainOptions::default();
+        let request = self.request_for(&[Method::LeGrad], &options)?;
+        let trace = self.model.vision.placeholder_trace(grid, &request);
+        let mut times = Vec::with_capacity(runs);
+        for r in 0..=runs {
+            let prompts = self.prepare(&[format!("timing run {r}")], None)?;
+            let t = web_time::Instant::now();
+            self.explain(&trace, &prompts, Method::LeGrad, &options).await?;
+            if r > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let new_prompt_s = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+        let v = &self.model.vision;
+        let tokens: Tensor<3> = Tensor::random([1, grid.0 * grid.1 + 1, v.width], Distribution::Uniform(-1.0, 1.0), &self.device());
+        let block = &v.weights.blocks[0];
+        let mut block_s = 0.0;
+        for r in 0..2 {
+            let t = web_time::Instant::now();
+            read_f32(block.forward(tokens.clone(), None, v.activation)).await?;
+            if r == 1 {
+                block_s = t.elapsed().as_secs_f64();
+            }
+        }
+        Ok(Speed { new_prompt_s, image_s: block_s * v.depth() as f64 })
     }
 
     /// Normalised image embedding `[E]` from preprocessed pixels.

@@ -162,13 +162,21 @@ fn bad_model_files_are_refused() {
     assert!(!map.get("visual.ln_pre.weight").unwrap().dtype.is_quantized());
 }
 
+/// On a GPU the weights stay packed (the matmuls read 8 bits); on the CPU they are dequantized
+/// once at load, since burn's CPU backend would dequantize them on every matmul.
 #[test]
-fn quantized_weights_stay_quantized_on_the_device() {
+fn quantized_weights_stay_packed_on_a_gpu_and_are_dequantized_once_on_the_cpu() {
     let q8 = converted(Quant::Q8);
-    let (clip, _) = load_bytes(&q8, None, &burn::tensor::Device::flex()).unwrap();
-    let w = clip.vision.weights.blocks[0].mlp.c_fc.weight.val();
-    assert!(matches!(w.dtype(), burn::tensor::DType::QFloat(_)), "c_fc is {:?}", w.dtype());
-    let ln = clip.vision.weights.blocks[0].ln_1.weight.val();
-    assert!(matches!(ln.dtype(), burn::tensor::DType::F32));
+    for (name, device) in devices() {
+        let packed = legrad::model::keeps_quantized(&device);
+        // Without the `wgpu` feature the core knows no GPU runtime and dequantizes everywhere.
+        assert_eq!(packed, cfg!(feature = "wgpu") && name == "wgpu", "{name}: keeps_quantized is {packed}");
+        let (clip, _) = load_bytes(&q8, None, &device).unwrap();
+        let w = clip.vision.weights.blocks[0].mlp.c_fc.weight.val();
+        let is_q = matches!(w.dtype(), burn::tensor::DType::QFloat(_));
+        assert_eq!(is_q, packed, "{name}: c_fc is {:?}", w.dtype());
+        let ln = clip.vision.weights.blocks[0].ln_1.weight.val();
+        assert!(matches!(ln.dtype(), burn::tensor::DType::F32));
+    }
     let _ = InputSize::square(64);
 }

@@ -34,16 +34,57 @@ impl Explainer for LeGrad {
     }
 
     fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
-        let l0 = first_layer(self.layer_index, model.vision.depth())?;
-        let mut layers = Vec::new();
-        let mut maps = Vec::new();
-        for l in l0..model.vision.depth() {
-            let lt = trace.layer(l).ok_or_else(|| missing(l))?;
-            maps.push(layer_relevance(model, lt, texts.clone())?);
-            layers.push(l);
-        }
+        let (layers, terms) = layer_terms_for(model, trace, texts, self.layer_index)?;
+        let fused = fused_kernel_for(&model.vision.device());
+        let maps = terms
+            .iter()
+            .map(|t| {
+                let dc = t.head_gradient();
+                if fused { relevance_fused(dc, t.values.clone()) } else { relevance_plain(dc, t.values.clone()) }
+            })
+            .collect();
         Ok(stack(layers, maps))
     }
+}
+
+/// The closed form's terms of every layer LeGrad sums, from `layer_index` on, for the text
+/// embeddings `texts` `[P, E]`; and those layers' indices.
+pub fn layer_terms_for(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer_index: i64) -> Result<(Vec<usize>, Vec<LayerTerms>)> {
+    let l0 = first_layer(layer_index, model.vision.depth())?;
+    let layers: Vec<usize> = (l0..model.vision.depth()).collect();
+    let traced = layers
+        .iter()
+        .map(|&l| trace.layer(l).ok_or_else(|| missing(l)))
+        .collect::<Result<Vec<_>>>()?;
+    let g = score_gradients(model, &traced, trace.tokens(), texts);
+    let terms = traced
+        .iter()
+        .enumerate()
+        .map(|(k, lt)| layer_terms(model, lt, g.clone().narrow(0, k, 1).squeeze_dim(0)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((layers, terms))
+}
+
+/// Whether the fused kernel serves this device (a GPU runtime); the plain tensor form
+/// otherwise, and on the CPU.
+#[cfg(feature = "wgpu")]
+fn fused_kernel_for(device: &burn::tensor::Device) -> bool {
+    crate::model::keeps_quantized(device) && std::env::var_os("LEGRAD_NO_FUSED_KERNEL").is_none()
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn fused_kernel_for(_device: &burn::tensor::Device) -> bool {
+    false
+}
+
+#[cfg(feature = "wgpu")]
+fn relevance_fused(dc: Tensor<3>, values: Tensor<3>) -> Tensor<2> {
+    super::kernel::relevance_fused(dc, values)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn relevance_fused(dc: Tensor<3>, values: Tensor<3>) -> Tensor<2> {
+    relevance_plain(dc, values)
 }
 
 fn missing(l: usize) -> LegradError {
@@ -61,8 +102,52 @@ pub(crate) fn stack(layers: Vec<usize>, maps: Vec<Tensor<2>>) -> GridMaps {
     }
 }
 
-/// `R_l` for every prompt: `[P, N - 1]`, from the closed-form gradient (LEGRAD.md section 5).
-fn layer_relevance(model: &Clip, lt: &LayerTrace, texts: Tensor<2>) -> Result<Tensor<2>> {
+/// `g = ds/dx_l[i]` `[L, P, W]` for every traced layer and prompt at once: the score
+/// `s = t · normalize(ln_post(m) @ proj)` of the mean token `m` of each layer, differentiated
+/// back to `m` and shared by every token (each is `1/N` of the mean). The chain is the same for
+/// every layer, so it runs once with the layers as a batch dimension.
+fn score_gradients(model: &Clip, layers: &[&LayerTrace], n: usize, texts: Tensor<2>) -> Tensor<3> {
+    let v = &model.vision;
+    let means: Vec<Tensor<1>> = layers.iter().map(|lt| lt.output_mean.clone()).collect();
+    let m: Tensor<2> = Tensor::stack(means, 0); // [L, W]
+    let [l, w] = m.dims();
+    let (y, stats) = v.weights.ln_post.forward_with_stats(m.reshape([l, 1, w])); // [L, 1, W]
+    let proj = v.weights.proj.val(); // [W, E]
+    let z = y.matmul(proj.clone().unsqueeze()); // [L, 1, E]
+    let z_norm = z.clone().powi_scalar(2).sum_dim(2).sqrt(); // [L, 1, 1]
+    let e = z / z_norm.clone(); // [L, 1, E]
+    let texts = texts.unsqueeze::<3>(); // [1, P, E]
+    let s = e.clone().matmul(texts.clone().swap_dims(1, 2)).swap_dims(1, 2); // [L, P, 1]
+    let ds_dz = (texts - s * e) / z_norm; // [L, P, E]
+    let ds_dy = ds_dz.matmul(proj.transpose().unsqueeze()); // [L, P, W]
+    let ds_dm = v.weights.ln_post.backward(ds_dy, &stats); // [L, P, W]
+    ds_dm.div_scalar(n as f64)
+}
+
+/// What one layer's relevance is made from, for `P` prompts (LEGRAD.md section 5, with ln_2
+/// and `out_proj` folded as in [`crate::model::VisionTower::legrad_consts`]): the gradient at
+/// the attention's concatenated heads is
+/// `dc = (main - m₁ 1ᵀW_outᵀ - m₂ x̂W_outᵀ) ⊙ rstd + g W_outᵀ`, and `dA_h = dc_h V_hᵀ`.
+pub struct LayerTerms {
+    /// `(act' ⊙ (g W_projᵀ)) K` `[P, N, W]`.
+    pub main: Tensor<3>,
+    /// `[P, N]`: the LayerNorm's mean terms.
+    pub m1: Tensor<2>,
+    pub m2: Tensor<2>,
+    /// `1ᵀ W_outᵀ` `[W]`.
+    pub ones_out: Tensor<1>,
+    /// `x̂ W_outᵀ` `[N, W]`.
+    pub xhat_out: Tensor<2>,
+    /// ln_2's `1/σ` `[N]`.
+    pub rstd: Tensor<1>,
+    /// `g W_outᵀ` `[P, W]`.
+    pub g_out: Tensor<2>,
+    /// The values `[H, N, d]`.
+    pub values: Tensor<3>,
+}
+
+/// The terms of layer `lt` for the score gradients `g` `[P, W]`.
+fn layer_terms(model: &Clip, lt: &LayerTrace, g: Tensor<2>) -> Result<LayerTerms> {
     let v = &model.vision;
     let block = &v.weights.blocks[lt.index];
     let (Some(values), Some(rstd), Some(xhat_out), Some(act_grad), Some(act_grad_b)) =
@@ -71,42 +156,52 @@ fn layer_relevance(model: &Clip, lt: &LayerTrace, texts: Tensor<2>) -> Result<Te
         return Err(missing(lt.index));
     };
     let consts = v.legrad_consts(lt.index)?;
-    let [p, _] = texts.dims();
-    let [h, n, d] = values.dims();
-    let w = h * d;
-
-    // Embedding of the mean token and the score's gradient with respect to it.
-    let m = lt.output_mean.clone().reshape([1, w]);
-    let (y, stats) = v.weights.ln_post.forward_with_stats(m);
-    let proj = v.weights.proj.val(); // [W, E]
-    let z = y.matmul(proj.clone()); // [1, E]
-    let z_norm = z.clone().powi_scalar(2).sum_dim(1).sqrt(); // [1, 1]
-    let e = z / z_norm.clone(); // [1, E]
-    let s = texts.clone().matmul(e.clone().transpose()); // [P, 1]
-    let ds_dz = (texts - s * e) / z_norm; // [P, E]
-    let ds_dy = ds_dz.matmul(proj.transpose()); // [P, W]
-    let ds_dm = v.weights.ln_post.backward(ds_dy, &stats); // [P, W]
-    // Every token contributes 1/N to the mean: the same gradient g for each.
-    let g = ds_dm.div_scalar(n as f64); // [P, W]
-
+    let [_, n, d] = values.dims();
+    let w = xhat_out.dims()[1];
+    debug_assert_eq!(w % d, 0);
     // Through the MLP, ln_2 and out_proj at once. With a = g W_projᵀ and dh = act' ⊙ a, the
     // gradient at the attention's concatenated heads is (LayerNorm's backward, pushed through
     // out_proj): dc = rstd ⊙ (dh K - (dh·κ) 1ᵀW_outᵀ - (dh·B/W) x̂W_outᵀ) + g W_outᵀ.
     let a = g.clone().matmul(block.mlp.c_proj.weight.val().transpose()); // [P, M]
     let dh = act_grad.clone().unsqueeze::<3>() * a.clone().unsqueeze_dim(1); // [P, N, M]
     let main = dh.matmul(consts.k.unsqueeze()); // [P, N, W]
-    let mean_1 = act_grad.clone().matmul((a.clone() * consts.kappa.unsqueeze()).transpose()); // [N, P]
-    let mean_2 = act_grad_b.clone().matmul(a.transpose()).div_scalar(w as f64); // [N, P]
-    let mean_1 = mean_1.transpose().unsqueeze_dim::<3>(2); // [P, N, 1]
-    let mean_2 = mean_2.transpose().unsqueeze_dim::<3>(2); // [P, N, 1]
-    let g_out = g.matmul(block.attn.out_proj.weight.val().transpose()).unsqueeze_dim::<3>(1); // [P, 1, W]
-    let dc = (main - mean_1 * consts.ones_out.unsqueeze::<3>() - mean_2 * xhat_out.clone().unsqueeze::<3>())
-        * rstd.clone().unsqueeze::<3>()
-        + g_out; // [P, N, W]
+    let m1 = (a.clone() * consts.kappa.unsqueeze()).matmul(act_grad.clone().transpose()); // [P, N]
+    let m2 = a.matmul(act_grad_b.clone().transpose()).div_scalar(w as f64); // [P, N]
+    let g_out = g.matmul(block.attn.out_proj.weight.val().transpose()); // [P, W]
+    Ok(LayerTerms {
+        main,
+        m1,
+        m2,
+        ones_out: consts.ones_out,
+        xhat_out: xhat_out.clone(),
+        rstd: rstd.clone().reshape([n]),
+        g_out,
+        values: values.clone(),
+    })
+}
 
+impl LayerTerms {
+    /// `dc` `[P, N, W]`, the gradient at the attention's concatenated heads.
+    pub fn head_gradient(&self) -> Tensor<3> {
+        let n = self.main.dims()[1];
+        (self.main.clone()
+            - self.m1.clone().unsqueeze_dim::<3>(2) * self.ones_out.clone().unsqueeze::<3>()
+            - self.m2.clone().unsqueeze_dim::<3>(2) * self.xhat_out.clone().unsqueeze::<3>())
+            * self.rstd.clone().reshape([1, n, 1])
+            + self.g_out.clone().unsqueeze_dim::<3>(1)
+    }
+}
+
+/// `R_l` `[P, N - 1]` from the gradient at the heads `dc` `[P, N, H·d]` and the values
+/// `[H, N, d]`, in plain tensor operations: the reference for the fused kernel
+/// ([`super::kernel`]) and the CPU path.
+pub fn relevance_plain(dc: Tensor<3>, values: Tensor<3>) -> Tensor<2> {
+    let [p, n, w] = dc.dims();
+    let [h, _, d] = values.dims();
+    debug_assert_eq!(w, h * d);
     // Per head: dA = dc_h V_hᵀ.
     let dc = dc.reshape([p, n, h, d]).swap_dims(1, 2); // [P, H, N, d]
-    Ok(relevance_per_head(dc, values.clone()))
+    relevance_per_head(dc, values)
 }
 
 /// [`relevance_from_grad`] of `dA = dc Vᵀ` without holding `[P, H, N, N]`: one head at a time,

@@ -6,6 +6,8 @@
 //! size and min-max normalisation, as the reference does after its sum over layers.
 
 pub mod baselines;
+#[cfg(feature = "wgpu")]
+pub mod kernel;
 pub mod legrad;
 
 use burn::tensor::Tensor;
@@ -37,6 +39,12 @@ impl Method {
             Method::RawAttention => "RawAttention",
             Method::CheferCam => "CheferCAM",
         }
+    }
+
+    /// Does one call explain all prompts together (so that padding the batch costs little)?
+    /// GradCAM and CheferCAM run a backward pass per prompt.
+    pub fn batches_prompts(self) -> bool {
+        !matches!(self, Method::GradCam | Method::CheferCam)
     }
 
     /// Does the map depend on the prompt?

@@ -65,10 +65,30 @@ pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// A weight matrix stored `[out, in]` (PyTorch) as burn's `[in, out]`. A quantized one stays
-/// quantized on the device: burn's block-quantized tensor (blocks of output features become
-/// blocks along burn's last dimension), so matmuls read 8- or 4-bit weights and no f32 copy is
-/// kept.
+/// Is `device` a GPU runtime (CubeCL: WebGPU, Vulkan, Metal, ...), rather than burn's CPU
+/// backend? Such a device keeps quantized weights packed (its matmuls read 8 or 4 bits in the
+/// kernel), compiles kernels on first use, and runs LeGrad's fused kernel.
+pub fn keeps_quantized(device: &Device) -> bool {
+    #[cfg(feature = "wgpu")]
+    {
+        matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// A weight matrix stored `[out, in]` (PyTorch) as burn's `[in, out]`.
+///
+/// On a GPU ([`keeps_quantized`]) a quantized one stays quantized on the device: burn's
+/// block-quantized tensor (blocks of output features become blocks along burn's last
+/// dimension), so matmuls read 8- or 4-bit weights and no f32 copy is kept. On the CPU it is
+/// dequantized here, once: burn's CPU backend has no quantized matmul and would dequantize the
+/// whole matrix on every call (a q8 ViT-B/16's text encoding took 1.5 s instead of 41 ms). The
+/// cost is memory: 4 bytes per weight instead of 1 (a ViT-B/16's matrices, 123 M weights: 490
+/// MB instead of 123 MB; the token table stays 8-bit on the host).
 ///
 /// burn recomputes each block's scale from the dequantized values (`quantize_dynamic`, absmax):
 /// every stored block has a value at ±qmax (the stored scale is the absmax or clips), so that
@@ -78,7 +98,7 @@ pub(crate) fn weight_matrix(raw: RawTensor, d_in: usize, d_out: usize, device: &
     let values = raw.to_f32();
     let t = tensor2(transposed(&values, d_out, d_in), [d_in, d_out], device);
     match raw.dtype {
-        StoredDType::Q8 { block } | StoredDType::Q4 { block } if block <= 255 => {
+        StoredDType::Q8 { block } | StoredDType::Q4 { block } if block <= 255 && keeps_quantized(device) => {
             let value = if matches!(raw.dtype, StoredDType::Q8 { .. }) { QuantValue::Q8S } else { QuantValue::Q4S };
             let scheme = QuantScheme::default()
                 .with_value(value)

@@ -93,7 +93,13 @@ impl TextTower {
     /// `argmax`). The mask is causal, so only the tokens up to it are run: the padding the
     /// reference also runs cannot change that feature.
     pub fn encode(&self, sequences: &[Vec<u32>]) -> Result<Tensor<2>> {
-        let (mut x, mask, pool_at) = self.embed(sequences)?;
+        self.encode_padded(sequences, 0)
+    }
+
+    /// [`encode`](Self::encode), running at least `len` tokens (at most the context length): a
+    /// fixed shape for a GPU, which compiles its kernels per shape. The feature is the same.
+    pub fn encode_padded(&self, sequences: &[Vec<u32>], len: usize) -> Result<Tensor<2>> {
+        let (mut x, mask, pool_at) = self.embed(sequences, len)?;
         let w = self.width;
         for block in &self.weights.blocks {
             x = block.forward(x, Some(mask.clone()), self.activation);
@@ -111,7 +117,7 @@ impl TextTower {
     /// Each block's linear-layer inputs for one token sequence, up to its end-of-text token
     /// (see [`Block::forward_linear_inputs`](super::Block::forward_linear_inputs)).
     pub fn linear_inputs(&self, sequence: &[u32]) -> Result<Vec<[Tensor<3>; 4]>> {
-        let (mut x, mask, _) = self.embed(std::slice::from_ref(&sequence.to_vec()))?;
+        let (mut x, mask, _) = self.embed(std::slice::from_ref(&sequence.to_vec()), 0)?;
         let mut inputs = Vec::with_capacity(self.weights.blocks.len());
         for block in &self.weights.blocks {
             let (out, seen) = block.forward_linear_inputs(x, Some(mask.clone()), self.activation);
@@ -121,9 +127,10 @@ impl TextTower {
         Ok(inputs)
     }
 
-    /// Token and positional embeddings `[P, len, W]` up to the last end-of-text token, the
-    /// causal mask, and where each sequence's feature is read.
-    fn embed(&self, sequences: &[Vec<u32>]) -> Result<(Tensor<3>, Tensor<2>, Vec<usize>)> {
+    /// Token and positional embeddings `[P, len, W]` up to the last end-of-text token (or
+    /// `min_len` tokens, within the context), the causal mask, and where each sequence's feature
+    /// is read.
+    fn embed(&self, sequences: &[Vec<u32>], min_len: usize) -> Result<(Tensor<3>, Tensor<2>, Vec<usize>)> {
         let device = self.weights.text_projection.val().device();
         if sequences.is_empty() {
             return Err(LegradError::Input("no prompts to encode".into()));
@@ -148,7 +155,7 @@ impl TextTower {
             pool_at.push(seq.iter().position(|&t| t == max).unwrap_or(0));
         }
         let p = sequences.len();
-        let len = pool_at.iter().max().copied().unwrap_or(0) + 1;
+        let len = (pool_at.iter().max().copied().unwrap_or(0) + 1).max(min_len.min(self.context_length));
         let w = self.width;
         let mut x = vec![0f32; p * len * w];
         for (i, seq) in sequences.iter().enumerate() {

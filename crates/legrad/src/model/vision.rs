@@ -363,6 +363,46 @@ impl VisionTower {
     }
 }
 
+impl VisionTower {
+    /// A trace of the right shapes for a `grid`, filled with seeded noise instead of an image's
+    /// values: what timing the per-prompt path needs (its cost does not depend on the values)
+    /// without paying for an image forward (seconds for a ViT-B/16 on a CPU).
+    pub fn placeholder_trace(&self, grid: (usize, usize), request: &TraceRequest) -> ImageTrace {
+        use burn::tensor::Distribution;
+        let device = self.device();
+        let n = grid.0 * grid.1 + 1;
+        let (w, h) = (self.width, self.heads);
+        let embed = self.weights.proj.val().dims()[1];
+        let noise2 = |shape: [usize; 2]| -> Tensor<2> { Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device) };
+        let layers = (request.first_layer..self.depth())
+            .map(|index| {
+                let m = self.weights.blocks[index].mlp.c_fc.weight.val().dims()[1];
+                let noise3 = |shape: [usize; 3]| -> Tensor<3> { Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device) };
+                let backward = request.mlp_backward;
+                LayerTrace {
+                    index,
+                    output_mean: Tensor::random([w], Distribution::Uniform(-1.0, 1.0), &device),
+                    input: request.tokens.then(|| noise2([n, w])),
+                    output: request.tokens.then(|| noise2([n, w])),
+                    probs: request.attention.then(|| noise3([h, n, n]).abs()),
+                    values: backward.then(|| noise3([h, n, w / h])),
+                    ln_2_rstd: backward.then(|| noise2([n, 1]).abs().add_scalar(0.5)),
+                    xhat_out: backward.then(|| noise2([n, w])),
+                    act_grad: backward.then(|| noise2([n, m])),
+                    act_grad_b: backward.then(|| noise2([n, m])),
+                }
+            })
+            .collect();
+        ImageTrace {
+            grid,
+            patch_size: self.patch_size,
+            embedding: l2_normalize(Tensor::random([embed], Distribution::Uniform(-1.0, 1.0), &device)),
+            layers,
+            request: request.clone(),
+        }
+    }
+}
+
 /// `x / max(|x|, 1e-12)` along the last dimension (torch's `F.normalize`).
 pub fn l2_normalize<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let norm = x.clone().powi_scalar(2).sum_dim(D - 1).sqrt().clamp_min(1e-12);

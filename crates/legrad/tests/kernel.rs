@@ -1,0 +1,65 @@
+//! LeGrad's fused GPU kernel (`explain::kernel`) against its plain-tensor twin
+//! (`explain::legrad::relevance_plain`), on wgpu (lavapipe on a machine without a GPU): on
+//! random inputs of awkward shapes (token counts that leave partial cubes and uneven chunks,
+//! several prompts and heads, odd head widths) and on the fixture model's real terms.
+//! Tolerance: 1e-5 of the largest relevance (the two sum in different orders).
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use legrad::engine::DEFAULT_TEMPLATE;
+use legrad::explain::kernel::relevance_fused;
+use legrad::explain::legrad::{layer_terms_for, relevance_plain};
+use legrad::explain::{ExplainOptions, Method};
+use legrad::engine::read_f32;
+
+use common::*;
+
+fn gpu() -> Device {
+    Device::wgpu(Default::default())
+}
+
+
+fn assert_close(plain: Tensor<2>, fused: Tensor<2>, what: &str) {
+    assert_eq!(plain.dims(), fused.dims(), "{what}: shapes");
+    let a = pollster::block_on(read_f32(plain)).unwrap();
+    let b = pollster::block_on(read_f32(fused)).unwrap();
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
+    let d = max_abs_diff(&a, &b);
+    assert!(d <= 1e-5 * scale, "{what}: max abs diff {d} (largest value {scale})");
+    assert!(a.iter().any(|v| *v > 0.0), "{what}: an all-zero relevance proves nothing");
+}
+
+#[test]
+fn fused_relevance_equals_the_plain_tensor_form_on_random_terms() {
+    let device = gpu();
+    // (prompts, tokens, heads, head width): token counts that leave a partial cube of 64 and
+    // uneven chunks of query rows, several prompts and heads, odd head widths.
+    for (p, n, h, d) in [(1, 17, 2, 32), (3, 50, 2, 24), (2, 197, 12, 64), (8, 5, 1, 16), (1, 2, 4, 8), (1, 785, 2, 64)] {
+        let dc = Tensor::<3>::random([p, n, h * d], Distribution::Normal(0.0, 1.0), &device);
+        let values = Tensor::<3>::random([h, n, d], Distribution::Normal(0.0, 1.0), &device);
+        assert_close(relevance_plain(dc.clone(), values.clone()), relevance_fused(dc, values), &format!("P {p}, N {n}, H {h}, d {d}"));
+    }
+}
+
+#[test]
+fn fused_relevance_equals_the_plain_tensor_form_on_the_fixture_model() {
+    let device = gpu();
+    let engine = tiny_b16(&device);
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let prompts = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+    let texts = engine.encode(&prompts).unwrap();
+    for key in ["64x64", "64x96"] {
+        for layer_index in [-2i64, 0] {
+            let options = ExplainOptions { layer_index };
+            let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+            let trace = engine.trace(exp.values(&format!("pixels/{key}")).to_vec(), size_of(key), &request).unwrap();
+            let (layers, terms) = layer_terms_for(&engine.model, &trace, texts.clone(), layer_index).unwrap();
+            for (l, t) in layers.iter().zip(&terms) {
+                let dc = t.head_gradient();
+                assert_close(relevance_plain(dc.clone(), t.values.clone()), relevance_fused(dc, t.values.clone()), &format!("{key}, layer {l}"));
+            }
+        }
+    }
+}
