@@ -45,17 +45,10 @@ impl Results {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct BackendInfo {
-    pub name: String,
-    pub adapter: String,
-    pub fallback_reason: Option<String>,
-}
-
 /// All the page's state, shared through context. Signals are `Copy`.
 #[derive(Clone, Copy)]
 pub struct AppState {
-    pub backend: RwSignal<Option<BackendInfo>>,
+    pub backend: RwSignal<Option<BackendChoice>>,
     pub model: RwSignal<ModelStatus>,
     pub progress: RwSignal<Option<(Stage, u64, Option<u64>)>>,
     pub image: RwSignal<ImageStatus>,
@@ -173,9 +166,7 @@ impl AppState {
 
     fn on_response(&self, response: Response, buffers: Vec<js_sys::ArrayBuffer>) {
         match response {
-            Response::Backend { name, adapter, fallback_reason } => {
-                self.backend.set(Some(BackendInfo { name, adapter, fallback_reason }));
-            }
+            Response::Backend(choice) => self.backend.set(Some(choice)),
             Response::Progress { stage, done, total } => self.progress.set(Some((stage, done, total))),
             Response::ModelReady(summary) => {
                 self.progress.set(None);
@@ -229,10 +220,8 @@ pub fn App() -> impl IntoView {
     let started = bridge::start(move |response, buffers| state.on_response(response, buffers));
     match started {
         Ok(()) => {
-            let force_cpu = web_sys::window()
-                .and_then(|w| w.location().search().ok())
-                .is_some_and(|q| q.contains("backend=cpu"));
-            bridge::send(&Request::Init { force_cpu }, vec![]);
+            let query = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
+            bridge::send(&Request::Init { backend: BackendRequest::from_query(&query) }, vec![]);
             bridge::send(&Request::LoadModel(ModelSource::Default), vec![]);
         }
         Err(e) => state.engine_error.set(Some(e)),

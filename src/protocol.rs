@@ -29,10 +29,32 @@ pub struct ExplainRequest {
     pub layer_index: i64,
 }
 
+/// The backend the page asks for (`?backend=webgpu|cpu`; nothing: the engine decides).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum BackendRequest {
+    /// A GPU adapter that is hardware races the CPU at each model load; a software adapter
+    /// (SwiftShader, llvmpipe, WARP) or none means the CPU.
+    Auto,
+    WebGpu,
+    Cpu,
+}
+
+impl BackendRequest {
+    /// From the page's query string.
+    pub fn from_query(query: &str) -> Self {
+        let query = query.trim_start_matches('?');
+        match query.split('&').find_map(|kv| kv.strip_prefix("backend=")) {
+            Some("cpu") => Self::Cpu,
+            Some("webgpu" | "gpu") => Self::WebGpu,
+            _ => Self::Auto,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Request {
-    /// Initialise the compute backend (WebGPU, else the CPU fallback).
-    Init { force_cpu: bool },
+    /// Initialise the compute backend.
+    Init { backend: BackendRequest },
     LoadModel(ModelSource),
     /// Cancel the running download.
     Cancel,
@@ -107,7 +129,8 @@ pub struct MapsReady {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Response {
-    Backend { name: String, adapter: String, fallback_reason: Option<String> },
+    /// The backend in use and why (sent at start and again when a race at model load decides).
+    Backend(BackendChoice),
     Progress { stage: Stage, done: u64, total: Option<u64> },
     ModelReady(ModelSummary),
     ImageReady { id: u64, width: u32, height: u32 },
@@ -115,6 +138,29 @@ pub enum Response {
     /// then prompt, then pixels).
     Maps(MapsReady),
     Error { about: ErrorAbout, message: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackendChoice {
+    /// "WebGPU" or "CPU (wasm)".
+    pub name: String,
+    /// The GPU adapter, or "Flex" (burn's CPU backend).
+    pub adapter: String,
+    /// Why this backend, in a sentence.
+    pub reason: String,
+    /// The CPU runs although a GPU was hoped for (no WebGPU, a software adapter, a failure).
+    pub on_cpu: bool,
+    /// The timed race at model load, when there was one: milliseconds per new prompt and for
+    /// an image encode (estimated), on the GPU and on the CPU.
+    pub race: Option<Race>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Race {
+    pub gpu_prompt_ms: f64,
+    pub cpu_prompt_ms: f64,
+    pub gpu_image_ms: f64,
+    pub cpu_image_ms: f64,
 }
 
 /// What an error concerns, so the UI can show it in the right place.

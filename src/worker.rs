@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use burn::tensor::Device;
 use legrad::engine::Engine;
-use legrad::explain::{ExplainOptions, Method};
+use legrad::explain::ExplainOptions;
 use legrad::model::ImageTrace;
 use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, decode};
 use legrad::{LegradError, TraceRequest};
@@ -35,6 +35,10 @@ struct CachedTrace {
 #[derive(Default)]
 struct State {
     device: Option<Device>,
+    /// What the page was told about the backend.
+    choice: Option<BackendChoice>,
+    /// A hardware GPU found at start (no `?backend=`): it races the CPU at every model load.
+    race_gpu: Option<(Device, String)>,
     engine: Option<Rc<Engine>>,
     image: Option<(u64, Rc<DecodedImage>)>,
     trace: Option<Rc<CachedTrace>>,
@@ -118,7 +122,7 @@ async fn run_queue() {
 async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
     match request {
         Request::Cancel => {}
-        Request::Init { force_cpu } => init(force_cpu).await,
+        Request::Init { backend } => init(backend).await,
         Request::LoadModel(source) => {
             if let Err(e) = load_model(source, buffers).await {
                 post_error(ErrorAbout::Model, e.to_string());
@@ -150,8 +154,9 @@ async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
     }
 }
 
-/// `navigator.gpu`'s adapter, described.
-async fn adapter_description() -> Option<String> {
+/// `navigator.gpu`'s adapter, described: its name, and whether it is software (a CPU pretending
+/// to be a GPU: SwiftShader, llvmpipe/lavapipe, WARP, or the browser says `isFallbackAdapter`).
+async fn adapter_description() -> Option<(String, bool)> {
     let nav = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
     let gpu = js_sys::Reflect::get(&nav, &"gpu".into()).ok().filter(|g| !g.is_undefined())?;
     let request: js_sys::Function = js_sys::Reflect::get(&gpu, &"requestAdapter".into()).ok()?.dyn_into().ok()?;
@@ -160,23 +165,59 @@ async fn adapter_description() -> Option<String> {
     let info = js_sys::Reflect::get(&adapter, &"info".into()).ok()?;
     let field = |k: &str| js_sys::Reflect::get(&info, &k.into()).ok().and_then(|v| v.as_string()).filter(|s| !s.is_empty());
     let parts: Vec<String> = ["vendor", "architecture", "description", "device"].iter().filter_map(|k| field(k)).collect();
-    Some(if parts.is_empty() { "unnamed adapter".into() } else { parts.join(" / ") })
+    let flag = |obj: &JsValue| js_sys::Reflect::get(obj, &"isFallbackAdapter".into()).ok().and_then(|v| v.as_bool()).unwrap_or(false);
+    let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(" / ") };
+    let software = flag(&info) || flag(&adapter) || is_software_adapter(&name);
+    Some((name, software))
 }
 
-async fn init(force_cpu: bool) {
-    let (device, name, adapter, reason) = if force_cpu {
-        (Device::flex(), "CPU (wasm)", "Flex".to_string(), Some("CPU backend chosen".to_string()))
-    } else {
-        match adapter_description().await {
-            None => (Device::flex(), "CPU (wasm)", "Flex".into(), Some("this browser has no WebGPU adapter".into())),
-            Some(adapter) => match Device::wgpu_options().init_async().await {
-                Ok(d) => (d, "WebGPU", adapter, None),
-                Err(e) => (Device::flex(), "CPU (wasm)", "Flex".into(), Some(format!("WebGPU failed to start ({e:?})"))),
+/// Adapters that are software renderers, by name.
+pub fn is_software_adapter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["swiftshader", "llvmpipe", "lavapipe", "softpipe", "microsoft basic render", "warp"].iter().any(|s| name.contains(s))
+}
+
+fn cpu_choice(reason: String, on_cpu: bool) -> BackendChoice {
+    BackendChoice { name: "CPU (wasm)".into(), adapter: "Flex".into(), reason, on_cpu, race: None }
+}
+
+async fn init(request: BackendRequest) {
+    let mut race_gpu = None;
+    let (device, choice) = match request {
+        BackendRequest::Cpu => (Device::flex(), cpu_choice("On the CPU, as asked (?backend=cpu).".into(), false)),
+        BackendRequest::WebGpu | BackendRequest::Auto => match adapter_description().await {
+            None => (
+                Device::flex(),
+                cpu_choice("On the CPU: this browser has no WebGPU adapter. The maps are the same; a browser with WebGPU (recent Chrome, Edge) uses the GPU.".into(), true),
+            ),
+            Some((adapter, true)) if request == BackendRequest::Auto => (
+                Device::flex(),
+                cpu_choice(
+                    format!("On the CPU: WebGPU here runs on a software adapter ({adapter}), slower than this page's own CPU path. ?backend=webgpu uses it anyway."),
+                    true,
+                ),
+            ),
+            Some((adapter, _)) => match Device::wgpu_options().init_async().await {
+                Ok(d) => {
+                    let reason = if request == BackendRequest::WebGpu {
+                        "On WebGPU, as asked (?backend=webgpu).".to_string()
+                    } else {
+                        race_gpu = Some((d.clone(), adapter.clone()));
+                        "On WebGPU; each model is timed on the GPU and on the CPU when it loads, and runs on the faster.".to_string()
+                    };
+                    (d, BackendChoice { name: "WebGPU".into(), adapter, reason, on_cpu: false, race: None })
+                }
+                Err(e) => (Device::flex(), cpu_choice(format!("On the CPU: WebGPU failed to start ({e:?})."), true)),
             },
-        }
+        },
     };
-    STATE.with(|s| s.borrow_mut().device = Some(device));
-    post(&Response::Backend { name: name.into(), adapter, fallback_reason: reason }, vec![]);
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.device = Some(device);
+        s.race_gpu = race_gpu;
+        s.choice = Some(choice.clone());
+    });
+    post(&Response::Backend(choice), vec![]);
 }
 
 fn device() -> Device {
@@ -196,18 +237,21 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     STATE.with(|s| s.borrow_mut().abort = None);
     let loaded = loaded?;
     progress(Stage::Load, 0, None);
-    let (clip, info) = legrad::load::load_bytes(&loaded.bytes, None, &device)?;
-    let engine = Rc::new(Engine::new(clip, info)?);
+    let race_gpu = STATE.with(|s| s.borrow().race_gpu.clone());
+    let engine = match race_gpu {
+        Some((gpu, adapter)) => race(&loaded.bytes, gpu, adapter).await?,
+        None => {
+            let (clip, info) = legrad::load::load_bytes(&loaded.bytes, None, &device)?;
+            Rc::new(Engine::new(clip, info)?)
+        }
+    };
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    // Warm-up: compile the kernels once on a blank image at the native size.
+    // Warm-up: on a GPU, compile what an image and every prompt count the page can send use,
+    // at the model's own size; on the CPU, fill the per-model caches.
     progress(Stage::WarmUp, 0, None);
     let t1 = Instant::now();
     let native = engine.model.config.vision.image_size;
-    let options = ExplainOptions::default();
-    let request = engine.request_for(&[Method::LeGrad], &options)?;
-    let trace = engine.trace(vec![0.0; 3 * native * native], InputSize::square(native), &request)?;
-    let prompts = engine.prepare(&["warm up".to_string()], None)?;
-    engine.explain(&trace, &prompts, Method::LeGrad, &options).await?;
+    engine.warm_up(InputSize::square(native), &ExplainOptions::default()).await?;
     let warmup_ms = t1.elapsed().as_secs_f64() * 1e3;
     let c = &engine.model.config;
     let summary = ModelSummary {
@@ -236,6 +280,47 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     post(&Response::ModelReady(summary), vec![]);
     Ok(())
 }
+
+/// Build the model on the GPU and on the CPU, time both on what the page waits for, keep the
+/// faster and tell the page why. A new prompt is what the user waits for most often; an image
+/// encode less often: the cost compared is one image plus [`PROMPTS_PER_IMAGE`] new prompts.
+async fn race(bytes: &[u8], gpu: Device, adapter: String) -> Result<Rc<Engine>, LegradError> {
+    let (clip, info) = legrad::load::load_bytes(bytes, None, &gpu)?;
+    let on_gpu = Engine::new(clip, info)?;
+    let g = on_gpu.speed(RACE_RUNS).await?;
+    let (clip, info) = legrad::load::load_bytes(bytes, None, &Device::flex())?;
+    let on_cpu = Engine::new(clip, info)?;
+    let c = on_cpu.speed(RACE_RUNS).await?;
+    let cost = |s: &legrad::engine::Speed| s.image_s + PROMPTS_PER_IMAGE * s.new_prompt_s;
+    let gpu_wins = cost(&g) <= cost(&c);
+    let ms = |v: f64| v * 1e3;
+    let race = Race { gpu_prompt_ms: ms(g.new_prompt_s), cpu_prompt_ms: ms(c.new_prompt_s), gpu_image_ms: ms(g.image_s), cpu_image_ms: ms(c.image_s) };
+    let timings = format!(
+        "a new prompt {:.0} ms on the GPU, {:.0} ms on the CPU; an image about {:.0} ms and {:.0} ms",
+        race.gpu_prompt_ms, race.cpu_prompt_ms, race.gpu_image_ms, race.cpu_image_ms
+    );
+    let (engine, device, choice) = if gpu_wins {
+        drop(on_cpu);
+        let reason = format!("On WebGPU: timed at load, {timings}. ?backend=cpu forces the CPU.");
+        (on_gpu, gpu, BackendChoice { name: "WebGPU".into(), adapter, reason, on_cpu: false, race: Some(race) })
+    } else {
+        drop(on_gpu);
+        let reason = format!("On the CPU: timed at load, it is faster for this model here ({timings}). ?backend=webgpu forces the GPU.");
+        (on_cpu, Device::flex(), BackendChoice { race: Some(race), ..cpu_choice(reason, false) })
+    };
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.device = Some(device);
+        s.choice = Some(choice.clone());
+    });
+    post(&Response::Backend(choice), vec![]);
+    Ok(Rc::new(engine))
+}
+
+/// Timed runs per backend in the race (after one untimed run that compiles).
+const RACE_RUNS: usize = 3;
+/// New prompts an image gets, for weighing the race's two timings.
+const PROMPTS_PER_IMAGE: f64 = 5.0;
 
 async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     let (engine, image, cached) = STATE.with(|s| {
@@ -266,6 +351,11 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
             let trace = engine.trace(pixels, InputSize::square(size), &request).map_err(e(ErrorAbout::Explain))?;
             // Reading the embedding waits for the image forward, so the timing is honest.
             legrad::engine::read_f32(trace.embedding.clone()).await.map_err(e(ErrorAbout::Explain))?;
+            // On a GPU, the first trace at a grid compiles what every prompt count needs there,
+            // so that typing never waits for a compiler (once per grid; nothing on the CPU).
+            for method in &req.methods {
+                engine.warm_up_prompts(&trace, *method, &options).await.map_err(e(ErrorAbout::Explain))?;
+            }
             let c = Rc::new(CachedTrace { image_id, size: req.size, request: request.clone(), trace, rgb });
             STATE.with(|s| s.borrow_mut().trace = Some(c.clone()));
             c

@@ -159,6 +159,23 @@ async fn webgpu_quantized_round_trip() {
     }
 }
 
+/// LeGrad's fused kernel against its plain-tensor twin, on WebGPU (crates/legrad/tests/kernel.rs
+/// does the same natively): random inputs whose token counts leave partial cubes.
+#[wasm_bindgen_test]
+async fn webgpu_fused_kernel_matches_its_plain_twin() {
+    use burn::tensor::{Distribution, Tensor};
+    let device = webgpu().await;
+    for (p, n, h, d) in [(1usize, 17usize, 2usize, 32usize), (3, 50, 2, 24), (2, 197, 4, 64)] {
+        let dc = Tensor::<3>::random([p, n, h * d], Distribution::Normal(0.0, 1.0), &device);
+        let values = Tensor::<3>::random([h, n, d], Distribution::Normal(0.0, 1.0), &device);
+        let plain = legrad::engine::read_f32(legrad::explain::legrad::relevance_plain(dc.clone(), values.clone())).await.unwrap();
+        let fused = legrad::engine::read_f32(legrad::explain::kernel::relevance_fused(dc, values)).await.unwrap();
+        let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&plain, &fused);
+        assert!(scale > 0.0 && diff <= 1e-5 * scale, "P {p} N {n} H {h} d {d}: max abs diff {diff} of {scale}");
+    }
+}
+
 fn mean(v: &[f32]) -> f32 {
     v.iter().sum::<f32>() / v.len() as f32
 }

@@ -9,7 +9,7 @@ pub fn Header() -> impl IntoView {
         None => "starting the engine…".to_string(),
         Some(b) => format!("{} · {}", b.name, b.adapter),
     };
-    let fallback = move || state.backend.get().and_then(|b| b.fallback_reason);
+    let reason = move || state.backend.get().map(|b| (b.on_cpu, b.reason));
     let model = move || match state.model.get() {
         ModelStatus::Ready(m) => m.name,
         ModelStatus::Loading(name) => format!("loading {name}…"),
@@ -18,14 +18,14 @@ pub fn Header() -> impl IntoView {
     view! {
         <header class="header">
             <h1>"LeGrad Web"</h1>
-            <p class="tagline">"Where does CLIP look? Everything runs on your own GPU; nothing leaves this page."</p>
+            <p class="tagline">"Where does CLIP look? Everything runs on your own machine, on its GPU or its CPU; nothing leaves this page."</p>
             <div class="badges">
                 <span class="badge" data-testid="backend" title="compute backend and adapter">{backend}</span>
                 <span class="badge" data-testid="model-name" title="model">{model}</span>
             </div>
-            <Show when=move || fallback().is_some()>
-                <p class="notice" role="status" data-testid="fallback">
-                    {move || format!("Running on the CPU: {}. Maps are exact but slower; a browser with WebGPU (recent Chrome, Edge) uses the GPU.", fallback().unwrap_or_default())}
+            <Show when=move || reason().is_some()>
+                <p class=move || if reason().is_some_and(|r| r.0) { "notice small" } else { "small" } role="status" data-testid="backend-reason" data-on-cpu=move || reason().is_some_and(|r| r.0).to_string()>
+                    {move || reason().map(|r| r.1).unwrap_or_default()}
                 </p>
             </Show>
         </header>

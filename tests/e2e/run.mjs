@@ -126,9 +126,29 @@ async function waitForCard(prompt) {
   await page.waitForFunction(() => !document.querySelector('[data-testid="working"]'), null, { timeout: TIMEOUT });
 }
 
-await test("page loads the default model on WebGPU", async () => {
+await test("on a software WebGPU adapter the page picks the CPU and says why", async () => {
   await page.goto(base + SUB);
   await page.screenshot({ path: join(shots, "01-loading.png") });
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+  const backend = await page.textContent('[data-testid="backend"]');
+  assert(backend.startsWith("CPU"), `backend is "${backend}"`);
+  const reason = await page.textContent('[data-testid="backend-reason"]');
+  assert(/software adapter/.test(reason) && /swiftshader/i.test(reason), `reason: ${reason}`);
+  assert(reason.includes("?backend=webgpu"), `the reason does not say how to force WebGPU: ${reason}`);
+  await page.screenshot({ path: join(shots, "02-model-ready-cpu.png") });
+  // The CPU path's map equals the native engine's.
+  await dropFile(scene, "scene-1.png");
+  await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
+  await page.selectOption('[data-testid="size"]', "448");
+  await page.fill('[data-testid="prompts"]', "a blue circle");
+  await waitForCard("a blue circle");
+  const r = await compareCanvas("a blue circle", nativeOverlay(scene, "a blue circle", "auto-cpu"));
+  assert(!r.error, r.error);
+  assert(r.mean < 0.5 && r.off < 0.005, `canvas vs native: mean abs diff ${r.mean}, ${(100 * r.off).toFixed(2)}% off by > 2`);
+});
+
+await test("?backend=webgpu loads the default model on WebGPU", async () => {
+  await page.goto(base + SUB + "?backend=webgpu");
   await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
   const backend = await page.textContent('[data-testid="backend"]');
   assert(backend.startsWith("WebGPU"), `backend is "${backend}"`);
@@ -208,7 +228,7 @@ await test("a model by URL from localhost: downloaded, converted to 8-bit, kept 
   await page.screenshot({ path: join(shots, "09-model-from-url.png") });
   // A new visit: the model comes from the Cache API, not the network.
   page = await context.newPage();
-  await page.goto(base + SUB);
+  await page.goto(base + SUB + "?backend=webgpu");
   await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
   await page.click("details summary");
   await page.fill('[data-testid="model-url"]', url);
@@ -221,13 +241,14 @@ await test("a model by URL from localhost: downloaded, converted to 8-bit, kept 
   await page.screenshot({ path: join(shots, "10-url-model-cached.png") });
 });
 
-await test("without WebGPU the CPU fallback says so and still explains", async () => {
+await test("?backend=cpu runs on the CPU, says so, and explains", async () => {
   page = await context.newPage();
   await page.goto(base + SUB + "?backend=cpu");
   await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
   const backend = await page.textContent('[data-testid="backend"]');
   assert(backend.startsWith("CPU"), `backend is "${backend}"`);
-  assert(await page.isVisible('[data-testid="fallback"]'), "no fallback notice");
+  const reason = await page.textContent('[data-testid="backend-reason"]');
+  assert(reason.includes("as asked"), `reason: ${reason}`);
   await dropFile(scene, "scene-1.png");
   await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
   await page.selectOption('[data-testid="size"]', "224");
