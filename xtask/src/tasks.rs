@@ -3,6 +3,9 @@ use std::process::{Command, Stdio};
 
 pub type Result<T = ()> = std::result::Result<T, String>;
 
+/// The cargo profile of everything built for the browser (Cargo.toml; index.html names it too).
+const WASM_PROFILE: &str = "wasm-release";
+
 /// Pinned tool versions. wasm-bindgen-cli must equal the `wasm-bindgen` in Cargo.lock.
 // 0.22.x needs rustc 1.96; this machine has 1.95.
 const TRUNK_VERSION: &str = "0.21.14";
@@ -100,9 +103,13 @@ pub fn setup(_args: &[String]) -> Result {
     if !have_trunk.ends_with(TRUNK_VERSION) {
         run(cargo().args(["install", "trunk", "--locked", "--version", &format!("={TRUNK_VERSION}")]))?;
     }
-    let e2e = root().join("tests/e2e");
-    if e2e.join("package.json").exists() && !e2e.join("node_modules/playwright-core").exists() {
-        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&e2e))?;
+    // npm packages, pinned by their lock files: the browser tests' Playwright, and binaryen's
+    // wasm-opt (a JavaScript build) for trunk.
+    for (dir, marker) in [("tests/e2e", "playwright-core"), ("tools/web", "binaryen")] {
+        let dir = root().join(dir);
+        if dir.join("package.json").exists() && !dir.join("node_modules").join(marker).exists() {
+            run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))?;
+        }
     }
     Ok(())
 }
@@ -111,7 +118,8 @@ pub fn setup(_args: &[String]) -> Result {
 fn trunk() -> Command {
     let mut cmd = Command::new(cargo_bin("trunk"));
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut paths = vec![cargo_bin("")];
+    // wasm-opt from npm's binaryen (tools/web), at the version Trunk.toml names.
+    let mut paths = vec![cargo_bin(""), root().join("tools/web/node_modules/.bin")];
     paths.extend(std::env::split_paths(&path));
     cmd.env("PATH", std::env::join_paths(paths).unwrap_or(path));
     cmd.env("TRUNK_SKIP_VERSION_CHECK", "true");
@@ -151,8 +159,9 @@ pub fn test(args: &[String]) -> Result {
     run(cargo()
         .args(["test", "--release", "--workspace", "--exclude", "xtask", "--exclude", "legrad-web"])
         .env("XDG_RUNTIME_DIR", &xdg))?;
-    // 2. The core builds for the browser's target.
-    run(cargo().args(["build", "--release", "--target", "wasm32-unknown-unknown", "-p", "legrad"]))?;
+    // 2. The core builds for the browser's target (with the browser's profile, so that the
+    //    build is shared with the steps below).
+    run(cargo().args(["build", "--profile", WASM_PROFILE, "--target", "wasm32-unknown-unknown", "-p", "legrad"]))?;
     if flag(args, "--native") {
         return Ok(());
     }
@@ -164,7 +173,7 @@ fn web_tests(args: &[String]) -> Result {
     // 3. The engine in headless Chromium: WebGPU (SwiftShader) and the CPU fallback.
     let wb_runner = cargo_bin("wasm-bindgen-test-runner");
     run(cargo()
-        .args(["test", "--release", "--target", "wasm32-unknown-unknown", "-p", "legrad-web"])
+        .args(["test", "--profile", WASM_PROFILE, "--target", "wasm32-unknown-unknown", "-p", "legrad-web"])
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &wb_runner)
         .env("CHROMEDRIVER", "/usr/bin/chromedriver")
         .env("WASM_BINDGEN_TEST_TIMEOUT", "1200"))?;
