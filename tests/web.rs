@@ -187,6 +187,11 @@ fn decoding_errors_are_errors_in_the_browser() {
     let png = include_bytes!("fixtures/images/scene.png");
     let img = legrad::preprocess::decode(png, &limits).unwrap();
     assert_eq!((img.width, img.height), (150, 100));
+    // The web build reads the formats a browser shows; another known format is named, not
+    // mistaken for garbage (a QOI header: "qoif", 1x1, RGB, sRGB).
+    let qoi = [b'q', b'o', b'i', b'f', 0, 0, 0, 1, 0, 0, 0, 1, 3, 0, 0xfe, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 1];
+    let err = legrad::preprocess::decode(&qoi, &limits).unwrap_err().to_string();
+    assert!(err.contains("Qoi images are not read here") && err.contains(legrad::preprocess::FORMATS), "{err}");
     let tok = legrad::Tokenizer::new().unwrap();
     assert_eq!(tok.tokenize("a photo of a cat.", 77).ids, vec![49406, 320, 1125, 539, 320, 2368, 269, 49407]);
 }

@@ -61,6 +61,8 @@ pub struct Speed {
     pub new_prompt_s: f64,
     /// Seconds for an image encode at the model's own size, estimated from one block.
     pub image_s: f64,
+    /// Seconds for a new prompt's text encoding alone (median).
+    pub text_s: f64,
 }
 
 /// One prompt's explanation.
@@ -83,6 +85,10 @@ pub struct Engine {
     text_cache: Mutex<HashMap<String, Tensor<1>>>,
     /// Pad shapes to the buckets (a GPU device, which compiles per shape).
     pad_shapes: bool,
+    /// The text tower on another device (the CPU), when it encodes faster there than next to
+    /// the vision tower ([`Engine::with_text_tower`]); its embeddings are moved to the vision
+    /// tower's device.
+    text_elsewhere: Option<crate::model::TextTower>,
     /// Grids, methods and layer settings whose per-prompt kernels warm-up has compiled, and
     /// whether the text tower's have been.
     warmed: Mutex<std::collections::HashSet<((usize, usize), Method, i64)>>,
@@ -129,6 +135,7 @@ impl Engine {
             text_cache: Mutex::new(HashMap::new()),
             warmed: Mutex::new(Default::default()),
             text_warmed: Default::default(),
+            text_elsewhere: None,
             model,
             info,
         })
@@ -136,6 +143,31 @@ impl Engine {
 
     pub fn device(&self) -> Device {
         self.model.vision.device()
+    }
+
+    /// Encode text with `tower` (on another device, typically the CPU) instead of the model's
+    /// own text tower: for a small text tower next to a GPU whose every launch costs
+    /// milliseconds (a software adapter), where a prompt's dozens of tiny kernels cost more than
+    /// the whole tower on the CPU. Its embeddings are moved to the vision tower's device.
+    pub fn with_text_tower(mut self, tower: crate::model::TextTower) -> Self {
+        self.text_elsewhere = Some(tower);
+        self.text_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self
+    }
+
+    /// Where the text is encoded: the vision tower's device, or the one given to
+    /// [`Engine::with_text_tower`].
+    pub fn text_device(&self) -> Device {
+        self.text_tower().weights.text_projection.val().device()
+    }
+
+    fn text_tower(&self) -> &crate::model::TextTower {
+        self.text_elsewhere.as_ref().unwrap_or(&self.model.text)
+    }
+
+    /// Does the text tower run on a device that compiles per shape?
+    fn pad_text(&self) -> bool {
+        self.pad_shapes && self.text_elsewhere.is_none()
     }
 
     /// Template and tokenize; an empty prompt is an error.
@@ -170,10 +202,13 @@ impl Engine {
             if cache.len() + missing.len() > TEXT_CACHE_CAPACITY {
                 cache.clear();
             }
-            let chunk = if self.pad_shapes { PROMPT_BUCKETS[PROMPT_BUCKETS.len() - 1] } else { missing.len() };
+            let pad = self.pad_text();
+            let tower = self.text_tower();
+            let device = self.device();
+            let chunk = if pad { PROMPT_BUCKETS[PROMPT_BUCKETS.len() - 1] } else { missing.len() };
             for part in missing.chunks(chunk) {
                 let mut seqs: Vec<Vec<u32>> = part.iter().map(|p| p.tokens.ids.clone()).collect();
-                let emb = if self.pad_shapes {
+                let emb = if pad {
                     // Padded rows repeat the last prompt; their embeddings are dropped.
                     let rows = bucket(seqs.len(), &PROMPT_BUCKETS);
                     while seqs.len() < rows {
@@ -182,9 +217,9 @@ impl Engine {
                     let needed = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
                     let context = self.model.config.text.context_length;
                     let buckets: Vec<usize> = TOKEN_BUCKETS.iter().map(|&b| b.min(context)).collect();
-                    self.model.text.encode_padded(&seqs, bucket(needed, &buckets))?
+                    tower.encode_padded(&seqs, bucket(needed, &buckets))?
                 } else {
-                    self.model.text.encode(&seqs)?
+                    tower.encode(&seqs)?.to_device(&device)
                 };
                 for (i, p) in part.iter().enumerate() {
                     let row: Tensor<1> = emb.clone().narrow(0, i, 1).squeeze_dim(0);
@@ -332,20 +367,21 @@ impl Engine {
         if self.warmed.lock().unwrap_or_else(|e| e.into_inner()).insert(key) {
             // The explanation, for each padded count: zero texts are enough to compile it.
             let explainer = method.explainer(options);
-            // 3 also compiles what padding a chunk uses.
-            for rows in [1, 2, 3, 4, 8] {
+            // Each padded count, and one count that needs padding (what padding a chunk uses).
+            let counts = PROMPT_BUCKETS.iter().copied().chain([PROMPT_BUCKETS[1] + 1]);
+            for rows in counts {
                 let texts = Tensor::zeros([rows, self.model.config.embed_dim], &self.device());
                 self.explain_texts(explainer.as_ref(), method, trace, texts).await?;
             }
         }
-        if !self.text_warmed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if self.pad_text() && !self.text_warmed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             // The text encoding, for each padded count and length.
             let context = self.model.config.text.context_length;
             let lengths: std::collections::BTreeSet<usize> = TOKEN_BUCKETS.iter().map(|&b| b.min(context)).collect();
             for &rows in &PROMPT_BUCKETS {
                 for &len in &lengths {
                     let seqs = vec![self.tokenizer.tokenize("warm up", context).ids; rows];
-                    read_f32(self.model.text.encode_padded(&seqs, len)?).await?;
+                    read_f32(self.text_tower().encode_padded(&seqs, len)?).await?;
                 }
             }
         }
@@ -397,8 +433,12 @@ impl Engine {
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        times.sort_by(f64::total_cmp);
-        let new_prompt_s = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let new_prompt_s = median(times);
+        let text_s = self.text_speed(runs).await?;
         let v = &self.model.vision;
         let tokens: Tensor<3> = Tensor::random([1, grid.0 * grid.1 + 1, v.width], Distribution::Uniform(-1.0, 1.0), &self.device());
         let block = &v.weights.blocks[0];
@@ -410,7 +450,28 @@ impl Engine {
                 block_s = t.elapsed().as_secs_f64();
             }
         }
-        Ok(Speed { new_prompt_s, image_s: block_s * v.depth() as f64 })
+        Ok(Speed { new_prompt_s, image_s: block_s * v.depth() as f64, text_s })
+    }
+
+    /// Seconds to encode one new prompt's text, read back (median of `runs` after one untimed
+    /// run that compiles).
+    pub async fn text_speed(&self, runs: usize) -> Result<f64> {
+        let mut times = Vec::with_capacity(runs);
+        for r in 0..=runs {
+            let prompts = self.prepare(&[format!("text timing run {r}")], None)?;
+            let t = web_time::Instant::now();
+            read_f32(self.encode(&prompts)?).await?;
+            if r > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times.get(times.len() / 2).copied().unwrap_or(f64::NAN))
+    }
+
+    /// The model's text tower, for [`Engine::with_text_tower`] on another engine.
+    pub fn into_text_tower(self) -> crate::model::TextTower {
+        self.model.text
     }
 
     /// Normalised image embedding `[E]` from preprocessed pixels.

@@ -70,7 +70,13 @@ fn is_palette(bytes: &[u8]) -> bool {
     bytes.starts_with(b"GIF8")
 }
 
-/// Decode any format the `image` crate reads, with limits and EXIF orientation.
+/// The formats [`decode`] reads.
+#[cfg(feature = "rare-image-formats")]
+pub const FORMATS: &str = "PNG, JPEG, GIF, WebP, BMP, TIFF, ICO, PNM, TGA, QOI, HDR, EXR, DDS, farbfeld";
+#[cfg(not(feature = "rare-image-formats"))]
+pub const FORMATS: &str = "PNG, JPEG, GIF, WebP, BMP, TIFF, ICO";
+
+/// Decode any format the `image` crate reads (of [`FORMATS`]), with limits and EXIF orientation.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
     if bytes.is_empty() {
         return Err(LegradError::ImageDecode("the file is empty".into()));
@@ -79,13 +85,16 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
         .with_guessed_format()
         .map_err(|e| LegradError::ImageDecode(e.to_string()))?;
     if reader.format().is_none() {
-        return Err(LegradError::ImageDecode(
-            "this is not an image in a format we can read (PNG, JPEG, GIF, WebP, BMP, TIFF, ICO, PNM, TGA, QOI, HDR, EXR, DDS, farbfeld)".into(),
-        ));
+        return Err(LegradError::ImageDecode(format!("this is not an image in a format we can read ({FORMATS})")));
     }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| LegradError::ImageDecode(e.to_string()))?;
+    let format = reader.format();
+    let mut decoder = reader.into_decoder().map_err(|e| match e {
+        image::ImageError::Unsupported(u) if matches!(u.kind(), image::error::UnsupportedErrorKind::Format(_)) => LegradError::ImageDecode(format!(
+            "{} images are not read here (this build reads {FORMATS})",
+            format.map(|f| format!("{f:?}")).unwrap_or_else(|| "these".into())
+        )),
+        e => LegradError::ImageDecode(e.to_string()),
+    })?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
         return Err(LegradError::ImageDecode("the image has no pixels".into()));

@@ -66,6 +66,32 @@ fn embeddings_match_reference() {
     }
 }
 
+/// A GPU engine whose text tower runs on the CPU (what the app does where the CPU encodes text
+/// faster): the same embeddings and maps as the reference.
+#[test]
+fn text_tower_on_the_cpu_next_to_a_gpu_matches_reference() {
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let Some((_, gpu)) = devices().into_iter().find(|(b, _)| *b == "wgpu") else { return };
+    let engine = tiny_b16(&gpu).with_text_tower(tiny_b16(&burn::tensor::Device::flex()).into_text_tower());
+    assert_ne!(engine.text_device(), engine.device());
+    let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+    let text = pollster::block_on(engine.embed_texts(&prepared)).unwrap();
+    let e = engine.model.config.embed_dim;
+    for p in 0..3 {
+        let c = cosine(&text[p * e..][..e], &exp.values("text_emb")[p * e..][..e]);
+        assert!(c >= 0.99999, "text embedding {p}: cosine {c}");
+    }
+    let options = ExplainOptions::default();
+    let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+    let trace = engine.trace(exp.values("pixels/64x96").to_vec(), size_of("64x96"), &request).unwrap();
+    let out = pollster::block_on(engine.explain(&trace, &prepared, Method::LeGrad, &options)).unwrap();
+    let want = exp.values("legrad/64x96/layer-2/final");
+    for (p, r) in out.iter().enumerate() {
+        let d = max_abs_diff(&r.map.map, &want[p * 64 * 96..][..64 * 96]);
+        assert!(d <= MAP_TOL, "prompt {p}: max abs diff {d}");
+    }
+}
+
 #[test]
 fn legrad_maps_match_reference_from_pixels() {
     let exp = Expected::load("tiny-vit-b16.expected.safetensors");
