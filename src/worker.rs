@@ -6,12 +6,12 @@
 //! newest runs (the last keystroke wins). `Cancel` acts at once on a running download.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use legrad::engine::Engine;
-use legrad::explain::ExplainOptions;
+use legrad::engine::{Engine, ExplainedPrompt};
+use legrad::explain::{ExplainOptions, Method};
 use legrad::model::ImageTrace;
 use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, decode};
 use legrad::{LegradError, TraceRequest};
@@ -30,12 +30,21 @@ struct CachedTrace {
     request: TraceRequest,
     trace: ImageTrace,
     rgb: Vec<u8>,
+    /// Maps already computed on this trace, by method, layer index and templated text: a new
+    /// prompt next to N shown costs one prompt, not N + 1. A prompt's map does not depend on
+    /// the prompts beside it (each is normalised on its own; padding rows are dropped).
+    maps: RefCell<HashMap<(Method, i64, String), ExplainedPrompt>>,
 }
+
+/// Maps kept per trace (a 448 map is 0.8 MB); past it the cache starts again.
+const MAP_CACHE_CAPACITY: usize = 48;
 
 #[derive(Default)]
 struct State {
     device: Option<Device>,
-    /// What the page was told about the backend.
+    /// What the page was told about the backend at start, and since (a race or the text
+    /// tower's placement at a model load refines it).
+    initial_choice: Option<BackendChoice>,
     choice: Option<BackendChoice>,
     /// A hardware GPU found at start (no `?backend=`): it races the CPU at every model load.
     race_gpu: Option<(Device, String)>,
@@ -215,6 +224,7 @@ async fn init(request: BackendRequest) {
         let mut s = s.borrow_mut();
         s.device = Some(device);
         s.race_gpu = race_gpu;
+        s.initial_choice = Some(choice.clone());
         s.choice = Some(choice.clone());
     });
     post(&Response::Backend(choice), vec![]);
@@ -237,13 +247,16 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     STATE.with(|s| s.borrow_mut().abort = None);
     let loaded = loaded?;
     progress(Stage::Load, 0, None);
+    // The previous model goes first: two ViT-B/16 side by side (or four, in a race) need not fit.
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.engine = None;
+        s.trace = None;
+    });
     let race_gpu = STATE.with(|s| s.borrow().race_gpu.clone());
     let engine = match race_gpu {
         Some((gpu, adapter)) => race(&loaded.bytes, gpu, adapter).await?,
-        None => {
-            let (clip, info) = legrad::load::load_bytes(&loaded.bytes, None, &device)?;
-            Rc::new(Engine::new(clip, info)?)
-        }
+        None => Rc::new(load_on(&device, &loaded.bytes).await?),
     };
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     // Warm-up: on a GPU, compile what an image and every prompt count the page can send use,
@@ -281,6 +294,28 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     Ok(())
 }
 
+/// The model on the device the page asked for (or the only one there is). On a GPU, as asked
+/// with `?backend=webgpu`, the text tower still goes where it is faster ([`place_text`]), and
+/// the page is told.
+async fn load_on(device: &Device, bytes: &[u8]) -> Result<Engine, LegradError> {
+    let (clip, info) = legrad::load::load_bytes(bytes, None, device)?;
+    let engine = Engine::new(clip, info)?;
+    if !engine.compiles_kernels() {
+        return Ok(engine);
+    }
+    let (engine, note) = place_text(engine, bytes).await?;
+    if let Some(c) = STATE.with(|s| s.borrow().initial_choice.clone()) {
+        let reason = match note {
+            Some(note) => format!("{} {note}", c.reason),
+            None => c.reason.clone(),
+        };
+        let choice = BackendChoice { reason, ..c };
+        STATE.with(|s| s.borrow_mut().choice = Some(choice.clone()));
+        post(&Response::Backend(choice), vec![]);
+    }
+    Ok(engine)
+}
+
 /// Build the model on the GPU and on the CPU, time both on what the page waits for, keep the
 /// faster and tell the page why. A new prompt is what the user waits for most often; an image
 /// encode less often: the cost compared is one image plus [`PROMPTS_PER_IMAGE`] new prompts.
@@ -291,18 +326,26 @@ async fn race(bytes: &[u8], gpu: Device, adapter: String) -> Result<Rc<Engine>, 
     let (clip, info) = legrad::load::load_bytes(bytes, None, &Device::flex())?;
     let on_cpu = Engine::new(clip, info)?;
     let c = on_cpu.speed(RACE_RUNS).await?;
-    let cost = |s: &legrad::engine::Speed| s.image_s + PROMPTS_PER_IMAGE * s.new_prompt_s;
-    let gpu_wins = cost(&g) <= cost(&c);
+    // On the GPU, a prompt's text may be encoded on the CPU (whichever is faster).
+    let text_on_cpu = c.text_s < g.text_s;
+    let gpu_prompt_s = if text_on_cpu { g.new_prompt_s - g.text_s + c.text_s } else { g.new_prompt_s };
+    let gpu_wins = g.image_s + PROMPTS_PER_IMAGE * gpu_prompt_s <= c.image_s + PROMPTS_PER_IMAGE * c.new_prompt_s;
     let ms = |v: f64| v * 1e3;
-    let race = Race { gpu_prompt_ms: ms(g.new_prompt_s), cpu_prompt_ms: ms(c.new_prompt_s), gpu_image_ms: ms(g.image_s), cpu_image_ms: ms(c.image_s) };
+    let race = Race { gpu_prompt_ms: ms(gpu_prompt_s), cpu_prompt_ms: ms(c.new_prompt_s), gpu_image_ms: ms(g.image_s), cpu_image_ms: ms(c.image_s) };
     let timings = format!(
         "a new prompt {:.0} ms on the GPU, {:.0} ms on the CPU; an image about {:.0} ms and {:.0} ms",
         race.gpu_prompt_ms, race.cpu_prompt_ms, race.gpu_image_ms, race.cpu_image_ms
     );
     let (engine, device, choice) = if gpu_wins {
-        drop(on_cpu);
-        let reason = format!("On WebGPU: timed at load, {timings}. ?backend=cpu forces the CPU.");
-        (on_gpu, gpu, BackendChoice { name: "WebGPU".into(), adapter, reason, on_cpu: false, race: Some(race) })
+        let (engine, text_note) = if text_on_cpu {
+            let note = text_note(c.text_s, g.text_s);
+            (on_gpu.with_text_tower(on_cpu.into_text_tower()), format!(" {note}"))
+        } else {
+            drop(on_cpu);
+            (on_gpu, String::new())
+        };
+        let reason = format!("On WebGPU: timed at load, {timings}.{text_note} ?backend=cpu forces the CPU.");
+        (engine, gpu, BackendChoice { name: "WebGPU".into(), adapter, reason, on_cpu: false, race: Some(race) })
     } else {
         drop(on_gpu);
         let reason = format!("On the CPU: timed at load, it is faster for this model here ({timings}). ?backend=webgpu forces the GPU.");
@@ -315,6 +358,28 @@ async fn race(bytes: &[u8], gpu: Device, adapter: String) -> Result<Rc<Engine>, 
     });
     post(&Response::Backend(choice), vec![]);
     Ok(Rc::new(engine))
+}
+
+/// On a GPU engine: time a prompt's text encoding there and on the CPU, and move the text tower
+/// to the CPU when it is faster there (a small text tower's dozens of tiny kernels can cost more
+/// in launches than the whole tower on the CPU). Returns the engine and a sentence when moved.
+async fn place_text(gpu: Engine, bytes: &[u8]) -> Result<(Engine, Option<String>), LegradError> {
+    let (clip, info) = legrad::load::load_bytes(bytes, None, &Device::flex())?;
+    let cpu = Engine::new(clip, info)?;
+    let (g, c) = (gpu.text_speed(RACE_RUNS).await?, cpu.text_speed(RACE_RUNS).await?);
+    if c < g {
+        Ok((gpu.with_text_tower(cpu.into_text_tower()), Some(text_note(c, g))))
+    } else {
+        Ok((gpu, None))
+    }
+}
+
+fn text_note(cpu_s: f64, gpu_s: f64) -> String {
+    format!(
+        "The text tower runs on the CPU, faster here ({:.0} ms a prompt against {:.0} ms on the GPU).",
+        cpu_s * 1e3,
+        gpu_s * 1e3
+    )
 }
 
 /// Timed runs per backend in the race (after one untimed run that compiles).
@@ -356,7 +421,7 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
             for method in &req.methods {
                 engine.warm_up_prompts(&trace, *method, &options).await.map_err(e(ErrorAbout::Explain))?;
             }
-            let c = Rc::new(CachedTrace { image_id, size: req.size, request: request.clone(), trace, rgb });
+            let c = Rc::new(CachedTrace { image_id, size: req.size, request: request.clone(), trace, rgb, maps: RefCell::default() });
             STATE.with(|s| s.borrow_mut().trace = Some(c.clone()));
             c
         }
@@ -367,7 +432,38 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     let mut results = Vec::new();
     let mut size = (0, 0);
     for method in &req.methods {
-        let out = engine.explain(&cached.trace, &prompts, *method, &options).await.map_err(e(ErrorAbout::Explain))?;
+        let key = |p: &legrad::engine::PreparedPrompt| (*method, options.layer_index, p.text.clone());
+        let missing: Vec<legrad::engine::PreparedPrompt> = {
+            let known = cached.maps.borrow();
+            let mut missing: Vec<legrad::engine::PreparedPrompt> = Vec::new();
+            for p in &prompts {
+                if !known.contains_key(&key(p)) && !missing.iter().any(|m| m.text == p.text) {
+                    missing.push(p.clone());
+                }
+            }
+            missing
+        };
+        let fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            engine.explain(&cached.trace, &missing, *method, &options).await.map_err(e(ErrorAbout::Explain))?
+        };
+        let mut known = cached.maps.borrow_mut();
+        let fresh: HashMap<&str, ExplainedPrompt> = missing.iter().map(|p| p.text.as_str()).zip(fresh).collect();
+        let out: Vec<ExplainedPrompt> = prompts
+            .iter()
+            .filter_map(|p| fresh.get(p.text.as_str()).or_else(|| known.get(&key(p))).map(|r| ExplainedPrompt { prompt: p.prompt.clone(), ..r.clone() }))
+            .collect();
+        if out.len() != prompts.len() {
+            return Err((ErrorAbout::Explain, LegradError::Input("a prompt's map went missing; type it again".into())));
+        }
+        if known.len() + fresh.len() > MAP_CACHE_CAPACITY {
+            known.clear();
+        }
+        for (text, r) in fresh {
+            known.insert((*method, options.layer_index, text.to_string()), r);
+        }
+        drop(known);
         for r in &out {
             size = r.map.size;
             maps.extend_from_slice(&r.map.map);

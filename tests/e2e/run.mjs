@@ -196,6 +196,17 @@ await test("several prompts, one map each, and the method comparison", async () 
   await page.waitForFunction(() => !document.querySelector('[data-testid="working"]'), null, { timeout: TIMEOUT });
   await page.screenshot({ path: join(shots, "06-compare-methods.png"), fullPage: true });
   await page.uncheck('[data-testid="compare"]');
+  // Reordered, with one new prompt: the worker explains only the new one and reuses the maps it
+  // has; every card must still be its own prompt's map.
+  await page.fill('[data-testid="prompts"]', "something blue\na green star\na red square");
+  await waitForCard("a green star");
+  const shown = await page.$$eval('[data-testid="map-card"]', (cs) => cs.map((c) => c.dataset.prompt));
+  assert(JSON.stringify(shown) === JSON.stringify(["something blue", "a green star", "a red square"]), `cards: ${JSON.stringify(shown)}`);
+  for (const [i, p] of shown.entries()) {
+    const r = await compareCanvas(p, nativeOverlay(scene, p, `several-${i}`));
+    assert(!r.error, r.error);
+    assert(r.mean < 0.5 && r.off < 0.005, `${p}: canvas vs native: mean ${r.mean}, off ${r.off}`);
+  }
 });
 
 await test("a corrupt file gives a message, and the next image still works", async () => {
