@@ -94,6 +94,8 @@ async function measure(model, backend) {
   const badge = (await page.textContent('[data-testid="backend"]')).trim();
   const info = await page.$eval('[data-testid="model-info"]', (e) => ({ load: +e.dataset.loadMs, warm: +e.dataset.warmupMs }));
   console.error(`# ${model.label} / ${backend}: ${badge}; page open to model ready ${open} ms (model load ${Math.round(info.load)} ms, warm-up ${Math.round(info.warm)} ms)`);
+  const reason = await page.$eval('[data-testid="backend-reason"]', (e) => e.textContent.trim()).catch(() => "");
+  if (reason) console.error(`#   why: ${reason}`);
   const software = /swiftshader|llvmpipe|lavapipe|warp/i.test(badge) && badge.startsWith("WebGPU");
   const rows = [];
   for (const size of sizes) {
@@ -129,6 +131,32 @@ async function measure(model, backend) {
   for (const r of rows) {
     console.log(`| ${model.label} | ${backend} | ${r.badge} | ${r.size} | ${ms(r.open)} | ${ms(r.image)} | ${ms(r.p0)} | ${ms(r.p2)} | ${ms(r.p7)} | ${ms(r.replace)} | ${r.note} |`);
   }
+}
+
+// The module itself: download, compile, instantiate (the page and the worker each do this).
+{
+  const { writeFileSync } = await import("node:fs");
+  writeFileSync(join(work, "blank.html"), "<!DOCTYPE html><html><body></body></html>");
+  const samples = [];
+  for (let run = 0; run < 3; run++) {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(`${base}/files/blank.html`);
+    samples.push(await page.evaluate(async () => {
+      const t0 = performance.now();
+      const bytes = await (await fetch("/app/legrad-web_bg.wasm")).arrayBuffer();
+      const t1 = performance.now();
+      const module = await WebAssembly.compile(bytes);
+      const t2 = performance.now();
+      const glue = await import("/app/legrad-web.js");
+      await glue.default({ module_or_path: module });
+      const t3 = performance.now();
+      return { fetch: t1 - t0, compile: t2 - t1, instantiate: t3 - t2, bytes: bytes.byteLength };
+    }));
+    await context.close();
+  }
+  const m = (k) => median(samples.map((s) => s[k]));
+  console.log(`wasm module: ${samples[0].bytes} bytes; fetch ${ms(m("fetch"))}, compile ${ms(m("compile"))}, instantiate and start ${ms(m("instantiate"))} (median of 3, fresh contexts)\n`);
 }
 
 console.log("| model | asked | backend used | size | page open to model ready | image encode | new prompt, 0 shown | 2 shown | 7 shown | one replaced (median of 4) | note |");

@@ -237,22 +237,36 @@ pub fn bench(args: &[String]) -> Result {
     Ok(())
 }
 
+/// The browser benchmark: builds the CLI and `dist/`, prints the module's sizes (raw and gzip),
+/// then runs `tests/e2e/bench.mjs` (every argument is passed on: `--full`, `--only default|vit`,
+/// `--backends pick,webgpu,cpu`, `--sizes 224,448`). `--dist DIR` measures another build.
 pub fn bench_web(args: &[String]) -> Result {
     setup(args)?;
     run(cargo().args(["build", "--release", "-p", "legrad-cli"]))?;
-    run(trunk().args(["build", "--release"]))?;
-    report_sizes(&root().join("dist"))?;
+    let dist = match value(args, "--dist") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            run(trunk().args(["build", "--release"]))?;
+            root().join("dist")
+        }
+    };
+    report_sizes(&dist)?;
     for f in ["legrad-web_bg.wasm", "legrad-web.js"] {
-        let path = root().join("dist").join(f);
+        let path = dist.join(f);
         if let Some(gz) = output(Command::new("sh").arg("-c").arg(format!("gzip -9 -c '{}' | wc -c", path.display()))) {
             eprintln!("{f}: gzip -9 {gz} bytes");
         }
     }
     let mut cmd = Command::new("node");
     cmd.arg("bench.mjs").current_dir(root().join("tests/e2e"));
-    cmd.env("LEGRAD_DIST", root().join("dist")).env("LEGRAD_CLI", target_dir().join("release/legrad"));
-    if flag(args, "--skip-vit") {
-        cmd.arg("--skip-vit");
+    cmd.env("LEGRAD_DIST", &dist).env("LEGRAD_CLI", target_dir().join("release/legrad"));
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        if a == "--dist" {
+            rest.next();
+        } else {
+            cmd.arg(a);
+        }
     }
     run(&mut cmd)
 }
