@@ -181,7 +181,27 @@ pub fn write_calibrated(
                 .map_err(|e| LegradError::ModelFile(e.to_string()))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, Some(metadata)).map_err(|e| LegradError::ModelFile(e.to_string()))
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| LegradError::ModelFile(e.to_string()))?;
+    canonical_header(bytes)
+}
+
+/// safetensors writes `__metadata__` in a `HashMap`'s order, which changes from run to run; the
+/// same checkpoint must give the same file. The header is rewritten with its keys sorted
+/// (`serde_json`'s map is ordered): the same JSON and the same length, so the tensor data and
+/// its alignment do not move.
+fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let err = |m: String| LegradError::ModelFile(format!("writing the model file's header: {m}"));
+    let len: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| err("no header".into()))?;
+    let n = usize::try_from(u64::from_le_bytes(len)).map_err(|e| err(e.to_string()))?;
+    let text = bytes.get(8..8 + n).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(|| err("not UTF-8".into()))?;
+    let json = text.trim_end_matches(' ');
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| err(e.to_string()))?;
+    let sorted = serde_json::to_string(&value).map_err(|e| err(e.to_string()))?;
+    if sorted.len() != json.len() {
+        return Err(err(format!("sorting changed its length ({} to {} bytes)", json.len(), sorted.len())));
+    }
+    bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    Ok(bytes)
 }
 
 /// A plain f32 safetensors state dict in open_clip's names (what `open_clip.create_model`
