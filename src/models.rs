@@ -162,8 +162,9 @@ async fn cache_get(key: &str) -> Option<Vec<u8>> {
     let response: web_sys::Response = hit.unchecked_into();
     let buffer = JsFuture::from(response.array_buffer().ok()?).await.ok()?;
     let bytes = buffer_to_bytes(&buffer.unchecked_into());
-    // A damaged entry is ignored (and replaced by the next download).
-    format::read_header(&bytes).ok().map(|_| bytes)
+    // A damaged entry (a header that does not read, tensors that fail the checksum) is ignored
+    // and replaced by the next download.
+    format::verify(&bytes).ok().map(|_| bytes)
 }
 
 async fn cache_put(key: &str, bytes: &[u8]) -> Result<(), String> {

@@ -182,26 +182,64 @@ pub fn write_calibrated(
         })
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| LegradError::ModelFile(e.to_string()))?;
-    canonical_header(bytes)
+    seal(bytes)
 }
 
-/// safetensors writes `__metadata__` in a `HashMap`'s order, which changes from run to run; the
-/// same checkpoint must give the same file. The header is rewritten with its keys sorted
-/// (`serde_json`'s map is ordered): the same JSON and the same length, so the tensor data and
-/// its alignment do not move.
-fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+/// The metadata key of the tensors' checksum: CRC-32 (IEEE) of the file's data section, every
+/// tensor's bytes as stored, in hex.
+pub const CHECKSUM_KEY: &str = "tensors_crc32";
+
+/// The header's length and the data section's start in a safetensors file.
+fn header_span(bytes: &[u8]) -> Result<(usize, usize)> {
+    let err = || LegradError::ModelFile("truncated or corrupt (no safetensors header)".into());
+    let len: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(err)?;
+    let n = usize::try_from(u64::from_le_bytes(len)).map_err(|_| err())?;
+    let start = n.checked_add(8).filter(|&s| s <= bytes.len()).ok_or_else(err)?;
+    Ok((n, start))
+}
+
+/// Finish a model file written by safetensors: its tensors' checksum goes into `__metadata__`
+/// ([`CHECKSUM_KEY`]), and the header is written with its keys sorted (safetensors writes
+/// `__metadata__` in a `HashMap`'s order, which changes from run to run; the same checkpoint must
+/// give the same file). The tensor data is not touched; the header is padded to 8 bytes as
+/// safetensors pads it.
+pub fn seal(bytes: Vec<u8>) -> Result<Vec<u8>> {
     let err = |m: String| LegradError::ModelFile(format!("writing the model file's header: {m}"));
-    let len: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| err("no header".into()))?;
-    let n = usize::try_from(u64::from_le_bytes(len)).map_err(|e| err(e.to_string()))?;
-    let text = bytes.get(8..8 + n).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(|| err("not UTF-8".into()))?;
-    let json = text.trim_end_matches(' ');
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| err(e.to_string()))?;
-    let sorted = serde_json::to_string(&value).map_err(|e| err(e.to_string()))?;
-    if sorted.len() != json.len() {
-        return Err(err(format!("sorting changed its length ({} to {} bytes)", json.len(), sorted.len())));
+    let (_, start) = header_span(&bytes)?;
+    let text = std::str::from_utf8(&bytes[8..start]).map_err(|e| err(e.to_string()))?;
+    let mut value: serde_json::Value = serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| err(e.to_string()))?;
+    let checksum = format!("{:08x}", crc32fast::hash(&bytes[start..]));
+    value
+        .as_object_mut()
+        .and_then(|o| o.get_mut("__metadata__"))
+        .and_then(|m| m.as_object_mut())
+        .ok_or_else(|| err("no __metadata__".into()))?
+        .insert(CHECKSUM_KEY.into(), serde_json::Value::String(checksum));
+    let mut header = serde_json::to_string(&value).map_err(|e| err(e.to_string()))?.into_bytes();
+    while (8 + header.len()) % 8 != 0 {
+        header.push(b' ');
     }
-    bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
-    Ok(bytes)
+    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - start);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[start..]);
+    Ok(out)
+}
+
+/// Check a model file's tensors against the checksum in its header, where it has one (files
+/// written before the checksum existed have none, and load as before).
+fn verify_checksum(bytes: &[u8], metadata: &HashMap<String, String>) -> Result<()> {
+    let Some(expected) = metadata.get(CHECKSUM_KEY) else {
+        return Ok(());
+    };
+    let (_, start) = header_span(bytes)?;
+    let found = format!("{:08x}", crc32fast::hash(&bytes[start..]));
+    if !found.eq_ignore_ascii_case(expected.trim()) {
+        return Err(LegradError::ModelFile(format!(
+            "the file is damaged: its tensors' checksum is {found}, its header says {expected} (changed or cut after it was written); download or convert it again"
+        )));
+    }
+    Ok(())
 }
 
 /// A plain f32 safetensors state dict in open_clip's names (what `open_clip.create_model`
@@ -242,6 +280,18 @@ pub fn read_header(bytes: &[u8]) -> Result<Header> {
     Ok(header)
 }
 
+/// Read the header of an app model file and check its tensors against the checksum it carries
+/// (see [`seal`]); a file without one (written before it existed) passes.
+pub fn verify(bytes: &[u8]) -> Result<Header> {
+    let header = read_header(bytes)?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| LegradError::ModelFile(format!("truncated or corrupt ({e})")))?;
+    if let Some(md) = meta.metadata().as_ref() {
+        verify_checksum(bytes, md)?;
+    }
+    Ok(header)
+}
+
 /// Load an app model file.
 pub fn read(bytes: &[u8], device: &Device) -> Result<(Clip, ModelInfo)> {
     let (map, header) = read_map(bytes)?;
@@ -258,7 +308,7 @@ pub fn read(bytes: &[u8], device: &Device) -> Result<(Clip, ModelInfo)> {
 
 /// The tensors of an app model file (quantized ones kept quantized) and its header.
 pub fn read_map(bytes: &[u8]) -> Result<(TensorMap, Header)> {
-    let header = read_header(bytes)?;
+    let header = verify(bytes)?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| LegradError::ModelFile(format!("truncated or corrupt ({e})")))?;
     let mut map = TensorMap::new();

@@ -14,7 +14,9 @@ fn path() -> std::path::PathBuf {
 fn default_model_is_small_and_self_describing() {
     let bytes = std::fs::read(path()).expect("www/models/default.safetensors");
     assert!(bytes.len() <= 20_000_000, "the shipped model is {} bytes (at most 20 MB)", bytes.len());
-    let header = format::read_header(&bytes).unwrap();
+    let header = format::verify(&bytes).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert!(String::from_utf8_lossy(&bytes[8..8 + n]).contains(format::CHECKSUM_KEY), "the shipped model carries no checksum");
     assert_eq!(header.quant, format::Quant::Q8);
     assert_eq!(header.config.vision.image_size, 224);
 }

@@ -174,6 +174,34 @@ fn bad_model_files_are_refused() {
     assert!(!map.get("visual.ln_pre.weight").unwrap().dtype.is_quantized());
 }
 
+#[test]
+fn a_damaged_tensor_is_caught_by_the_checksum() {
+    let device = burn::tensor::Device::flex();
+    let q8 = converted(Quant::Q8);
+    let start = 8 + u64::from_le_bytes(q8[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&q8[8..start]).unwrap();
+    assert!(header.contains(&format!("\"{}\":\"", format::CHECKSUM_KEY)), "no checksum in {header}");
+    assert!(format::verify(&q8).is_ok());
+    // One bit flipped in the first, a middle and the last tensor byte: safetensors alone reads
+    // such a file without complaint.
+    for at in [start, start + (q8.len() - start) / 2, q8.len() - 1] {
+        let mut bad = q8.clone();
+        bad[at] ^= 0x10;
+        for e in [format::verify(&bad).unwrap_err(), load_bytes(&bad, None, &device).map(|_| ()).unwrap_err()] {
+            assert!(matches!(e, LegradError::ModelFile(_)) && e.to_string().contains("damaged"), "byte {at}: {e}");
+        }
+    }
+    // A file written before the checksum existed (none in its header) still loads.
+    let key = format!(",\"{}\":\"", format::CHECKSUM_KEY);
+    let at = header.find(&key).unwrap();
+    let old = header[..at].to_string() + &header[at + key.len() + 9..];
+    let mut unsealed = ((old.len() as u64).to_le_bytes()).to_vec();
+    unsealed.extend_from_slice(old.as_bytes());
+    unsealed.extend_from_slice(&q8[start..]);
+    assert!(format::verify(&unsealed).is_ok());
+    load_bytes(&unsealed, None, &device).unwrap();
+}
+
 /// On a GPU the weights stay packed (the matmuls read 8 bits); on the CPU they are dequantized
 /// once at load, since burn's CPU backend would dequantize them on every matmul.
 #[test]
