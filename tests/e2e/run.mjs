@@ -120,6 +120,22 @@ async function compareCanvas(prompt, pngUrl) {
   }, { prompt, pngUrl });
 }
 
+/// Ask the page for a model by URL (the model panel's field and button).
+async function loadModelUrl(url) {
+  await page.click("details summary");
+  await page.fill('[data-testid="model-url"]', url);
+  await page.click('[data-testid="load-url"]');
+}
+
+/// A new visit (a new page in the same browser context: its Cache API is kept), asking for a
+/// model by URL once the default one is ready.
+async function freshPageLoading(query, url) {
+  page = await context.newPage();
+  await page.goto(base + SUB + query);
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+  await loadModelUrl(url);
+}
+
 async function waitForCard(prompt) {
   await page.waitForFunction((p) => [...document.querySelectorAll('[data-testid="map-card"]')].some((c) => c.dataset.prompt === p),
     prompt, { timeout: TIMEOUT });
@@ -229,21 +245,14 @@ await test("a model by URL from localhost: downloaded, converted to 8-bit, kept 
   const model = join(work, "url-model.safetensors");
   execFileSync(cli, ["convert", "--model", `random:${join(here, "url-model.json")}:3`, "--format", "openclip", "--out", model]);
   const url = `${base}/files/url-model.safetensors`;
-  await page.click("details summary");
-  await page.fill('[data-testid="model-url"]', url);
-  await page.click('[data-testid="load-url"]');
+  await loadModelUrl(url);
   await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, url, { timeout: TIMEOUT });
   const info = await page.textContent('[data-testid="model-info"]');
   assert(info.includes("converted to 8-bit"), `model info: ${info}`);
   assert(info.includes("downloaded"), `model info: ${info}`);
   await page.screenshot({ path: join(shots, "09-model-from-url.png") });
   // A new visit: the model comes from the Cache API, not the network.
-  page = await context.newPage();
-  await page.goto(base + SUB + "?backend=webgpu");
-  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
-  await page.click("details summary");
-  await page.fill('[data-testid="model-url"]', url);
-  await page.click('[data-testid="load-url"]');
+  await freshPageLoading("?backend=webgpu", url);
   await page.waitForFunction(() => document.querySelector('[data-testid="model-info"]')?.textContent.includes("from this browser's storage"), null, { timeout: TIMEOUT });
   await dropFile(scene, "scene-1.png");
   await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
@@ -264,12 +273,7 @@ await test("a model by URL from localhost: downloaded, converted to 8-bit, kept 
     return n;
   });
   assert(damaged === 1, `${damaged} cached models`);
-  page = await context.newPage();
-  await page.goto(base + SUB + "?backend=cpu");
-  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
-  await page.click("details summary");
-  await page.fill('[data-testid="model-url"]', url);
-  await page.click('[data-testid="load-url"]');
+  await freshPageLoading("?backend=cpu", url);
   await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, url, { timeout: TIMEOUT });
   const again = await page.textContent('[data-testid="model-info"]');
   assert(again.includes("downloaded") && !again.includes("from this browser's storage"), `model info after damage: ${again}`);
