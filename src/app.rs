@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leptos::prelude::*;
 use legrad::explain::Method;
 use legrad::overlay::Colormap;
+use leptos::prelude::*;
 
 use crate::bridge;
 use crate::components::{Controls, Header, ImagePanel, ModelPanel, PromptPanel, Results, StatusBar};
@@ -99,13 +99,7 @@ impl AppState {
 
     /// The prompts typed, one per line, blanks skipped.
     pub fn prompts(&self) -> Vec<String> {
-        self.prompts_text
-            .get()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect()
+        self.prompts_text.get().lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
     }
 
     pub fn load_model(&self, source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>, name: String) {
@@ -136,7 +130,8 @@ impl AppState {
             self.pending.set(false);
             return;
         }
-        let methods = if self.compare.get_untracked() { Method::ALL.to_vec() } else { vec![self.method.get_untracked()] };
+        let methods =
+            if self.compare.get_untracked() { Method::ALL.to_vec() } else { vec![self.method.get_untracked()] };
         let seq = self.next_seq.get_value();
         self.next_seq.set_value(seq + 1);
         self.pending.set(true);

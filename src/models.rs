@@ -2,9 +2,9 @@
 //! (downloaded with progress and cancel, converted to the app's 8-bit format, kept in the Cache
 //! API so that the next visit neither downloads nor converts).
 
+use legrad::LegradError;
 use legrad::format::{self, Quant};
 use legrad::load::{ConfigSource, prepare_bytes};
-use legrad::LegradError;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
@@ -45,11 +45,20 @@ pub async fn obtain(
         ModelSource::Default => {
             let bytes = download(DEFAULT_MODEL_URL, abort, progress).await?;
             let n = bytes.len() as u64;
-            Ok(Obtained { name: DEFAULT_MODEL_NAME.into(), bytes, downloaded_bytes: n, from_cache: false, notes: vec![] })
+            Ok(Obtained {
+                name: DEFAULT_MODEL_NAME.into(),
+                bytes,
+                downloaded_bytes: n,
+                from_cache: false,
+                notes: vec![],
+            })
         }
         ModelSource::File { name } => {
-            let bytes = buffers.first().map(buffer_to_bytes).ok_or_else(|| LegradError::Input("no file bytes".into()))?;
-            let config = buffers.get(1).map(|b| ConfigSource::from_json(String::from_utf8_lossy(&buffer_to_bytes(b)).into_owned()));
+            let bytes =
+                buffers.first().map(buffer_to_bytes).ok_or_else(|| LegradError::Input("no file bytes".into()))?;
+            let config = buffers
+                .get(1)
+                .map(|b| ConfigSource::from_json(String::from_utf8_lossy(&buffer_to_bytes(b)).into_owned()));
             let (bytes, notes) = convert_if_needed(bytes, config.as_ref(), &name, progress)?;
             Ok(Obtained { name, bytes, downloaded_bytes: 0, from_cache: false, notes })
         }
@@ -63,7 +72,9 @@ pub async fn obtain(
             progress(Stage::Store, 0, Some(bytes.len() as u64));
             let mut notes = notes;
             if let Err(e) = cache_put(&url, &bytes).await {
-                notes.push(format!("could not store the model in the browser ({e}); it will be downloaded again next time"));
+                notes.push(format!(
+                    "could not store the model in the browser ({e}); it will be downloaded again next time"
+                ));
             }
             Ok(Obtained { name: url, bytes, downloaded_bytes: downloaded, from_cache: false, notes })
         }
@@ -93,7 +104,11 @@ fn convert_if_needed(
     Ok((out, notes))
 }
 
-async fn download(url: &str, abort: Option<&web_sys::AbortController>, progress: &dyn Fn(Stage, u64, Option<u64>)) -> Result<Vec<u8>, LegradError> {
+async fn download(
+    url: &str,
+    abort: Option<&web_sys::AbortController>,
+    progress: &dyn Fn(Stage, u64, Option<u64>),
+) -> Result<Vec<u8>, LegradError> {
     let init = web_sys::RequestInit::new();
     if let Some(a) = abort {
         init.set_signal(Some(&a.signal()));
@@ -107,14 +122,13 @@ async fn download(url: &str, abort: Option<&web_sys::AbortController>, progress:
     })?;
     let response: web_sys::Response = response.unchecked_into();
     if !response.ok() {
-        return Err(LegradError::Input(format!("the server answered {} {} for {url}", response.status(), response.status_text())));
+        return Err(LegradError::Input(format!(
+            "the server answered {} {} for {url}",
+            response.status(),
+            response.status_text()
+        )));
     }
-    let total = response
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<u64>().ok());
+    let total = response.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok());
     let body = response.body().ok_or_else(|| LegradError::Input(format!("{url}: empty response")))?;
     let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut bytes: Vec<u8> = Vec::with_capacity(total.unwrap_or(0).min(1 << 31) as usize);

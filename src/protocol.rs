@@ -54,12 +54,17 @@ impl BackendRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Request {
     /// Initialise the compute backend.
-    Init { backend: BackendRequest },
+    Init {
+        backend: BackendRequest,
+    },
     LoadModel(ModelSource),
     /// Cancel the running download.
     Cancel,
     /// A new image; its bytes travel with the request.
-    SetImage { id: u64, name: String },
+    SetImage {
+        id: u64,
+        name: String,
+    },
     Explain(ExplainRequest),
 }
 
@@ -131,13 +136,24 @@ pub struct MapsReady {
 pub enum Response {
     /// The backend in use and why (sent at start and again when a race at model load decides).
     Backend(BackendChoice),
-    Progress { stage: Stage, done: u64, total: Option<u64> },
+    Progress {
+        stage: Stage,
+        done: u64,
+        total: Option<u64>,
+    },
     ModelReady(ModelSummary),
-    ImageReady { id: u64, width: u32, height: u32 },
+    ImageReady {
+        id: u64,
+        width: u32,
+        height: u32,
+    },
     /// Payload: the image as the model saw it (RGB bytes), then the maps (f32, method-major,
     /// then prompt, then pixels).
     Maps(MapsReady),
-    Error { about: ErrorAbout, message: String },
+    Error {
+        about: ErrorAbout,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -5,17 +5,21 @@ use legrad::overlay::{Colormap, overlay};
 use wasm_bindgen::{Clamped, JsCast};
 
 /// Draw `(1 - alpha) image + alpha heatmap` on `canvas`, at the map's size.
-pub fn draw_overlay(canvas: &web_sys::HtmlCanvasElement, rgb: &[u8], map: &[f32], (h, w): (usize, usize), alpha: f32, colormap: Colormap) {
+pub fn draw_overlay(
+    canvas: &web_sys::HtmlCanvasElement,
+    rgb: &[u8],
+    map: &[f32],
+    (h, w): (usize, usize),
+    alpha: f32,
+    colormap: Colormap,
+) {
     if rgb.len() != h * w * 3 || map.len() != h * w {
         return;
     }
     canvas.set_width(w as u32);
     canvas.set_height(h as u32);
-    let Some(ctx) = canvas
-        .get_context("2d")
-        .ok()
-        .flatten()
-        .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
+    let Some(ctx) =
+        canvas.get_context("2d").ok().flatten().and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
     else {
         return;
     };
@@ -29,10 +33,7 @@ pub fn draw_overlay(canvas: &web_sys::HtmlCanvasElement, rgb: &[u8], map: &[f32]
 /// The map as a 16-bit greyscale PNG (0 → 0, 1 → 65535): the raw numbers, lossless enough.
 pub fn map_png(map: &[f32], (h, w): (usize, usize)) -> Option<Vec<u8>> {
     use image::ImageEncoder;
-    let data: Vec<u8> = map
-        .iter()
-        .flat_map(|v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes())
-        .collect();
+    let data: Vec<u8> = map.iter().flat_map(|v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes()).collect();
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
         .write_image(&data, w as u32, h as u32, image::ExtendedColorType::L16)
@@ -63,10 +64,7 @@ pub fn download_url(url: &str, filename: &str) {
 
 /// A filename-safe version of a prompt.
 pub fn slug(text: &str) -> String {
-    let s: String = text
-        .chars()
-        .map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect();
+    let s: String = text.chars().map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     let s = s.trim_matches('-').to_string();
     if s.is_empty() { "map".into() } else { s.chars().take(40).collect() }
 }

@@ -172,9 +172,13 @@ async fn adapter_description() -> Option<(String, bool)> {
     let promise: js_sys::Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
     let adapter = JsFuture::from(promise).await.ok().filter(|a| !a.is_null())?;
     let info = js_sys::Reflect::get(&adapter, &"info".into()).ok()?;
-    let field = |k: &str| js_sys::Reflect::get(&info, &k.into()).ok().and_then(|v| v.as_string()).filter(|s| !s.is_empty());
-    let parts: Vec<String> = ["vendor", "architecture", "description", "device"].iter().filter_map(|k| field(k)).collect();
-    let flag = |obj: &JsValue| js_sys::Reflect::get(obj, &"isFallbackAdapter".into()).ok().and_then(|v| v.as_bool()).unwrap_or(false);
+    let field =
+        |k: &str| js_sys::Reflect::get(&info, &k.into()).ok().and_then(|v| v.as_string()).filter(|s| !s.is_empty());
+    let parts: Vec<String> =
+        ["vendor", "architecture", "description", "device"].iter().filter_map(|k| field(k)).collect();
+    let flag = |obj: &JsValue| {
+        js_sys::Reflect::get(obj, &"isFallbackAdapter".into()).ok().and_then(|v| v.as_bool()).unwrap_or(false)
+    };
     let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(" / ") };
     let software = flag(&info) || flag(&adapter) || is_software_adapter(&name);
     Some((name, software))
@@ -183,7 +187,9 @@ async fn adapter_description() -> Option<(String, bool)> {
 /// Adapters that are software renderers, by name.
 pub fn is_software_adapter(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["swiftshader", "llvmpipe", "lavapipe", "softpipe", "microsoft basic render", "warp"].iter().any(|s| name.contains(s))
+    ["swiftshader", "llvmpipe", "lavapipe", "softpipe", "microsoft basic render", "warp"]
+        .iter()
+        .any(|s| name.contains(s))
 }
 
 fn cpu_choice(reason: String, on_cpu: bool) -> BackendChoice {
@@ -271,7 +277,13 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         name: loaded.name,
         description: format!(
             "ViT width {} × {} layers, patch {}, {} px; text width {} × {} layers; embedding {}",
-            c.vision.width, c.vision.layers, c.vision.patch_size, c.vision.image_size, c.text.width, c.text.layers, c.embed_dim
+            c.vision.width,
+            c.vision.layers,
+            c.vision.patch_size,
+            c.vision.image_size,
+            c.text.width,
+            c.text.layers,
+            c.embed_dim
         ),
         format: engine.info.source_format.clone(),
         native_size: native,
@@ -331,7 +343,12 @@ async fn race(bytes: &[u8], gpu: Device, adapter: String) -> Result<Rc<Engine>, 
     let gpu_prompt_s = if text_on_cpu { g.new_prompt_s - g.text_s + c.text_s } else { g.new_prompt_s };
     let gpu_wins = g.image_s + PROMPTS_PER_IMAGE * gpu_prompt_s <= c.image_s + PROMPTS_PER_IMAGE * c.new_prompt_s;
     let ms = |v: f64| v * 1e3;
-    let race = Race { gpu_prompt_ms: ms(gpu_prompt_s), cpu_prompt_ms: ms(c.new_prompt_s), gpu_image_ms: ms(g.image_s), cpu_image_ms: ms(c.image_s) };
+    let race = Race {
+        gpu_prompt_ms: ms(gpu_prompt_s),
+        cpu_prompt_ms: ms(c.new_prompt_s),
+        gpu_image_ms: ms(g.image_s),
+        cpu_image_ms: ms(c.image_s),
+    };
     let timings = format!(
         "a new prompt {:.0} ms on the GPU, {:.0} ms on the CPU; an image about {:.0} ms and {:.0} ms",
         race.gpu_prompt_ms, race.cpu_prompt_ms, race.gpu_image_ms, race.cpu_image_ms
@@ -348,7 +365,9 @@ async fn race(bytes: &[u8], gpu: Device, adapter: String) -> Result<Rc<Engine>, 
         (engine, gpu, BackendChoice { name: "WebGPU".into(), adapter, reason, on_cpu: false, race: Some(race) })
     } else {
         drop(on_gpu);
-        let reason = format!("On the CPU: timed at load, it is faster for this model here ({timings}). ?backend=webgpu forces the GPU.");
+        let reason = format!(
+            "On the CPU: timed at load, it is faster for this model here ({timings}). ?backend=webgpu forces the GPU."
+        );
         (on_cpu, Device::flex(), BackendChoice { race: Some(race), ..cpu_choice(reason, false) })
     };
     STATE.with(|s| {
@@ -367,11 +386,7 @@ async fn place_text(gpu: Engine, bytes: &[u8]) -> Result<(Engine, Option<String>
     let (clip, info) = legrad::load::load_bytes(bytes, None, &Device::flex())?;
     let cpu = Engine::new(clip, info)?;
     let (g, c) = (gpu.text_speed(RACE_RUNS).await?, cpu.text_speed(RACE_RUNS).await?);
-    if c < g {
-        Ok((gpu.with_text_tower(cpu.into_text_tower()), Some(text_note(c, g))))
-    } else {
-        Ok((gpu, None))
-    }
+    if c < g { Ok((gpu.with_text_tower(cpu.into_text_tower()), Some(text_note(c, g)))) } else { Ok((gpu, None)) }
 }
 
 fn text_note(cpu_s: f64, gpu_s: f64) -> String {
@@ -421,7 +436,14 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
             for method in &req.methods {
                 engine.warm_up_prompts(&trace, *method, &options).await.map_err(e(ErrorAbout::Explain))?;
             }
-            let c = Rc::new(CachedTrace { image_id, size: req.size, request: request.clone(), trace, rgb, maps: RefCell::default() });
+            let c = Rc::new(CachedTrace {
+                image_id,
+                size: req.size,
+                request: request.clone(),
+                trace,
+                rgb,
+                maps: RefCell::default(),
+            });
             STATE.with(|s| s.borrow_mut().trace = Some(c.clone()));
             c
         }
@@ -452,7 +474,12 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
         let fresh: HashMap<&str, ExplainedPrompt> = missing.iter().map(|p| p.text.as_str()).zip(fresh).collect();
         let out: Vec<ExplainedPrompt> = prompts
             .iter()
-            .filter_map(|p| fresh.get(p.text.as_str()).or_else(|| known.get(&key(p))).map(|r| ExplainedPrompt { prompt: p.prompt.clone(), ..r.clone() }))
+            .filter_map(|p| {
+                fresh
+                    .get(p.text.as_str())
+                    .or_else(|| known.get(&key(p)))
+                    .map(|r| ExplainedPrompt { prompt: p.prompt.clone(), ..r.clone() })
+            })
             .collect();
         if out.len() != prompts.len() {
             return Err((ErrorAbout::Explain, LegradError::Input("a prompt's map went missing; type it again".into())));
@@ -471,14 +498,21 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
         if results.is_empty() {
             results = out
                 .iter()
-                .map(|r| PromptResult { prompt: r.prompt.clone(), text: r.text.clone(), score: r.score, truncated: r.truncated, constant: r.map.constant })
+                .map(|r| PromptResult {
+                    prompt: r.prompt.clone(),
+                    text: r.text.clone(),
+                    score: r.score,
+                    truncated: r.truncated,
+                    constant: r.map.constant,
+                })
                 .collect();
         }
     }
     let explain_ms = t1.elapsed().as_secs_f64() * 1e3;
     // The overlay is drawn on what the model saw, cropped to the maps (grid × patch).
     let full = req.size as usize;
-    let rgb: Vec<u8> = (0..size.0).flat_map(|y| cached.rgb[y * full * 3..(y * full + size.1) * 3].iter().copied()).collect();
+    let rgb: Vec<u8> =
+        (0..size.0).flat_map(|y| cached.rgb[y * full * 3..(y * full + size.1) * 3].iter().copied()).collect();
     let ready = MapsReady {
         seq: req.seq,
         image_id,

@@ -8,11 +8,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use burn::tensor::Device;
+use legrad::InputSize;
 use legrad::engine::{DEFAULT_TEMPLATE, Engine};
 use legrad::explain::{ExplainOptions, Method};
 use legrad::format::{self, Quant};
 use legrad::load::{ConfigSource, load_bytes, prepare_bytes};
-use legrad::InputSize;
 use wasm_bindgen_test::*;
 
 // In a dedicated worker, as the app runs its engine: the page (and chromedriver, which polls it)
@@ -138,7 +138,12 @@ async fn webgpu_quantized_round_trip() {
     let prepared = prepare_bytes(MODEL, Some(&ConfigSource::from_json(CONFIG.to_string()))).unwrap();
     for (quant, bar) in [(Quant::Q8, 0.99), (Quant::Q4, 0.90)] {
         let bytes = format::write(&prepared.map, &prepared.config, quant, "test").unwrap();
-        assert!(bytes.len() * 3 < MODEL.len() * 2, "{quant:?} file not smaller than f16: {} vs {}", bytes.len(), MODEL.len());
+        assert!(
+            bytes.len() * 3 < MODEL.len() * 2,
+            "{quant:?} file not smaller than f16: {} vs {}",
+            bytes.len(),
+            MODEL.len()
+        );
         let (clip, info) = load_bytes(&bytes, None, &device).unwrap();
         let quantized = Engine::new(clip, info).unwrap();
         let exp = expected(EXPECTED);
@@ -168,7 +173,9 @@ async fn webgpu_fused_kernel_matches_its_plain_twin() {
     for (p, n, h, d) in [(1usize, 17usize, 2usize, 32usize), (3, 50, 2, 24), (2, 197, 4, 64)] {
         let dc = Tensor::<3>::random([p, n, h * d], Distribution::Normal(0.0, 1.0), &device);
         let values = Tensor::<3>::random([h, n, d], Distribution::Normal(0.0, 1.0), &device);
-        let plain = legrad::engine::read_f32(legrad::explain::legrad::relevance_plain(dc.clone(), values.clone())).await.unwrap();
+        let plain = legrad::engine::read_f32(legrad::explain::legrad::relevance_plain(dc.clone(), values.clone()))
+            .await
+            .unwrap();
         let fused = legrad::engine::read_f32(legrad::explain::kernel::relevance_fused(dc, values)).await.unwrap();
         let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs()));
         let diff = max_abs_diff(&plain, &fused);

@@ -1,6 +1,6 @@
-use leptos::prelude::*;
 use legrad::explain::Method;
 use legrad::overlay::Colormap;
+use leptos::prelude::*;
 
 use crate::app::{AppState, ModelStatus};
 

@@ -20,16 +20,17 @@ pub const SAMPLES: [(&str, &str); 4] = [
 /// anything else is tried as an image.
 pub fn take_files(state: AppState, files: Vec<web_sys::File>) {
     let (models, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| is_model_file(&f.name()));
-    let (configs, images): (Vec<_>, Vec<_>) = rest.into_iter().partition(|f| f.name().to_ascii_lowercase().ends_with(".json"));
+    let (configs, images): (Vec<_>, Vec<_>) =
+        rest.into_iter().partition(|f| f.name().to_ascii_lowercase().ends_with(".json"));
     spawn_local(async move {
         if let Some(model) = models.first() {
             let name = model.name();
             let Some(bytes) = file_bytes(model).await else { return };
             let mut buffers = vec![bytes];
-            if let Some(cfg) = configs.first() {
-                if let Some(c) = file_bytes(cfg).await {
-                    buffers.push(c);
-                }
+            if let Some(cfg) = configs.first()
+                && let Some(c) = file_bytes(cfg).await
+            {
+                buffers.push(c);
             }
             state.load_model(ModelSource::File { name: name.clone() }, buffers, name);
         } else if let Some(image) = images.first() {
@@ -37,7 +38,9 @@ pub fn take_files(state: AppState, files: Vec<web_sys::File>) {
                 state.set_image(image.name(), bytes);
             }
         } else if !configs.is_empty() {
-            state.image.set(ImageStatus::Failed("a config.json alone is not a model: drop it together with the weights file".into()));
+            state.image.set(ImageStatus::Failed(
+                "a config.json alone is not a model: drop it together with the weights file".into(),
+            ));
         }
     });
 }
@@ -91,7 +94,8 @@ pub fn ImagePanel() -> impl IntoView {
             }
         });
     };
-    let status = move || match state.image.get() {
+    let status = move || {
+        match state.image.get() {
         ImageStatus::Empty => view! { <p class="hint">"Drop an image anywhere on the page, paste one, pick a file, or try a sample."</p> }.into_any(),
         ImageStatus::Decoding(name) => view! { <p class="hint">{format!("Reading {name}…")}</p> }.into_any(),
         ImageStatus::Ready { name, width, height, .. } => {
@@ -100,6 +104,7 @@ pub fn ImagePanel() -> impl IntoView {
         ImageStatus::Failed(msg) => view! {
             <p class="error" role="alert" data-testid="image-error">{msg}" Try another file: PNG, JPEG, GIF, WebP, BMP, TIFF…"</p>
         }.into_any(),
+    }
     };
     view! {
         <div class=move || overlay_class(dragging.get()) aria-hidden="true">"Drop an image or a model file"</div>

@@ -21,7 +21,8 @@ pub fn ModelPanel() -> impl IntoView {
         }
         state.load_model(ModelSource::Url { url: u.clone() }, vec![], u);
     };
-    let info = move || match state.model.get() {
+    let info = move || {
+        match state.model.get() {
         ModelStatus::Ready(m) => {
             let size = if m.from_cache {
                 format!("from this browser's storage: {}", human_bytes(m.stored_bytes))
@@ -44,6 +45,7 @@ pub fn ModelPanel() -> impl IntoView {
         ModelStatus::Failed(msg) => view! {
             <p class="error" role="alert" data-testid="model-error">{msg}" The previous model, if any, is gone: load another one."</p>
         }.into_any(),
+    }
     };
     view! {
         <fieldset class="panel">

@@ -17,10 +17,7 @@ pub fn Results() -> impl IntoView {
             } else {
                 (0..prompts).map(|p| (0, p)).collect()
             };
-            pairs
-                .into_iter()
-                .map(|(m, p)| view! { <MapCard method=m prompt=p /> })
-                .collect_view()
+            pairs.into_iter().map(|(m, p)| view! { <MapCard method=m prompt=p /> }).collect_view()
         })
     };
     let seq = move || state.results.get().map(|r| r.ready.seq.to_string()).unwrap_or_default();
@@ -66,19 +63,19 @@ fn MapCard(method: usize, prompt: usize) -> impl IntoView {
         }
     };
     let export_overlay = move |_| {
-        if let Some(c) = canvas.get_untracked() {
-            if let Ok(url) = c.to_data_url() {
-                let name = info().map(|(_, p)| slug(&p.prompt)).unwrap_or_default();
-                download_url(&url, &format!("legrad-{name}.png"));
-            }
+        if let Some(c) = canvas.get_untracked()
+            && let Ok(url) = c.to_data_url()
+        {
+            let name = info().map(|(_, p)| slug(&p.prompt)).unwrap_or_default();
+            download_url(&url, &format!("legrad-{name}.png"));
         }
     };
     let export_map = move |_| {
-        if let Some(r) = state.results.get_untracked() {
-            if let Some(png) = map_png(r.map(method, prompt), r.ready.size) {
-                let name = info().map(|(_, p)| slug(&p.prompt)).unwrap_or_default();
-                download(&png, &format!("legrad-{name}-map16.png"), "image/png");
-            }
+        if let Some(r) = state.results.get_untracked()
+            && let Some(png) = map_png(r.map(method, prompt), r.ready.size)
+        {
+            let name = info().map(|(_, p)| slug(&p.prompt)).unwrap_or_default();
+            download(&png, &format!("legrad-{name}-map16.png"), "image/png");
         }
     };
     view! {

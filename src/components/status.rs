@@ -35,7 +35,8 @@ pub fn StatusBar() -> impl IntoView {
     let timing = move || {
         state.results.get().map(|r| {
             let m = &r.ready;
-            let image = if m.traced { format!("image encoded in {:.0} ms, ", m.image_ms) } else { "image cached, ".into() };
+            let image =
+                if m.traced { format!("image encoded in {:.0} ms, ", m.image_ms) } else { "image cached, ".into() };
             format!("{image}{} map(s) in {:.0} ms", m.prompts.len() * m.methods.len(), m.explain_ms)
         })
     };

@@ -20,9 +20,7 @@ fn root() -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
 fn cargo() -> Command {
@@ -32,11 +30,7 @@ fn cargo() -> Command {
 fn run(cmd: &mut Command) -> Result {
     eprintln!("$ {cmd:?}");
     let status = cmd.current_dir_if_unset().status().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?} failed ({status})"))
-    }
+    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed ({status})")) }
 }
 
 trait CurrentDir {
@@ -70,10 +64,10 @@ fn wasm_bindgen_version() -> Result<String> {
     let lock = std::fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("Cargo.lock: {e}"))?;
     let mut lines = lock.lines();
     while let Some(l) = lines.next() {
-        if l == "name = \"wasm-bindgen\"" {
-            if let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \"")) {
-                return Ok(v.trim_end_matches('"').to_string());
-            }
+        if l == "name = \"wasm-bindgen\""
+            && let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \""))
+        {
+            return Ok(v.trim_end_matches('"').to_string());
         }
     }
     Err("wasm-bindgen is not in Cargo.lock".into())
@@ -92,6 +86,12 @@ pub fn setup(_args: &[String]) -> Result {
     let targets = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if !targets.lines().any(|l| l == "wasm32-unknown-unknown") {
         run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    let components = output(Command::new("rustup").args(["component", "list", "--installed"])).unwrap_or_default();
+    for c in ["rustfmt", "clippy"] {
+        if !components.lines().any(|l| l.starts_with(c)) {
+            run(Command::new("rustup").args(["component", "add", c]))?;
+        }
     }
     let wb = wasm_bindgen_version()?;
     let have_wb = output(Command::new(cargo_bin("wasm-bindgen")).arg("--version")).unwrap_or_default();
@@ -155,6 +155,9 @@ fn report_sizes(dir: &Path) -> Result {
 pub fn test(args: &[String]) -> Result {
     let xdg = std::env::temp_dir().join("legrad-xdg");
     let _ = std::fs::create_dir_all(&xdg);
+    // 0. House rules: formatting, and clippy with warnings as errors, natively and for the
+    //    browser's target (the core's integration tests are native-only: its library there).
+    house_rules()?;
     // 1. Native: the core on burn's CPU backend and on wgpu (Vulkan; lavapipe without a GPU).
     run(cargo()
         .args(["test", "--release", "--workspace", "--exclude", "xtask", "--exclude", "legrad-web"])
@@ -166,6 +169,20 @@ pub fn test(args: &[String]) -> Result {
         return Ok(());
     }
     web_tests(args)
+}
+
+/// `cargo fmt --check` and `cargo clippy -D warnings`, native and wasm32.
+pub fn house_rules() -> Result {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    let clippy = |target: &[&str], what: &[&str]| {
+        let mut c = cargo();
+        c.arg("clippy").args(what).args(target).args(["--", "-D", "warnings"]);
+        run(&mut c)
+    };
+    clippy(&[], &["--workspace", "--all-targets"])?;
+    let wasm = ["--target", "wasm32-unknown-unknown"];
+    clippy(&wasm, &["-p", "legrad-web", "--all-targets"])?;
+    clippy(&wasm, &["-p", "legrad", "--lib"])
 }
 
 fn web_tests(args: &[String]) -> Result {
@@ -201,13 +218,36 @@ pub fn bench(args: &[String]) -> Result {
     for size in value(args, "--sizes").unwrap_or("224,448").split(',') {
         for prompts in value(args, "--prompts").unwrap_or("1,8").split(',') {
             let ours = output(Command::new(&legrad).args([
-                "bench", "--model", "random:ViT-B-16:0", "--size", size, "--prompts", prompts, "--threads", threads,
-                "--runs", runs, "--json",
+                "bench",
+                "--model",
+                "random:ViT-B-16:0",
+                "--size",
+                size,
+                "--prompts",
+                prompts,
+                "--threads",
+                threads,
+                "--runs",
+                runs,
+                "--json",
             ]))
             .ok_or("legrad bench failed")?;
             let theirs = output(
                 Command::new(&python)
-                    .args(["-W", "ignore", "tools/reference/bench.py", "--size", size, "--prompts", prompts, "--threads", threads, "--runs", runs, "--json"])
+                    .args([
+                        "-W",
+                        "ignore",
+                        "tools/reference/bench.py",
+                        "--size",
+                        size,
+                        "--prompts",
+                        prompts,
+                        "--threads",
+                        threads,
+                        "--runs",
+                        runs,
+                        "--json",
+                    ])
                     .current_dir(root()),
             )
             .ok_or("tools/reference/bench.py failed")?;
@@ -223,15 +263,35 @@ pub fn bench(args: &[String]) -> Result {
             let ms = |v: f64| format!("{:.1} ms", v * 1e3);
             let mb = |v: f64| format!("{:.0} MiB", v / (1 << 20) as f64);
             for (step, a, b) in [
-                ("image forward (ours: with trace; ref: no grad)", get(&ours, "image_forward_with_trace_s"), get(&theirs, "image_forward_s")),
-                ("explain on cached image (ref: compute_legrad_clip(image=None))", get(&ours, "explain_cached_text_s"), get(&theirs, "legrad_cached_s")),
+                (
+                    "image forward (ours: with trace; ref: no grad)",
+                    get(&ours, "image_forward_with_trace_s"),
+                    get(&theirs, "image_forward_s"),
+                ),
+                (
+                    "explain on cached image (ref: compute_legrad_clip(image=None))",
+                    get(&ours, "explain_cached_text_s"),
+                    get(&theirs, "legrad_cached_s"),
+                ),
                 ("new prompt incl. text encoding (ours)", get(&ours, "explain_new_prompts_s"), f64::NAN),
-                ("image forward + LeGrad (ref: compute_legrad_clip(image))", get(&ours, "image_forward_with_trace_s") + get(&ours, "explain_cached_text_s"), get(&theirs, "legrad_full_s")),
+                (
+                    "image forward + LeGrad (ref: compute_legrad_clip(image))",
+                    get(&ours, "image_forward_with_trace_s") + get(&ours, "explain_cached_text_s"),
+                    get(&theirs, "legrad_full_s"),
+                ),
                 ("text encoding", get(&ours, "text_encode_s"), get(&theirs, "text_encode_s")),
             ] {
-                println!("| {size} | {prompts} | {step} | {} | {} |", ms(a), if b.is_nan() { "-".into() } else { ms(b) });
+                println!(
+                    "| {size} | {prompts} | {step} | {} | {} |",
+                    ms(a),
+                    if b.is_nan() { "-".into() } else { ms(b) }
+                );
             }
-            println!("| {size} | {prompts} | peak RSS | {} | {} |", mb(get(&ours, "peak_rss_bytes")), mb(get(&theirs, "peak_rss_bytes")));
+            println!(
+                "| {size} | {prompts} | peak RSS | {} | {} |",
+                mb(get(&ours, "peak_rss_bytes")),
+                mb(get(&theirs, "peak_rss_bytes"))
+            );
         }
     }
     Ok(())

@@ -154,9 +154,8 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
     let options = ExplainOptions { layer_index: args.layer_index };
     let request = engine.request_for(&[Method::LeGrad], &options)?;
     // Deterministic pixels: timings do not depend on content.
-    let pixels: Vec<f32> = (0..3 * size.width * size.height)
-        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
+    let pixels: Vec<f32> =
+        (0..3 * size.width * size.height).map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 500.0 - 1.0).collect();
     let words = ["cat", "dog", "remote control", "red circle", "tree", "car", "person", "sky", "boat", "lamp"];
     let batch = |round: usize, count: usize| -> Vec<String> {
         (0..count).map(|i| format!("{} {round} {i}", words[(i + round) % words.len()])).collect()
@@ -172,7 +171,8 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         let (_, s) = measure(&engine, || pollster::block_on(engine.warm_up(size, &options)))?;
         warm_s.samples.push(s);
     }
-    let (mut trace_s, mut text_s, mut cached_s, mut new_s) = (Step::default(), Step::default(), Step::default(), Step::default());
+    let (mut trace_s, mut text_s, mut cached_s, mut new_s) =
+        (Step::default(), Step::default(), Step::default(), Step::default());
     let mut trace = None;
     for r in 0..=args.runs {
         // A new image: the traced forward, read back as the app reads it.
@@ -255,7 +255,10 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         args.runs
     );
     let count = |c: Option<usize>| c.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-    println!("  {:<32} {:>10} {:>9} {:>9}   {:>10} {:>9} {:>9}", "step", "first ms", "launches", "compiled", "steady ms", "launches", "compiled");
+    println!(
+        "  {:<32} {:>10} {:>9} {:>9}   {:>10} {:>9} {:>9}",
+        "step", "first ms", "launches", "compiled", "steady ms", "launches", "compiled"
+    );
     for (name, step) in [
         ("warm-up (at load)", &warm_s),
         ("image forward with trace", &trace_s),
@@ -268,7 +271,11 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         let has_steady = step.samples.len() > 1;
         let shown = |v: String| if counting { v } else { "-".into() };
         let (sms, sl, sc) = if has_steady {
-            (format!("{:.1}", step.steady_secs() * 1e3), shown(steady.launches.to_string()), shown(count(steady.compilations)))
+            (
+                format!("{:.1}", step.steady_secs() * 1e3),
+                shown(steady.launches.to_string()),
+                shown(count(steady.compilations)),
+            )
         } else {
             ("-".into(), "-".into(), "-".into())
         };
@@ -286,7 +293,14 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
     if counting && !per_count.is_empty() {
         let line: Vec<String> = per_count
             .iter()
-            .map(|v| format!("{}: {} ms, {} compiled", v["prompts"], (v["s"].as_f64().unwrap_or(f64::NAN) * 1e3).round(), count(v["compilations"].as_u64().map(|c| c as usize))))
+            .map(|v| {
+                format!(
+                    "{}: {} ms, {} compiled",
+                    v["prompts"],
+                    (v["s"].as_f64().unwrap_or(f64::NAN) * 1e3).round(),
+                    count(v["compilations"].as_u64().map(|c| c as usize))
+                )
+            })
             .collect();
         println!("  new prompts by count (once each)  {}", line.join("; "));
     }

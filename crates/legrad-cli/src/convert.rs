@@ -43,7 +43,10 @@ enum OutputFormat {
 
 /// A random model from a preset name or an open_clip JSON config file: `random:<name or
 /// path>[:seed]`.
-pub fn random_model(spec: &str, config: Option<&legrad::load::ConfigSource>) -> Result<legrad::load::Prepared, LegradError> {
+pub fn random_model(
+    spec: &str,
+    config: Option<&legrad::load::ConfigSource>,
+) -> Result<legrad::load::Prepared, LegradError> {
     let (name, seed) = match spec.rsplit_once(':') {
         Some((n, s)) if s.chars().all(|c| c.is_ascii_digit()) => (n, s),
         _ => (spec, "0"),
@@ -53,7 +56,9 @@ pub fn random_model(spec: &str, config: Option<&legrad::load::ConfigSource>) -> 
         None if name.ends_with(".json") => legrad::ClipConfig::from_openclip_json(
             &std::fs::read_to_string(name).map_err(|e| LegradError::Io { path: name.into(), source: e })?,
         )?,
-        None => legrad::ClipConfig::preset(name).ok_or_else(|| LegradError::Config(format!("no preset named '{name}'")))?,
+        None => {
+            legrad::ClipConfig::preset(name).ok_or_else(|| LegradError::Config(format!("no preset named '{name}'")))?
+        }
     };
     let seed = seed.parse().map_err(|_| LegradError::Input(format!("bad seed in '{spec}'")))?;
     Ok(legrad::load::Prepared {
@@ -103,7 +108,9 @@ pub fn convert(args: ConvertArgs) -> Result<(), LegradError> {
     };
     let source = format!("{} ({})", model, prepared.source_format);
     let bytes = match args.format {
-        OutputFormat::App => format::write_calibrated(&prepared.map, &prepared.config, args.quant, &source, &hessians, &mut |_, _| {})?,
+        OutputFormat::App => {
+            format::write_calibrated(&prepared.map, &prepared.config, args.quant, &source, &hessians, &mut |_, _| {})?
+        }
         OutputFormat::Openclip => format::write_plain(&prepared.map)?,
     };
     std::fs::write(&args.out, &bytes).map_err(|e| LegradError::io_path(&args.out, e))?;
@@ -196,8 +203,16 @@ fn run_side(engine: &Engine, args: &FidelityArgs) -> Result<Side, LegradError> {
 }
 
 pub fn fidelity(args: FidelityArgs) -> Result<(), LegradError> {
-    let reference = load_engine(&ModelArgs { model: Some(args.reference.clone()), config: args.config.clone(), backend: crate::BackendChoice::Cpu })?;
-    let candidate = load_engine(&ModelArgs { model: Some(args.candidate.clone()), config: None, backend: crate::BackendChoice::Cpu })?;
+    let reference = load_engine(&ModelArgs {
+        model: Some(args.reference.clone()),
+        config: args.config.clone(),
+        backend: crate::BackendChoice::Cpu,
+    })?;
+    let candidate = load_engine(&ModelArgs {
+        model: Some(args.candidate.clone()),
+        config: None,
+        backend: crate::BackendChoice::Cpu,
+    })?;
     let a = run_side(&reference, &args)?;
     let b = run_side(&candidate, &args)?;
     let corr: Vec<f64> = a.maps.iter().zip(&b.maps).map(|(x, y)| pearson(x, y)).collect();
@@ -212,8 +227,10 @@ pub fn fidelity(args: FidelityArgs) -> Result<(), LegradError> {
         let options = ExplainOptions::default();
         let zs_a = pollster::block_on(zero_shot(&reference, 1, args.scenes, args.size))?;
         let zs_b = pollster::block_on(zero_shot(&candidate, 1, args.scenes, args.size))?;
-        let pg_a = pollster::block_on(localization(&reference, Method::LeGrad, &options, 1, args.scenes, args.size))?.pointing;
-        let pg_b = pollster::block_on(localization(&candidate, Method::LeGrad, &options, 1, args.scenes, args.size))?.pointing;
+        let pg_a =
+            pollster::block_on(localization(&reference, Method::LeGrad, &options, 1, args.scenes, args.size))?.pointing;
+        let pg_b =
+            pollster::block_on(localization(&candidate, Method::LeGrad, &options, 1, args.scenes, args.size))?.pointing;
         task = Some((zs_a, zs_b, pg_a, pg_b));
     }
     let size = std::fs::metadata(&args.candidate).map(|m| m.len()).unwrap_or(0);
@@ -228,7 +245,14 @@ pub fn fidelity(args: FidelityArgs) -> Result<(), LegradError> {
             })
         );
     } else {
-        println!("candidate {} ({:.1} MB) vs {} at {} px, {} maps", args.candidate.display(), size as f64 / 1e6, args.reference.display(), args.size, corr.len());
+        println!(
+            "candidate {} ({:.1} MB) vs {} at {} px, {} maps",
+            args.candidate.display(),
+            size as f64 / 1e6,
+            args.reference.display(),
+            args.size,
+            corr.len()
+        );
         println!("  LeGrad maps Pearson r       mean {:.5}  min {:.5}", mean(&corr), min(&corr));
         println!("  top-10% region overlap      mean {:.4}  min {:.4}", mean(&overlap), min(&overlap));
         println!("  image embedding cosine      min {:.6}", min(&img_cos));
@@ -255,13 +279,17 @@ mod tests {
             calibrate,
             out: "/nonexistent-out".into(),
         };
-        for (quant, format) in [(Quant::F32, OutputFormat::App), (Quant::F16, OutputFormat::App), (Quant::Q8, OutputFormat::Openclip)] {
+        for (quant, format) in
+            [(Quant::F32, OutputFormat::App), (Quant::F16, OutputFormat::App), (Quant::Q8, OutputFormat::Openclip)]
+        {
             match convert(args(quant, format, Some(16))) {
                 Err(LegradError::Input(m)) => assert!(m.contains("--calibrate 16"), "{m}"),
                 other => panic!("{quant:?} {format:?}: {:?}", other.err()),
             }
         }
         // `--calibrate 0` asks for nothing; the missing file is then the error.
-        assert!(!matches!(convert(args(Quant::F32, OutputFormat::App, Some(0))), Err(LegradError::Input(m)) if m.contains("--calibrate")));
+        assert!(
+            !matches!(convert(args(Quant::F32, OutputFormat::App, Some(0))), Err(LegradError::Input(m)) if m.contains("--calibrate"))
+        );
     }
 }

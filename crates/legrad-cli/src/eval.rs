@@ -42,17 +42,31 @@ pub fn run(args: EvalArgs) -> Result<(), LegradError> {
     for m in &methods {
         let r = pollster::block_on(localization(&engine, *m, &options, args.seed, args.scenes, args.size))?;
         if !args.json {
-            eprintln!("{:<13} pointing {:.3}  mIoU {:.3}  {:.1} ms/map  ({} maps)", m.name(), r.pointing, r.miou, r.ms_per_map, r.maps);
+            eprintln!(
+                "{:<13} pointing {:.3}  mIoU {:.3}  {:.1} ms/map  ({} maps)",
+                m.name(),
+                r.pointing,
+                r.miou,
+                r.ms_per_map,
+                r.maps
+            );
         }
         rows.push((m, r));
     }
-    let zs = if args.zero_shot > 0 { Some(pollster::block_on(zero_shot(&engine, args.seed, args.zero_shot, args.size))?) } else { None };
+    let zs = if args.zero_shot > 0 {
+        Some(pollster::block_on(zero_shot(&engine, args.seed, args.zero_shot, args.size))?)
+    } else {
+        None
+    };
     if args.json {
         let rows: Vec<_> = rows
             .iter()
             .map(|(m, r)| serde_json::json!({"method": m.name(), "pointing_game": r.pointing, "miou": r.miou, "ms_per_map": r.ms_per_map, "maps": r.maps}))
             .collect();
-        println!("{}", serde_json::json!({"scenes": args.scenes, "seed": args.seed, "size": args.size, "layer_index": args.layer_index, "zero_shot_top1": zs, "methods": rows}));
+        println!(
+            "{}",
+            serde_json::json!({"scenes": args.scenes, "seed": args.seed, "size": args.size, "layer_index": args.layer_index, "zero_shot_top1": zs, "methods": rows})
+        );
     } else {
         println!("| method | pointing game | mIoU (map ≥ 0.5) | time per map |");
         println!("|---|---|---|---|");
@@ -60,7 +74,12 @@ pub fn run(args: EvalArgs) -> Result<(), LegradError> {
             println!("| {} | {:.1}% | {:.1}% | {:.1} ms |", m.name(), 100.0 * r.pointing, 100.0 * r.miou, r.ms_per_map);
         }
         if let Some(z) = zs {
-            println!("\nzero-shot top-1 over {} colour x shape names on {} single-object scenes: {:.1}%", scenes::all_names().len(), args.zero_shot, 100.0 * z);
+            println!(
+                "\nzero-shot top-1 over {} colour x shape names on {} single-object scenes: {:.1}%",
+                scenes::all_names().len(),
+                args.zero_shot,
+                100.0 * z
+            );
         }
     }
     Ok(())

@@ -214,7 +214,8 @@ pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
     if let Some(spec) = model.to_str().and_then(|s| s.strip_prefix("random:")) {
         // random:<preset or config.json>[:seed], e.g. random:ViT-B-16:0, for benchmarks.
         let p = convert::random_model(spec, config.as_ref())?;
-        let (clip, info) = legrad::load::from_tensor_map(p.map, Some(&ConfigSource::Config(p.config)), &device(args.backend))?;
+        let (clip, info) =
+            legrad::load::from_tensor_map(p.map, Some(&ConfigSource::Config(p.config)), &device(args.backend))?;
         return Engine::new(clip, info);
     }
     let (clip, info) = load_path(model, config, &device(args.backend))?;
@@ -237,18 +238,7 @@ fn read_input(input: &ImageInput, size: InputSize) -> CliResult<(Vec<f32>, Input
 
 fn run(cli: Cli) -> CliResult<()> {
     match cli.command {
-        Command::Explain {
-            model,
-            input,
-            prompt,
-            template,
-            size,
-            layer_index,
-            method,
-            colormap,
-            per_layer,
-            out,
-        } => {
+        Command::Explain { model, input, prompt, template, size, layer_index, method, colormap, per_layer, out } => {
             let engine = load_engine(&model)?;
             let (pixels, size) = read_input(&input, size)?;
             let template = (template != "none").then_some(template.as_str());
@@ -275,8 +265,14 @@ fn run(cli: Cli) -> CliResult<()> {
                 }
                 npy::write_f32(&out.join(format!("{n}.npy")), &r.map.map, &[h, w])?;
                 let img = overlay(&rgb, &r.map.map, 0.6, colormap);
-                image::save_buffer(out.join(format!("{n}.png")), &img, w as u32, h as u32, image::ExtendedColorType::Rgb8)
-                    .map_err(|e| LegradError::Input(format!("cannot write the overlay: {e}")))?;
+                image::save_buffer(
+                    out.join(format!("{n}.png")),
+                    &img,
+                    w as u32,
+                    h as u32,
+                    image::ExtendedColorType::Rgb8,
+                )
+                .map_err(|e| LegradError::Input(format!("cannot write the overlay: {e}")))?;
                 if per_layer {
                     for (l, m) in &r.map.per_layer {
                         npy::write_f32(&out.join(format!("{n}.layer{l}.npy")), m, &[r.map.grid.0, r.map.grid.1])?;
@@ -310,7 +306,9 @@ fn run(cli: Cli) -> CliResult<()> {
             let (pixels, size) = read_input(&ImageInput { image: Some(image), pixels: None }, size)?;
             npy::write_f32(&out, &pixels, &[3, size.height, size.width])
         }
-        Command::Scenes { seed, start, count, size, objects, out, stream } => scenes(seed, start, count, size, objects, out, stream),
+        Command::Scenes { seed, start, count, size, objects, out, stream } => {
+            scenes(seed, start, count, size, objects, out, stream)
+        }
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Convert(args) => convert::convert(args),
@@ -333,7 +331,8 @@ fn stream_record(seed: u64, i: u64, scene: &legrad::scenes::Scene) -> ([u8; 192]
     let captions = scene.captions(target);
     let caption = if rng.uniform() < 0.5 { &captions[0] } else { &captions[rng.below(captions.len())] };
     let order: Vec<usize> = std::iter::once(target).chain((0..scene.objects.len()).filter(|&j| j != target)).collect();
-    let names: Vec<String> = order.iter().map(|&j| legrad::scenes::object_name(scene.objects[j].color, scene.objects[j].shape)).collect();
+    let names: Vec<String> =
+        order.iter().map(|&j| legrad::scenes::object_name(scene.objects[j].color, scene.objects[j].shape)).collect();
     let names = names.join(",");
     let mut field = [0u8; 192];
     field[..caption.len().min(96)].copy_from_slice(&caption.as_bytes()[..caption.len().min(96)]);
@@ -349,7 +348,15 @@ fn stream_record(seed: u64, i: u64, scene: &legrad::scenes::Scene) -> ([u8; 192]
     (field, labels)
 }
 
-fn scenes(seed: u64, start: u64, count: u64, size: usize, objects: Option<usize>, out: Option<PathBuf>, stream: bool) -> CliResult<()> {
+fn scenes(
+    seed: u64,
+    start: u64,
+    count: u64,
+    size: usize,
+    objects: Option<usize>,
+    out: Option<PathBuf>,
+    stream: bool,
+) -> CliResult<()> {
     use std::io::Write;
     if stream {
         let stdout = std::io::stdout();
@@ -369,16 +376,31 @@ fn scenes(seed: u64, start: u64, count: u64, size: usize, objects: Option<usize>
     for i in start..start + count {
         let scene = legrad::scenes::generate(seed, i, size, objects);
         let name = format!("scene-{seed}-{i}");
-        image::save_buffer(out.join(format!("{name}.png")), &scene.rgb, size as u32, size as u32, image::ExtendedColorType::Rgb8)
-            .map_err(|e| LegradError::Input(format!("cannot write {name}.png: {e}")))?;
+        image::save_buffer(
+            out.join(format!("{name}.png")),
+            &scene.rgb,
+            size as u32,
+            size as u32,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| LegradError::Input(format!("cannot write {name}.png: {e}")))?;
         let mut objs = Vec::new();
         for (k, o) in scene.objects.iter().enumerate() {
             let mask: Vec<u8> = o.mask.iter().map(|&m| if m { 255 } else { 0 }).collect();
-            image::save_buffer(out.join(format!("{name}.mask{k}.png")), &mask, size as u32, size as u32, image::ExtendedColorType::L8)
-                .map_err(|e| LegradError::Input(format!("cannot write a mask: {e}")))?;
-            objs.push(serde_json::json!({"object": o, "captions": scene.captions(k), "mask": format!("{name}.mask{k}.png")}));
+            image::save_buffer(
+                out.join(format!("{name}.mask{k}.png")),
+                &mask,
+                size as u32,
+                size as u32,
+                image::ExtendedColorType::L8,
+            )
+            .map_err(|e| LegradError::Input(format!("cannot write a mask: {e}")))?;
+            objs.push(
+                serde_json::json!({"object": o, "captions": scene.captions(k), "mask": format!("{name}.mask{k}.png")}),
+            );
         }
-        index.push(serde_json::json!({"image": format!("{name}.png"), "background": scene.background, "objects": objs}));
+        index
+            .push(serde_json::json!({"image": format!("{name}.png"), "background": scene.background, "objects": objs}));
     }
     std::fs::write(out.join("scenes.json"), serde_json::to_string_pretty(&index).unwrap_or_default())
         .map_err(|e| LegradError::io_path(&out, e))
@@ -396,9 +418,14 @@ mod tests {
             let (field, labels) = stream_record(5, i, &scene);
             let (caption, names) = (text(&field[..96]), text(&field[96..]));
             let names: Vec<&str> = names.split(',').collect();
-            let mut expected: Vec<String> = scene.objects.iter().map(|o| legrad::scenes::object_name(o.color, o.shape)).collect();
+            let mut expected: Vec<String> =
+                scene.objects.iter().map(|o| legrad::scenes::object_name(o.color, o.shape)).collect();
             let target = expected.iter().position(|n| n == names[0]).unwrap();
-            assert!(scene.captions(target).contains(&caption), "scene {i}: {caption:?} does not single out {}", names[0]);
+            assert!(
+                scene.captions(target).contains(&caption),
+                "scene {i}: {caption:?} does not single out {}",
+                names[0]
+            );
             let mut got: Vec<String> = names.iter().map(|s| s.to_string()).collect();
             expected.sort();
             got.sort();

@@ -19,7 +19,11 @@ pub const SEED: u64 = 8;
 
 /// Gram matrices for `images` scenes (1 to 4 objects, at the model's input size) and the
 /// captions of their objects plus every colour-shape name in the default template.
-pub async fn hessians(engine: &Engine, images: u64, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<HashMap<String, Hessian>> {
+pub async fn hessians(
+    engine: &Engine,
+    images: u64,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<HashMap<String, Hessian>> {
     let device = engine.device();
     let size = engine.model.config.vision.image_size;
     let mut sums: HashMap<String, (Tensor<2>, usize)> = HashMap::new();

@@ -25,9 +25,7 @@ impl std::str::FromStr for Activation {
         match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
             "gelu" => Ok(Self::Gelu),
             "quickgelu" => Ok(Self::QuickGelu),
-            _ => Err(LegradError::Config(format!(
-                "unknown activation '{s}': expected 'gelu' or 'quick_gelu'"
-            ))),
+            _ => Err(LegradError::Config(format!("unknown activation '{s}': expected 'gelu' or 'quick_gelu'"))),
         }
     }
 }
@@ -222,49 +220,39 @@ impl ClipConfig {
             12
         }
 
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| LegradError::Config(format!("not a JSON model config: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| LegradError::Config(format!("not a JSON model config: {e}")))?;
         let value = value.get("model_cfg").cloned().unwrap_or(value);
-        let m: Model = serde_json::from_value(value).map_err(|e| {
-            LegradError::Config(format!("not an open_clip ViT model config: {e}"))
-        })?;
+        let m: Model = serde_json::from_value(value)
+            .map_err(|e| LegradError::Config(format!("not an open_clip ViT model config: {e}")))?;
         let v = m.vision_cfg;
         if v.timm_model_name.is_some() {
             return Err(LegradError::Unsupported(
-                "timm vision towers (SigLIP, ConvNeXt, ...): only open_clip's own ViT is supported"
-                    .into(),
+                "timm vision towers (SigLIP, ConvNeXt, ...): only open_clip's own ViT is supported".into(),
             ));
         }
         if v.attentional_pool {
-            return Err(LegradError::Unsupported(
-                "attentional pooling (CoCa) vision towers".into(),
-            ));
+            return Err(LegradError::Unsupported("attentional pooling (CoCa) vision towers".into()));
         }
         if v.ls_init_value.is_some() {
             return Err(LegradError::Unsupported("LayerScale (ls_init_value)".into()));
         }
         if v.final_ln_after_pool || v.pool_type.as_deref().is_some_and(|p| p != "tok") {
-            return Err(LegradError::Unsupported(
-                "vision pooling other than the class token".into(),
-            ));
+            return Err(LegradError::Unsupported("vision pooling other than the class token".into()));
         }
         if m.text_cfg.hf_model_name.is_some() {
-            return Err(LegradError::Unsupported(
-                "Hugging Face text towers (hf_model_name)".into(),
-            ));
+            return Err(LegradError::Unsupported("Hugging Face text towers (hf_model_name)".into()));
         }
-        let layers = v.layers.as_u64().ok_or_else(|| {
-            LegradError::Unsupported("ResNet vision towers (layers given as a list)".into())
-        })? as usize;
+        let layers = v
+            .layers
+            .as_u64()
+            .ok_or_else(|| LegradError::Unsupported("ResNet vision towers (layers given as a list)".into()))?
+            as usize;
         let image_size = match &v.image_size {
             serde_json::Value::Number(n) => n.as_u64().unwrap_or(0) as usize,
-            serde_json::Value::Array(a) if a.len() == 2 && a[0] == a[1] => {
-                a[0].as_u64().unwrap_or(0) as usize
-            }
+            serde_json::Value::Array(a) if a.len() == 2 && a[0] == a[1] => a[0].as_u64().unwrap_or(0) as usize,
             other => {
-                return Err(LegradError::Config(format!(
-                    "vision image_size {other} is not a square size"
-                )));
+                return Err(LegradError::Config(format!("vision image_size {other} is not a square size")));
             }
         };
         let t = m.text_cfg;
@@ -286,11 +274,7 @@ impl ClipConfig {
                 vocab_size: t.vocab_size,
                 mlp_width: (t.width as f64 * t.mlp_ratio) as usize,
             },
-            activation: if m.quick_gelu {
-                Activation::QuickGelu
-            } else {
-                Activation::Gelu
-            },
+            activation: if m.quick_gelu { Activation::QuickGelu } else { Activation::Gelu },
             activation_source: ActivationSource::Config,
         };
         config.validate()?;
@@ -329,9 +313,8 @@ impl ClipConfig {
             vision_config: Vision,
             text_config: Text,
         }
-        let m: Model = serde_json::from_str(text).map_err(|e| {
-            LegradError::Config(format!("not a transformers CLIPModel config.json: {e}"))
-        })?;
+        let m: Model = serde_json::from_str(text)
+            .map_err(|e| LegradError::Config(format!("not a transformers CLIPModel config.json: {e}")))?;
         let act = |a: &Option<String>| -> Result<Activation, LegradError> {
             match a.as_deref().unwrap_or("quick_gelu") {
                 "quick_gelu" => Ok(Activation::QuickGelu),
@@ -341,9 +324,7 @@ impl ClipConfig {
         };
         let activation = act(&m.vision_config.hidden_act)?;
         if act(&m.text_config.hidden_act)? != activation {
-            return Err(LegradError::Unsupported(
-                "different activations in the two towers".into(),
-            ));
+            return Err(LegradError::Unsupported("different activations in the two towers".into()));
         }
         if let Some(eps) = m.vision_config.layer_norm_eps
             && (eps - 1e-5).abs() > 1e-12
@@ -385,10 +366,10 @@ impl ClipConfig {
         if v.width == 0 || v.layers == 0 || v.heads == 0 || v.patch_size == 0 || v.image_size == 0 {
             return bad("vision width, layers, heads, patch size and image size must be positive".into());
         }
-        if v.width % v.heads != 0 {
+        if !v.width.is_multiple_of(v.heads) {
             return bad(format!("vision width {} is not divisible by {} heads", v.width, v.heads));
         }
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "vision image size {} is not a multiple of the patch size {}",
                 v.image_size, v.patch_size
@@ -397,7 +378,7 @@ impl ClipConfig {
         if t.width == 0 || t.layers == 0 || t.heads == 0 || t.context_length < 2 {
             return bad("text width, layers, heads must be positive and the context at least 2".into());
         }
-        if t.width % t.heads != 0 {
+        if !t.width.is_multiple_of(t.heads) {
             return bad(format!("text width {} is not divisible by {} heads", t.width, t.heads));
         }
         if self.embed_dim == 0 {

@@ -65,7 +65,12 @@ impl LaunchObserver for CountLaunches {
         }
     }
 
-    fn timed(&self, kernel: &'static str, duration: cubecl_runtime::logging::Duration, _method: cubecl_runtime::logging::TimingMethod) {
+    fn timed(
+        &self,
+        kernel: &'static str,
+        duration: cubecl_runtime::logging::Duration,
+        _method: cubecl_runtime::logging::TimingMethod,
+    ) {
         if let Ok(mut p) = PROFILE.lock() {
             p.push((kernel, duration.as_secs_f64()));
         }

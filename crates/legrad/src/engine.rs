@@ -91,9 +91,12 @@ pub struct Engine {
     text_elsewhere: Option<crate::model::TextTower>,
     /// Grids, methods and layer settings whose per-prompt kernels warm-up has compiled, and
     /// whether the text tower's have been.
-    warmed: Mutex<std::collections::HashSet<((usize, usize), Method, i64)>>,
+    warmed: Mutex<std::collections::HashSet<WarmKey>>,
     text_warmed: std::sync::atomic::AtomicBool,
 }
+
+/// A grid, a method and a layer setting whose kernels warm-up has compiled.
+type WarmKey = ((usize, usize), Method, i64);
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,13 +106,8 @@ impl std::fmt::Debug for Engine {
 
 /// Read a tensor back as f32 values.
 pub async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    let data: TensorData = t
-        .into_data_async()
-        .await
-        .map_err(|e| LegradError::Backend(format!("{e:?}")))?;
-    data.convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| LegradError::Backend(format!("{e:?}")))
+    let data: TensorData = t.into_data_async().await.map_err(|e| LegradError::Backend(format!("{e:?}")))?;
+    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| LegradError::Backend(format!("{e:?}")))
 }
 
 /// Apply a template (`{}` marks where the prompt goes); `None` uses the prompt as it is.
@@ -121,9 +119,7 @@ pub fn apply_template(template: Option<&str>, prompt: &str) -> Result<String> {
     match template {
         None => Ok(prompt.to_string()),
         Some(t) if t.contains("{}") => Ok(t.replacen("{}", prompt, 1)),
-        Some(t) => Err(LegradError::Input(format!(
-            "the template '{t}' has no {{}} to put the prompt in"
-        ))),
+        Some(t) => Err(LegradError::Input(format!("the template '{t}' has no {{}} to put the prompt in"))),
     }
 }
 
@@ -180,11 +176,7 @@ impl Engine {
             .map(|p| {
                 let text = apply_template(template, p)?;
                 let tokens = self.tokenizer.tokenize(&text, self.model.config.text.context_length);
-                Ok(PreparedPrompt {
-                    prompt: p.trim().to_string(),
-                    text,
-                    tokens,
-                })
+                Ok(PreparedPrompt { prompt: p.trim().to_string(), text, tokens })
             })
             .collect()
     }
@@ -243,10 +235,7 @@ impl Engine {
                 pixels.len()
             )));
         }
-        let t: Tensor<3> = Tensor::from_data(
-            TensorData::new(pixels, [3, size.height, size.width]),
-            &self.device(),
-        );
+        let t: Tensor<3> = Tensor::from_data(TensorData::new(pixels, [3, size.height, size.width]), &self.device());
         self.model.vision.forward_with_trace(t, request)
     }
 
@@ -440,7 +429,8 @@ impl Engine {
         let new_prompt_s = median(times);
         let text_s = self.text_speed(runs).await?;
         let v = &self.model.vision;
-        let tokens: Tensor<3> = Tensor::random([1, grid.0 * grid.1 + 1, v.width], Distribution::Uniform(-1.0, 1.0), &self.device());
+        let tokens: Tensor<3> =
+            Tensor::random([1, grid.0 * grid.1 + 1, v.width], Distribution::Uniform(-1.0, 1.0), &self.device());
         let block = &v.weights.blocks[0];
         let mut block_s = 0.0;
         for r in 0..2 {
@@ -476,10 +466,7 @@ impl Engine {
 
     /// Normalised image embedding `[E]` from preprocessed pixels.
     pub async fn embed_image(&self, pixels: Vec<f32>, size: InputSize) -> Result<Vec<f32>> {
-        let t: Tensor<4> = Tensor::from_data(
-            TensorData::new(pixels, [1, 3, size.height, size.width]),
-            &self.device(),
-        );
+        let t: Tensor<4> = Tensor::from_data(TensorData::new(pixels, [1, 3, size.height, size.width]), &self.device());
         read_f32(self.model.vision.forward(t)?).await
     }
 

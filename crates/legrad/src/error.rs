@@ -16,14 +16,12 @@ pub enum LegradError {
     Unsupported(String),
     #[error("{0}")]
     Checkpoint(String),
-    #[error("the checkpoint has no tensor '{key}' (expected shape {expected:?}); is this an OpenCLIP ViT or transformers CLIPModel checkpoint?")]
+    #[error(
+        "the checkpoint has no tensor '{key}' (expected shape {expected:?}); is this an OpenCLIP ViT or transformers CLIPModel checkpoint?"
+    )]
     MissingTensor { key: String, expected: Vec<usize> },
     #[error("tensor '{key}' has shape {found:?} but the model config expects {expected:?}")]
-    ShapeMismatch {
-        key: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { key: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("the image could not be decoded: {0}")]
     ImageDecode(String),
     #[error("the image is too large ({width}x{height} pixels; the limit is {limit} megapixels)")]
@@ -42,9 +40,6 @@ pub type Result<T, E = LegradError> = std::result::Result<T, E>;
 
 impl LegradError {
     pub fn io_path(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.as_ref().display().to_string(),
-            source,
-        }
+        Self::Io { path: path.as_ref().display().to_string(), source }
     }
 }

@@ -23,7 +23,14 @@ pub fn scene_pixels(scene: &Scene) -> Vec<f32> {
 }
 
 /// Pointing game and IoU for one method over `scenes` multi-object scenes.
-pub async fn localization(engine: &Engine, method: Method, options: &ExplainOptions, seed: u64, count: u64, size: usize) -> Result<Metrics, crate::LegradError> {
+pub async fn localization(
+    engine: &Engine,
+    method: Method,
+    options: &ExplainOptions,
+    seed: u64,
+    count: u64,
+    size: usize,
+) -> Result<Metrics, crate::LegradError> {
     let request = engine.request_for(&[method], options)?;
     let (mut hits, mut iou_sum, mut maps, mut seconds) = (0usize, 0f64, 0usize, 0f64);
     for i in 0..count {
@@ -90,4 +97,3 @@ pub async fn zero_shot(engine: &Engine, seed: u64, count: u64, size: usize) -> R
     }
     Ok(right as f64 / count.max(1) as f64)
 }
-

@@ -50,8 +50,7 @@ impl std::str::FromStr for Quant {
 
 /// Tensors that `q8` / `q4` quantize.
 pub fn is_quantized_weight(name: &str) -> bool {
-    name == "token_embedding.weight"
-        || crate::model::LINEAR_WEIGHTS.iter().any(|s| name.ends_with(s))
+    name == "token_embedding.weight" || crate::model::LINEAR_WEIGHTS.iter().any(|s| name.ends_with(s))
 }
 
 /// Values per scale: 64 at 8 bits; 32 at 4 bits, and 16 for the token table and the text
@@ -125,10 +124,7 @@ pub fn write_calibrated(
         format_version: FORMAT_VERSION,
         quant,
         config: config.clone(),
-        tokenizer: TokenizerSettings {
-            kind: "clip-bpe-16e6".into(),
-            context_length: config.text.context_length,
-        },
+        tokenizer: TokenizerSettings { kind: "clip-bpe-16e6".into(), context_length: config.text.context_length },
         source: source.into(),
     };
     let mut metadata = HashMap::new();
@@ -137,7 +133,8 @@ pub fn write_calibrated(
         "header".to_string(),
         serde_json::to_string(&header).map_err(|e| LegradError::ModelFile(e.to_string()))?,
     );
-    let f16_bytes = |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect() };
+    let f16_bytes =
+        |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect() };
     let mut owned: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = Vec::new();
     let total = map.len();
     for (done, name) in map.names().enumerate() {
@@ -163,7 +160,12 @@ pub fn write_calibrated(
                 (safetensors::Dtype::U8, vec![rows, cols / 2])
             };
             owned.push((name.to_string(), shape, dtype, q.bytes.clone()));
-            owned.push((format!("{name}{SCALES}"), vec![q.scales.len() / cols, cols], safetensors::Dtype::F16, f16_bytes(&q.scales)));
+            owned.push((
+                format!("{name}{SCALES}"),
+                vec![q.scales.len() / cols, cols],
+                safetensors::Dtype::F16,
+                f16_bytes(&q.scales),
+            ));
             continue;
         }
         let (dtype, bytes) = match quant {
@@ -207,7 +209,8 @@ pub fn seal(bytes: Vec<u8>) -> Result<Vec<u8>> {
     let err = |m: String| LegradError::ModelFile(format!("writing the model file's header: {m}"));
     let (_, start) = header_span(&bytes)?;
     let text = std::str::from_utf8(&bytes[8..start]).map_err(|e| err(e.to_string()))?;
-    let mut value: serde_json::Value = serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| err(e.to_string()))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| err(e.to_string()))?;
     let checksum = format!("{:08x}", crc32fast::hash(&bytes[start..]));
     value
         .as_object_mut()
@@ -247,7 +250,9 @@ fn verify_checksum(bytes: &[u8], metadata: &HashMap<String, String>) -> Result<(
 pub fn write_plain(map: &TensorMap) -> Result<Vec<u8>> {
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = map
         .names()
-        .filter_map(|n| map.get(n).map(|t| (n.to_string(), t.shape.clone(), bytemuck::cast_slice(&t.to_f32()).to_vec())))
+        .filter_map(|n| {
+            map.get(n).map(|t| (n.to_string(), t.shape.clone(), bytemuck::cast_slice(&t.to_f32()).to_vec()))
+        })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
         .iter()
@@ -322,11 +327,16 @@ pub fn read_map(bytes: &[u8]) -> Result<(TensorMap, Header)> {
         let bad = |what: &str| LegradError::ModelFile(format!("tensor {name}: {what}"));
         let shape = view.shape().to_vec();
         let t = match view.dtype() {
-            safetensors::Dtype::F32 => RawTensor { shape, dtype: StoredDType::F32, bytes: view.data().to_vec(), scales: vec![] },
-            safetensors::Dtype::F16 => RawTensor { shape, dtype: StoredDType::F16, bytes: view.data().to_vec(), scales: vec![] },
+            safetensors::Dtype::F32 => {
+                RawTensor { shape, dtype: StoredDType::F32, bytes: view.data().to_vec(), scales: vec![] }
+            }
+            safetensors::Dtype::F16 => {
+                RawTensor { shape, dtype: StoredDType::F16, bytes: view.data().to_vec(), scales: vec![] }
+            }
             dt @ (safetensors::Dtype::I8 | safetensors::Dtype::U8) => {
                 let s = scales.get(name.as_str()).ok_or_else(|| bad("quantized values without scales"))?;
-                let scale_values: Vec<f32> = s.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+                let scale_values: Vec<f32> =
+                    s.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
                 let (rows, cols) = match (dt, shape.as_slice()) {
                     (safetensors::Dtype::I8, &[r, c]) => (r, c),
                     (_, &[r, c]) => (r, c * 2),
@@ -337,7 +347,8 @@ pub fn read_map(bytes: &[u8]) -> Result<(TensorMap, Header)> {
                     return Err(bad(&format!("scales of shape {sshape:?} do not fit [{rows}, {cols}]")));
                 }
                 let block = rows / sshape[0];
-                let dtype = if dt == safetensors::Dtype::I8 { StoredDType::Q8 { block } } else { StoredDType::Q4 { block } };
+                let dtype =
+                    if dt == safetensors::Dtype::I8 { StoredDType::Q8 { block } } else { StoredDType::Q4 { block } };
                 RawTensor { shape: vec![rows, cols], dtype, bytes: view.data().to_vec(), scales: scale_values }
             }
             other => return Err(bad(&format!("unexpected type {other:?}"))),

@@ -26,11 +26,7 @@ pub enum ConfigSource {
 impl ConfigSource {
     /// Decide from a JSON text which kind of config it is.
     pub fn from_json(text: String) -> Self {
-        if text.contains("\"vision_config\"") {
-            Self::TransformersJson(text)
-        } else {
-            Self::OpenClipJson(text)
-        }
+        if text.contains("\"vision_config\"") { Self::TransformersJson(text) } else { Self::OpenClipJson(text) }
     }
 
     pub fn parse(&self) -> Result<ClipConfig> {
@@ -147,10 +143,14 @@ pub fn load_path(path: &std::path::Path, config: Option<ConfigSource>, device: &
 #[cfg(not(target_family = "wasm"))]
 pub fn prepare_path(path: &std::path::Path, config: Option<ConfigSource>) -> Result<Prepared> {
     if !path.exists() {
-        return Err(LegradError::io_path(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+        return Err(LegradError::io_path(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
     }
     let (file, dir) = if path.is_dir() {
-        let candidates = ["open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"];
+        let candidates =
+            ["open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"];
         let file = candidates
             .iter()
             .map(|c| path.join(c))

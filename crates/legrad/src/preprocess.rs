@@ -21,7 +21,10 @@ use image::{DynamicImage, ImageDecoder, ImageReader};
 
 use crate::error::{LegradError, Result};
 
+// open_clip's constants, digit for digit (more than f32 holds; kept so they read as the source).
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Refuse images whose decoded size would be unreasonable (an "image bomb": a small file that
@@ -35,11 +38,7 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self {
-            max_pixels: 100_000_000,
-            max_side: 20_000,
-            max_alloc_bytes: 1 << 30,
-        }
+        Self { max_pixels: 100_000_000, max_side: 20_000, max_alloc_bytes: 1 << 30 }
     }
 }
 
@@ -89,10 +88,12 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
     }
     let format = reader.format();
     let mut decoder = reader.into_decoder().map_err(|e| match e {
-        image::ImageError::Unsupported(u) if matches!(u.kind(), image::error::UnsupportedErrorKind::Format(_)) => LegradError::ImageDecode(format!(
-            "{} images are not read here (this build reads {FORMATS})",
-            format.map(|f| format!("{f:?}")).unwrap_or_else(|| "these".into())
-        )),
+        image::ImageError::Unsupported(u) if matches!(u.kind(), image::error::UnsupportedErrorKind::Format(_)) => {
+            LegradError::ImageDecode(format!(
+                "{} images are not read here (this build reads {FORMATS})",
+                format.map(|f| format!("{f:?}")).unwrap_or_else(|| "these".into())
+            ))
+        }
         e => LegradError::ImageDecode(e.to_string()),
     })?;
     let (w, h) = decoder.dimensions();
@@ -110,16 +111,12 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
     image_limits.max_image_width = Some(limits.max_side);
     image_limits.max_image_height = Some(limits.max_side);
     image_limits.max_alloc = Some(limits.max_alloc_bytes);
-    decoder
-        .set_limits(image_limits)
-        .map_err(|e| LegradError::ImageDecode(e.to_string()))?;
+    decoder.set_limits(image_limits).map_err(|e| LegradError::ImageDecode(e.to_string()))?;
     let orientation = decoder.orientation().ok();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| match e {
-        image::ImageError::Limits(_) => LegradError::ImageTooLarge {
-            width: w as u64,
-            height: h as u64,
-            limit: limits.max_pixels / 1_000_000,
-        },
+        image::ImageError::Limits(_) => {
+            LegradError::ImageTooLarge { width: w as u64, height: h as u64, limit: limits.max_pixels / 1_000_000 }
+        }
         other => LegradError::ImageDecode(other.to_string()),
     })?;
     if let Some(o) = orientation {
@@ -132,28 +129,30 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
         height: img.height(),
         rgba,
         has_alpha,
-        resize_mode: if is_palette(bytes) {
-            ResizeMode::Nearest
-        } else {
-            ResizeMode::Bicubic
-        },
+        resize_mode: if is_palette(bytes) { ResizeMode::Nearest } else { ResizeMode::Bicubic },
     })
 }
 
 /// 8-bit RGBA; 16-bit channels keep their high byte (PIL's rule for 16-bit RGB).
 fn to_rgba8_high_byte(img: DynamicImage) -> Vec<u8> {
     match img {
-        DynamicImage::ImageLuma16(b) => b.pixels().flat_map(|p| {
-            let v = (p.0[0] >> 8) as u8;
-            [v, v, v, 255]
-        }).collect(),
-        DynamicImage::ImageLumaA16(b) => b.pixels().flat_map(|p| {
-            let v = (p.0[0] >> 8) as u8;
-            [v, v, v, (p.0[1] >> 8) as u8]
-        }).collect(),
-        DynamicImage::ImageRgb16(b) => b.pixels().flat_map(|p| {
-            [(p.0[0] >> 8) as u8, (p.0[1] >> 8) as u8, (p.0[2] >> 8) as u8, 255]
-        }).collect(),
+        DynamicImage::ImageLuma16(b) => b
+            .pixels()
+            .flat_map(|p| {
+                let v = (p.0[0] >> 8) as u8;
+                [v, v, v, 255]
+            })
+            .collect(),
+        DynamicImage::ImageLumaA16(b) => b
+            .pixels()
+            .flat_map(|p| {
+                let v = (p.0[0] >> 8) as u8;
+                [v, v, v, (p.0[1] >> 8) as u8]
+            })
+            .collect(),
+        DynamicImage::ImageRgb16(b) => {
+            b.pixels().flat_map(|p| [(p.0[0] >> 8) as u8, (p.0[1] >> 8) as u8, (p.0[2] >> 8) as u8, 255]).collect()
+        }
         DynamicImage::ImageRgba16(b) => b.pixels().flat_map(|p| p.0.map(|c| (c >> 8) as u8)).collect(),
         other => other.to_rgba8().into_raw(),
     }
@@ -194,9 +193,7 @@ impl DecodedImage {
             let src = fr::images::Image::from_vec_u8(from.0, from.1, buf, fr::PixelType::U8x4)
                 .map_err(|e| LegradError::Input(format!("image buffer: {e}")))?;
             let mut dst = fr::images::Image::new(to.0, to.1, fr::PixelType::U8x4);
-            resizer
-                .resize(&src, &mut dst, &options)
-                .map_err(|e| LegradError::Input(format!("resize: {e}")))?;
+            resizer.resize(&src, &mut dst, &options).map_err(|e| LegradError::Input(format!("resize: {e}")))?;
             Ok(dst.into_vec())
         };
         let buf = if self.resize_mode == ResizeMode::Nearest {

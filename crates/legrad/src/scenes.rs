@@ -110,10 +110,7 @@ pub fn object_name(color: Color, shape: Shape) -> String {
 
 /// Every colour × shape name, in a fixed order (zero-shot classes).
 pub fn all_names() -> Vec<(Color, Shape, String)> {
-    Color::ALL
-        .iter()
-        .flat_map(|&c| Shape::ALL.iter().map(move |&s| (c, s, object_name(c, s))))
-        .collect()
+    Color::ALL.iter().flat_map(|&c| Shape::ALL.iter().map(move |&s| (c, s, object_name(c, s)))).collect()
 }
 
 /// The outline of a polygonal unit shape (radius 1, pointing up); empty for the others.
@@ -238,7 +235,9 @@ pub fn generate(seed: u64, index: u64, size: usize, objects: Option<usize>) -> S
         let (cos, sin) = (obj.rotation.cos(), obj.rotation.sin());
         let poly = polygon(obj.shape);
         // Only the square around the shape's reach (1.2 radii) can hold its pixels.
-        let span = |c: f32| ((c - 1.2 * obj.radius - 1.0).max(0.0) as usize, ((c + 1.2 * obj.radius + 2.0) as usize).min(size));
+        let span = |c: f32| {
+            ((c - 1.2 * obj.radius - 1.0).max(0.0) as usize, ((c + 1.2 * obj.radius + 2.0) as usize).min(size))
+        };
         let ((x0, x1), (y0, y1)) = (span(obj.center.0), span(obj.center.1));
         for y in y0..y1 {
             for x in x0..x1 {
@@ -270,7 +269,10 @@ impl Scene {
     pub fn captions(&self, i: usize) -> Vec<String> {
         let o = &self.objects[i];
         let others = || self.objects.iter().enumerate().filter(move |(j, _)| *j != i).map(|(_, x)| x);
-        let mut out = vec![format!("a photo of a {}.", object_name(o.color, o.shape)), format!("a {}", object_name(o.color, o.shape))];
+        let mut out = vec![
+            format!("a photo of a {}.", object_name(o.color, o.shape)),
+            format!("a {}", object_name(o.color, o.shape)),
+        ];
         if others().all(|x| x.shape != o.shape) {
             out.push(format!("a {}", o.shape.name()));
         }
@@ -307,8 +309,8 @@ mod tests {
                         assert!(s.objects.iter().enumerate().all(|(j, x)| j == k || !x.mask[p]), "overlap");
                         // Drawn pixels carry the object's colour (within its jitter).
                         let want = o.color.rgb();
-                        for c in 0..3 {
-                            assert!((s.rgb[p * 3 + c] as f32 - want[c]).abs() <= 12.5, "pixel {p} of object {k}");
+                        for (c, w) in want.iter().enumerate() {
+                            assert!((s.rgb[p * 3 + c] as f32 - w).abs() <= 12.5, "pixel {p} of object {k}");
                         }
                     }
                 }

@@ -42,10 +42,7 @@ impl std::fmt::Debug for Tokenizer {
 /// GPT-2's reversible byte → printable character table, in open_clip's order (printable bytes
 /// first): the vocabulary lists the characters in this order.
 fn bytes_to_unicode() -> Vec<(u8, char)> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -55,10 +52,7 @@ fn bytes_to_unicode() -> Vec<(u8, char)> {
             n += 1;
         }
     }
-    bs.into_iter()
-        .zip(cs)
-        .map(|(b, c)| (b as u8, char::from_u32(c).unwrap_or('\0')))
-        .collect()
+    bs.into_iter().zip(cs).map(|(b, c)| (b as u8, char::from_u32(c).unwrap_or('\0'))).collect()
 }
 
 impl Tokenizer {
@@ -87,16 +81,11 @@ impl Tokenizer {
         vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         vocab.push("<start_of_text>".into());
         vocab.push("<end_of_text>".into());
-        let encoder: HashMap<String, u32> = vocab
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| (s, i as u32))
-            .collect();
+        let encoder: HashMap<String, u32> = vocab.into_iter().enumerate().map(|(i, s)| (s, i as u32)).collect();
         let ranks = merges.into_iter().enumerate().map(|(i, m)| (m, i)).collect();
-        let pattern = Regex::new(
-            r"(?i)<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-        )
-        .map_err(|e| LegradError::Checkpoint(format!("tokenizer pattern: {e}")))?;
+        let pattern =
+            Regex::new(r"(?i)<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
+                .map_err(|e| LegradError::Checkpoint(format!("tokenizer pattern: {e}")))?;
         Ok(Self {
             start_id: encoder["<start_of_text>"],
             end_id: encoder["<end_of_text>"],
@@ -121,10 +110,7 @@ impl Tokenizer {
                 ids.push(self.encoder[token]);
                 continue;
             }
-            let mapped: Vec<String> = token
-                .bytes()
-                .map(|b| self.byte_encoder[b as usize].to_string())
-                .collect();
+            let mapped: Vec<String> = token.bytes().map(|b| self.byte_encoder[b as usize].to_string()).collect();
             for piece in self.bpe(mapped) {
                 if let Some(&id) = self.encoder.get(&piece) {
                     ids.push(id);
@@ -200,9 +186,7 @@ pub fn clean(text: &str) -> String {
         }
         text = text.chars().map(fix_c1).collect();
         text = text.chars().flat_map(fix_width_and_ligatures).collect();
-        text = text
-            .replace("\r\n", "\n")
-            .replace(['\r', '\u{2028}', '\u{2029}', '\u{85}'], "\n");
+        text = text.replace("\r\n", "\n").replace(['\r', '\u{2028}', '\u{2029}', '\u{85}'], "\n");
         text = remove_terminal_escapes(&text);
         text = text.chars().filter(|&c| !is_ftfy_control(c)).collect();
         text = text.nfc().collect();
@@ -237,9 +221,9 @@ fn is_py_space(c: char) -> bool {
 fn fix_c1(c: char) -> char {
     // Windows-1252 bytes 0x80..0x9F; the five undefined ones stay.
     const CP1252: [u32; 32] = [
-        0x20AC, 0x81, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039,
-        0x0152, 0x8D, 0x017D, 0x8F, 0x90, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
-        0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x9D, 0x017E, 0x0178,
+        0x20AC, 0x81, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039, 0x0152, 0x8D,
+        0x017D, 0x8F, 0x90, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A,
+        0x0153, 0x9D, 0x017E, 0x0178,
     ];
     match c as u32 {
         v @ 0x80..=0x9F => char::from_u32(CP1252[(v - 0x80) as usize]).unwrap_or(c),

@@ -7,7 +7,8 @@ use legrad::explain::{ExplainOptions, Method};
 use legrad::{Engine, format};
 
 fn path() -> std::path::PathBuf {
-    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("../../www/models/default.safetensors")
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+        .join("../../www/models/default.safetensors")
 }
 
 #[test]
@@ -16,7 +17,10 @@ fn default_model_is_small_and_self_describing() {
     assert!(bytes.len() <= 20_000_000, "the shipped model is {} bytes (at most 20 MB)", bytes.len());
     let header = format::verify(&bytes).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    assert!(String::from_utf8_lossy(&bytes[8..8 + n]).contains(format::CHECKSUM_KEY), "the shipped model carries no checksum");
+    assert!(
+        String::from_utf8_lossy(&bytes[8..8 + n]).contains(format::CHECKSUM_KEY),
+        "the shipped model carries no checksum"
+    );
     assert_eq!(header.quant, format::Quant::Q8);
     assert_eq!(header.config.vision.image_size, 224);
 }

@@ -112,7 +112,9 @@ fn bad_model_files_are_refused_with_clear_errors() {
 
     // A config that disagrees with the weights: the key and both shapes are named.
     let wrong = ConfigSource::OpenClipJson(
-        std::fs::read_to_string(fixtures().join("tiny-vit-b16.json")).unwrap().replace("\"width\": 64", "\"width\": 96"),
+        std::fs::read_to_string(fixtures().join("tiny-vit-b16.json"))
+            .unwrap()
+            .replace("\"width\": 64", "\"width\": 96"),
     );
     let e = load_bytes(&weights, Some(&wrong), &device).unwrap_err();
     match &e {
@@ -125,7 +127,9 @@ fn bad_model_files_are_refused_with_clear_errors() {
     }
     assert!(e.to_string().contains("visual.conv1.weight") && e.to_string().contains("[64, 3, 16, 16]"));
     let fewer = ConfigSource::OpenClipJson(
-        std::fs::read_to_string(fixtures().join("tiny-vit-b16.json")).unwrap().replace("\"layers\": 3", "\"layers\": 2"),
+        std::fs::read_to_string(fixtures().join("tiny-vit-b16.json"))
+            .unwrap()
+            .replace("\"layers\": 3", "\"layers\": 2"),
     );
     let e = load_bytes(&weights, Some(&fewer), &device).unwrap_err();
     assert!(e.to_string().contains("more"), "{e}");
@@ -134,7 +138,10 @@ fn bad_model_files_are_refused_with_clear_errors() {
     let mut map = TensorMap::from_safetensors(&weights).unwrap();
     map.remove("visual.transformer.resblocks.1.mlp.c_fc.bias");
     let e = legrad::load::from_tensor_map(map, Some(&config), &device).unwrap_err();
-    assert!(matches!(&e, LegradError::MissingTensor { key, .. } if key == "visual.transformer.resblocks.1.mlp.c_fc.bias"), "{e}");
+    assert!(
+        matches!(&e, LegradError::MissingTensor { key, .. } if key == "visual.transformer.resblocks.1.mlp.c_fc.bias"),
+        "{e}"
+    );
 
     // Something that is not CLIP at all.
     let mut foreign = TensorMap::new();

@@ -9,17 +9,16 @@ mod common;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use legrad::engine::DEFAULT_TEMPLATE;
+use legrad::engine::read_f32;
 use legrad::explain::kernel::relevance_fused;
 use legrad::explain::legrad::{layer_terms_for, relevance_plain};
 use legrad::explain::{ExplainOptions, Method};
-use legrad::engine::read_f32;
 
 use common::*;
 
 fn gpu() -> Device {
     Device::wgpu(Default::default())
 }
-
 
 fn assert_close(plain: Tensor<2>, fused: Tensor<2>, what: &str) {
     assert_eq!(plain.dims(), fused.dims(), "{what}: shapes");
@@ -36,10 +35,15 @@ fn fused_relevance_equals_the_plain_tensor_form_on_random_terms() {
     let device = gpu();
     // (prompts, tokens, heads, head width): token counts that leave a partial cube of 64 and
     // uneven chunks of query rows, several prompts and heads, odd head widths.
-    for (p, n, h, d) in [(1, 17, 2, 32), (3, 50, 2, 24), (2, 197, 12, 64), (8, 5, 1, 16), (1, 2, 4, 8), (1, 785, 2, 64)] {
+    for (p, n, h, d) in [(1, 17, 2, 32), (3, 50, 2, 24), (2, 197, 12, 64), (8, 5, 1, 16), (1, 2, 4, 8), (1, 785, 2, 64)]
+    {
         let dc = Tensor::<3>::random([p, n, h * d], Distribution::Normal(0.0, 1.0), &device);
         let values = Tensor::<3>::random([h, n, d], Distribution::Normal(0.0, 1.0), &device);
-        assert_close(relevance_plain(dc.clone(), values.clone()), relevance_fused(dc, values), &format!("P {p}, N {n}, H {h}, d {d}"));
+        assert_close(
+            relevance_plain(dc.clone(), values.clone()),
+            relevance_fused(dc, values),
+            &format!("P {p}, N {n}, H {h}, d {d}"),
+        );
     }
 }
 
@@ -58,7 +62,11 @@ fn fused_relevance_equals_the_plain_tensor_form_on_the_fixture_model() {
             let (layers, terms) = layer_terms_for(&engine.model, &trace, texts.clone(), layer_index).unwrap();
             for (l, t) in layers.iter().zip(&terms) {
                 let dc = t.head_gradient();
-                assert_close(relevance_plain(dc.clone(), t.values.clone()), relevance_fused(dc, t.values.clone()), &format!("{key}, layer {l}"));
+                assert_close(
+                    relevance_plain(dc.clone(), t.values.clone()),
+                    relevance_fused(dc, t.values.clone()),
+                    &format!("{key}, layer {l}"),
+                );
             }
         }
     }

@@ -63,7 +63,8 @@ fn every_format_round_trips_within_its_bar() {
                 Quant::Q4 => assert!(bytes.len() * 100 < original * 35, "q4 is {} bytes, f16 {original}", bytes.len()),
                 _ => {}
             }
-            let (worst_r, mean_r, worst_cos) = against_reference(&bytes, &device, &exp, matches!(quant, Quant::F32 | Quant::F16), backend);
+            let (worst_r, mean_r, worst_cos) =
+                against_reference(&bytes, &device, &exp, matches!(quant, Quant::F32 | Quant::F16), backend);
             // The bars are q8 ≥ 0.99 and q4 ≥ 0.97 for maps. This fixture's weights are
             // random (uniform plus noise) in a 64-wide model, where every map is a fragile noise
             // pattern: q8 meets its bar here, q4 is held to 0.90 here and to 0.97 on the trained
@@ -73,7 +74,10 @@ fn every_format_round_trips_within_its_bar() {
                 Quant::Q4 => (0.90, 0.98),
                 _ => (0.99999, 0.99999),
             };
-            println!("{backend} {quant:?}: {} bytes, map r worst {worst_r:.5} mean {mean_r:.5}, worst embedding cosine {worst_cos:.6}", bytes.len());
+            println!(
+                "{backend} {quant:?}: {} bytes, map r worst {worst_r:.5} mean {mean_r:.5}, worst embedding cosine {worst_cos:.6}",
+                bytes.len()
+            );
             assert!(worst_r >= bar_r, "{backend} {quant:?}: map correlation {worst_r} below {bar_r}");
             assert!(worst_cos >= bar_cos, "{backend} {quant:?}: embedding cosine {worst_cos} below {bar_cos}");
         }
@@ -82,7 +86,13 @@ fn every_format_round_trips_within_its_bar() {
 
 /// The worst and mean map correlation and the worst embedding cosine of a model file against
 /// the f32 reference fixture; `exact` also asks for maps within 1e-4.
-fn against_reference(bytes: &[u8], device: &burn::tensor::Device, exp: &Expected, exact: bool, backend: &str) -> (f64, f64, f64) {
+fn against_reference(
+    bytes: &[u8],
+    device: &burn::tensor::Device,
+    exp: &Expected,
+    exact: bool,
+    backend: &str,
+) -> (f64, f64, f64) {
     let (clip, info) = load_bytes(bytes, None, device).unwrap();
     let engine = Engine::new(clip, info).unwrap();
     let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
@@ -130,7 +140,8 @@ fn gptq_keeps_4_bit_embeddings_closer_than_rounding() {
     let bytes = std::fs::read(fixtures().join("tiny-vit-b16.safetensors")).unwrap();
     let config = ConfigSource::from_json(std::fs::read_to_string(fixtures().join("tiny-vit-b16.json")).unwrap());
     let p = prepare_bytes(&bytes, Some(&config)).unwrap();
-    let (clip, info) = legrad::load::from_tensor_map(p.map.clone(), Some(&ConfigSource::Config(p.config.clone())), &device).unwrap();
+    let (clip, info) =
+        legrad::load::from_tensor_map(p.map.clone(), Some(&ConfigSource::Config(p.config.clone())), &device).unwrap();
     let engine = Engine::new(clip, info).unwrap();
     let hessians = pollster::block_on(legrad::calibrate::hessians(&engine, 8, &mut |_, _, _| {})).unwrap();
     assert_eq!(hessians.len(), 4 * (p.config.vision.layers + p.config.text.layers));
@@ -139,7 +150,9 @@ fn gptq_keeps_4_bit_embeddings_closer_than_rounding() {
     assert_eq!(gptq.len(), rounded.len(), "same stored form, other levels");
     let (r_gptq, mean_gptq, cos_gptq) = against_reference(&gptq, &device, &exp, false, "cpu");
     let (r_rounded, mean_rounded, cos_rounded) = against_reference(&rounded, &device, &exp, false, "cpu");
-    println!("q4 map r worst/mean: GPTQ {r_gptq:.5}/{mean_gptq:.5}, rounding {r_rounded:.5}/{mean_rounded:.5}; worst cosine {cos_gptq:.6} vs {cos_rounded:.6}");
+    println!(
+        "q4 map r worst/mean: GPTQ {r_gptq:.5}/{mean_gptq:.5}, rounding {r_rounded:.5}/{mean_rounded:.5}; worst cosine {cos_gptq:.6} vs {cos_rounded:.6}"
+    );
     // GPTQ minimises each layer's output error on inputs like its calibration data: the
     // embeddings (image and text) move less than with rounding (measured: worst cosine 0.9946
     // vs 0.9835). This fixture's test images are not scenes and its maps are fragile noise

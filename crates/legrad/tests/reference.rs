@@ -22,12 +22,7 @@ fn tokenizer_matches_open_clip() {
     let mut failures = Vec::new();
     for case in fixture["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = case["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let mut got = tok.tokenize(text, 77).ids;
         got.resize(77, 0);
         if got != want {
@@ -119,7 +114,10 @@ fn legrad_maps_match_reference_from_pixels() {
                         let w = &want_layers[(i * 3 + p) * cells..][..cells];
                         let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
                         let d = max_abs_diff(layer_map, w);
-                        assert!(d <= MAP_TOL * scale, "{backend} {key} layer {i} prompt {p}: per-layer diff {d} (scale {scale})");
+                        assert!(
+                            d <= MAP_TOL * scale,
+                            "{backend} {key} layer {i} prompt {p}: per-layer diff {d} (scale {scale})"
+                        );
                     }
                 }
             }
@@ -234,7 +232,8 @@ fn transformers_checkpoint_matches_reference() {
             let c = cosine(&text[p * e..][..e], &exp.values("text_emb")[p * e..][..e]);
             assert!(c >= COS_TOL, "{backend}: text {p} cosine {c}");
         }
-        let img = pollster::block_on(engine.embed_image(exp.values("pixels/32x32").to_vec(), InputSize::square(32))).unwrap();
+        let img =
+            pollster::block_on(engine.embed_image(exp.values("pixels/32x32").to_vec(), InputSize::square(32))).unwrap();
         let c = cosine(&img, exp.values("image_emb/32x32"));
         assert!(c >= COS_TOL, "{backend}: image cosine {c}");
     }

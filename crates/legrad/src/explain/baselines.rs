@@ -71,7 +71,8 @@ impl Explainer for GradCam {
             let out = block.mlp_residual(x.clone() + att.output, model.vision.activation);
             let s = score(model, out, texts.clone().narrow(0, i, 1));
             let grads = s.backward();
-            let g = z.grad(&grads).ok_or_else(|| LegradError::Backend("no gradient for GradCAM's activations".into()))?;
+            let g =
+                z.grad(&grads).ok_or_else(|| LegradError::Backend("no gradient for GradCAM's activations".into()))?;
             // Patch tokens only (pytorch-grad-cam's reshape_transform drops CLS).
             let g = g.narrow(1, 1, n - 1);
             let a = act.clone().narrow(1, 1, n - 1);
@@ -151,7 +152,12 @@ impl Explainer for CheferCam {
         let mut rows = Vec::with_capacity(p);
         for i in 0..p {
             let z = probs.zeros_like().detach().autodiff().require_grad();
-            let out = block.forward_from_probs(x.clone(), probs.clone() + z.clone(), att.values.clone(), model.vision.activation);
+            let out = block.forward_from_probs(
+                x.clone(),
+                probs.clone() + z.clone(),
+                att.values.clone(),
+                model.vision.activation,
+            );
             let s = score(model, out, texts.clone().narrow(0, i, 1));
             let grads = s.backward();
             let g = z.grad(&grads).ok_or_else(|| LegradError::Backend("no gradient for the attention map".into()))?;

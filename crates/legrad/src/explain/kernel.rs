@@ -15,9 +15,9 @@
 //! slowly. The chunks give a GPU enough units (a ViT-B/16 at 448 px has 9,420 `(h, j)` pairs
 //! per prompt) and are summed with the heads afterwards.
 
-use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
 #[cfg(feature = "fusion")]
 use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
 use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
@@ -66,15 +66,15 @@ impl LegradKernels for CubeBackend {
         // software adapters.
         unsafe {
             relevance_kernel::launch_unchecked(
-            &client,
-            cube_count,
-            CubeDim::new_1d(UNITS),
-            dc.into_tensor_arg(),
-            values.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            chunks as u32,
-            d,
-            burn::backend::cubecl::dtype_to_storage_type(dtype),
+                &client,
+                cube_count,
+                CubeDim::new_1d(UNITS),
+                dc.into_tensor_arg(),
+                values.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                chunks as u32,
+                d,
+                burn::backend::cubecl::dtype_to_storage_type(dtype),
             )
         };
         out

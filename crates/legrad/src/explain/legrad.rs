@@ -49,13 +49,15 @@ impl Explainer for LeGrad {
 
 /// The closed form's terms of every layer LeGrad sums, from `layer_index` on, for the text
 /// embeddings `texts` `[P, E]`; and those layers' indices.
-pub fn layer_terms_for(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer_index: i64) -> Result<(Vec<usize>, Vec<LayerTerms>)> {
+pub fn layer_terms_for(
+    model: &Clip,
+    trace: &ImageTrace,
+    texts: Tensor<2>,
+    layer_index: i64,
+) -> Result<(Vec<usize>, Vec<LayerTerms>)> {
     let l0 = first_layer(layer_index, model.vision.depth())?;
     let layers: Vec<usize> = (l0..model.vision.depth()).collect();
-    let traced = layers
-        .iter()
-        .map(|&l| trace.layer(l).ok_or_else(|| missing(l)))
-        .collect::<Result<Vec<_>>>()?;
+    let traced = layers.iter().map(|&l| trace.layer(l).ok_or_else(|| missing(l))).collect::<Result<Vec<_>>>()?;
     let g = score_gradients(model, &traced, trace.tokens(), texts);
     let terms = traced
         .iter()
@@ -88,18 +90,13 @@ fn relevance_fused(dc: Tensor<3>, values: Tensor<3>) -> Tensor<2> {
 }
 
 fn missing(l: usize) -> LegradError {
-    LegradError::Input(format!(
-        "the image trace does not hold layer {l}: trace the image with this method's request"
-    ))
+    LegradError::Input(format!("the image trace does not hold layer {l}: trace the image with this method's request"))
 }
 
 pub(crate) fn stack(layers: Vec<usize>, maps: Vec<Tensor<2>>) -> GridMaps {
     let per_layer: Tensor<3> = Tensor::stack(maps, 0);
     let summed = per_layer.clone().sum_dim(0).squeeze_dim(0);
-    GridMaps {
-        summed,
-        per_layer: Some((layers, per_layer)),
-    }
+    GridMaps { summed, per_layer: Some((layers, per_layer)) }
 }
 
 /// `g = ds/dx_l[i]` `[L, P, W]` for every traced layer and prompt at once: the score
@@ -226,11 +223,7 @@ fn relevance_per_head(dc: Tensor<4>, values: Tensor<3>) -> Tensor<2> {
 /// `mean_h mean_i relu(G)[:, :, i, 1:]`: `[P, H, N, N]` → `[P, N - 1]`.
 pub(crate) fn relevance_from_grad(grad: Tensor<4>) -> Tensor<2> {
     let [p, _, _, n] = grad.dims();
-    grad.clamp_min(0.0)
-        .mean_dim(1)
-        .mean_dim(2)
-        .reshape([p, n])
-        .narrow(1, 1, n - 1)
+    grad.clamp_min(0.0).mean_dim(1).mean_dim(2).reshape([p, n]).narrow(1, 1, n - 1)
 }
 
 /// LeGrad's `G` by burn's autodiff, one backward per layer and prompt: each block's input is a
@@ -256,9 +249,9 @@ pub fn legrad_autodiff(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer
             let t = texts.clone().narrow(0, i, 1);
             let s = (e * t).sum();
             let grads = s.backward();
-            let g = probs.grad(&grads).ok_or_else(|| {
-                LegradError::Backend("autodiff returned no gradient for the attention map".into())
-            })?;
+            let g = probs
+                .grad(&grads)
+                .ok_or_else(|| LegradError::Backend("autodiff returned no gradient for the attention map".into()))?;
             rows.push(relevance_from_grad(g));
         }
         maps.push(Tensor::cat(rows, 0));

@@ -29,7 +29,8 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [Method::LeGrad, Method::GradCam, Method::Rollout, Method::RawAttention, Method::CheferCam];
+    pub const ALL: [Method; 5] =
+        [Method::LeGrad, Method::GradCam, Method::Rollout, Method::RawAttention, Method::CheferCam];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -54,9 +55,7 @@ impl Method {
 
     pub fn explainer(self, options: &ExplainOptions) -> Box<dyn Explainer> {
         match self {
-            Method::LeGrad => Box::new(legrad::LeGrad {
-                layer_index: options.layer_index,
-            }),
+            Method::LeGrad => Box::new(legrad::LeGrad { layer_index: options.layer_index }),
             Method::GradCam => Box::new(baselines::GradCam),
             Method::Rollout => Box::new(baselines::Rollout),
             Method::RawAttention => Box::new(baselines::RawAttention),
@@ -97,11 +96,7 @@ impl Default for ExplainOptions {
 
 /// Resolve a `layer_index` (negative counts from the end) against a depth.
 pub fn first_layer(layer_index: i64, depth: usize) -> Result<usize> {
-    let l0 = if layer_index < 0 {
-        depth as i64 + layer_index
-    } else {
-        layer_index
-    };
+    let l0 = if layer_index < 0 { depth as i64 + layer_index } else { layer_index };
     if l0 < 0 || l0 >= depth as i64 {
         return Err(LegradError::Input(format!(
             "layer index {layer_index} is out of range for a {depth}-layer vision tower (use -{depth}..{})",
@@ -149,9 +144,7 @@ pub struct PromptMap {
 /// Min-max normalise in place; returns false (and zeros) when the values are constant or not
 /// finite.
 pub fn min_max_normalize(values: &mut [f32]) -> bool {
-    let (lo, hi) = values
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let range = hi - lo;
     if !(range.is_finite() && range > 0.0) {
         values.iter_mut().for_each(|v| *v = 0.0);
@@ -190,14 +183,7 @@ pub fn finish_maps(
                         .collect()
                 })
                 .unwrap_or_default();
-            PromptMap {
-                grid,
-                grid_map,
-                size: (grid.0 * patch, grid.1 * patch),
-                map,
-                constant: !ok,
-                per_layer,
-            }
+            PromptMap { grid, grid_map, size: (grid.0 * patch, grid.1 * patch), map, constant: !ok, per_layer }
         })
         .collect()
 }

@@ -37,11 +37,7 @@ impl Clip {
         config.validate()?;
         let vision = VisionTower::load(&config, &mut map, device)?;
         let text = TextTower::load(&config, &mut map, device)?;
-        Ok(Self {
-            config,
-            vision,
-            text,
-        })
+        Ok(Self { config, vision, text })
     }
 }
 
@@ -182,7 +178,8 @@ pub(crate) fn activate_grad<const D: usize>(act: Activation, x: Tensor<D>) -> Te
         // d/dx x Φ(x) = Φ(x) + x φ(x)
         Activation::Gelu => {
             let cdf = x.clone().div_scalar(std::f64::consts::SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
-            let pdf = x.clone().powi_scalar(2).mul_scalar(-0.5).exp().mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+            let pdf =
+                x.clone().powi_scalar(2).mul_scalar(-0.5).exp().mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt());
             cdf + x * pdf
         }
         // d/dx x σ(ax) = σ(ax) + a x σ(ax)(1 - σ(ax))
@@ -218,12 +215,7 @@ impl Attention {
         let h = self.heads;
         let d = w / h;
         let qkv = self.in_proj.forward(x);
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * w, w)
-                .reshape([b, n, h, d])
-                .swap_dims(1, 2)
-        };
+        let split = |i: usize| qkv.clone().narrow(2, i * w, w).reshape([b, n, h, d]).swap_dims(1, 2);
         // torch scales q before the product (F.multi_head_attention_forward).
         let q = split(0).mul_scalar((d as f64).powf(-0.5));
         let k = split(1);
@@ -234,11 +226,7 @@ impl Attention {
         }
         let probs = activation::softmax(scores, 3);
         let out = self.attend(probs.clone(), v.clone());
-        AttentionOutput {
-            output: out,
-            probs,
-            values: v,
-        }
+        AttentionOutput { output: out, probs, values: v }
     }
 
     /// `out_proj(probs @ v)` with heads merged: the part of attention after the softmax.
@@ -261,7 +249,8 @@ pub struct Mlp {
 }
 
 /// The linear weights of a block, in open_clip's names (after `...resblocks.{i}.`).
-pub const LINEAR_WEIGHTS: [&str; 4] = ["attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"];
+pub const LINEAR_WEIGHTS: [&str; 4] =
+    ["attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"];
 
 /// open_clip's `ResidualAttentionBlock`: `u = x + attn(ln_1(x))`, `x' = u + mlp(ln_2(u))`.
 #[derive(Module, Debug)]
@@ -328,7 +317,12 @@ impl Block {
 
     /// The block's output and the inputs of its linear layers, in the order of
     /// [`LINEAR_WEIGHTS`]: what calibrating their quantization needs.
-    pub fn forward_linear_inputs(&self, x: Tensor<3>, mask: Option<Tensor<2>>, act: Activation) -> (Tensor<3>, [Tensor<3>; 4]) {
+    pub fn forward_linear_inputs(
+        &self,
+        x: Tensor<3>,
+        mask: Option<Tensor<2>>,
+        act: Activation,
+    ) -> (Tensor<3>, [Tensor<3>; 4]) {
         let a = self.ln_1.forward(x.clone());
         let attention = self.attn.forward(a.clone(), mask);
         let ctx = Attention::context(attention.probs, attention.values);
@@ -355,12 +349,6 @@ impl Block {
         let (n2, ln_2) = self.ln_2.forward_with_stats(u.clone());
         let h = self.mlp.c_fc.forward(n2);
         let output = u.clone() + self.mlp.c_proj.forward(activate(act, h.clone()));
-        BlockOutput {
-            output,
-            attention,
-            post_attn: u,
-            ln_2,
-            mlp_pre: h,
-        }
+        BlockOutput { output, attention, post_attn: u, ln_2, mlp_pre: h }
     }
 }

@@ -30,9 +30,7 @@ fn weights_aa(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
             let center = scale * (i as f64 + 0.5);
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(input as i64) as usize;
-            let mut w: Vec<f64> = (xmin..xmax)
-                .map(|j| bicubic((j as f64 - center + 0.5) * invscale))
-                .collect();
+            let mut w: Vec<f64> = (xmin..xmax).map(|j| bicubic((j as f64 - center + 0.5) * invscale)).collect();
             let total: f64 = w.iter().sum();
             if total != 0.0 {
                 w.iter_mut().for_each(|v| *v /= total);

@@ -81,7 +81,13 @@ impl TextTower {
             }
             _ => {
                 let size = t.bytes.len() / t.numel().max(1);
-                RawTensor { shape: vec![1, w], dtype: t.dtype, bytes: t.bytes[token * w * size..(token + 1) * w * size].to_vec(), scales: vec![] }.to_f32()
+                RawTensor {
+                    shape: vec![1, w],
+                    dtype: t.dtype,
+                    bytes: t.bytes[token * w * size..(token + 1) * w * size].to_vec(),
+                    scales: vec![],
+                }
+                .to_f32()
             }
         }
     }

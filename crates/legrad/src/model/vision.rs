@@ -139,16 +139,7 @@ impl VisionTower {
         let native_pos = map.take("visual.positional_embedding", &[grid * grid + 1, w])?;
         let ln_pre = LayerNorm::load(map, "visual.ln_pre", w, device)?;
         let blocks = (0..v.layers)
-            .map(|i| {
-                Block::load(
-                    map,
-                    &format!("visual.transformer.resblocks.{i}"),
-                    w,
-                    v.heads,
-                    v.mlp_width,
-                    device,
-                )
-            })
+            .map(|i| Block::load(map, &format!("visual.transformer.resblocks.{i}"), w, v.heads, v.mlp_width, device))
             .collect::<Result<Vec<_>>>()?;
         if map.get(&format!("visual.transformer.resblocks.{}.attn.in_proj_weight", v.layers)).is_some() {
             return Err(LegradError::Config(format!(
@@ -254,22 +245,10 @@ impl VisionTower {
         }
         let p = self.patch_size;
         let (gh, gw) = self.grid_for(h, w)?;
-        let pixels = if gh * p != h || gw * p != w {
-            pixels.slice([0..b, 0..3, 0..gh * p, 0..gw * p])
-        } else {
-            pixels
-        };
-        let patches = pixels
-            .reshape([b, 3, gh, p, gw, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, gh * gw, 3 * p * p]);
+        let pixels = if gh * p != h || gw * p != w { pixels.slice([0..b, 0..3, 0..gh * p, 0..gw * p]) } else { pixels };
+        let patches = pixels.reshape([b, 3, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, 3 * p * p]);
         let x = patches.matmul(self.weights.patch_embed.val().unsqueeze());
-        let cls = self
-            .weights
-            .class_embedding
-            .val()
-            .reshape([1, 1, self.width])
-            .expand([b, 1, self.width]);
+        let cls = self.weights.class_embedding.val().reshape([1, 1, self.width]).expand([b, 1, self.width]);
         let x = Tensor::cat(vec![cls, x], 1) + self.positional_embedding((gh, gw)).unsqueeze();
         Ok((self.weights.ln_pre.forward(x), (gh, gw)))
     }
@@ -353,13 +332,7 @@ impl VisionTower {
             x = out.output;
         }
         let embedding = l2_normalize(self.pool(x)).squeeze_dim(0);
-        Ok(ImageTrace {
-            grid,
-            patch_size: self.patch_size,
-            embedding,
-            layers,
-            request: request.clone(),
-        })
+        Ok(ImageTrace { grid, patch_size: self.patch_size, embedding, layers, request: request.clone() })
     }
 }
 
@@ -373,11 +346,14 @@ impl VisionTower {
         let n = grid.0 * grid.1 + 1;
         let (w, h) = (self.width, self.heads);
         let embed = self.weights.proj.val().dims()[1];
-        let noise2 = |shape: [usize; 2]| -> Tensor<2> { Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device) };
+        let noise2 =
+            |shape: [usize; 2]| -> Tensor<2> { Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device) };
         let layers = (request.first_layer..self.depth())
             .map(|index| {
                 let m = self.weights.blocks[index].mlp.c_fc.weight.val().dims()[1];
-                let noise3 = |shape: [usize; 3]| -> Tensor<3> { Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device) };
+                let noise3 = |shape: [usize; 3]| -> Tensor<3> {
+                    Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+                };
                 let backward = request.mlp_backward;
                 LayerTrace {
                     index,

@@ -49,7 +49,14 @@ const DAMP: f64 = 0.01;
 
 /// Quantize a row-major `[rows (out), cols (in)]` matrix to `bits` with GPTQ, given the
 /// Hessian of its inputs (`h.n == cols`). Same output as [`quant::quantize`].
-pub fn quantize(values: &[f32], rows: usize, cols: usize, bits: u8, preferred_block: usize, h: &Hessian) -> Result<RawTensor> {
+pub fn quantize(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    bits: u8,
+    preferred_block: usize,
+    h: &Hessian,
+) -> Result<RawTensor> {
     if h.n != cols || values.len() != rows * cols {
         return Err(LegradError::Input(format!("a {cols}-input matrix with a {}-wide Hessian", h.n)));
     }
@@ -147,7 +154,11 @@ fn cholesky_lower(a: &mut [f64], n: usize) -> bool {
         let row = &mut rest[..n];
         for j in 0..=i {
             let lj = if j < i { &done[j * n..j * n + j] } else { &row[..0] };
-            let dot: f64 = if j < i { row[..j].iter().zip(lj).map(|(x, y)| x * y).sum() } else { row[..i].iter().map(|x| x * x).sum() };
+            let dot: f64 = if j < i {
+                row[..j].iter().zip(lj).map(|(x, y)| x * y).sum()
+            } else {
+                row[..i].iter().map(|x| x * x).sum()
+            };
             let v = row[j] - dot;
             if j < i {
                 row[j] = v / done[j * n + j];

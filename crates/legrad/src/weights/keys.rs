@@ -25,10 +25,8 @@ use crate::error::{LegradError, Result};
 pub fn transformers_to_openclip(mut map: TensorMap) -> Result<TensorMap> {
     let mut out = TensorMap::new();
     let moved = |out: &mut TensorMap, map: &mut TensorMap, from: &str, to: &str| -> Result<()> {
-        let t = map.remove(from).ok_or_else(|| LegradError::MissingTensor {
-            key: from.to_string(),
-            expected: vec![],
-        })?;
+        let t =
+            map.remove(from).ok_or_else(|| LegradError::MissingTensor { key: from.to_string(), expected: vec![] })?;
         out.insert(to, t);
         Ok(())
     };
@@ -50,14 +48,8 @@ pub fn transformers_to_openclip(mut map: TensorMap) -> Result<TensorMap> {
     if let Some(t) = map.remove("logit_scale") {
         out.insert("logit_scale", t);
     }
-    for (hf, oc) in [
-        ("visual_projection.weight", "visual.proj"),
-        ("text_projection.weight", "text_projection"),
-    ] {
-        let t = map.remove(hf).ok_or_else(|| LegradError::MissingTensor {
-            key: hf.to_string(),
-            expected: vec![],
-        })?;
+    for (hf, oc) in [("visual_projection.weight", "visual.proj"), ("text_projection.weight", "text_projection")] {
+        let t = map.remove(hf).ok_or_else(|| LegradError::MissingTensor { key: hf.to_string(), expected: vec![] })?;
         out.insert(oc, transpose(&t, hf)?);
     }
     for (hf_tower, oc_tower) in [
@@ -75,10 +67,7 @@ pub fn transformers_to_openclip(mut map: TensorMap) -> Result<TensorMap> {
                     .iter()
                     .map(|p| {
                         let key = format!("{hf}self_attn.{p}_proj.{suffix}");
-                        map.remove(&key).ok_or(LegradError::MissingTensor {
-                            key,
-                            expected: vec![],
-                        })
+                        map.remove(&key).ok_or(LegradError::MissingTensor { key, expected: vec![] })
                     })
                     .collect::<Result<_>>()?;
                 out.insert(format!("{oc}attn.in_proj_{suffix}"), concat_rows(parts, &hf)?);
@@ -101,10 +90,7 @@ pub fn transformers_to_openclip(mut map: TensorMap) -> Result<TensorMap> {
 
 fn transpose(t: &RawTensor, name: &str) -> Result<RawTensor> {
     let [r, c] = t.shape[..] else {
-        return Err(LegradError::Checkpoint(format!(
-            "tensor '{name}' has shape {:?}, expected a matrix",
-            t.shape
-        )));
+        return Err(LegradError::Checkpoint(format!("tensor '{name}' has shape {:?}, expected a matrix", t.shape)));
     };
     let v = t.to_f32();
     let mut out = vec![0f32; r * c];
@@ -118,10 +104,7 @@ fn transpose(t: &RawTensor, name: &str) -> Result<RawTensor> {
 
 fn concat_rows(parts: Vec<RawTensor>, layer: &str) -> Result<RawTensor> {
     let first = &parts[0];
-    if parts
-        .iter()
-        .any(|p| p.shape[1..] != first.shape[1..] || p.dtype != first.dtype)
-    {
+    if parts.iter().any(|p| p.shape[1..] != first.shape[1..] || p.dtype != first.dtype) {
         return Err(LegradError::Checkpoint(format!(
             "{layer}self_attn: q, k and v projections differ in shape or type"
         )));

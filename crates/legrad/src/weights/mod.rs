@@ -29,9 +29,13 @@ pub enum StoredDType {
     F64,
     /// Symmetric 8-bit, one scale per block of `block` consecutive rows in a column
     /// (see [`quant`]).
-    Q8 { block: usize },
+    Q8 {
+        block: usize,
+    },
     /// Symmetric 4-bit (-7..=7), two values per byte along a row, scales as `Q8`.
-    Q4 { block: usize },
+    Q4 {
+        block: usize,
+    },
 }
 
 impl StoredDType {
@@ -62,12 +66,7 @@ pub struct RawTensor {
 
 impl RawTensor {
     pub fn from_f32(shape: Vec<usize>, data: &[f32]) -> Self {
-        Self {
-            shape,
-            dtype: StoredDType::F32,
-            bytes: bytemuck::cast_slice(data).to_vec(),
-            scales: Vec::new(),
-        }
+        Self { shape, dtype: StoredDType::F32, bytes: bytemuck::cast_slice(data).to_vec(), scales: Vec::new() }
     }
 
     pub fn numel(&self) -> usize {
@@ -78,22 +77,12 @@ impl RawTensor {
     pub fn to_f32(&self) -> Vec<f32> {
         let b = &self.bytes;
         match self.dtype {
-            StoredDType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            StoredDType::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            StoredDType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            StoredDType::F64 => b
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-                .collect(),
+            StoredDType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            StoredDType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StoredDType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StoredDType::F64 => {
+                b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
+            }
             StoredDType::Q8 { .. } | StoredDType::Q4 { .. } => quant::dequantize(self),
         }
     }
@@ -162,10 +151,7 @@ impl TensorMap {
 
     /// Shapes of every tensor, for config inference.
     pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        self.tensors
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shape.clone()))
-            .collect()
+        self.tensors.iter().map(|(k, v)| (k.clone(), v.shape.clone())).collect()
     }
 
     /// Remove `name`, checking its shape; a missing or mis-shaped tensor names the key and both
@@ -176,10 +162,10 @@ impl TensorMap {
 
     /// As [`take`](Self::take), keeping the stored form (quantized weights stay quantized).
     pub fn take_raw(&mut self, name: &str, expected: &[usize]) -> Result<RawTensor> {
-        let tensor = self.tensors.remove(name).ok_or_else(|| LegradError::MissingTensor {
-            key: name.to_string(),
-            expected: expected.to_vec(),
-        })?;
+        let tensor = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| LegradError::MissingTensor { key: name.to_string(), expected: expected.to_vec() })?;
         // A [1, N, W] positional embedding and a [N, W] one hold the same numbers.
         let squeezed: Vec<usize> = tensor.shape.iter().copied().filter(|&d| d != 1).collect();
         let expected_squeezed: Vec<usize> = expected.iter().copied().filter(|&d| d != 1).collect();
@@ -195,9 +181,8 @@ impl TensorMap {
 
     /// Read a safetensors file from memory.
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
-            LegradError::Checkpoint(format!("not a valid safetensors file: {e}"))
-        })?;
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| LegradError::Checkpoint(format!("not a valid safetensors file: {e}")))?;
         let mut map = Self::new();
         for (name, view) in st.tensors() {
             let dtype = match view.dtype() {
@@ -210,15 +195,7 @@ impl TensorMap {
             };
             let bytes = view.data().to_vec();
             debug_assert_eq!(bytes.len(), view.shape().iter().product::<usize>() * dtype.size());
-            map.insert(
-                name,
-                RawTensor {
-                    shape: view.shape().to_vec(),
-                    dtype,
-                    bytes,
-                    scales: Vec::new(),
-                },
-            );
+            map.insert(name, RawTensor { shape: view.shape().to_vec(), dtype, bytes, scales: Vec::new() });
         }
         map.strip_wrapper_prefixes();
         Ok(map)
@@ -231,10 +208,7 @@ impl TensorMap {
     #[cfg(not(target_family = "wasm"))]
     pub fn from_pytorch_file(path: &std::path::Path) -> Result<Self> {
         let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| {
-            LegradError::Checkpoint(format!(
-                "{} is not a readable PyTorch checkpoint: {e}",
-                path.display()
-            ))
+            LegradError::Checkpoint(format!("{} is not a readable PyTorch checkpoint: {e}", path.display()))
         })?;
         let mut map = Self::new();
         for (name, tensor) in reader.into_tensors() {
@@ -260,10 +234,7 @@ impl TensorMap {
         for prefix in ["state_dict.", "model.", "module."] {
             if !self.tensors.is_empty() && self.tensors.keys().all(|k| k.starts_with(prefix)) {
                 let tensors = std::mem::take(&mut self.tensors);
-                self.tensors = tensors
-                    .into_iter()
-                    .map(|(k, v)| (k[prefix.len()..].to_string(), v))
-                    .collect();
+                self.tensors = tensors.into_iter().map(|(k, v)| (k[prefix.len()..].to_string(), v)).collect();
             }
         }
     }
@@ -304,30 +275,20 @@ pub fn detect_layout(map: &TensorMap) -> Result<Layout> {
 pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig> {
     use crate::config::{Activation, ActivationSource, TextConfig, VisionConfig};
     let get = |k: &str, rank: usize| -> Result<&Vec<usize>> {
-        let s = shapes.get(k).ok_or_else(|| LegradError::MissingTensor {
-            key: k.to_string(),
-            expected: vec![],
-        })?;
+        let s = shapes.get(k).ok_or_else(|| LegradError::MissingTensor { key: k.to_string(), expected: vec![] })?;
         if s.len() != rank {
-            return Err(LegradError::Checkpoint(format!(
-                "tensor '{k}' has shape {s:?}, expected {rank} dimensions"
-            )));
+            return Err(LegradError::Checkpoint(format!("tensor '{k}' has shape {s:?}, expected {rank} dimensions")));
         }
         Ok(s)
     };
     let count_layers = |prefix: &str| -> usize {
-        (0..)
-            .take_while(|i| shapes.contains_key(&format!("{prefix}{i}.attn.in_proj_weight")))
-            .count()
+        (0..).take_while(|i| shapes.contains_key(&format!("{prefix}{i}.attn.in_proj_weight"))).count()
     };
     let conv = get("visual.conv1.weight", 4)?;
     let (width, patch) = (conv[0], conv[2]);
     let pos = shapes
         .get("visual.positional_embedding")
-        .ok_or_else(|| LegradError::MissingTensor {
-            key: "visual.positional_embedding".into(),
-            expected: vec![],
-        })?;
+        .ok_or_else(|| LegradError::MissingTensor { key: "visual.positional_embedding".into(), expected: vec![] })?;
     let tokens = pos[pos.len() - 2];
     let grid = ((tokens - 1) as f64).sqrt().round() as usize;
     if grid * grid + 1 != tokens {
@@ -340,10 +301,7 @@ pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig>
     let tok = get("token_embedding.weight", 2)?;
     let text_pos = shapes
         .get("positional_embedding")
-        .ok_or_else(|| LegradError::MissingTensor {
-            key: "positional_embedding".into(),
-            expected: vec![],
-        })?;
+        .ok_or_else(|| LegradError::MissingTensor { key: "positional_embedding".into(), expected: vec![] })?;
     let text_mlp = get("transformer.resblocks.0.mlp.c_fc.weight", 2)?[0];
     let text_proj = get("text_projection", 2)?;
     if text_proj[1] != proj[1] {

@@ -19,7 +19,7 @@ pub fn qmax(dtype: StoredDType) -> f32 {
 /// The largest power of two not above `preferred` that divides `rows` (at least 1).
 pub fn block_for(rows: usize, preferred: usize) -> usize {
     let mut b = preferred.max(1);
-    while b > 1 && rows % b != 0 {
+    while b > 1 && !rows.is_multiple_of(b) {
         b /= 2;
     }
     b
@@ -83,9 +83,7 @@ pub(crate) fn packed(q: Vec<i8>, rows: usize, cols: usize, dtype: StoredDType, s
     let bytes = if matches!(dtype, StoredDType::Q4 { .. }) {
         // Two values per byte along a row (low nibble first); `cols` is even for every
         // matrix quantized here.
-        q.chunks(2)
-            .map(|p| ((p[0] as u8) & 0x0F) | (((*p.get(1).unwrap_or(&0) as u8) & 0x0F) << 4))
-            .collect()
+        q.chunks(2).map(|p| ((p[0] as u8) & 0x0F) | (((*p.get(1).unwrap_or(&0) as u8) & 0x0F) << 4)).collect()
     } else {
         q.iter().map(|&v| v as u8).collect()
     };
@@ -95,12 +93,9 @@ pub(crate) fn packed(q: Vec<i8>, rows: usize, cols: usize, dtype: StoredDType, s
 /// The quantized values as i8, one per element.
 pub fn values(t: &RawTensor) -> Vec<i8> {
     match t.dtype {
-        StoredDType::Q4 { .. } => t
-            .bytes
-            .iter()
-            .flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4])
-            .take(t.numel())
-            .collect(),
+        StoredDType::Q4 { .. } => {
+            t.bytes.iter().flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4]).take(t.numel()).collect()
+        }
         _ => t.bytes.iter().map(|&b| b as i8).collect(),
     }
 }

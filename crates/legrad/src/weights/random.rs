@@ -2,8 +2,11 @@
 //! and memory measurements are generated on demand, never committed.
 
 use super::{RawTensor, TensorMap};
-use crate::rng::Rng;
 use crate::config::ClipConfig;
+use crate::rng::Rng;
+
+/// Puts one named tensor of the given shape, drawn with a mean and a spread.
+type Put<'a> = dyn FnMut(String, Vec<usize>, f32, f32, &mut Rng) + 'a;
 
 /// A model with open_clip-like initial scales (std 0.02 matrices, LayerNorms near identity).
 pub fn random_openclip(config: &ClipConfig, seed: u64) -> TensorMap {
@@ -14,7 +17,7 @@ pub fn random_openclip(config: &ClipConfig, seed: u64) -> TensorMap {
         let data: Vec<f32> = (0..n).map(|_| mean + std * rng.normal()).collect();
         map.insert(name, RawTensor::from_f32(shape, &data));
     };
-    let blocks = |prefix: &str, layers: usize, w: usize, m: usize, put: &mut dyn FnMut(String, Vec<usize>, f32, f32, &mut Rng), rng: &mut Rng| {
+    let blocks = |prefix: &str, layers: usize, w: usize, m: usize, put: &mut Put<'_>, rng: &mut Rng| {
         for i in 0..layers {
             let p = format!("{prefix}{i}");
             put(format!("{p}.ln_1.weight"), vec![w], 1.0, 0.02, rng);

@@ -37,11 +37,8 @@ impl Expected {
         let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
         let mut map = HashMap::new();
         for (k, v) in st.tensors() {
-            let vals: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let vals: Vec<f32> =
+                v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             map.insert(k.to_string(), (v.shape().to_vec(), vals));
         }
         Self(map)
@@ -69,10 +66,7 @@ pub fn tiny_b16(device: &Device) -> Engine {
 pub fn size_of(key: &str) -> InputSize {
     // "64x96" is (height, width) in the fixture keys.
     let (h, w) = key.split_once('x').unwrap();
-    InputSize {
-        height: h.parse().unwrap(),
-        width: w.parse().unwrap(),
-    }
+    InputSize { height: h.parse().unwrap(), width: w.parse().unwrap() }
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
