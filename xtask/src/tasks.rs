@@ -204,6 +204,19 @@ fn web_tests(args: &[String]) -> Result {
         .env("LEGRAD_CLI", target_dir().join("release/legrad")))
 }
 
+/// The fuzz targets (`crates/legrad/tests/fuzz.rs`) for `--minutes N` in all, one after the
+/// other, with fresh seeds; a failing input lands in `crates/legrad/tests/fuzz-corpus/`.
+pub fn fuzz(args: &[String]) -> Result {
+    let minutes: f64 = value(args, "--minutes").unwrap_or("5").parse().map_err(|_| "--minutes takes a number")?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "-p", "legrad", "--test", "fuzz", "--", "--test-threads", "1", "--nocapture"])
+        .env("LEGRAD_FUZZ_SECONDS", format!("{}", minutes * 60.0));
+    if let Some(only) = value(args, "--only") {
+        cmd.arg(only);
+    }
+    run(&mut cmd)
+}
+
 pub fn bench(args: &[String]) -> Result {
     let python = value(args, "--python")
         .map(String::from)

@@ -3,7 +3,6 @@
 mod bench;
 mod convert;
 mod eval;
-mod npy;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use legrad::engine::{DEFAULT_TEMPLATE, Engine};
 use legrad::explain::{ExplainOptions, Method};
 use legrad::load::{ConfigSource, load_path};
+use legrad::npy;
 use legrad::overlay::{Colormap, overlay};
 use legrad::preprocess::{DecodeLimits, InputSize, decode, denormalize_to_rgb};
 use legrad::{LegradError, TraceRequest};
@@ -228,7 +228,7 @@ pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
 /// Pixels and their size from --image (decoded and preprocessed) or --pixels (as given).
 fn read_input(input: &ImageInput, size: InputSize) -> CliResult<(Vec<f32>, InputSize)> {
     if let Some(path) = &input.pixels {
-        return npy::read_pixels(path);
+        return npy::read_pixels_file(path);
     }
     let path = input.image.as_ref().ok_or_else(|| LegradError::Input("give --image or --pixels".into()))?;
     let bytes = std::fs::read(path).map_err(|e| LegradError::Io { path: path.display().to_string(), source: e })?;

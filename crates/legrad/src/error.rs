@@ -38,6 +38,12 @@ pub enum LegradError {
 
 pub type Result<T, E = LegradError> = std::result::Result<T, E>;
 
+/// A library's error message on one line (decoders and parsers sometimes end theirs with a
+/// newline or draw a caret under a column): its lines, trimmed, joined by "; ".
+pub fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
 impl LegradError {
     pub fn io_path(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Self::Io { path: path.as_ref().display().to_string(), source }

@@ -16,6 +16,8 @@ pub mod explain;
 pub mod format;
 pub mod load;
 pub mod model;
+#[cfg(not(target_family = "wasm"))]
+pub mod npy;
 pub mod overlay;
 pub mod preprocess;
 pub mod rng;

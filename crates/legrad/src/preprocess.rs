@@ -19,7 +19,7 @@ use std::io::Cursor;
 use fast_image_resize as fr;
 use image::{DynamicImage, ImageDecoder, ImageReader};
 
-use crate::error::{LegradError, Result};
+use crate::error::{LegradError, Result, one_line};
 
 // open_clip's constants, digit for digit (more than f32 holds; kept so they read as the source).
 #[allow(clippy::excessive_precision)]
@@ -82,7 +82,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| LegradError::ImageDecode(e.to_string()))?;
+        .map_err(|e| LegradError::ImageDecode(one_line(e)))?;
     if reader.format().is_none() {
         return Err(LegradError::ImageDecode(format!("this is not an image in a format we can read ({FORMATS})")));
     }
@@ -94,7 +94,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
                 format.map(|f| format!("{f:?}")).unwrap_or_else(|| "these".into())
             ))
         }
-        e => LegradError::ImageDecode(e.to_string()),
+        e => LegradError::ImageDecode(one_line(e)),
     })?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
@@ -111,13 +111,13 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
     image_limits.max_image_width = Some(limits.max_side);
     image_limits.max_image_height = Some(limits.max_side);
     image_limits.max_alloc = Some(limits.max_alloc_bytes);
-    decoder.set_limits(image_limits).map_err(|e| LegradError::ImageDecode(e.to_string()))?;
+    decoder.set_limits(image_limits).map_err(|e| LegradError::ImageDecode(one_line(e)))?;
     let orientation = decoder.orientation().ok();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| match e {
         image::ImageError::Limits(_) => {
             LegradError::ImageTooLarge { width: w as u64, height: h as u64, limit: limits.max_pixels / 1_000_000 }
         }
-        other => LegradError::ImageDecode(other.to_string()),
+        other => LegradError::ImageDecode(one_line(other)),
     })?;
     if let Some(o) = orientation {
         img.apply_orientation(o);
