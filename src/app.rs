@@ -10,6 +10,7 @@ use leptos::prelude::*;
 use crate::bridge;
 use crate::components::{Controls, Header, ImagePanel, ModelPanel, PromptPanel, Results, StatusBar};
 use crate::protocol::*;
+use crate::share::Shared;
 
 /// What the page shows for the model.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +66,12 @@ pub struct AppState {
     pub pending: RwSignal<bool>,
     pub explain_error: RwSignal<Option<String>>,
     pub engine_error: RwSignal<Option<String>>,
+    /// The model's URL when it came from one (it goes into shared links).
+    pub model_url: RwSignal<Option<String>>,
+    /// Said once when the page opened from a shared link.
+    pub shared_note: RwSignal<Option<String>>,
+    /// The user (or a link) chose the size: a new model keeps it instead of its own default.
+    size_by_hand: StoredValue<bool>,
     next_image_id: StoredValue<u64>,
     next_seq: StoredValue<u64>,
     timer: StoredValue<Option<TimeoutHandle>>,
@@ -83,7 +90,7 @@ impl AppState {
             template_on: RwSignal::new(true),
             method: RwSignal::new(Method::LeGrad),
             compare: RwSignal::new(false),
-            size: RwSignal::new(448),
+            size: RwSignal::new(224),
             layer_index: RwSignal::new(-2),
             opacity: RwSignal::new(0.6),
             colormap: RwSignal::new(Colormap::Jet),
@@ -91,9 +98,53 @@ impl AppState {
             pending: RwSignal::new(false),
             explain_error: RwSignal::new(None),
             engine_error: RwSignal::new(None),
+            model_url: RwSignal::new(None),
+            shared_note: RwSignal::new(None),
+            size_by_hand: StoredValue::new(false),
             next_image_id: StoredValue::new(1),
             next_seq: StoredValue::new(1),
             timer: StoredValue::new(None),
+        }
+    }
+
+    fn apply_shared(&self, shared: &Shared) {
+        if shared.is_empty() {
+            return;
+        }
+        if let Some(p) = &shared.prompts {
+            self.prompts_text.set(p.clone());
+        }
+        if let Some(t) = shared.template {
+            self.template_on.set(t);
+        }
+        if let Some(m) = shared.method {
+            self.method.set(m);
+        }
+        if let Some(c) = shared.compare {
+            self.compare.set(c);
+        }
+        if let Some(size) = shared.size {
+            self.choose_size(size);
+        }
+        if let Some(k) = shared.layers {
+            self.layer_index.set(k);
+        }
+        self.shared_note.set(Some(
+            "Opened from a link: its prompts and settings are restored. A link never holds the image: drop it again."
+                .into(),
+        ));
+    }
+
+    /// The state a link carries.
+    pub fn to_shared(&self) -> Shared {
+        Shared {
+            prompts: Some(self.prompts_text.get()),
+            template: Some(self.template_on.get()),
+            method: Some(self.method.get()),
+            compare: Some(self.compare.get()),
+            size: Some(self.size.get()),
+            layers: Some(self.layer_index.get()),
+            model_url: self.model_url.get(),
         }
     }
 
@@ -102,9 +153,21 @@ impl AppState {
         self.prompts_text.get().lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
     }
 
+    /// A size picked in the settings (kept across models).
+    pub fn choose_size(&self, size: u32) {
+        self.size_by_hand.set_value(true);
+        self.size.set(size);
+    }
+
     pub fn load_model(&self, source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>, name: String) {
+        self.model_url.set(match &source {
+            ModelSource::Url { url } => Some(url.clone()),
+            _ => None,
+        });
         self.model.set(ModelStatus::Loading(name));
         self.results.set(None);
+        self.pending.set(false);
+        self.explain_error.set(None);
         bridge::send(&Request::LoadModel(source), buffers);
     }
 
@@ -165,9 +228,9 @@ impl AppState {
             Response::Progress { stage, done, total } => self.progress.set(Some((stage, done, total))),
             Response::ModelReady(summary) => {
                 self.progress.set(None);
-                // The model's own size when the reference's 448 makes no sense for it.
-                if summary.native_size * 2 < self.size.get_untracked() as usize && summary.native_size < 224 {
-                    self.size.set((summary.native_size * 2) as u32);
+                // Each model's own default size, unless one was chosen.
+                if !self.size_by_hand.get_value() {
+                    self.size.set(summary.default_size as u32);
                 }
                 self.model.set(ModelStatus::Ready(summary));
                 self.schedule_explain();
@@ -179,8 +242,12 @@ impl AppState {
                 }
             }
             Response::Maps(ready) => {
-                // The last keystroke wins: an answer to an older request is dropped.
-                if ready.seq + 1 < self.next_seq.get_value() {
+                // The last keystroke wins: an answer to an older request is dropped, and so is one
+                // that arrives while another model loads (it is the old model's; the new one
+                // explains again when it is ready).
+                if ready.seq + 1 < self.next_seq.get_value()
+                    || !matches!(self.model.get_untracked(), ModelStatus::Ready(_))
+                {
                     return;
                 }
                 self.pending.set(false);
@@ -200,7 +267,10 @@ impl AppState {
                 }
                 ErrorAbout::Prompt | ErrorAbout::Explain => {
                     self.pending.set(false);
-                    self.explain_error.set(Some(message));
+                    // The same for an error about an explanation the old model was giving.
+                    if matches!(self.model.get_untracked(), ModelStatus::Ready(_)) {
+                        self.explain_error.set(Some(message));
+                    }
                 }
                 ErrorAbout::Backend => self.engine_error.set(Some(message)),
             },
@@ -213,14 +283,37 @@ pub fn App() -> impl IntoView {
     let state = AppState::new();
     provide_context(state);
     let started = bridge::start(move |response, buffers| state.on_response(response, buffers));
+    // A shared link's state first (share.rs), so that the first explanation already uses it.
+    let location = web_sys::window().map(|w| w.location());
+    let shared = Shared::parse(&location.as_ref().and_then(|l| l.hash().ok()).unwrap_or_default());
+    state.apply_shared(&shared);
     match started {
         Ok(()) => {
-            let query = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
+            let query = location.as_ref().and_then(|l| l.search().ok()).unwrap_or_default();
             bridge::send(&Request::Init { backend: BackendRequest::from_query(&query) }, vec![]);
-            bridge::send(&Request::LoadModel(ModelSource::Default), vec![]);
+            match shared.model_url.clone() {
+                Some(url) => state.load_model(ModelSource::Url { url: url.clone() }, vec![], url),
+                None => bridge::send(&Request::LoadModel(ModelSource::Default), vec![]),
+            }
         }
         Err(e) => state.engine_error.set(Some(e)),
     }
+    // The fragment follows the state (replaced, not pushed: no history entry per keystroke).
+    Effect::new(move |_| {
+        let shared = state.to_shared();
+        if shared.prompts.as_deref().unwrap_or("").trim().is_empty() && shared.model_url.is_none() {
+            return;
+        }
+        if let Some(w) = web_sys::window()
+            && let Ok(history) = w.history()
+        {
+            let _ = history.replace_state_with_url(
+                &wasm_bindgen::JsValue::NULL,
+                "",
+                Some(&format!("#{}", shared.to_fragment())),
+            );
+        }
+    });
     // Any change of what is asked re-explains (debounced).
     Effect::new(move |_| {
         state.prompts_text.track();

@@ -10,6 +10,7 @@ pub mod components;
 pub mod models;
 pub mod protocol;
 pub mod render;
+pub mod share;
 pub mod worker;
 
 use wasm_bindgen::prelude::*;

@@ -60,6 +60,7 @@ pub async fn obtain(
                 .get(1)
                 .map(|b| ConfigSource::from_json(String::from_utf8_lossy(&buffer_to_bytes(b)).into_owned()));
             let (bytes, notes) = convert_if_needed(bytes, config.as_ref(), &name, progress)?;
+            cancelled_while(abort, "converting").await?;
             Ok(Obtained { name, bytes, downloaded_bytes: 0, from_cache: false, notes })
         }
         ModelSource::Url { url } => {
@@ -69,6 +70,8 @@ pub async fn obtain(
             let raw = download(&url, abort, progress).await?;
             let downloaded = raw.len() as u64;
             let (bytes, notes) = convert_if_needed(raw, None, &url, progress)?;
+            // A cancel sent while the (synchronous) conversion ran is delivered now.
+            cancelled_while(abort, "converting").await?;
             progress(Stage::Store, 0, Some(bytes.len() as u64));
             let mut notes = notes;
             if let Err(e) = cache_put(&url, &bytes).await {
@@ -76,9 +79,30 @@ pub async fn obtain(
                     "could not store the model in the browser ({e}); it will be downloaded again next time"
                 ));
             }
+            if let Err(e) = cancelled_while(abort, "storing").await {
+                cache_delete(&url).await;
+                return Err(e);
+            }
             Ok(Obtained { name: url, bytes, downloaded_bytes: downloaded, from_cache: false, notes })
         }
     }
+}
+
+/// Waits `ms` milliseconds, letting queued messages and promise callbacks run meanwhile.
+pub async fn sleep_ms(ms: i32) {
+    let tick = js_sys::Promise::new(&mut |resolve, _| {
+        let _ = global().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+    });
+    let _ = JsFuture::from(tick).await;
+}
+
+/// Lets queued messages in (a `Cancel` among them), then fails if the load was cancelled.
+async fn cancelled_while(abort: Option<&web_sys::AbortController>, what: &str) -> Result<(), LegradError> {
+    sleep_ms(0).await;
+    if abort.is_some_and(|a| a.signal().aborted()) {
+        return Err(LegradError::Cancelled(format!("while {what}")));
+    }
+    Ok(())
 }
 
 /// A checkpoint that is not in the app's format is converted to 8 bits.
@@ -115,7 +139,7 @@ async fn download(
     }
     let response = JsFuture::from(global().fetch_with_str_and_init(url, &init)).await.map_err(|e| {
         if abort.is_some_and(|a| a.signal().aborted()) {
-            LegradError::Input("download cancelled".into())
+            LegradError::Cancelled("during the download".into())
         } else {
             js_err(&format!("could not download {url} (offline, or the server does not allow this site to read it)"), e)
         }
@@ -137,7 +161,7 @@ async fn download(
     loop {
         let chunk = JsFuture::from(reader.read()).await.map_err(|e| {
             if abort.is_some_and(|a| a.signal().aborted()) {
-                LegradError::Input("download cancelled".into())
+                LegradError::Cancelled("during the download".into())
             } else {
                 js_err(&format!("the download of {url} broke off"), e)
             }
@@ -162,7 +186,13 @@ async fn download(
     Ok(bytes)
 }
 
+/// The Cache API, where there is one: pages served over plain HTTP (not localhost) have none,
+/// and a private window may refuse it.
 async fn open_cache() -> Option<web_sys::Cache> {
+    let has = js_sys::Reflect::get(&global(), &"caches".into()).ok().is_some_and(|c| !c.is_undefined() && !c.is_null());
+    if !has {
+        return None;
+    }
     let caches = global().caches().ok()?;
     JsFuture::from(caches.open(CACHE_NAME)).await.ok().map(|c| c.unchecked_into())
 }
@@ -187,4 +217,10 @@ async fn cache_put(key: &str, bytes: &[u8]) -> Result<(), String> {
     let response = web_sys::Response::new_with_opt_buffer_source(Some(&array)).map_err(|e| format!("{e:?}"))?;
     JsFuture::from(cache.put_with_str(key, &response)).await.map_err(|e| format!("{e:?}"))?;
     Ok(())
+}
+
+async fn cache_delete(key: &str) {
+    if let Some(cache) = open_cache().await {
+        let _ = JsFuture::from(cache.delete_with_str(key)).await;
+    }
 }

@@ -95,6 +95,10 @@ pub struct ModelSummary {
     pub description: String,
     pub format: String,
     pub native_size: usize,
+    /// The input size the page starts this model at: the default model's own (224, where it
+    /// names 99% of its scenes), the reference demo's 448 for real checkpoints (twice the
+    /// native size for a model trained below 224).
+    pub default_size: usize,
     pub patch_size: usize,
     pub layers: usize,
     pub context_length: usize,
@@ -130,6 +134,17 @@ pub struct MapsReady {
     pub explain_ms: f64,
     /// The image forward ran for this request (false: the cached trace served).
     pub traced: bool,
+    /// The engine's memory after this answer.
+    pub memory: EngineMemory,
+}
+
+/// What the engine holds: the worker's wasm memory (it only grows; what the allocator frees is
+/// reused) and, on a GPU, what burn's memory pools hold.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EngineMemory {
+    pub wasm_bytes: u64,
+    pub gpu_in_use_bytes: Option<u64>,
+    pub gpu_reserved_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -49,6 +49,9 @@ struct State {
     /// A hardware GPU found at start (no `?backend=`): it races the CPU at every model load.
     race_gpu: Option<(Device, String)>,
     engine: Option<Rc<Engine>>,
+    /// What the page was told about the engine's model, and where it came from.
+    summary: Option<ModelSummary>,
+    source: Option<ModelSource>,
     image: Option<(u64, Rc<DecodedImage>)>,
     trace: Option<Rc<CachedTrace>>,
     queue: VecDeque<(Request, Vec<js_sys::ArrayBuffer>)>,
@@ -129,12 +132,33 @@ async fn run_queue() {
 }
 
 async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
+    // A GPU lost since the last request (between requests nothing reads from it).
+    if let Some(reason) = take_gpu_lost() {
+        recover_on_cpu(reason).await;
+    }
     match request {
         Request::Cancel => {}
         Request::Init { backend } => init(backend).await,
         Request::LoadModel(source) => {
+            let name = match &source {
+                ModelSource::Default => models::DEFAULT_MODEL_NAME.to_string(),
+                ModelSource::File { name } => name.clone(),
+                ModelSource::Url { url } => url.clone(),
+            };
             if let Err(e) = load_model(source, buffers).await {
-                post_error(ErrorAbout::Model, e.to_string());
+                // Failed or cancelled before the model in use was let go: it stays, and the page
+                // is told so beside it.
+                let kept = STATE.with(|s| {
+                    let s = s.borrow();
+                    s.engine.as_ref().and(s.summary.clone())
+                });
+                match kept {
+                    Some(mut summary) => {
+                        summary.notes.insert(0, format!("Loading {name} stopped: {e}. This model is still in use."));
+                        post(&Response::ModelReady(summary), vec![]);
+                    }
+                    None => post_error(ErrorAbout::Model, e.to_string()),
+                }
             }
         }
         Request::SetImage { id, name } => {
@@ -156,7 +180,19 @@ async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
             }
         }
         Request::Explain(req) => {
-            if let Err((about, e)) = explain(req).await {
+            let mut result = explain(req.clone()).await;
+            // A GPU that fails may have been lost: the browser tells (`GPUDevice.lost`) a moment
+            // after the failed read.
+            if result.is_err() && on_gpu() {
+                models::sleep_ms(200).await;
+            }
+            // Lost while explaining: what it read is not trusted (no map was sent); again on
+            // the CPU.
+            if let Some(reason) = take_gpu_lost() {
+                recover_on_cpu(reason).await;
+                result = explain(req).await;
+            }
+            if let Err((about, e)) = result {
                 post_error(about, e.to_string());
             }
         }
@@ -244,7 +280,65 @@ fn progress(stage: Stage, done: u64, total: Option<u64>) {
     post(&Response::Progress { stage, done, total }, vec![]);
 }
 
+/// The reason the GPU device was lost, if it was (`www/worker.js` watches `GPUDevice.lost`),
+/// once: the flag is cleared.
+fn take_gpu_lost() -> Option<String> {
+    let key: JsValue = "legradGpuLost".into();
+    let lost = js_sys::Reflect::get(&js_sys::global(), &key).ok().filter(|v| !v.is_null() && !v.is_undefined())?;
+    let _ = js_sys::Reflect::set(&js_sys::global(), &key, &JsValue::NULL);
+    Some(lost.as_string().unwrap_or_else(|| "lost".into()))
+}
+
+fn on_gpu() -> bool {
+    legrad::model::keeps_quantized(&device())
+}
+
+fn gpu_lost_now() -> bool {
+    js_sys::Reflect::get(&js_sys::global(), &"legradGpuLost".into())
+        .ok()
+        .is_some_and(|v| !v.is_null() && !v.is_undefined())
+}
+
+/// The GPU is gone: the engine moves to the CPU for the rest of the visit, says so, and loads
+/// the model again there (the decoded image stays; its trace is computed again).
+async fn recover_on_cpu(reason: String) {
+    let choice = cpu_choice(
+        format!(
+            "On the CPU: the GPU device was lost ({reason}), so the engine moved to the CPU. Reload the page to use the GPU again."
+        ),
+        true,
+    );
+    let source = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.device = Some(Device::flex());
+        s.race_gpu = None;
+        s.initial_choice = Some(choice.clone());
+        s.choice = Some(choice.clone());
+        s.engine = None;
+        s.summary = None;
+        s.trace = None;
+        s.source.clone()
+    });
+    post(&Response::Backend(choice), vec![]);
+    // A dropped file's bytes are gone (they were the GPU model's): the default model instead.
+    let (source, note) = match source {
+        Some(ModelSource::File { name }) => {
+            (ModelSource::Default, Some(format!("{name} was on the lost GPU: drop it again to use it on the CPU.")))
+        }
+        Some(s) => (s, None),
+        None => (ModelSource::Default, None),
+    };
+    if let Some(note) = note {
+        post_error(ErrorAbout::Explain, note);
+    }
+    if let Err(e) = load_model(source, vec![]).await {
+        post_error(ErrorAbout::Model, e.to_string());
+    }
+}
+
 async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> Result<(), LegradError> {
+    STATE.with(|s| s.borrow_mut().source = Some(source.clone()));
+    let is_default = source == ModelSource::Default;
     let device = device();
     let t0 = Instant::now();
     let abort = web_sys::AbortController::new().ok();
@@ -257,6 +351,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.engine = None;
+        s.summary = None;
         s.trace = None;
     });
     let race_gpu = STATE.with(|s| s.borrow().race_gpu.clone());
@@ -287,6 +382,11 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         ),
         format: engine.info.source_format.clone(),
         native_size: native,
+        default_size: match () {
+            _ if is_default => native,
+            _ if native < 224 => 2 * native,
+            _ => 448,
+        },
         patch_size: c.vision.patch_size,
         layers: c.vision.layers,
         context_length: c.text.context_length,
@@ -301,6 +401,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         let mut s = s.borrow_mut();
         s.engine = Some(engine);
         s.trace = None;
+        s.summary = Some(summary.clone());
     });
     post(&Response::ModelReady(summary), vec![]);
     Ok(())
@@ -522,7 +623,20 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
         image_ms,
         explain_ms,
         traced,
+        memory: engine_memory(&engine),
     };
+    if gpu_lost_now() {
+        return Ok(()); // read from a lost device: not sent (the caller explains again on the CPU)
+    }
     post(&Response::Maps(ready), vec![bytes_to_buffer(&rgb), f32_to_buffer(&maps)]);
     Ok(())
+}
+
+fn engine_memory(engine: &Engine) -> EngineMemory {
+    let wasm_bytes = wasm_bindgen::memory()
+        .dyn_into::<js_sys::WebAssembly::Memory>()
+        .map(|m| m.buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length() as u64)
+        .unwrap_or(0);
+    let gpu = legrad::device_stats::gpu_memory(&engine.device());
+    EngineMemory { wasm_bytes, gpu_in_use_bytes: gpu.map(|g| g.0), gpu_reserved_bytes: gpu.map(|g| g.1) }
 }

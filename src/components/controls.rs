@@ -30,7 +30,7 @@ pub fn Controls() -> impl IntoView {
             </label>
             <label>"Input size "
                 <select data-testid="size" on:change=move |ev| {
-                    if let Ok(s) = event_target_value(&ev).parse::<u32>() { state.size.set(s) }
+                    if let Ok(s) = event_target_value(&ev).parse::<u32>() { state.choose_size(s) }
                 }>
                     {move || {
                         let mut sizes = vec![224u32, 336, 448];

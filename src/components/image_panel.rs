@@ -2,7 +2,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use wasm_bindgen::JsCast;
 
-use crate::app::{AppState, ImageStatus};
+use crate::app::{AppState, ImageStatus, ModelStatus};
 use crate::components::{fetch_bytes, file_bytes, is_model_file};
 use crate::protocol::ModelSource;
 
@@ -99,7 +99,15 @@ pub fn ImagePanel() -> impl IntoView {
         ImageStatus::Empty => view! { <p class="hint">"Drop an image anywhere on the page, paste one, pick a file, or try a sample."</p> }.into_any(),
         ImageStatus::Decoding(name) => view! { <p class="hint">{format!("Reading {name}…")}</p> }.into_any(),
         ImageStatus::Ready { name, width, height, .. } => {
-            view! { <p class="ok" data-testid="image-ready">{format!("{name} ({width}×{height})")}</p> }.into_any()
+            let on_default = matches!(state.model.get(), ModelStatus::Ready(m) if m.name == crate::models::DEFAULT_MODEL_NAME);
+            view! {
+                <p class="ok" data-testid="image-ready">{format!("{name} ({width}×{height})")}</p>
+                <Show when=move || on_default>
+                    <p class="notice small" data-testid="default-model-hint">
+                        "The default model only knows coloured shapes (circles, squares, triangles, stars, crosses and rings in six colours) on plain, striped or noisy backgrounds; for photos, load a real CLIP under “Use another model” (OpenCLIP ViT-B/16, one click)."
+                    </p>
+                </Show>
+            }.into_any()
         }
         ImageStatus::Failed(msg) => view! {
             <p class="error" role="alert" data-testid="image-error">{msg}" Try another file: PNG, JPEG, GIF, WebP, BMP, TIFF…"</p>

@@ -4,7 +4,7 @@ use wasm_bindgen::JsCast;
 use crate::app::{AppState, ModelStatus};
 use crate::components::human_bytes;
 use crate::components::image_panel::take_files;
-use crate::protocol::{ModelSource, Request};
+use crate::protocol::ModelSource;
 
 /// OpenCLIP ViT-B/16 trained on LAION-2B, the reference demo's model.
 pub const HF_VIT_B16: &str =
@@ -21,8 +21,7 @@ pub fn ModelPanel() -> impl IntoView {
         }
         state.load_model(ModelSource::Url { url: u.clone() }, vec![], u);
     };
-    let info = move || {
-        match state.model.get() {
+    let info = move || match state.model.get() {
         ModelStatus::Ready(m) => {
             let size = if m.from_cache {
                 format!("from this browser's storage: {}", human_bytes(m.stored_bytes))
@@ -43,9 +42,9 @@ pub fn ModelPanel() -> impl IntoView {
         }
         ModelStatus::Loading(name) => view! { <p class="hint">{format!("Loading {name}…")}</p> }.into_any(),
         ModelStatus::Failed(msg) => view! {
-            <p class="error" role="alert" data-testid="model-error">{msg}" The previous model, if any, is gone: load another one."</p>
-        }.into_any(),
-    }
+            <p class="error" role="alert" data-testid="model-error">{msg}" Load another model."</p>
+        }
+        .into_any(),
     };
     view! {
         <fieldset class="panel">
@@ -74,7 +73,6 @@ pub fn ModelPanel() -> impl IntoView {
                 <button class="secondary" on:click=move |_| {
                     state.load_model(ModelSource::Default, vec![], crate::models::DEFAULT_MODEL_NAME.into())
                 }>"Back to the default model"</button>
-                <button class="secondary" on:click=move |_| crate::bridge::send(&Request::Cancel, vec![])>"Cancel download"</button>
             </details>
         </fieldset>
     }

@@ -5,6 +5,7 @@ use crate::app::{AppState, ModelStatus, TEMPLATE};
 #[component]
 pub fn PromptPanel() -> impl IntoView {
     let state = expect_context::<AppState>();
+    let copied = RwSignal::new(false);
     let empty = move || state.prompts().is_empty();
     let truncated = move || {
         state
@@ -41,6 +42,22 @@ pub fn PromptPanel() -> impl IntoView {
                 <p class="notice" data-testid="truncated">
                     {move || format!("Longer than the model's {} tokens, cut: {}", context(), truncated().join(", "))}
                 </p>
+            </Show>
+            <div class="share">
+                <button class="secondary" data-testid="copy-link" on:click=move |_| {
+                    let Some(w) = web_sys::window() else { return };
+                    let href = w.location().href().unwrap_or_default();
+                    let _ = w.navigator().clipboard().write_text(&href);
+                    copied.set(true);
+                }>"Copy link"</button>
+                <span class="small">{move || if copied.get() {
+                    "Copied: the prompts and settings (and a model URL), never the image."
+                } else {
+                    "A link to these prompts and settings (not the image)."
+                }}</span>
+            </div>
+            <Show when=move || state.shared_note.get().is_some()>
+                <p class="notice" data-testid="shared-note">{move || state.shared_note.get().unwrap_or_default()}</p>
             </Show>
             <Show when=move || state.explain_error.get().is_some()>
                 <p class="error" role="alert" data-testid="explain-error">{move || state.explain_error.get().unwrap_or_default()}</p>

@@ -2,6 +2,7 @@ use leptos::prelude::*;
 
 use crate::app::{AppState, ImageStatus, ModelStatus};
 use crate::components::human_bytes;
+use crate::protocol::Stage;
 
 /// Progress, timings and engine errors, announced politely to screen readers.
 #[component]
@@ -21,11 +22,13 @@ pub fn StatusBar() -> impl IntoView {
                 _ => (String::new(), String::new()),
             };
             view! {
-                <div class="progress" data-testid="progress">
+                <div class="progress" data-testid="progress" data-stage=format!("{stage:?}")>
                     <label>{text.clone()}
                         <progress value=value max=max aria-label=text></progress>
                     </label>
-                    <Show when=move || stage == crate::protocol::Stage::Download>
+                    // Until the model is stored, a cancel leaves nothing behind (not in the
+                    // cache, not in memory: the model before stays in use).
+                    <Show when=move || matches!(stage, Stage::Download | Stage::Convert | Stage::Store)>
                         <button class="secondary" data-testid="cancel" on:click=move |_| crate::bridge::send(&crate::protocol::Request::Cancel, vec![])>"Cancel"</button>
                     </Show>
                 </div>
@@ -51,7 +54,9 @@ pub fn StatusBar() -> impl IntoView {
             <span data-testid="timing"
                 data-image-ms=move || state.results.get().map(|r| r.ready.image_ms.to_string()).unwrap_or_default()
                 data-explain-ms=move || state.results.get().map(|r| r.ready.explain_ms.to_string()).unwrap_or_default()
-                data-traced=move || state.results.get().map(|r| r.ready.traced.to_string()).unwrap_or_default()>{timing}</span>
+                data-traced=move || state.results.get().map(|r| r.ready.traced.to_string()).unwrap_or_default()
+                data-wasm-bytes=move || state.results.get().map(|r| r.ready.memory.wasm_bytes.to_string()).unwrap_or_default()
+                data-gpu-bytes=move || state.results.get().and_then(|r| r.ready.memory.gpu_reserved_bytes).map(|b| b.to_string()).unwrap_or_default()>{timing}</span>
             <Show when=move || state.pending.get()>
                 <span class="working" data-testid="working">"working…"</span>
             </Show>

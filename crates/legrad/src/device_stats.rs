@@ -198,3 +198,24 @@ pub fn settle() {
         }
     }
 }
+
+/// What a GPU device's memory pools hold, in bytes: `(in use, reserved)` (reserved includes what
+/// is in use and what the pools keep for reuse). `None` on burn's CPU backend, whose memory is
+/// the process's own.
+pub fn gpu_memory(device: &burn::tensor::Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "wgpu")]
+    {
+        match device.as_dispatch() {
+            burn::backend::DispatchDevice::Cube(d) => {
+                let usage = d.client().memory_report(cubecl_runtime::memory_management::MemoryScope::Device).usage();
+                Some((usage.bytes_in_use, usage.bytes_reserved))
+            }
+            _ => None,
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = device;
+        None
+    }
+}

@@ -106,8 +106,22 @@ impl std::fmt::Debug for Engine {
 
 /// Read a tensor back as f32 values.
 pub async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    let data: TensorData = t.into_data_async().await.map_err(|e| LegradError::Backend(format!("{e:?}")))?;
-    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| LegradError::Backend(format!("{e:?}")))
+    let data: TensorData = t.into_data_async().await.map_err(backend_error)?;
+    data.convert::<f32>().try_into_vec::<f32>().map_err(backend_error)
+}
+
+/// A backend's error on one line: its chain of causes ("Caused by:" blocks, repeats dropped),
+/// without the backtrace section (a lost GPU reads "The device is poisoned: Destroyed: Device
+/// was destroyed.").
+fn backend_error(e: impl std::fmt::Debug) -> LegradError {
+    let text = format!("{e:?}");
+    let mut parts: Vec<&str> = Vec::new();
+    for line in text.lines().map(str::trim).take_while(|l| *l != "Backtrace:") {
+        if !line.is_empty() && line != "Caused by:" && parts.last() != Some(&line) && !parts.contains(&line) {
+            parts.push(line);
+        }
+    }
+    LegradError::Backend(parts.join(": "))
 }
 
 /// Apply a template (`{}` marks where the prompt goes); `None` uses the prompt as it is.

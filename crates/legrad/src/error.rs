@@ -30,6 +30,9 @@ pub enum LegradError {
     Input(String),
     #[error("the prompt is empty: type what to look for, e.g. \"a cat\"")]
     EmptyPrompt,
+    /// The user stopped it (a download, a conversion): `{0}` says when.
+    #[error("cancelled {0}; nothing was kept")]
+    Cancelled(String),
     #[error("the compute backend failed: {0}")]
     Backend(String),
     #[error("invalid model file: {0}")]

@@ -71,3 +71,16 @@ fn fused_relevance_equals_the_plain_tensor_form_on_the_fixture_model() {
         }
     }
 }
+
+#[test]
+fn gpu_memory_is_reported_on_wgpu_and_not_on_the_cpu() {
+    use legrad::device_stats::gpu_memory;
+    assert_eq!(gpu_memory(&Device::flex()), None);
+    let device = gpu();
+    let t = Tensor::<2>::random([256, 256], Distribution::Normal(0.0, 1.0), &device);
+    let _ = pollster::block_on(read_f32(t.clone() * 2.0)).unwrap();
+    let (in_use, reserved) = gpu_memory(&device).expect("a wgpu device reports its memory");
+    assert!(in_use >= 256 * 256 * 4, "{in_use} bytes in use with a 256 KB tensor alive");
+    assert!(reserved >= in_use, "reserved {reserved} < in use {in_use}");
+    drop(t);
+}

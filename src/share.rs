@@ -1,0 +1,84 @@
+//! Shareable links: the prompts, the template switch, the method (or the comparison), the size,
+//! the layers and a model URL live in the page's URL fragment (`#prompts=…&size=448…`), kept
+//! up to date as they change; opening such a link restores them. The fragment never leaves the
+//! browser (HTTP requests carry no fragment), and it never holds the image.
+
+use legrad::explain::Method;
+
+/// What a link carries. `None`: not in the link (the page's own default applies).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Shared {
+    pub prompts: Option<String>,
+    pub template: Option<bool>,
+    pub method: Option<Method>,
+    pub compare: Option<bool>,
+    pub size: Option<u32>,
+    pub layers: Option<i64>,
+    pub model_url: Option<String>,
+}
+
+/// Sizes a link may ask for (the engine takes up to 4096 a side; the page offers these and the
+/// model's own).
+const MAX_SIZE: u32 = 1024;
+
+impl Shared {
+    /// Read a fragment (with or without its `#`). Unknown keys and values out of range are
+    /// ignored, so that an old or hand-edited link still opens.
+    pub fn parse(fragment: &str) -> Self {
+        let mut out = Self::default();
+        let fragment = fragment.strip_prefix('#').unwrap_or(fragment);
+        for (k, v) in form_urlencoded::parse(fragment.as_bytes()) {
+            let flag = || match v.as_ref() {
+                "1" => Some(true),
+                "0" => Some(false),
+                _ => None,
+            };
+            match k.as_ref() {
+                "prompts" => out.prompts = Some(v.chars().filter(|c| *c == '\n' || !c.is_control()).collect()),
+                "template" => out.template = flag(),
+                "method" => out.method = v.parse().ok(),
+                "compare" => out.compare = flag(),
+                "size" => out.size = v.parse().ok().filter(|s| (32..=MAX_SIZE).contains(s)),
+                "layers" => out.layers = v.parse().ok().filter(|k: &i64| (-64..=0).contains(k)),
+                "model" => {
+                    out.model_url =
+                        Some(v.to_string()).filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The fragment for this state, without the `#`.
+    pub fn to_fragment(&self) -> String {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        if let Some(p) = &self.prompts {
+            s.append_pair("prompts", p);
+        }
+        let flag = |b: bool| if b { "1" } else { "0" };
+        if let Some(t) = self.template {
+            s.append_pair("template", flag(t));
+        }
+        if let Some(m) = self.method {
+            s.append_pair("method", m.name());
+        }
+        if let Some(c) = self.compare {
+            s.append_pair("compare", flag(c));
+        }
+        if let Some(size) = self.size {
+            s.append_pair("size", &size.to_string());
+        }
+        if let Some(k) = self.layers {
+            s.append_pair("layers", &k.to_string());
+        }
+        if let Some(u) = &self.model_url {
+            s.append_pair("model", u);
+        }
+        s.finish()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
