@@ -60,7 +60,11 @@ const base = `http://127.0.0.1:${server.address().port}`;
 
 let failures = 0;
 const results = [];
+// LEGRAD_E2E_ONLY=text runs only the tests whose name contains it (those that build their own
+// page and files; for working on one test).
+const only = process.env.LEGRAD_E2E_ONLY;
 async function test(name, fn) {
+  if (only && !name.includes(only)) return;
   const t0 = Date.now();
   try {
     await fn();
@@ -395,6 +399,31 @@ await test("a download cancelled while downloading, and while converting: nothin
   // And the model before still explains.
   await page.fill('[data-testid="prompts"]', "a green star");
   await waitForCard("a green star");
+});
+
+await test("a download cancelled while storing: the entry just written is deleted, the model before stays", async () => {
+  // Storing takes milliseconds: the test slows the worker's Cache API down (from outside, in
+  // the worker's scope) so that the cancel lands while the model is being stored.
+  await newPageWithScene("?backend=cpu");
+  await page.workers()[0].evaluate(() => {
+    const put = Cache.prototype.put;
+    Cache.prototype.put = async function (...args) {
+      await new Promise((r) => setTimeout(r, 3000));
+      return put.apply(this, args);
+    };
+  });
+  (await import("node:fs")).copyFileSync(join(work, "url-model.safetensors"), join(work, "store-model.safetensors"));
+  const store = `${base}/files/store-model.safetensors`;
+  await loadModelUrl(store);
+  await page.waitForSelector('[data-testid="progress"][data-stage="Store"] [data-testid="cancel"]', { timeout: TIMEOUT });
+  await page.click('[data-testid="cancel"]');
+  const info = await modelInfoWhenReady();
+  assert(info.includes("cancelled while storing") && info.includes("still in use"), `after cancelling while storing: ${info}`);
+  assert(!(await cachedUrls()).includes(store), "the model stayed in the cache despite the cancel");
+  await page.close();
+  page = await context.newPage();
+  await page.goto(base + SUB + "?backend=cpu");
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
 });
 
 await test("a 12000x9000 JPEG is refused in words, and the page goes on", async () => {
