@@ -280,12 +280,15 @@ fn progress(stage: Stage, done: u64, total: Option<u64>) {
     post(&Response::Progress { stage, done, total }, vec![]);
 }
 
-/// The reason the GPU device was lost, if it was (`www/worker.js` watches `GPUDevice.lost`),
-/// once: the flag is cleared.
+/// `legradGpuLost`: set by `www/worker.js` when `GPUDevice.lost` resolves, with the reason.
+fn gpu_lost_flag() -> Option<JsValue> {
+    js_sys::Reflect::get(&js_sys::global(), &"legradGpuLost".into()).ok().filter(|v| !v.is_null() && !v.is_undefined())
+}
+
+/// The reason the GPU device was lost, if it was, once: the flag is cleared.
 fn take_gpu_lost() -> Option<String> {
-    let key: JsValue = "legradGpuLost".into();
-    let lost = js_sys::Reflect::get(&js_sys::global(), &key).ok().filter(|v| !v.is_null() && !v.is_undefined())?;
-    let _ = js_sys::Reflect::set(&js_sys::global(), &key, &JsValue::NULL);
+    let lost = gpu_lost_flag()?;
+    let _ = js_sys::Reflect::set(&js_sys::global(), &"legradGpuLost".into(), &JsValue::NULL);
     Some(lost.as_string().unwrap_or_else(|| "lost".into()))
 }
 
@@ -294,9 +297,7 @@ fn on_gpu() -> bool {
 }
 
 fn gpu_lost_now() -> bool {
-    js_sys::Reflect::get(&js_sys::global(), &"legradGpuLost".into())
-        .ok()
-        .is_some_and(|v| !v.is_null() && !v.is_undefined())
+    gpu_lost_flag().is_some()
 }
 
 /// The GPU is gone: the engine moves to the CPU for the rest of the visit, says so, and loads
@@ -382,10 +383,12 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         ),
         format: engine.info.source_format.clone(),
         native_size: native,
-        default_size: match () {
-            _ if is_default => native,
-            _ if native < 224 => 2 * native,
-            _ => 448,
+        default_size: if is_default {
+            native
+        } else if native < 224 {
+            2 * native
+        } else {
+            448
         },
         patch_size: c.vision.patch_size,
         layers: c.vision.layers,

@@ -139,8 +139,13 @@ async function compareCanvas(prompt, pngUrl) {
 }
 
 /// Ask the page for a model by URL (the model panel's field and button).
-async function loadModelUrl(url) {
+/// Open the model panel's "Use another model" (a click on its summary would close it again).
+async function openModelPanel() {
   await page.evaluate(() => { document.querySelector("details").open = true; });
+}
+
+async function loadModelUrl(url) {
+  await openModelPanel();
   await page.fill('[data-testid="model-url"]', url);
   await page.click('[data-testid="load-url"]');
 }
@@ -676,7 +681,7 @@ async function soak(query, edits, switchModels, numbered = true) {
       const url = models[(Math.floor(i / 100) + 1) % 2];
       if (url) await loadModelUrl(url);
       else {
-        await page.evaluate(() => { document.querySelector("details").open = true; });
+        await openModelPanel();
         await page.click('button:has-text("Back to the default model")');
       }
       await page.waitForFunction((u) => { const n = document.querySelector('[data-testid="model-name"]')?.textContent; return u ? n === u : n && !n.startsWith("http"); },

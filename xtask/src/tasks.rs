@@ -230,37 +230,13 @@ pub fn bench(args: &[String]) -> Result {
     println!("|---|---|---|---|---|");
     for size in value(args, "--sizes").unwrap_or("224,448").split(',') {
         for prompts in value(args, "--prompts").unwrap_or("1,8").split(',') {
-            let ours = output(Command::new(&legrad).args([
-                "bench",
-                "--model",
-                "random:ViT-B-16:0",
-                "--size",
-                size,
-                "--prompts",
-                prompts,
-                "--threads",
-                threads,
-                "--runs",
-                runs,
-                "--json",
-            ]))
-            .ok_or("legrad bench failed")?;
+            let common = ["--size", size, "--prompts", prompts, "--threads", threads, "--runs", runs, "--json"];
+            let ours = output(Command::new(&legrad).args(["bench", "--model", "random:ViT-B-16:0"]).args(common))
+                .ok_or("legrad bench failed")?;
             let theirs = output(
                 Command::new(&python)
-                    .args([
-                        "-W",
-                        "ignore",
-                        "tools/reference/bench.py",
-                        "--size",
-                        size,
-                        "--prompts",
-                        prompts,
-                        "--threads",
-                        threads,
-                        "--runs",
-                        runs,
-                        "--json",
-                    ])
+                    .args(["-W", "ignore", "tools/reference/bench.py"])
+                    .args(common)
                     .current_dir(root()),
             )
             .ok_or("tools/reference/bench.py failed")?;

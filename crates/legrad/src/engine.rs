@@ -110,18 +110,10 @@ pub async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     data.convert::<f32>().try_into_vec::<f32>().map_err(backend_error)
 }
 
-/// A backend's error on one line: its chain of causes ("Caused by:" blocks, repeats dropped),
-/// without the backtrace section (a lost GPU reads "The device is poisoned: Destroyed: Device
-/// was destroyed.").
+/// A backend's error (a lost GPU reads "The device is poisoned; Destroyed: Device was
+/// destroyed.").
 fn backend_error(e: impl std::fmt::Debug) -> LegradError {
-    let text = format!("{e:?}");
-    let mut parts: Vec<&str> = Vec::new();
-    for line in text.lines().map(str::trim).take_while(|l| *l != "Backtrace:") {
-        if !line.is_empty() && line != "Caused by:" && parts.last() != Some(&line) && !parts.contains(&line) {
-            parts.push(line);
-        }
-    }
-    LegradError::Backend(parts.join(": "))
+    LegradError::Backend(crate::error::one_line(format!("{e:?}")))
 }
 
 /// Apply a template (`{}` marks where the prompt goes); `None` uses the prompt as it is.

@@ -42,9 +42,18 @@ pub enum LegradError {
 pub type Result<T, E = LegradError> = std::result::Result<T, E>;
 
 /// A library's error message on one line (decoders and parsers sometimes end theirs with a
-/// newline or draw a caret under a column): its lines, trimmed, joined by "; ".
+/// newline or draw a caret under a column; backends chain "Caused by:" blocks and a backtrace):
+/// its lines, trimmed, without the "Caused by:" markers, repeats and the backtrace section,
+/// joined by "; ".
 pub fn one_line(e: impl std::fmt::Display) -> String {
-    e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+    let text = e.to_string();
+    let mut parts: Vec<&str> = Vec::new();
+    for line in text.lines().map(str::trim).take_while(|l| *l != "Backtrace:") {
+        if !line.is_empty() && line != "Caused by:" && !parts.contains(&line) {
+            parts.push(line);
+        }
+    }
+    parts.join("; ")
 }
 
 impl LegradError {
