@@ -36,6 +36,8 @@ pub struct Results {
     pub rgb: Arc<Vec<u8>>,
     /// Method-major, then prompt: `size.0 * size.1` values each.
     pub maps: Arc<Vec<f32>>,
+    /// Raw per-layer grid maps (see `MapsReady`).
+    pub per_layer: Arc<Vec<f32>>,
 }
 
 impl Results {
@@ -43,6 +45,68 @@ impl Results {
         let n = self.ready.size.0 * self.ready.size.1;
         let p = self.ready.prompts.len();
         &self.maps[(method * p + prompt) * n..][..n]
+    }
+
+    /// The raw grid map of the `layer`-th layer of the range, where the method has layers.
+    pub fn layer_grid(&self, method: usize, prompt: usize, layer: usize) -> Option<&[f32]> {
+        let r = &self.ready;
+        if !r.layer_methods.get(method).copied().unwrap_or(false) || layer >= r.layers.len() {
+            return None;
+        }
+        let cells = r.grid.0 * r.grid.1;
+        let per_method = r.prompts.len() * r.layers.len() * cells;
+        let before = r.layer_methods[..method].iter().filter(|h| **h).count() * per_method;
+        self.per_layer.get(before + (prompt * r.layers.len() + layer) * cells..).and_then(|s| s.get(..cells))
+    }
+
+    /// The map shown for a card and a layer of the strip (None: the range's sum): at the
+    /// maps' size, normalised as the summed map is (the core's `finish_maps`).
+    pub fn shown_map(&self, method: usize, prompt: usize, layer: Option<usize>) -> Option<Vec<f32>> {
+        let Some(layer) = layer else { return Some(self.map(method, prompt).to_vec()) };
+        let grid = self.ready.grid;
+        let raw = self.layer_grid(method, prompt, layer)?;
+        let patch = self.ready.size.0 / grid.0.max(1);
+        legrad::explain::finish_maps(raw, None, 1, grid, patch).pop().map(|m| m.map)
+    }
+}
+
+/// The image maps are drawn over on the large view: the photo at its own resolution (or scaled
+/// down to `legrad::overlay::MAX_ORIGINAL_SIDE`), RGB.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Original {
+    pub id: u64,
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Arc<Vec<u8>>,
+    /// The copy the large view draws: the photo, or scaled down to [`VIEW_MAX_SIDE`] (a screen
+    /// shows no more, and each new map is drawn again while typing); `(height, width)`.
+    pub view: Arc<Vec<u8>>,
+    pub view_size: (usize, usize),
+}
+
+/// The large view's long side at most, in pixels (exports use the photo's own size).
+pub const VIEW_MAX_SIDE: u32 = 1600;
+
+impl Original {
+    pub fn new(id: u64, width: usize, height: usize, rgb: Vec<u8>) -> Option<Self> {
+        if rgb.len() != width * height * 3 || width == 0 || height == 0 {
+            return None;
+        }
+        let rgb = Arc::new(rgb);
+        let (view, view_size) = if width.max(height) as u32 <= VIEW_MAX_SIDE {
+            (rgb.clone(), (height, width))
+        } else {
+            let img = legrad::preprocess::DecodedImage {
+                width: width as u32,
+                height: height as u32,
+                rgba: rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+                has_alpha: false,
+                resize_mode: legrad::preprocess::ResizeMode::Bicubic,
+            };
+            let (w, h, small) = img.display_rgb(VIEW_MAX_SIDE).ok()?;
+            (Arc::new(small), (h as usize, w as usize))
+        };
+        Some(Self { id, width, height, rgb, view, view_size })
     }
 }
 
@@ -53,12 +117,21 @@ pub struct AppState {
     pub model: RwSignal<ModelStatus>,
     pub progress: RwSignal<Option<(Stage, u64, Option<u64>)>>,
     pub image: RwSignal<ImageStatus>,
+    /// The images maps are drawn over, newest last: the current one and the one before (a
+    /// camera's next frame arrives while the maps shown are still the last frame's).
+    pub originals: RwSignal<Vec<Original>>,
     pub prompts_text: RwSignal<String>,
     pub template_on: RwSignal<bool>,
     pub method: RwSignal<Method>,
     pub compare: RwSignal<bool>,
     pub size: RwSignal<u32>,
+    /// The input keeps the photo's shape (off: square, as the reference).
+    pub keep_aspect: RwSignal<bool>,
     pub layer_index: RwSignal<i64>,
+    /// The card on the large view: (method, prompt) of the results.
+    pub selected: RwSignal<(usize, usize)>,
+    /// The layer of the strip on the large view (None: the range's sum).
+    pub selected_layer: RwSignal<Option<usize>>,
     pub opacity: RwSignal<f32>,
     pub colormap: RwSignal<Colormap>,
     pub results: RwSignal<Option<Results>>,
@@ -70,6 +143,15 @@ pub struct AppState {
     pub model_url: RwSignal<Option<String>>,
     /// Said once when the page opened from a shared link.
     pub shared_note: RwSignal<Option<String>>,
+    /// The camera runs (its frames replace the image as they come).
+    pub camera_on: RwSignal<bool>,
+    /// Frames per second, the latency of the last frame (capture to map, milliseconds) and the
+    /// frames explained since the camera started.
+    pub camera_stats: RwSignal<Option<(f64, f64, u64)>>,
+    /// The camera frame on its way (its image id and when it was taken): one at a time, so
+    /// that the newest frame always wins and no queue grows.
+    frame: StoredValue<Option<(u64, f64)>>,
+    frame_times: StoredValue<std::collections::VecDeque<f64>>,
     /// The user (or a link) chose the size: a new model keeps it instead of its own default.
     size_by_hand: StoredValue<bool>,
     next_image_id: StoredValue<u64>,
@@ -86,12 +168,16 @@ impl AppState {
             model: RwSignal::new(ModelStatus::Loading(crate::models::DEFAULT_MODEL_NAME.into())),
             progress: RwSignal::new(None),
             image: RwSignal::new(ImageStatus::Empty),
+            originals: RwSignal::new(Vec::new()),
             prompts_text: RwSignal::new(String::new()),
             template_on: RwSignal::new(true),
             method: RwSignal::new(Method::LeGrad),
             compare: RwSignal::new(false),
             size: RwSignal::new(224),
+            keep_aspect: RwSignal::new(true),
             layer_index: RwSignal::new(-2),
+            selected: RwSignal::new((0, 0)),
+            selected_layer: RwSignal::new(None),
             opacity: RwSignal::new(0.6),
             colormap: RwSignal::new(Colormap::Jet),
             results: RwSignal::new(None),
@@ -100,6 +186,10 @@ impl AppState {
             engine_error: RwSignal::new(None),
             model_url: RwSignal::new(None),
             shared_note: RwSignal::new(None),
+            camera_on: RwSignal::new(false),
+            camera_stats: RwSignal::new(None),
+            frame: StoredValue::new(None),
+            frame_times: StoredValue::new(Default::default()),
             size_by_hand: StoredValue::new(false),
             next_image_id: StoredValue::new(1),
             next_seq: StoredValue::new(1),
@@ -126,6 +216,9 @@ impl AppState {
         if let Some(size) = shared.size {
             self.choose_size(size);
         }
+        if let Some(square) = shared.square {
+            self.keep_aspect.set(!square);
+        }
         if let Some(k) = shared.layers {
             self.layer_index.set(k);
         }
@@ -143,6 +236,7 @@ impl AppState {
             method: Some(self.method.get()),
             compare: Some(self.compare.get()),
             size: Some(self.size.get()),
+            square: Some(!self.keep_aspect.get()),
             layers: Some(self.layer_index.get()),
             model_url: self.model_url.get(),
         }
@@ -174,16 +268,66 @@ impl AppState {
     pub fn set_image(&self, name: String, bytes: js_sys::ArrayBuffer) {
         let id = self.next_image_id.get_value();
         self.next_image_id.set_value(id + 1);
+        // An image dropped or picked replaces the camera.
+        if self.camera_on.get_untracked() {
+            self.camera_stopped();
+        }
         self.image.set(ImageStatus::Decoding(name.clone()));
+        self.originals.set(Vec::new());
         self.results.set(None);
         bridge::send(&Request::SetImage { id, name }, vec![bytes]);
     }
 
+    /// A camera frame is on its way (the camera waits for its maps before taking the next).
+    pub fn frame_busy(&self) -> bool {
+        self.frame.get_value().is_some()
+    }
+
+    /// A camera frame (RGBA of `width x height`) as the new image; explained as soon as the
+    /// worker has it. The results stay until its maps replace them.
+    pub fn send_frame(&self, width: u32, height: u32, rgba: js_sys::ArrayBuffer) {
+        let id = self.next_image_id.get_value();
+        self.next_image_id.set_value(id + 1);
+        self.frame.set_value(Some((id, now_ms())));
+        bridge::send(&Request::SetFrame { id, width, height }, vec![rgba]);
+    }
+
+    /// The frame in flight is done (its maps came, or nothing will come for it).
+    fn frame_done(&self, maps_for: Option<u64>) {
+        let Some((id, t0)) = self.frame.get_value() else { return };
+        if maps_for.is_some_and(|m| m != id) {
+            return;
+        }
+        self.frame.set_value(None);
+        if maps_for.is_none() {
+            return;
+        }
+        let now = now_ms();
+        let mut times = self.frame_times.get_value();
+        times.push_back(now);
+        while times.front().is_some_and(|t| now - t > 2000.0) {
+            times.pop_front();
+        }
+        let span = now - times.front().copied().unwrap_or(now);
+        let fps = if times.len() > 1 && span > 0.0 { (times.len() - 1) as f64 * 1000.0 / span } else { 0.0 };
+        self.frame_times.set_value(times);
+        let count = self.camera_stats.get_untracked().map_or(0, |s| s.2) + 1;
+        self.camera_stats.set(Some((fps, now - t0, count)));
+    }
+
+    /// The camera stopped: nothing in flight is waited for.
+    pub fn camera_stopped(&self) {
+        self.frame.set_value(None);
+        self.frame_times.set_value(Default::default());
+        self.camera_stats.set(None);
+        self.camera_on.set(false);
+    }
+
     /// Ask for maps now (the debounce already happened).
     fn explain_now(&self) {
-        let ImageStatus::Ready { id, .. } = self.image.get_untracked() else { return };
+        let ImageStatus::Ready { id, .. } = self.image.get_untracked() else { return self.frame_done(None) };
         if !matches!(self.model.get_untracked(), ModelStatus::Ready(_)) {
-            return;
+            return self.frame_done(None);
         }
         let prompts = self.prompts_text.with_untracked(|t| {
             t.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect::<Vec<_>>()
@@ -191,7 +335,7 @@ impl AppState {
         if prompts.is_empty() {
             self.results.set(None);
             self.pending.set(false);
-            return;
+            return self.frame_done(None);
         }
         let methods =
             if self.compare.get_untracked() { Method::ALL.to_vec() } else { vec![self.method.get_untracked()] };
@@ -206,6 +350,7 @@ impl AppState {
                 template: self.template_on.get_untracked().then(|| TEMPLATE.to_string()),
                 methods,
                 size: self.size.get_untracked(),
+                keep_aspect: self.keep_aspect.get_untracked(),
                 layer_index: self.layer_index.get_untracked(),
             }),
             vec![],
@@ -235,13 +380,30 @@ impl AppState {
                 self.model.set(ModelStatus::Ready(summary));
                 self.schedule_explain();
             }
-            Response::ImageReady { id, width, height } => {
-                if let ImageStatus::Decoding(name) = self.image.get_untracked() {
+            Response::ImageReady { id, width, height, display } => {
+                let frame = self.frame.get_value().is_some_and(|(f, _)| f == id);
+                let name = match self.image.get_untracked() {
+                    ImageStatus::Decoding(name) if !frame => Some(name),
+                    _ if frame => Some("camera".to_string()),
+                    _ => None,
+                };
+                if let Some(name) = name {
+                    let rgb = buffers.first().map(buffer_to_bytes).unwrap_or_default();
+                    let (w, h) = (display.0 as usize, display.1 as usize);
+                    if let Some(o) = Original::new(id, w, h, rgb) {
+                        self.originals.update(|v| {
+                            v.push(o);
+                            let extra = v.len().saturating_sub(2);
+                            v.drain(..extra);
+                        });
+                    }
                     self.image.set(ImageStatus::Ready { id, name, width, height });
-                    self.schedule_explain();
+                    // A camera frame is explained at once (the camera paces itself).
+                    if frame { self.explain_now() } else { self.schedule_explain() }
                 }
             }
             Response::Maps(ready) => {
+                self.frame_done(Some(ready.image_id));
                 // The last keystroke wins: an answer to an older request is dropped, and so is one
                 // that arrives while another model loads (it is the old model's; the new one
                 // explains again when it is ready).
@@ -254,28 +416,59 @@ impl AppState {
                 self.explain_error.set(None);
                 let rgb = buffers.first().map(buffer_to_bytes).unwrap_or_default();
                 let maps = buffers.get(1).map(buffer_to_f32).unwrap_or_default();
-                self.results.set(Some(Results { ready, rgb: Arc::new(rgb), maps: Arc::new(maps) }));
+                let per_layer = buffers.get(2).map(buffer_to_f32).unwrap_or_default();
+                // The large view keeps its card and layer while they exist.
+                let (m, p) = self.selected.get_untracked();
+                let valid = if ready.methods.len() > 1 {
+                    p == 0 && m < ready.methods.len()
+                } else {
+                    m == 0 && p < ready.prompts.len()
+                };
+                if !valid {
+                    self.selected.set((0, 0));
+                }
+                if self.selected_layer.get_untracked().is_some_and(|l| l >= ready.layers.len()) {
+                    self.selected_layer.set(None);
+                }
+                self.results.set(Some(Results {
+                    ready,
+                    rgb: Arc::new(rgb),
+                    maps: Arc::new(maps),
+                    per_layer: Arc::new(per_layer),
+                }));
             }
-            Response::Error { about, message } => match about {
-                ErrorAbout::Model => {
-                    self.progress.set(None);
-                    self.model.set(ModelStatus::Failed(message));
-                }
-                ErrorAbout::Image => {
-                    self.pending.set(false);
-                    self.image.set(ImageStatus::Failed(message));
-                }
-                ErrorAbout::Prompt | ErrorAbout::Explain => {
-                    self.pending.set(false);
-                    // The same for an error about an explanation the old model was giving.
-                    if matches!(self.model.get_untracked(), ModelStatus::Ready(_)) {
-                        self.explain_error.set(Some(message));
-                    }
-                }
-                ErrorAbout::Backend => self.engine_error.set(Some(message)),
-            },
+            Response::Error { about, message } => {
+                self.frame_done(None);
+                self.on_error(about, message)
+            }
         }
     }
+
+    fn on_error(&self, about: ErrorAbout, message: String) {
+        match about {
+            ErrorAbout::Model => {
+                self.progress.set(None);
+                self.model.set(ModelStatus::Failed(message));
+            }
+            ErrorAbout::Image => {
+                self.pending.set(false);
+                self.image.set(ImageStatus::Failed(message));
+            }
+            ErrorAbout::Prompt | ErrorAbout::Explain => {
+                self.pending.set(false);
+                // The same for an error about an explanation the old model was giving.
+                if matches!(self.model.get_untracked(), ModelStatus::Ready(_)) {
+                    self.explain_error.set(Some(message));
+                }
+            }
+            ErrorAbout::Backend => self.engine_error.set(Some(message)),
+        }
+    }
+}
+
+/// Milliseconds from the page's clock.
+pub fn now_ms() -> f64 {
+    web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or(0.0)
 }
 
 #[component]
@@ -321,6 +514,7 @@ pub fn App() -> impl IntoView {
         state.method.track();
         state.compare.track();
         state.size.track();
+        state.keep_aspect.track();
         state.layer_index.track();
         state.schedule_explain();
     });

@@ -23,12 +23,16 @@ pub struct Obtained {
 }
 
 fn js_err(context: &str, e: wasm_bindgen::JsValue) -> LegradError {
-    let msg = e
-        .dyn_ref::<js_sys::Error>()
+    LegradError::Input(format!("{context}: {}", js_message(&e)))
+}
+
+/// A JavaScript error's message (an `Error`'s or a `DOMException`'s, or the value as text).
+pub fn js_message(e: &wasm_bindgen::JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
         .map(|e| String::from(e.message()))
+        .or_else(|| e.dyn_ref::<web_sys::DomException>().map(|d| d.message()))
         .or_else(|| e.as_string())
-        .unwrap_or_else(|| format!("{e:?}"));
-    LegradError::Input(format!("{context}: {msg}"))
+        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 fn global() -> web_sys::WorkerGlobalScope {

@@ -25,7 +25,11 @@ pub struct ExplainRequest {
     /// `None`: prompts as typed.
     pub template: Option<String>,
     pub methods: Vec<Method>,
+    /// The long side of the model's input (the side of the square when `keep_aspect` is off).
     pub size: u32,
+    /// The input keeps the image's shape (`InputSize::keep_aspect`); off: square, as the
+    /// reference.
+    pub keep_aspect: bool,
     pub layer_index: i64,
 }
 
@@ -66,6 +70,13 @@ pub enum Request {
         name: String,
     },
     Explain(ExplainRequest),
+    /// A camera frame, already decoded: RGBA bytes of `width x height` travel with it. Answered
+    /// as `SetImage` is (`ImageReady`).
+    SetFrame {
+        id: u64,
+        width: u32,
+        height: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,6 +138,14 @@ pub struct MapsReady {
     pub image_id: u64,
     /// `(height, width)` of every map and of the image they overlay.
     pub size: (usize, usize),
+    /// `(height, width)` of the model's input (the maps cover its top-left `size`).
+    pub input: (usize, usize),
+    /// `(rows, cols)` of the patch grid.
+    pub grid: (usize, usize),
+    /// The layers of the range, for the methods that have per-layer maps (LeGrad), in order.
+    pub layers: Vec<usize>,
+    /// Per method: its per-layer maps are in the third buffer.
+    pub layer_methods: Vec<bool>,
     pub methods: Vec<Method>,
     pub prompts: Vec<PromptResult>,
     /// Milliseconds: the image forward (0 when the trace was cached) and the explanation.
@@ -157,13 +176,17 @@ pub enum Response {
         total: Option<u64>,
     },
     ModelReady(ModelSummary),
+    /// Payload: the image to draw maps over (RGB bytes of `display`: its own size, or scaled
+    /// down to `legrad::overlay::MAX_ORIGINAL_SIDE`).
     ImageReady {
         id: u64,
         width: u32,
         height: u32,
+        display: (u32, u32),
     },
     /// Payload: the image as the model saw it (RGB bytes), then the maps (f32, method-major,
-    /// then prompt, then pixels).
+    /// then prompt, then pixels), then the raw per-layer grid maps of the methods in
+    /// `layer_methods` (f32, method, then prompt, then layer, then cell).
     Maps(MapsReady),
     Error {
         about: ErrorAbout,

@@ -16,6 +16,14 @@ pub fn draw_overlay(
     if rgb.len() != h * w * 3 || map.len() != h * w {
         return;
     }
+    draw_rgb(canvas, &overlay(rgb, map, alpha, colormap), (h, w));
+}
+
+/// Put RGB pixels of `(height, width)` on `canvas`, which takes their size.
+pub fn draw_rgb(canvas: &web_sys::HtmlCanvasElement, rgb: &[u8], (h, w): (usize, usize)) {
+    if rgb.len() != h * w * 3 {
+        return;
+    }
     canvas.set_width(w as u32);
     canvas.set_height(h as u32);
     let Some(ctx) =
@@ -23,8 +31,7 @@ pub fn draw_overlay(
     else {
         return;
     };
-    let blended = overlay(rgb, map, alpha, colormap);
-    let rgba: Vec<u8> = blended.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    let rgba: Vec<u8> = rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
     if let Ok(data) = web_sys::ImageData::new_with_u8_clamped_array_and_sh(Clamped(&rgba), w as u32, h as u32) {
         let _ = ctx.put_image_data(&data, 0.0, 0.0);
     }
@@ -41,6 +48,16 @@ pub fn map_png(map: &[f32], (h, w): (usize, usize)) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// RGB pixels as an 8-bit PNG.
+pub fn rgb_png(rgb: &[u8], (h, w): (usize, usize)) -> Option<Vec<u8>> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+        .ok()?;
+    Some(out)
+}
+
 /// Offer bytes as a download.
 pub fn download(bytes: &[u8], filename: &str, mime: &str) {
     let array = js_sys::Array::new();
@@ -53,7 +70,7 @@ pub fn download(bytes: &[u8], filename: &str, mime: &str) {
     let _ = web_sys::Url::revoke_object_url(&url);
 }
 
-pub fn download_url(url: &str, filename: &str) {
+fn download_url(url: &str, filename: &str) {
     let Some(doc) = web_sys::window().and_then(|w| w.document()) else { return };
     if let Ok(a) = doc.create_element("a").map(|e| e.unchecked_into::<web_sys::HtmlAnchorElement>()) {
         a.set_href(url);

@@ -1,5 +1,5 @@
-//! Shareable links: the prompts, the template switch, the method (or the comparison), the size,
-//! the layers and a model URL live in the page's URL fragment (`#prompts=…&size=448…`), kept
+//! Shareable links: the prompts, the template switch, the method (or the comparison), the size
+//! and its shape, the layers and a model URL live in the page's URL fragment (`#prompts=…&size=448…`), kept
 //! up to date as they change; opening such a link restores them. The fragment never leaves the
 //! browser (HTTP requests carry no fragment), and it never holds the image.
 
@@ -13,6 +13,8 @@ pub struct Shared {
     pub method: Option<Method>,
     pub compare: Option<bool>,
     pub size: Option<u32>,
+    /// Square input, as the reference (off: the photo's shape).
+    pub square: Option<bool>,
     pub layers: Option<i64>,
     pub model_url: Option<String>,
 }
@@ -39,6 +41,7 @@ impl Shared {
                 "method" => out.method = v.parse().ok(),
                 "compare" => out.compare = flag(),
                 "size" => out.size = v.parse().ok().filter(|s| (32..=MAX_SIZE).contains(s)),
+                "square" => out.square = flag(),
                 "layers" => out.layers = v.parse().ok().filter(|k: &i64| (-64..=0).contains(k)),
                 "model" => {
                     out.model_url =
@@ -68,6 +71,9 @@ impl Shared {
         }
         if let Some(size) = self.size {
             s.append_pair("size", &size.to_string());
+        }
+        if let Some(q) = self.square {
+            s.append_pair("square", flag(q));
         }
         if let Some(k) = self.layers {
             s.append_pair("layers", &k.to_string());

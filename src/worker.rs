@@ -13,7 +13,7 @@ use burn::tensor::Device;
 use legrad::engine::{Engine, ExplainedPrompt};
 use legrad::explain::{ExplainOptions, Method};
 use legrad::model::ImageTrace;
-use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, decode};
+use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, ResizeMode, decode};
 use legrad::{LegradError, TraceRequest};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -26,7 +26,7 @@ use crate::protocol::*;
 
 struct CachedTrace {
     image_id: u64,
-    size: u32,
+    size: InputSize,
     request: TraceRequest,
     trace: ImageTrace,
     rgb: Vec<u8>,
@@ -167,17 +167,21 @@ async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
             // limits only guard memory (an image bomb is refused, not decoded).
             let limits = DecodeLimits { max_pixels: 64_000_000, max_side: 16_384, max_alloc_bytes: 512 << 20 };
             match decode(&bytes, &limits) {
-                Ok(img) => {
-                    let (w, h) = (img.width, img.height);
-                    STATE.with(|s| {
-                        let mut s = s.borrow_mut();
-                        s.image = Some((id, Rc::new(img)));
-                        s.trace = None;
-                    });
-                    post(&Response::ImageReady { id, width: w, height: h }, vec![]);
-                }
+                Ok(img) => take_image(id, &name, img),
                 Err(e) => post_error(ErrorAbout::Image, format!("{name}: {e}")),
             }
+        }
+        Request::SetFrame { id, width, height } => {
+            let rgba = buffers.first().map(buffer_to_bytes).unwrap_or_default();
+            if width == 0 || height == 0 || width.max(height) > 4096 || rgba.len() != (width * height * 4) as usize {
+                post_error(
+                    ErrorAbout::Image,
+                    format!("a camera frame of {width}x{height} came with {} bytes", rgba.len()),
+                );
+                return;
+            }
+            let img = DecodedImage { width, height, rgba, has_alpha: false, resize_mode: ResizeMode::Bicubic };
+            take_image(id, "camera frame", img);
         }
         Request::Explain(req) => {
             let mut result = explain(req.clone()).await;
@@ -506,6 +510,28 @@ const RACE_RUNS: usize = 3;
 /// New prompts an image gets, for weighing the race's two timings.
 const PROMPTS_PER_IMAGE: f64 = 5.0;
 
+/// The image explanations use from now on; the page gets what to draw maps over (the image
+/// itself, or scaled down to 4096 px).
+fn take_image(id: u64, name: &str, img: DecodedImage) {
+    let (w, h) = (img.width, img.height);
+    let display = match img.display_rgb(legrad::overlay::MAX_ORIGINAL_SIDE) {
+        Ok(d) => d,
+        Err(e) => {
+            post_error(ErrorAbout::Image, format!("{name}: {e}"));
+            return;
+        }
+    };
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.image = Some((id, Rc::new(img)));
+        s.trace = None;
+    });
+    post(
+        &Response::ImageReady { id, width: w, height: h, display: (display.0, display.1) },
+        vec![bytes_to_buffer(&display.2)],
+    );
+}
+
 async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     let (engine, image, cached) = STATE.with(|s| {
         let s = s.borrow();
@@ -524,15 +550,19 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     let prompts = engine.prepare(&req.prompts, req.template.as_deref()).map_err(e(ErrorAbout::Prompt))?;
     let request = engine.request_for(&req.methods, &options).map_err(e(ErrorAbout::Explain))?;
     let t0 = Instant::now();
-    let reuse = cached.filter(|c| c.image_id == image_id && c.size == req.size && c.request.covers(&request));
+    let input = if req.keep_aspect {
+        InputSize::keep_aspect(req.size as usize, image.width, image.height, engine.model.config.vision.patch_size)
+    } else {
+        InputSize::square(req.size as usize)
+    };
+    let reuse = cached.filter(|c| c.image_id == image_id && c.size == input && c.request.covers(&request));
     let traced = reuse.is_none();
     let cached = match reuse {
         Some(c) => c,
         None => {
-            let size = req.size as usize;
-            let pixels = image.to_pixels(size, size).map_err(e(ErrorAbout::Image))?;
-            let rgb = image.resize_rgb(size as u32, size as u32).map_err(e(ErrorAbout::Image))?;
-            let trace = engine.trace(pixels, InputSize::square(size), &request).map_err(e(ErrorAbout::Explain))?;
+            let pixels = image.to_pixels(input.height, input.width).map_err(e(ErrorAbout::Image))?;
+            let rgb = image.resize_rgb(input.width as u32, input.height as u32).map_err(e(ErrorAbout::Image))?;
+            let trace = engine.trace(pixels, input, &request).map_err(e(ErrorAbout::Explain))?;
             // Reading the embedding waits for the image forward, so the timing is honest.
             legrad::engine::read_f32(trace.embedding.clone()).await.map_err(e(ErrorAbout::Explain))?;
             // On a GPU, the first trace at a grid compiles what every prompt count needs there,
@@ -542,7 +572,7 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
             }
             let c = Rc::new(CachedTrace {
                 image_id,
-                size: req.size,
+                size: input,
                 request: request.clone(),
                 trace,
                 rgb,
@@ -557,6 +587,8 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     let mut maps: Vec<f32> = Vec::new();
     let mut results = Vec::new();
     let mut size = (0, 0);
+    let mut grid = (0, 0);
+    let (mut layers, mut layer_methods, mut per_layer) = (Vec::new(), Vec::new(), Vec::new());
     for method in &req.methods {
         let key = |p: &legrad::engine::PreparedPrompt| (*method, options.layer_index, p.text.clone());
         let missing: Vec<legrad::engine::PreparedPrompt> = {
@@ -597,7 +629,19 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
         drop(known);
         for r in &out {
             size = r.map.size;
+            grid = r.map.grid;
             maps.extend_from_slice(&r.map.map);
+        }
+        // Each layer's raw grid map, for the page's layer strip (LeGrad's; the baselines have none).
+        let has_layers = out.iter().all(|r| !r.map.per_layer.is_empty());
+        layer_methods.push(has_layers);
+        if has_layers {
+            layers = out[0].map.per_layer.iter().map(|(l, _)| *l).collect();
+            for r in &out {
+                for (_, m) in &r.map.per_layer {
+                    per_layer.extend_from_slice(m);
+                }
+            }
         }
         if results.is_empty() {
             results = out
@@ -614,13 +658,17 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     }
     let explain_ms = t1.elapsed().as_secs_f64() * 1e3;
     // The overlay is drawn on what the model saw, cropped to the maps (grid × patch).
-    let full = req.size as usize;
+    let full = input.width;
     let rgb: Vec<u8> =
         (0..size.0).flat_map(|y| cached.rgb[y * full * 3..(y * full + size.1) * 3].iter().copied()).collect();
     let ready = MapsReady {
         seq: req.seq,
         image_id,
         size,
+        input: (input.height, input.width),
+        grid,
+        layers,
+        layer_methods,
         methods: req.methods.clone(),
         prompts: results,
         image_ms,
@@ -631,7 +679,7 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     if gpu_lost_now() {
         return Ok(()); // read from a lost device: not sent (the caller explains again on the CPU)
     }
-    post(&Response::Maps(ready), vec![bytes_to_buffer(&rgb), f32_to_buffer(&maps)]);
+    post(&Response::Maps(ready), vec![bytes_to_buffer(&rgb), f32_to_buffer(&maps), f32_to_buffer(&per_layer)]);
     Ok(())
 }
 

@@ -212,6 +212,7 @@ fn shared_links_round_trip_and_ignore_what_they_cannot_use() {
         method: Some(Method::GradCam),
         compare: Some(true),
         size: Some(336),
+        square: Some(true),
         layers: Some(-3),
         model_url: Some("https://example.org/m.safetensors?x=1#y".into()),
     };

@@ -28,7 +28,7 @@ pub fn Controls() -> impl IntoView {
                     on:change=move |ev| state.compare.set(event_target_checked(&ev)) />
                 "Compare all methods (first prompt)"
             </label>
-            <label>"Input size "
+            <label title="The long side of the model's input">"Input size "
                 <select data-testid="size" on:change=move |ev| {
                     if let Ok(s) = event_target_value(&ev).parse::<u32>() { state.choose_size(s) }
                 }>
@@ -45,6 +45,11 @@ pub fn Controls() -> impl IntoView {
                         }).collect_view()
                     }}
                 </select>
+            </label>
+            <label class="check">
+                <input type="checkbox" data-testid="keep-aspect" prop:checked=move || state.keep_aspect.get()
+                    on:change=move |ev| state.keep_aspect.set(event_target_checked(&ev)) />
+                "Keep the image's shape (off: square, as the reference)"
             </label>
             <label>"Layers "
                 <select data-testid="layers" on:change=move |ev| {

@@ -3,7 +3,7 @@ use leptos::task::spawn_local;
 use wasm_bindgen::JsCast;
 
 use crate::app::{AppState, ImageStatus, ModelStatus};
-use crate::components::{fetch_bytes, file_bytes, is_model_file};
+use crate::components::{Camera, fetch_bytes, file_bytes, is_model_file};
 use crate::protocol::ModelSource;
 
 /// Sample images shipped with the site: scenes from the generator the default model was
@@ -110,19 +110,20 @@ pub fn ImagePanel() -> impl IntoView {
             }.into_any()
         }
         ImageStatus::Failed(msg) => view! {
-            <p class="error" role="alert" data-testid="image-error">{msg}" Try another file: PNG, JPEG, GIF, WebP, BMP, TIFF…"</p>
+            <p class="error" role="alert" data-testid="image-error">{msg}" Try another file: PNG, JPEG, GIF, WebP, BMP, ICO."</p>
         }.into_any(),
     }
     };
     view! {
         <div class=move || overlay_class(dragging.get()) aria-hidden="true">"Drop an image or a model file"</div>
-        <fieldset class="panel">
+        <fieldset class="panel" aria-describedby="drop-help">
             <legend>"Image"</legend>
+            <p class="sr-only" id="drop-help">"Drop an image file anywhere on the page, paste one, or choose a file or a sample below."</p>
             <label class="file">
                 "Choose a file "
                 <input type="file" data-testid="image-input" accept="image/*,.safetensors,.bin,.pt,.pth,.json" multiple=true on:change=on_pick />
             </label>
-            {status}
+            <div role="status" aria-live="polite">{status}</div>
             <div class="samples" role="group" aria-label="Sample images">
                 {SAMPLES.iter().map(|&(url, name)| view! {
                     <button class="sample" title=name aria-label=format!("Sample: {name}") on:click=move |_| load_sample(url, name)>
@@ -130,6 +131,7 @@ pub fn ImagePanel() -> impl IntoView {
                     </button>
                 }).collect_view()}
             </div>
+            <Camera />
         </fieldset>
     }
 }

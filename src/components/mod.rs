@@ -1,6 +1,7 @@
 //! One component per file. Components read and write [`AppState`](crate::app::AppState); none
 //! holds tensors or talks to the engine except through the state's methods.
 
+mod camera;
 mod controls;
 mod header;
 mod image_panel;
@@ -9,6 +10,7 @@ mod prompt_panel;
 mod results;
 mod status;
 
+pub use camera::Camera;
 pub use controls::Controls;
 pub use header::Header;
 pub use image_panel::ImagePanel;

@@ -1,10 +1,13 @@
+use std::sync::Arc;
+
 use leptos::html::Canvas;
 use leptos::prelude::*;
 
-use crate::app::{AppState, ImageStatus};
-use crate::render::{download, download_url, draw_overlay, map_png, slug};
+use crate::app::{AppState, ImageStatus, Original, Results as Maps};
+use crate::render::{download, draw_overlay, draw_rgb, map_png, rgb_png, slug};
 
-/// The heatmaps: one card per prompt, or per method when comparing.
+/// The heatmaps: the selected one large over the photo, a strip of its layers, and one card per
+/// prompt (or per method when comparing) to switch.
 #[component]
 pub fn Results() -> impl IntoView {
     let state = expect_context::<AppState>();
@@ -29,12 +32,284 @@ pub fn Results() -> impl IntoView {
         };
         view! { <p class="placeholder">{msg}</p> }
     };
+    // Said to screen readers when maps arrive (the canvases themselves are only labelled).
+    let announce = move || {
+        state.results.get().map(|r| {
+            let best = r.ready.prompts.iter().max_by(|a, b| a.score.total_cmp(&b.score));
+            let n = r.ready.prompts.len();
+            match best {
+                Some(b) if n > 1 => format!("Heatmaps ready for {n} prompts; the closest is “{}”.", b.prompt),
+                Some(b) => format!("Heatmap ready for “{}”, similarity {:.3}.", b.prompt, b.score),
+                None => String::new(),
+            }
+        })
+    };
     view! {
+        <p class="sr-only" role="status" aria-live="polite" data-testid="announce">{announce}</p>
         <div class="results" data-testid="results" data-seq=seq>
             <Show when=move || state.results.get().is_some() fallback=placeholder>
-                {cards}
+                <MainView />
+                <div class="thumbs" role="group" aria-label="Heatmaps: choose one for the large view">{cards}</div>
             </Show>
         </div>
+    }
+}
+
+/// The map on the large view, resized onto the photo (kept while only the opacity or the
+/// colormap changes).
+struct ViewMap {
+    /// `(height, width)` of the picture drawn (the photo's view copy, or the model's input
+    /// without one).
+    to: (usize, usize),
+    image: Arc<Vec<u8>>,
+    /// The part of `to` the map covers, and the map's values there.
+    region: (usize, usize),
+    values: Vec<f32>,
+    /// The map at the model's size, on an input of `input`, for exports at the photo's size.
+    map: Vec<f32>,
+    size: (usize, usize),
+    input: (usize, usize),
+    original: Option<Original>,
+    label: String,
+    slug: String,
+    image_id: u64,
+}
+
+fn view_map(state: AppState, r: &Maps) -> Option<ViewMap> {
+    let (m, p) = state.selected.get();
+    let layer = state.selected_layer.get();
+    let map = r.shown_map(m, p, layer)?;
+    let prompt = r.ready.prompts.get(p)?;
+    let method = *r.ready.methods.get(m)?;
+    let original = state.originals.with(|v| v.iter().find(|o| o.id == r.ready.image_id).cloned());
+    let (to, image) = match &original {
+        Some(o) => (o.view_size, o.view.clone()),
+        None => (r.ready.size, r.rgb.clone()),
+    };
+    let region = legrad::overlay::covered(to, r.ready.size, r.ready.input);
+    let values = legrad::overlay::resize_map(&map, r.ready.size, region).ok()?;
+    let which = match layer.and_then(|l| r.ready.layers.get(l)) {
+        Some(l) => format!("layer {l}"),
+        None => match r.ready.layers.as_slice() {
+            [a] => format!("layer {a}"),
+            [a, .., b] => format!("layers {a}–{b}"),
+            [] => String::new(),
+        },
+    };
+    let label = [
+        prompt.prompt.clone(),
+        if r.ready.methods.len() > 1 { method.name().to_string() } else { String::new() },
+        which,
+    ]
+    .into_iter()
+    .filter(|s| !s.is_empty())
+    .collect::<Vec<_>>()
+    .join(" · ");
+    let slug = match layer.and_then(|l| r.ready.layers.get(l)) {
+        Some(l) => format!("{}-layer{l}", slug(&prompt.prompt)),
+        None => slug(&prompt.prompt),
+    };
+    Some(ViewMap {
+        to,
+        image,
+        region,
+        values,
+        map,
+        size: r.ready.size,
+        input: r.ready.input,
+        original,
+        label,
+        slug,
+        image_id: r.ready.image_id,
+    })
+}
+
+#[component]
+fn MainView() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let canvas = NodeRef::<Canvas>::new();
+    let shown = RwSignal::new(None::<Arc<ViewMap>>);
+    let hover = RwSignal::new(None::<(f32, usize, usize)>);
+    // The map for the selection, resized onto the photo: again only when the maps, the
+    // selection or the photo change.
+    Effect::new(move |_| {
+        let view = state.results.get().and_then(|r| view_map(state, &r));
+        shown.set(view.map(Arc::new));
+    });
+    // Drawn again when the opacity or the colormap change (nothing is recomputed but colours).
+    Effect::new(move |_| {
+        let (Some(v), Some(c)) = (shown.get(), canvas.get()) else { return };
+        let rgb = legrad::overlay::blend_region(
+            &v.image,
+            v.to,
+            &v.values,
+            v.region,
+            state.opacity.get(),
+            state.colormap.get(),
+        );
+        draw_rgb(&c, &rgb, v.to);
+        // Where the map peaks, on the canvas as drawn (with the image it was drawn over).
+        let peak = v.values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+        let _ = c.set_attribute("data-peak", &format!("{},{}", peak % v.region.1.max(1), peak / v.region.1.max(1)));
+        let _ = c.set_attribute("data-image", &v.image_id.to_string());
+    });
+    let on_move = move |ev: leptos::ev::MouseEvent| {
+        let (Some(v), Some(c)) = (shown.get_untracked(), canvas.get_untracked()) else { return };
+        let rect = c.get_bounding_client_rect();
+        let x = ((ev.client_x() as f64 - rect.left()) / rect.width() * v.to.1 as f64).floor();
+        let y = ((ev.client_y() as f64 - rect.top()) / rect.height() * v.to.0 as f64).floor();
+        let (x, y) = (x.max(0.0) as usize, y.max(0.0) as usize);
+        hover.set((x < v.region.1 && y < v.region.0).then(|| (v.values[y * v.region.1 + x], x, y)));
+    };
+    // The cursor's pixel on the photo itself (the view may be a smaller copy).
+    let on_photo = move |x: usize, y: usize| -> (usize, usize) {
+        match shown.get_untracked().and_then(|v| v.original.as_ref().map(|o| (v.to, o.height, o.width))) {
+            Some((to, h, w)) => (x * w / to.1.max(1), y * h / to.0.max(1)),
+            None => (x, y),
+        }
+    };
+    // The keyboard's cursor: arrows move it by a twentieth of the image and read the value.
+    let on_key = move |ev: leptos::ev::KeyboardEvent| {
+        let Some(v) = shown.get_untracked() else { return };
+        let (dx, dy) = match ev.key().as_str() {
+            "ArrowLeft" => (-1, 0),
+            "ArrowRight" => (1, 0),
+            "ArrowUp" => (0, -1),
+            "ArrowDown" => (0, 1),
+            _ => return,
+        };
+        ev.prevent_default();
+        let (x, y) = hover.get_untracked().map(|h| (h.1, h.2)).unwrap_or((v.region.1 / 2, v.region.0 / 2));
+        let step = |n: usize| (n / 20).max(1) as i64;
+        let x = (x as i64 + dx * step(v.region.1)).clamp(0, v.region.1 as i64 - 1) as usize;
+        let y = (y as i64 + dy * step(v.region.0)).clamp(0, v.region.0 as i64 - 1) as usize;
+        hover.set(Some((v.values[y * v.region.1 + x], x, y)));
+    };
+    // Exports at the photo's own size (the view may be a smaller copy): drawn again from the
+    // map, as `legrad explain --on-original` draws them.
+    let at_photo = move || {
+        let v = shown.get_untracked()?;
+        let (to, image) = match &v.original {
+            Some(o) => ((o.height, o.width), o.rgb.clone()),
+            None => (v.to, v.image.clone()),
+        };
+        let region = legrad::overlay::covered(to, v.size, v.input);
+        let values = legrad::overlay::resize_map(&v.map, v.size, region).ok()?;
+        Some((v, to, image, region, values))
+    };
+    let export_overlay = move |_| {
+        let Some((v, to, image, region, values)) = at_photo() else { return };
+        let rgb = legrad::overlay::blend_region(
+            &image,
+            to,
+            &values,
+            region,
+            state.opacity.get_untracked(),
+            state.colormap.get_untracked(),
+        );
+        if let Some(png) = rgb_png(&rgb, to) {
+            download(&png, &format!("legrad-{}.png", v.slug), "image/png");
+        }
+    };
+    let export_map = move |_| {
+        let Some((v, to, _, region, values)) = at_photo() else { return };
+        // What the map does not cover (a few pixels at most) is 0.
+        let mut full = vec![0f32; to.0 * to.1];
+        for y in 0..region.0 {
+            full[y * to.1..][..region.1].copy_from_slice(&values[y * region.1..][..region.1]);
+        }
+        if let Some(png) = map_png(&full, to) {
+            download(&png, &format!("legrad-{}-map16.png", v.slug), "image/png");
+        }
+    };
+    let label = move || shown.get().map(|v| v.label.clone()).unwrap_or_default();
+    // The photo's size (what exports have).
+    let size = move || {
+        shown
+            .get()
+            .map(|v| v.original.as_ref().map_or(v.to, |o| (o.height, o.width)))
+            .map(|(h, w)| format!("{w}x{h}"))
+            .unwrap_or_default()
+    };
+    let input = move || state.results.get().map(|r| format!("{}x{}", r.ready.input.1, r.ready.input.0));
+    let score = move || {
+        let (_, p) = state.selected.get();
+        state.results.get().and_then(|r| r.ready.prompts.get(p).map(|p| format!("similarity {:.3}", p.score)))
+    };
+    view! {
+        <figure class="main-view" data-testid="main-view" data-size=size data-input=input>
+            <canvas node_ref=canvas data-testid="main-canvas" tabindex="0"
+                style=move || shown.get().map(|v| format!("max-width: min(100%, calc(70vh * {} / {}))", v.to.1, v.to.0.max(1)))
+                aria-label=move || format!("Heatmap for {} over the image", label())
+                aria-describedby="cursor-value"
+                on:mousemove=on_move on:mouseleave=move |_| hover.set(None) on:keydown=on_key></canvas>
+            <figcaption>
+                <span class="prompt" data-testid="main-label">{label}</span>
+                <span class="score">{score}</span>
+                <span class="value" id="cursor-value" data-testid="cursor-value" aria-live="polite"
+                    data-x=move || hover.get().map(|h| on_photo(h.1, h.2).0.to_string())
+                    data-y=move || hover.get().map(|h| on_photo(h.1, h.2).1.to_string())>
+                    {move || hover.get().map(|(v, x, y)| { let (x, y) = on_photo(x, y); format!("value {v:.3} at ({x}, {y})") }).unwrap_or_else(|| "point at the map (or use the arrow keys) for its value".into())}
+                </span>
+                <span class="buttons">
+                    <button class="secondary" on:click=export_overlay>"Overlay PNG"</button>
+                    <button class="secondary" on:click=export_map>"Map PNG"</button>
+                    <span class="small hint">{move || format!("at the image's size, {}", size().replace('x', "×"))}</span>
+                </span>
+            </figcaption>
+            <LayerStrip />
+        </figure>
+    }
+}
+
+/// The layers of the range under the large view: their sum (the map) and each layer alone.
+#[component]
+fn LayerStrip() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let layers = move || {
+        let r = state.results.get()?;
+        let (m, _) = state.selected.get();
+        (r.ready.layer_methods.get(m).copied().unwrap_or(false) && !r.ready.layers.is_empty())
+            .then(|| r.ready.layers.clone())
+    };
+    view! {
+        <Show when=move || layers().is_some()>
+            <div class="layer-strip" role="group" aria-label="Layers of the range">
+                <LayerButton layer=None />
+                {move || layers().unwrap_or_default().into_iter().enumerate()
+                    .map(|(i, _)| view! { <LayerButton layer=Some(i) /> }).collect_view()}
+            </div>
+        </Show>
+    }
+}
+
+#[component]
+fn LayerButton(layer: Option<usize>) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let canvas = NodeRef::<Canvas>::new();
+    Effect::new(move |_| {
+        let (Some(r), Some(c)) = (state.results.get(), canvas.get()) else { return };
+        let (m, p) = state.selected.get();
+        if let Some(map) = r.shown_map(m, p, layer) {
+            draw_overlay(&c, &r.rgb, &map, r.ready.size, state.opacity.get(), state.colormap.get());
+        }
+    });
+    let name = move || match layer {
+        None => "all".to_string(),
+        Some(i) => state.results.get().and_then(|r| r.ready.layers.get(i).map(|l| l.to_string())).unwrap_or_default(),
+    };
+    let label = move || match layer {
+        None => "sum".to_string(),
+        Some(_) => format!("layer {}", name()),
+    };
+    view! {
+        <button class="layer" data-testid="layer" data-layer=name
+            aria-pressed=move || (state.selected_layer.get() == layer).to_string()
+            title=move || if layer.is_none() { "the sum of the layers (the map)".to_string() } else { format!("{} alone", label()) }
+            on:click=move |_| state.selected_layer.set(layer)>
+            <canvas node_ref=canvas aria-hidden="true"></canvas>
+            <span>{label}</span>
+        </button>
     }
 }
 
@@ -42,7 +317,6 @@ pub fn Results() -> impl IntoView {
 fn MapCard(method: usize, prompt: usize) -> impl IntoView {
     let state = expect_context::<AppState>();
     let canvas = NodeRef::<Canvas>::new();
-    let hover = RwSignal::new(None::<f32>);
     // Redraw when the maps, the opacity or the colormap change.
     Effect::new(move |_| {
         let (Some(r), Some(c)) = (state.results.get(), canvas.get()) else { return };
@@ -52,49 +326,28 @@ fn MapCard(method: usize, prompt: usize) -> impl IntoView {
     let title = move || {
         info().map(|(m, p)| if state.compare.get() { format!("{} · {}", m.name(), p.prompt) } else { p.prompt })
     };
-    let on_move = move |ev: leptos::ev::MouseEvent| {
-        let (Some(r), Some(c)) = (state.results.get_untracked(), canvas.get_untracked()) else { return };
-        let (h, w) = r.ready.size;
-        let rect = c.get_bounding_client_rect();
-        let x = ((ev.client_x() as f64 - rect.left()) / rect.width() * w as f64).floor();
-        let y = ((ev.client_y() as f64 - rect.top()) / rect.height() * h as f64).floor();
-        if x >= 0.0 && y >= 0.0 && (x as usize) < w && (y as usize) < h {
-            hover.set(Some(r.map(method, prompt)[y as usize * w + x as usize]));
-        }
-    };
-    let export_overlay = move |_| {
-        if let Some(c) = canvas.get_untracked()
-            && let Ok(url) = c.to_data_url()
-        {
-            let name = info().map(|(_, p)| slug(&p.prompt)).unwrap_or_default();
-            download_url(&url, &format!("legrad-{name}.png"));
-        }
-    };
-    let export_map = move |_| {
-        if let Some(r) = state.results.get_untracked()
-            && let Some(png) = map_png(r.map(method, prompt), r.ready.size)
-        {
-            let name = info().map(|(_, p)| slug(&p.prompt)).unwrap_or_default();
-            download(&png, &format!("legrad-{name}-map16.png"), "image/png");
-        }
-    };
+    let selected = move || state.selected.get() == (method, prompt);
+    let select = move || state.selected.set((method, prompt));
     view! {
-        <figure class="card" data-testid="map-card" data-prompt=move || info().map(|(_, p)| p.prompt).unwrap_or_default()
+        <figure class=move || if selected() { "card selected" } else { "card" } data-testid="map-card"
+            data-prompt=move || info().map(|(_, p)| p.prompt).unwrap_or_default()
             data-method=move || info().map(|(m, _)| m.name().to_string()).unwrap_or_default()>
-            <canvas node_ref=canvas data-testid="heatmap" tabindex="0"
-                aria-label=move || title().map(|t| format!("Heatmap for {t}")).unwrap_or_default()
-                on:mousemove=on_move on:mouseleave=move |_| hover.set(None)></canvas>
+            <canvas node_ref=canvas data-testid="heatmap" tabindex="0" role="button"
+                aria-pressed=move || selected().to_string()
+                aria-label=move || title().map(|t| format!("Heatmap for {t}: show it large")).unwrap_or_default()
+                on:click=move |_| select()
+                on:keydown=move |ev: leptos::ev::KeyboardEvent| {
+                    if ev.key() == "Enter" || ev.key() == " " {
+                        ev.prevent_default();
+                        select();
+                    }
+                }></canvas>
             <figcaption>
                 <span class="prompt">{title}</span>
                 <span class="score" data-testid="score">{move || info().map(|(_, p)| format!("similarity {:.3}", p.score))}</span>
                 <Show when=move || info().is_some_and(|(_, p)| p.constant)>
                     <span class="notice">"flat map: no positive gradient"</span>
                 </Show>
-                <span class="value" aria-live="off">{move || hover.get().map(|v| format!("value {v:.3}")).unwrap_or_default()}</span>
-                <span class="buttons">
-                    <button class="secondary" on:click=export_overlay>"Overlay PNG"</button>
-                    <button class="secondary" on:click=export_map>"Map PNG"</button>
-                </span>
             </figcaption>
         </figure>
     }

@@ -9,7 +9,7 @@
 
 import { chromium } from "playwright-core";
 import { createServer } from "node:http";
-import { readFileSync, existsSync, mkdirSync, statSync, readdirSync, rmSync } from "node:fs";
+import { readFileSync, writeFileSync, existsSync, mkdirSync, statSync, readdirSync, rmSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { join, extname, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,7 +27,10 @@ mkdirSync(work, { recursive: true });
 
 const SUB = "/legrad-web/";
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css",
-  ".png": "image/png", ".json": "application/json", ".safetensors": "application/octet-stream" };
+  ".png": "image/png", ".json": "application/json", ".safetensors": "application/octet-stream",
+  ".webmanifest": "application/manifest+json" };
+// Set by the offline test: the service worker served with another version, as a new build's.
+let swVersion = null;
 
 // A plain static server: the site under /legrad-web/, extra files (models for the URL test,
 // the native engine's overlays) under /files/.
@@ -43,7 +46,8 @@ const server = createServer((req, res) => {
     if (path && existsSync(join(path, "index.html"))) path = join(path, "index.html");
     else { res.writeHead(404); res.end("not found"); return; }
   }
-  const body = readFileSync(path);
+  let body = readFileSync(path);
+  if (swVersion && url === SUB + "sw.js") body = Buffer.from(body.toString().replace(/^const VERSION = .*;$/m, `const VERSION = "${swVersion}";`));
   res.writeHead(200, { "content-type": types[extname(path)] ?? "application/octet-stream", "content-length": body.length });
   if (!url.startsWith("/files/slow/")) { res.end(body); return; }
   // A slow connection: 64 KB every 100 ms, so that a test can cancel mid-download.
@@ -60,11 +64,11 @@ const base = `http://127.0.0.1:${server.address().port}`;
 
 let failures = 0;
 const results = [];
-// LEGRAD_E2E_ONLY=text runs only the tests whose name contains it (those that build their own
-// page and files; for working on one test).
+// LEGRAD_E2E_ONLY=text runs only the tests whose name contains it ("a|b": either; those that
+// build their own page and files; for working on one test).
 const only = process.env.LEGRAD_E2E_ONLY;
 async function test(name, fn) {
-  if (only && !name.includes(only)) return;
+  if (only && !only.split("|").some((o) => name.includes(o))) return;
   const t0 = Date.now();
   try {
     await fn();
@@ -78,13 +82,37 @@ async function test(name, fn) {
 }
 function assert(cond, msg) { if (!cond) throw new Error(msg); }
 
+// The fake camera's video (Chromium plays it in a loop): a blue circle crossing a grey frame
+// from left to right and back, 320x240, 10 frames/s, 80 frames (y4m, 4:2:0, full range).
+const cameraFile = join(work, "camera.y4m");
+{
+  const [W, H, N] = [320, 240, 80];
+  const yuv = (r, g, b) => [0.299 * r + 0.587 * g + 0.114 * b, 128 - 0.168736 * r - 0.331264 * g + 0.5 * b, 128 + 0.5 * r - 0.418688 * g - 0.081312 * b].map((v) => Math.max(0, Math.min(255, Math.round(v))));
+  const bg = yuv(205, 205, 205), fg = yuv(31, 79, 224);
+  const parts = [Buffer.from(`YUV4MPEG2 W${W} H${H} F10:1 Ip A1:1 C420jpeg\n`)];
+  for (let f = 0; f < N; f++) {
+    const t = f < N / 2 ? f / (N / 2 - 1) : (N - 1 - f) / (N / 2 - 1);
+    const cx = 50 + t * (W - 100), cy = H / 2, r = 38;
+    const y = Buffer.alloc(W * H), u = Buffer.alloc((W / 2) * (H / 2)), v = Buffer.alloc((W / 2) * (H / 2));
+    for (let j = 0; j < H; j++) for (let i = 0; i < W; i++) y[j * W + i] = ((i - cx) ** 2 + (j - cy) ** 2 < r * r ? fg : bg)[0];
+    for (let j = 0; j < H / 2; j++) for (let i = 0; i < W / 2; i++) {
+      const c = (2 * i + 1 - cx) ** 2 + (2 * j + 1 - cy) ** 2 < r * r ? fg : bg;
+      u[j * (W / 2) + i] = c[1]; v[j * (W / 2) + i] = c[2];
+    }
+    parts.push(Buffer.from("FRAME\n"), y, u, v);
+  }
+  writeFileSync(cameraFile, Buffer.concat(parts));
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking",
     "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage", "--disable-sync",
     // A name for the test server that is not localhost: served from it over plain HTTP, the page
     // is not a secure context (no Cache API, no WebGPU), as on a plain-HTTP host.
-    "--host-resolver-rules=MAP legrad-insecure.test 127.0.0.1"],
+    "--host-resolver-rules=MAP legrad-insecure.test 127.0.0.1",
+    // A camera that plays the file above (the permission is still the page's to get).
+    "--use-fake-device-for-media-stream", `--use-file-for-fake-video-capture=${cameraFile}`],
 });
 const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
 let page = await context.newPage();
@@ -114,13 +142,14 @@ function nativeOverlay(image, prompt, tag) {
   return `${base}/files/${tag}/0.png`;
 }
 
-/// Compare a card's canvas with a PNG, in the page: mean abs difference and share of pixels
-/// off by more than 2 levels.
-async function compareCanvas(prompt, pngUrl) {
-  return await page.evaluate(async ({ prompt, pngUrl }) => {
+/// Compare a card's canvas (or, with `selector`, that canvas) with a PNG, in the page: mean abs
+/// difference and share of pixels off by more than 2 levels.
+async function compareCanvas(prompt, pngUrl, selector = null) {
+  return await page.evaluate(async ({ prompt, pngUrl, selector }) => {
     const card = [...document.querySelectorAll('[data-testid="map-card"]')].find((c) => c.dataset.prompt === prompt);
-    if (!card) return { error: `no card for ${prompt}` };
-    const canvas = card.querySelector("canvas");
+    if (!card && !selector) return { error: `no card for ${prompt}` };
+    const canvas = selector ? document.querySelector(selector) : card.querySelector("canvas");
+    if (!canvas) return { error: `no canvas ${selector}` };
     const a = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
     const img = new Image();
     img.src = pngUrl;
@@ -135,7 +164,33 @@ async function compareCanvas(prompt, pngUrl) {
       for (let c = 0; c < 3; c++) { const d = Math.abs(a[i + c] - b[i + c]); sum += d; if (d > 2) off++; n++; }
     }
     return { mean: sum / n, off: off / n };
-  }, { prompt, pngUrl });
+  }, { prompt, pngUrl, selector });
+}
+
+/// Width and height of a PNG file (its IHDR) and its bit depth.
+function pngInfo(path) {
+  const b = readFileSync(path);
+  return { width: b.readUInt32BE(16), height: b.readUInt32BE(20), depth: b[24] };
+}
+
+/// A 2-D f32 .npy as { shape, data }.
+function readNpy(path) {
+  const b = readFileSync(path);
+  const len = b.readUInt16LE(8);
+  const header = b.subarray(10, 10 + len).toString("latin1");
+  const shape = header.match(/shape': \(([^)]*)\)/)[1].split(",").filter((x) => x.trim()).map(Number);
+  const data = new Float32Array(b.buffer.slice(b.byteOffset + 10 + len, b.byteOffset + b.length));
+  return { shape, data };
+}
+
+/// The large view's canvas size and the input it shows.
+async function mainView() {
+  return await page.evaluate(() => {
+    const v = document.querySelector('[data-testid="main-view"]');
+    const c = document.querySelector('[data-testid="main-canvas"]');
+    return { size: v?.dataset.size, input: v?.dataset.input, width: c?.width, height: c?.height,
+      label: document.querySelector('[data-testid="main-label"]')?.textContent };
+  });
 }
 
 /// Ask the page for a model by URL (the model panel's field and button).
@@ -260,6 +315,99 @@ await test("several prompts, one map each, and the method comparison", async () 
     assert(!r.error, r.error);
     assert(r.mean < 0.5 && r.off < 0.005, `${p}: canvas vs native: mean ${r.mean}, off ${r.off}`);
   }
+});
+
+await test("a photo keeps its shape: a 448x288 input for 451x300 (32-pixel patches), the map over the photo itself, exports at its size, the value under the cursor, the layer strip", async () => {
+  const before = page;
+  page = await context.newPage();
+  await page.goto(base + SUB);
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+  // A 3:2 picture the default model knows (a blue circle and a red square on stripes), drawn
+  // in the page, saved for the native engine, dropped as a file.
+  const png = await page.evaluate(async () => {
+    const c = new OffscreenCanvas(451, 300);
+    const g = c.getContext("2d");
+    for (let y = 0; y < 300; y += 20) { g.fillStyle = y % 40 ? "#d8d8d8" : "#f2f2f2"; g.fillRect(0, y, 451, 20); }
+    g.fillStyle = "#1f4fe0"; g.beginPath(); g.arc(340, 150, 60, 0, 2 * Math.PI); g.fill();
+    g.fillStyle = "#e02020"; g.fillRect(40, 60, 110, 110);
+    return Array.from(new Uint8Array(await (await c.convertToBlob({ type: "image/png" })).arrayBuffer()));
+  });
+  const photo = join(work, "photo-451x300.png");
+  writeFileSync(photo, Buffer.from(png));
+  await dropFile(photo, "photo.png");
+  await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
+  await page.selectOption('[data-testid="size"]', "448");
+  await page.fill('[data-testid="prompts"]', "a blue circle\na red square");
+  await waitForCard("a red square");
+  let v = await mainView();
+  assert(v.input === "448x288" && v.size === "451x300" && v.width === 451 && v.height === 300, `large view: ${JSON.stringify(v)}`);
+  // The same map as the native engine's, on the input (the card) and over the photo (the view).
+  const native = (tag, extra) => {
+    execFileSync(cli, ["explain", "--model", defaultModel, "--image", photo, "--prompt", "a blue circle", "--size", "448",
+      "--on-original", ...extra, "--out", join(work, tag)]);
+    return { input: `${base}/files/${tag}/0.png`, original: `${base}/files/${tag}/0.original.png`, npy: join(work, tag, "0.original.npy") };
+  };
+  const kept = native("aspect", ["--keep-aspect"]);
+  let r = await compareCanvas("a blue circle", kept.input);
+  assert(!r.error && r.mean < 0.5 && r.off < 0.005, `card vs native (448x288): ${JSON.stringify(r)}`);
+  r = await compareCanvas("a blue circle", kept.original, '[data-testid="main-canvas"]');
+  assert(!r.error && r.mean < 0.5 && r.off < 0.005, `large view vs native over the photo: ${JSON.stringify(r)}`);
+  await page.screenshot({ path: join(shots, "20-photo-large-view.png"), fullPage: true });
+  // The value under the cursor is the map's there (over the photo, at its pixels).
+  const box = await page.locator('[data-testid="main-canvas"]').boundingBox();
+  await page.mouse.move(box.x + box.width * 0.75, box.y + box.height * 0.5);
+  const hv = await page.$eval('[data-testid="cursor-value"]', (e) => ({ x: +e.dataset.x, y: +e.dataset.y, text: e.textContent }));
+  const npy = readNpy(kept.npy);
+  const want = npy.data[hv.y * npy.shape[1] + hv.x];
+  const shownValue = parseFloat(hv.text.match(/value ([\d.]+)/)[1]);
+  assert(Math.abs(shownValue - want) < 0.0015 && hv.x > 300 && hv.x < 360, `under the cursor: ${JSON.stringify(hv)}, native ${want}`);
+  // Exports at the photo's size.
+  for (const [label, depth] of [["Overlay PNG", 8], ["Map PNG", 16]]) {
+    const download = page.waitForEvent("download", { timeout: 30_000 });
+    await page.click(`[data-testid="main-view"] button:has-text("${label}")`);
+    const info = pngInfo(await (await download).path());
+    assert(info.width === 451 && info.height === 300 && info.depth === depth, `${label}: ${JSON.stringify(info)}`);
+  }
+  // Another card on the large view.
+  await page.click('[data-testid="map-card"][data-prompt="a red square"] canvas');
+  await page.waitForFunction(() => document.querySelector('[data-testid="main-label"]')?.textContent.startsWith("a red square"), null, { timeout: TIMEOUT });
+  await page.click('[data-testid="map-card"][data-prompt="a blue circle"] canvas');
+  // The layer strip: the sum and each layer of the range (the last 2); a layer alone differs
+  // from the sum; with a range of one layer, that layer is the sum.
+  const pixels = () => page.$eval('[data-testid="main-canvas"]', (c) => Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 97 === 0)));
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="layer"]').length === 3, null, { timeout: TIMEOUT });
+  const sum = await pixels();
+  const layers = await page.$$eval('[data-testid="layer"]', (bs) => bs.map((b) => b.dataset.layer));
+  await page.click(`[data-testid="layer"][data-layer="${layers[1]}"]`);
+  await page.waitForFunction((l) => document.querySelector('[data-testid="main-label"]').textContent.includes(`layer ${l}`), layers[1], { timeout: TIMEOUT });
+  const one = await pixels();
+  assert(one.some((p, i) => p !== sum[i]), "a layer alone looks like the sum");
+  await page.screenshot({ path: join(shots, "21-layer-strip.png"), fullPage: true });
+  await page.selectOption('[data-testid="layers"]', "-1");
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="layer"]').length === 2, null, { timeout: TIMEOUT });
+  await waitForCard("a blue circle");
+  await page.click('[data-testid="layer"][data-layer="all"]');
+  const sumOne = await pixels();
+  const last = await page.$$eval('[data-testid="layer"]', (bs) => bs[1].dataset.layer);
+  await page.click(`[data-testid="layer"][data-layer="${last}"]`);
+  await page.waitForFunction((l) => document.querySelector('[data-testid="main-label"]').textContent.includes(`layer ${l}`), last, { timeout: TIMEOUT });
+  const alone = await pixels();
+  assert(alone.every((p, i) => Math.abs(p - sumOne[i]) <= 1), "a range of one layer: the layer differs from the sum");
+  // Square, as the reference: the input is 448x448, still drawn over the photo's own shape.
+  await page.selectOption('[data-testid="layers"]', "-2");
+  await page.click('[data-testid="layer"][data-layer="all"]');
+  await page.uncheck('[data-testid="keep-aspect"]');
+  await page.waitForFunction(() => document.querySelector('[data-testid="main-view"]')?.dataset.input === "448x448", null, { timeout: TIMEOUT });
+  await waitForCard("a blue circle");
+  v = await mainView();
+  assert(v.width === 451 && v.height === 300, `square input, view ${JSON.stringify(v)}`);
+  const square = native("square", []);
+  r = await compareCanvas("a blue circle", square.input);
+  assert(!r.error && r.mean < 0.5 && r.off < 0.005, `card vs native (square): ${JSON.stringify(r)}`);
+  r = await compareCanvas("a blue circle", square.original, '[data-testid="main-canvas"]');
+  assert(!r.error && r.mean < 0.5 && r.off < 0.005, `large view vs native (square) over the photo: ${JSON.stringify(r)}`);
+  await page.close();
+  page = before;
 });
 
 await test("a corrupt file gives a message, and the next image still works", async () => {
@@ -557,14 +705,16 @@ await test("a copied link restores the prompts and settings, never the image", a
   await withModel.close();
 });
 
-await test("nothing leaves the page: every request of a session is the site's own or the model asked for", async () => {
+await test("nothing leaves the page: every request of a session (camera included) is the site's own or the model asked for", async () => {
   // A fresh context (empty cache), every request recorded twice: by the browser (the page, its
   // worker; Playwright reports both) and by the server (whatever reached it). The prompt and the
   // image's name are unusual strings, searched for in every URL, header and body.
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
   const seen = [];
+  // A request from a worker has no frame (the service worker's throws when asked for one).
+  const noFrame = (r) => { try { return !r.frame(); } catch { return true; } };
   ctx.on("request", (r) => seen.push({ url: r.url(), method: r.method(), headers: r.headers(), body: r.postDataBuffer(),
-    worker: !r.frame?.() }));
+    worker: noFrame(r) }));
   ctx.on("websocket", (w) => seen.push({ url: w.url(), method: "WEBSOCKET", headers: {}, body: null }));
   const from = served.length;
   page = await ctx.newPage();
@@ -587,6 +737,11 @@ await test("nothing leaves the page: every request of a session is the site's ow
     await page.click(`button:has-text("${label}") >> nth=0`);
     await download;
   }
+  // The camera, a few frames explained with the secret prompt among the prompts.
+  await ctx.grantPermissions(["camera"]);
+  await page.click('[data-testid="camera"]');
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid="camera-stats"]')?.dataset.frames) >= 3, null, { timeout: TIMEOUT });
+  await page.click('[data-testid="camera"]');
   const modelUrl = `${base}/files/url-model.safetensors`;
   await loadModelUrl(modelUrl);
   await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, modelUrl, { timeout: TIMEOUT });
@@ -720,6 +875,222 @@ function assertFlat(series, warmStep, bounds) {
   }
   console.log(`     after warm-up (${warm.step} edits): ${parts.join(", ")}`);
 }
+
+await test("camera: the map's peak follows a moving object, frames/s and latency shown, pause freezes, 200 frames leave memory flat; refused in words", async () => {
+  const before = page;
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, permissions: ["camera"] });
+  page = await ctx.newPage();
+  try {
+    await page.addInitScript(() => addEventListener("TrunkApplicationStarted", (e) => { window.__uiWasm = e.detail.wasm; }));
+    await page.goto(base + SUB);
+    await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+    await page.fill('[data-testid="prompts"]', "a blue circle");
+    await page.click('[data-testid="camera"]');
+    const frames = async () => Number(await page.getAttribute('[data-testid="camera-stats"]', "data-frames").catch(() => 0));
+    await page.waitForFunction(() => Number(document.querySelector('[data-testid="camera-stats"]')?.dataset.frames) >= 5, null, { timeout: TIMEOUT });
+    const stats = await page.textContent('[data-testid="camera-stats"]');
+    assert(/^[\d.]+ frames\/s · \d+ ms from frame to map$/.test(stats.trim()), `camera stats: ${stats}`);
+    assert((await page.$$eval('[data-testid="camera-choice"] option', (o) => o.length)) >= 1, "no camera to choose");
+    // Drawn over the frame itself (320x240), not over the model's input.
+    const cv = await mainView();
+    assert(cv.size === "320x240" && cv.width === 320 && cv.height === 240, `camera view: ${JSON.stringify(cv)}`);
+    await page.screenshot({ path: join(shots, "24-camera.png"), fullPage: true });
+    // The peak of each shown map against the circle in the frame it was drawn over (opacity 0:
+    // the canvas is the frame), read together.
+    await page.evaluate(() => { const e = document.querySelector('[data-testid="opacity"]'); e.value = "0"; e.dispatchEvent(new Event("input", { bubbles: true })); });
+    const samples = [];
+    let lastImage = null;
+    for (let k = 0; samples.length < 10 && k < 200; k++) {
+      await page.waitForTimeout(250);
+      const s = await page.evaluate(() => {
+        const c = document.querySelector('[data-testid="main-canvas"]');
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        let sx = 0, n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 150 && d[i] < 110) { sx += (i / 4) % c.width; n++; }
+        return { image: c.dataset.image, peak: Number(c.dataset.peak.split(",")[0]), blob: n ? sx / n : null, width: c.width };
+      });
+      if (s.blob !== null && s.image !== lastImage) { samples.push(s); lastImage = s.image; }
+    }
+    const near = samples.filter((s) => Math.abs(s.peak - s.blob) < 0.2 * s.width).length;
+    const xs = samples.map((s) => s.blob);
+    assert(samples.length >= 8 && near >= samples.length - 1 && Math.max(...xs) - Math.min(...xs) > 80,
+      `peak vs circle: ${JSON.stringify(samples.map((s) => [Math.round(s.blob), s.peak]))}`);
+    // Prompts can change while it runs; pause freezes the frame.
+    await page.fill('[data-testid="prompts"]', "a blue circle\na red square");
+    await waitForCard("a red square");
+    await page.click('[data-testid="camera-pause"]');
+    await page.waitForTimeout(500);
+    const frozen = await frames();
+    await page.waitForTimeout(1500);
+    assert((await frames()) === frozen, "frames kept coming while paused");
+    await page.click('[data-testid="camera-pause"]');
+    // 200 frames: memory flat after warm-up (bounds as the soak's).
+    const cdp = await ctx.newCDPSession(page);
+    const mem = async () => {
+      await cdp.send("HeapProfiler.collectGarbage");
+      return { worker: Number(await page.getAttribute('[data-testid="timing"]', "data-wasm-bytes")),
+        ui: await page.evaluate(() => window.__uiWasm?.memory?.buffer.byteLength ?? 0),
+        heap: (await cdp.send("Runtime.getHeapUsage")).usedSize, gpu: null };
+    };
+    const start = await frames();
+    const series = [];
+    for (let step = 0; step <= 200; step += 40) {
+      await page.waitForFunction((n) => Number(document.querySelector('[data-testid="camera-stats"]').dataset.frames) >= n, start + step, { timeout: TIMEOUT });
+      series.push({ step, ...(await mem()) });
+    }
+    const mb = (b) => (b / 1048576).toFixed(1);
+    console.log(`     camera frames: ${series.map((s) => `${s.step}: worker ${mb(s.worker)} / page ${mb(s.ui)} / heap ${mb(s.heap)} MB`).join("; ")}; ${await page.textContent('[data-testid="camera-stats"]')}`);
+    assertFlat(series, 40, { worker: 32, ui: 16, heap: 8 });
+    await page.click('[data-testid="camera"]');
+    await page.waitForSelector('[data-testid="camera-pause"]', { state: "detached", timeout: 10_000 });
+  } finally {
+    await ctx.close();
+  }
+  // Refused: a context without the camera permission.
+  const denied = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  page = await denied.newPage();
+  try {
+    await page.goto(base + SUB);
+    await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+    page.on("dialog", (d) => d.dismiss());
+    await page.click('[data-testid="camera"]');
+    await page.waitForSelector('[data-testid="camera-error"]', { timeout: 30_000 });
+    const msg = await page.textContent('[data-testid="camera-error"]');
+    assert(/refused|No camera/.test(msg), `camera refused: ${msg}`);
+    assert((await page.getAttribute('[data-testid="camera"]', "aria-pressed")) === "false", "the camera looks on after a refusal");
+  } finally {
+    await denied.close();
+    page = before;
+  }
+});
+
+await test("accessible: every control by keyboard with its focus shown, results announced, no serious or critical axe violation", async () => {
+  const before = page;
+  page = await context.newPage();
+  try {
+    await page.goto(base + SUB);
+    await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+    await dropFile(scene, "scene-1.png");
+    await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
+    await page.fill('[data-testid="prompts"]', "a blue circle\na red ring");
+    await waitForCard("a red ring");
+    await page.waitForFunction(() => /Heatmaps ready for 2 prompts/.test(document.querySelector('[data-testid="announce"]').textContent), null, { timeout: TIMEOUT });
+    await openModelPanel();
+    // axe-core (npm, pinned) on the whole page: the results, the large view, the model panel.
+    await page.addScriptTag({ path: join(here, "node_modules/axe-core/axe.min.js") });
+    const violations = await page.evaluate(async () => (await axe.run(document, { resultTypes: ["violations"] })).violations
+      .filter((v) => v.impact === "serious" || v.impact === "critical")
+      .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`));
+    assert(violations.length === 0, `axe: ${violations.join("; ")}`);
+    // Tab through the page: every control is reached, and shows where the focus is.
+    await page.evaluate(() => document.activeElement?.blur());
+    const reached = new Map();
+    for (let i = 0; i < 80; i++) {
+      await page.keyboard.press("Tab");
+      const f = await page.evaluate(() => {
+        const e = document.activeElement;
+        if (!e || e === document.body) return null;
+        const style = getComputedStyle(e);
+        const name = e.dataset.testid ?? (e.tagName === "SUMMARY" ? "summary" : e.classList.contains("sample") ? "sample" : e.textContent.trim().slice(0, 20));
+        return { name, shown: style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2 };
+      });
+      if (f) reached.set(f.name, (reached.get(f.name) ?? true) && f.shown);
+    }
+    const want = ["image-input", "sample", "prompts", "template", "copy-link", "method", "compare", "size", "keep-aspect", "layers",
+      "opacity", "colormap", "summary", "model-url", "load-url", "main-canvas", "Overlay PNG", "Map PNG", "layer", "heatmap"];
+    const missing = want.filter((w) => !reached.has(w));
+    assert(missing.length === 0, `not reached by Tab: ${missing}; reached: ${[...reached.keys()]}`);
+    const unseen = [...reached].filter(([, shown]) => !shown).map(([n]) => n);
+    assert(unseen.length === 0, `focus not shown on: ${unseen}`);
+    // And usable: a card by Enter, the large view's value by the arrow keys.
+    await page.focus('[data-testid="map-card"][data-prompt="a red ring"] canvas');
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => document.querySelector('[data-testid="main-label"]').textContent.startsWith("a red ring"), null, { timeout: 10_000 });
+    await page.focus('[data-testid="main-canvas"]');
+    await page.keyboard.press("ArrowRight");
+    const value = await page.textContent('[data-testid="cursor-value"]');
+    assert(/^value \d\.\d{3} at \(\d+, \d+\)$/.test(value.trim()), `value by keyboard: ${value}`);
+    await page.focus('[data-testid="layer"][data-layer="all"]');
+    await page.keyboard.press("Tab");
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => /layer \d+$/.test(document.querySelector('[data-testid="main-label"]').textContent), null, { timeout: 10_000 });
+    await page.screenshot({ path: join(shots, "23-keyboard.png") });
+  } finally {
+    await page.close();
+    page = before;
+  }
+});
+
+await test("after one visit the page opens and explains offline; installable; a new build replaces the old cache", async () => {
+  const before = page;
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const shellCaches = () => page.evaluate(async () => (await caches.keys()).filter((k) => k.startsWith("legrad-shell-")));
+  page = await ctx.newPage();
+  await page.goto(base + SUB);
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+  // The service worker is active once everything the site ships is in its cache.
+  const cached = await page.evaluate(async () => {
+    await navigator.serviceWorker.ready;
+    const keys = (await caches.keys()).filter((k) => k.startsWith("legrad-shell-"));
+    const cache = await caches.open(keys[0]);
+    return { keys, files: (await cache.keys()).map((r) => new URL(r.url).pathname) };
+  });
+  const oldShell = cached.keys[0];
+  assert(cached.keys.length === 1 && /^legrad-shell-[0-9a-f]{16}$/.test(oldShell), `shell caches: ${cached.keys}`);
+  for (const f of ["index.html", "legrad-web.js", "legrad-web_bg.wasm", "worker.js", "models/default.safetensors", "samples/scene-1.png", "manifest.webmanifest", "icons/icon-512.png"]) {
+    assert(cached.files.includes(SUB + f), `${f} is not cached: ${cached.files}`);
+  }
+  // Installable: a manifest with a name, a start URL, standalone display and icons that load.
+  const manifest = await page.evaluate(async () => {
+    const href = document.querySelector('link[rel="manifest"]').href;
+    const m = await (await fetch(href)).json();
+    const icons = await Promise.all(m.icons.map(async (i) => (await fetch(new URL(i.src, href))).ok));
+    return { ...m, iconsOk: icons };
+  });
+  assert(manifest.name === "LeGrad Web" && manifest.start_url && manifest.display === "standalone"
+    && manifest.icons.some((i) => i.sizes === "512x512") && manifest.iconsOk.every(Boolean), `manifest: ${JSON.stringify(manifest)}`);
+  await page.close();
+  // Offline: the page opens, loads the default model, explains; the server sees nothing.
+  await ctx.setOffline(true);
+  const seen = served.length;
+  page = await ctx.newPage();
+  await page.goto(base + SUB + "?backend=cpu");
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+  await dropFile(scene, "scene-1.png");
+  await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
+  await page.selectOption('[data-testid="size"]', "448");
+  await page.fill('[data-testid="prompts"]', "a blue circle");
+  await waitForCard("a blue circle");
+  assert(served.length === seen, `offline, the server got ${served.slice(seen).map((q) => q.url)}`);
+  await page.screenshot({ path: join(shots, "22-offline.png") });
+  // The map made offline is the native engine's (compared once the network is back, to fetch it).
+  await ctx.setOffline(false);
+  const r = await compareCanvas("a blue circle", nativeOverlay(scene, "a blue circle", "offline"));
+  assert(!r.error && r.mean < 0.5 && r.off < 0.005, `offline map vs native: ${JSON.stringify(r)}`);
+  await page.close();
+  // A new build (the service worker's version changes): once no page of the old one is open,
+  // the new one takes over and the old cache is gone.
+  swVersion = "0123456789abcdef";
+  try {
+    page = await ctx.newPage();
+    await page.goto(base + SUB);
+    await page.evaluate(async () => (await navigator.serviceWorker.getRegistration()).update());
+    await page.waitForFunction(async () => !!(await navigator.serviceWorker.getRegistration()).waiting
+      || (await caches.keys()).includes("legrad-shell-0123456789abcdef"), null, { timeout: TIMEOUT, polling: 200 });
+    await page.close();
+    page = await ctx.newPage();
+    await page.goto(base + SUB);
+    await page.waitForFunction(async () => {
+      const keys = (await caches.keys()).filter((k) => k.startsWith("legrad-shell-"));
+      return keys.length === 1 && keys[0] === "legrad-shell-0123456789abcdef";
+    }, null, { timeout: 60_000, polling: 250 }).catch(async () => { throw new Error(`shell caches after the update: ${await shellCaches()} (old ${oldShell})`); });
+    await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+  } finally {
+    swVersion = null;
+    await ctx.close();
+    page = before;
+  }
+});
 
 await test("soak: 1,000 prompt edits, 100 image swaps, 10 model switches; memory flat after warm-up", async () => {
   const edits = Number(process.env.LEGRAD_SOAK_EDITS ?? 1000);

@@ -103,9 +103,9 @@ pub fn setup(_args: &[String]) -> Result {
     if !have_trunk.ends_with(TRUNK_VERSION) {
         run(cargo().args(["install", "trunk", "--locked", "--version", &format!("={TRUNK_VERSION}")]))?;
     }
-    // npm packages, pinned by their lock files: the browser tests' Playwright, and binaryen's
+    // npm packages, pinned by their lock files: the browser tests' Playwright and axe-core, and binaryen's
     // wasm-opt (a JavaScript build) for trunk.
-    for (dir, marker) in [("tests/e2e", "playwright-core"), ("tools/web", "binaryen")] {
+    for (dir, marker) in [("tests/e2e", "axe-core"), ("tools/web", "binaryen")] {
         let dir = root().join(dir);
         if dir.join("package.json").exists() && !dir.join("node_modules").join(marker).exists() {
             run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))?;

@@ -14,7 +14,7 @@ use legrad::explain::{ExplainOptions, Method};
 use legrad::load::{ConfigSource, load_path};
 use legrad::npy;
 use legrad::overlay::{Colormap, overlay};
-use legrad::preprocess::{DecodeLimits, InputSize, decode, denormalize_to_rgb};
+use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, decode, denormalize_to_rgb};
 use legrad::{LegradError, TraceRequest};
 
 #[derive(Parser)]
@@ -88,6 +88,15 @@ enum Command {
         /// Also write each layer's raw grid map (DIR/n.layerL.npy).
         #[arg(long)]
         per_layer: bool,
+        /// Keep the image's shape (the web app's default): --size N is the long side, the
+        /// short side follows the image, rounded to whole patches.
+        #[arg(long)]
+        keep_aspect: bool,
+        /// Also draw each map over the original image at its own resolution (DIR/n.original.png,
+        /// as the web app's large view and export; at most 4096 px on the long side) and write
+        /// the map resized onto it (DIR/n.original.npy, the part of the image it covers).
+        #[arg(long)]
+        on_original: bool,
         #[arg(long)]
         out: PathBuf,
     },
@@ -227,20 +236,61 @@ pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
 
 /// Pixels and their size from --image (decoded and preprocessed) or --pixels (as given).
 fn read_input(input: &ImageInput, size: InputSize) -> CliResult<(Vec<f32>, InputSize)> {
+    let (pixels, size, _) = read_image(input, |_| Ok(size))?;
+    Ok((pixels, size))
+}
+
+/// As [`read_input`], the size chosen from the decoded image's; the image too (None for
+/// --pixels).
+fn read_image(
+    input: &ImageInput,
+    size_for: impl Fn(&DecodedImage) -> CliResult<InputSize>,
+) -> CliResult<(Vec<f32>, InputSize, Option<DecodedImage>)> {
     if let Some(path) = &input.pixels {
-        return npy::read_pixels_file(path);
+        let (pixels, size) = npy::read_pixels_file(path)?;
+        return Ok((pixels, size, None));
     }
     let path = input.image.as_ref().ok_or_else(|| LegradError::Input("give --image or --pixels".into()))?;
     let bytes = std::fs::read(path).map_err(|e| LegradError::Io { path: path.display().to_string(), source: e })?;
     let img = decode(&bytes, &DecodeLimits::default())?;
-    Ok((img.to_pixels(size.height, size.width)?, size))
+    let size = size_for(&img)?;
+    Ok((img.to_pixels(size.height, size.width)?, size, Some(img)))
 }
 
 fn run(cli: Cli) -> CliResult<()> {
     match cli.command {
-        Command::Explain { model, input, prompt, template, size, layer_index, method, colormap, per_layer, out } => {
+        Command::Explain {
+            model,
+            input,
+            prompt,
+            template,
+            size,
+            layer_index,
+            method,
+            colormap,
+            per_layer,
+            keep_aspect,
+            on_original,
+            out,
+        } => {
             let engine = load_engine(&model)?;
-            let (pixels, size) = read_input(&input, size)?;
+            let patch = engine.model.config.vision.patch_size;
+            let (pixels, size, original) = read_image(&input, |img| {
+                if !keep_aspect {
+                    return Ok(size);
+                }
+                if size.width != size.height {
+                    return Err(LegradError::Input(format!(
+                        "--keep-aspect takes one number (the long side), not {size}"
+                    )));
+                }
+                Ok(InputSize::keep_aspect(size.width, img.width, img.height, patch))
+            })?;
+            let original = match (on_original, original) {
+                (false, _) => None,
+                (true, Some(img)) => Some(img.display_rgb(legrad::overlay::MAX_ORIGINAL_SIDE)?),
+                (true, None) => return Err(LegradError::Input("--on-original needs --image".into())),
+            };
             let template = (template != "none").then_some(template.as_str());
             let prompts = engine.prepare(&prompt, template)?;
             for p in prompts.iter().filter(|p| p.tokens.truncated) {
@@ -273,6 +323,21 @@ fn run(cli: Cli) -> CliResult<()> {
                     image::ExtendedColorType::Rgb8,
                 )
                 .map_err(|e| LegradError::Input(format!("cannot write the overlay: {e}")))?;
+                if let Some((ow, oh, orgb)) = &original {
+                    let to = (*oh as usize, *ow as usize);
+                    let region = legrad::overlay::covered(to, (h, w), (size.height, size.width));
+                    let values = legrad::overlay::resize_map(&r.map.map, (h, w), region)?;
+                    npy::write_f32(&out.join(format!("{n}.original.npy")), &values, &[region.0, region.1])?;
+                    let img = legrad::overlay::blend_region(orgb, to, &values, region, 0.6, colormap);
+                    image::save_buffer(
+                        out.join(format!("{n}.original.png")),
+                        &img,
+                        *ow,
+                        *oh,
+                        image::ExtendedColorType::Rgb8,
+                    )
+                    .map_err(|e| LegradError::Input(format!("cannot write the overlay: {e}")))?;
+                }
                 if per_layer {
                     for (l, m) in &r.map.per_layer {
                         npy::write_f32(&out.join(format!("{n}.layer{l}.npy")), m, &[r.map.grid.0, r.map.grid.1])?;

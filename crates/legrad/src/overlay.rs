@@ -48,8 +48,99 @@ pub fn colorize(map: &[f32], colormap: Colormap) -> Vec<u8> {
 /// `(1 - alpha) * image + alpha * heatmap`, truncated to 8 bits as the reference's
 /// `.astype('uint8')`. `image` is RGB at the map's size.
 pub fn overlay(image: &[u8], map: &[f32], alpha: f32, colormap: Colormap) -> Vec<u8> {
-    let heat = colorize(map, colormap);
-    image.iter().zip(&heat).map(|(&i, &h)| ((1.0 - alpha as f64) * i as f64 + alpha as f64 * h as f64) as u8).collect()
+    blend(image, &colorize(map, colormap), alpha)
+}
+
+/// `(1 - alpha) * image + alpha * heat` for a heatmap already coloured (both RGB, same size),
+/// truncated as [`overlay`].
+pub fn blend(image: &[u8], heat: &[u8], alpha: f32) -> Vec<u8> {
+    let a = alpha as f64;
+    image.iter().zip(heat).map(|(&i, &h)| ((1.0 - a) * i as f64 + a * h as f64) as u8).collect()
+}
+
+/// A map's values resized bilinearly from `(height, width)` `from` to `to` (e.g. onto the
+/// original photo) as torch's `interpolate(mode="bilinear")` resizes (the formula that made the
+/// map from its grid): values, not colours, so that the colours stay the colormap's. Clamped to
+/// [0, 1] (a min-max normalised map stays in range). The core's own bilinear rather than
+/// `fast_image_resize` (which the image path uses): its f32 path is more code in the web module,
+/// which must stay under 5 MB gzipped (BENCHMARKS.md §5), and it antialiases when shrinking,
+/// which the map's own upsampling does not.
+pub fn resize_map(map: &[f32], from: (usize, usize), to: (usize, usize)) -> crate::Result<Vec<f32>> {
+    if map.len() != from.0 * from.1 || to.0 == 0 || to.1 == 0 || from.0 == 0 || from.1 == 0 {
+        return Err(crate::LegradError::Input(format!(
+            "a map of {} values is not {}x{}, or a size is zero",
+            map.len(),
+            from.1,
+            from.0
+        )));
+    }
+    if from == to {
+        return Ok(map.to_vec());
+    }
+    let mut out = crate::model::pos_embed::resize_bilinear(map, 1, from, to);
+    out.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+    Ok(out)
+}
+
+/// The long side, in pixels, up to which maps are drawn over a photo at its own resolution
+/// (the app's large view and exports, `legrad explain --on-original`); larger photos are drawn
+/// scaled down to it (a 4096 x 3072 RGBA canvas is 50 MB).
+pub const MAX_ORIGINAL_SIDE: u32 = 4096;
+
+/// Where a map lies on another image than the model's input (the original photo, `to` = its
+/// `(height, width)`): the input of `input` pixels was the whole photo resized; the map covers
+/// its top-left `from` (the grid times the patch, which may leave a few rows and columns of the
+/// input uncovered). Returns the covered `(height, width)` of `to`.
+pub fn covered(to: (usize, usize), from: (usize, usize), input: (usize, usize)) -> (usize, usize) {
+    let part =
+        |t: usize, f: usize, i: usize| ((t as f64 * f.min(i) as f64 / i.max(1) as f64).round() as usize).clamp(1, t);
+    (part(to.0, from.0, input.0), part(to.1, from.1, input.1))
+}
+
+/// The overlay drawn over the original photo at its own resolution (`image`, RGB of `to`): the
+/// map (of `from`, on an input of `input`) resized by [`resize_map`] onto the part it covers
+/// ([`covered`]), coloured and blended; the rest of the photo as it is.
+pub fn overlay_resized(
+    image: &[u8],
+    to: (usize, usize),
+    map: &[f32],
+    from: (usize, usize),
+    input: (usize, usize),
+    alpha: f32,
+    colormap: Colormap,
+) -> crate::Result<Vec<u8>> {
+    if image.len() != to.0 * to.1 * 3 {
+        return Err(crate::LegradError::Input(format!(
+            "an image of {} bytes is not {}x{} RGB",
+            image.len(),
+            to.1,
+            to.0
+        )));
+    }
+    let region = covered(to, from, input);
+    Ok(blend_region(image, to, &resize_map(map, from, region)?, region, alpha, colormap))
+}
+
+/// The second half of [`overlay_resized`], for a map already resized onto its region (a page
+/// keeps those and redraws only this when the opacity or the colormap changes).
+pub fn blend_region(
+    image: &[u8],
+    to: (usize, usize),
+    values: &[f32],
+    region: (usize, usize),
+    alpha: f32,
+    colormap: Colormap,
+) -> Vec<u8> {
+    let mut out = image.to_vec();
+    if image.len() != to.0 * to.1 * 3 || values.len() != region.0 * region.1 || region.0 > to.0 || region.1 > to.1 {
+        return out;
+    }
+    for y in 0..region.0 {
+        let row = &mut out[y * to.1 * 3..][..region.1 * 3];
+        let heat = colorize(&values[y * region.1..][..region.1], colormap);
+        row.copy_from_slice(&blend(row, &heat, alpha));
+    }
+    out
 }
 
 pub const JET: [[u8; 3]; 256] = [
@@ -310,3 +401,44 @@ pub const JET: [[u8; 3]; 256] = [
     [132, 0, 0],
     [128, 0, 0],
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_map_is_bilinear_with_pixel_centres() {
+        // torch's `interpolate(mode="bilinear", align_corners=False)` of [[0, 1]] to width 4:
+        // source x = (i + 0.5) / 2 - 0.5, clamped: 0, 0.25, 0.75, 1.
+        let out = resize_map(&[0.0, 1.0, 0.0, 1.0], (2, 2), (2, 4)).unwrap();
+        let want = [0.0, 0.25, 0.75, 1.0, 0.0, 0.25, 0.75, 1.0];
+        assert!(out.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{out:?}");
+        // Down and up to a photo's odd size, values stay in [0, 1] and the corners keep theirs.
+        let map: Vec<f32> = (0..12).map(|i| i as f32 / 11.0).collect();
+        let out = resize_map(&map, (3, 4), (301, 451)).unwrap();
+        assert_eq!(out.len(), 301 * 451);
+        assert!(out.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(out[0] < 0.01 && out[out.len() - 1] > 0.99);
+        assert!(resize_map(&map, (3, 5), (10, 10)).is_err());
+        assert!(overlay_resized(&[0; 5], (10, 10), &map, (3, 4), (3, 4), 0.5, Colormap::Jet).is_err());
+    }
+
+    #[test]
+    fn overlay_resized_covers_what_the_map_covers() {
+        // A 336 input on 32-pixel patches: the map is 320 of it; on a 672-pixel photo, 640.
+        assert_eq!(covered((672, 672), (320, 320), (336, 336)), (640, 640));
+        assert_eq!(covered((300, 451), (304, 448), (304, 448)), (300, 451));
+        let image = vec![100u8; 4 * 6 * 3];
+        let out = overlay_resized(&image, (4, 6), &[1.0; 4], (2, 2), (2, 3), 1.0, Colormap::Jet).unwrap();
+        // Columns 0..4 are coloured (jet's 1.0 is dark red), 4..6 stay the photo's.
+        assert_eq!(&out[..3], &JET[255]);
+        assert_eq!(&out[4 * 3..6 * 3], &[100; 6]);
+    }
+
+    #[test]
+    fn overlay_is_blend_of_colorize() {
+        let map = [0.0, 0.5, 1.0];
+        let image = [10u8, 20, 30, 40, 50, 60, 70, 80, 90];
+        assert_eq!(overlay(&image, &map, 0.6, Colormap::Jet), blend(&image, &colorize(&map, Colormap::Jet), 0.6));
+    }
+}

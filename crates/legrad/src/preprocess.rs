@@ -73,7 +73,7 @@ fn is_palette(bytes: &[u8]) -> bool {
 #[cfg(feature = "rare-image-formats")]
 pub const FORMATS: &str = "PNG, JPEG, GIF, WebP, BMP, TIFF, ICO, PNM, TGA, QOI, HDR, EXR, DDS, farbfeld";
 #[cfg(not(feature = "rare-image-formats"))]
-pub const FORMATS: &str = "PNG, JPEG, GIF, WebP, BMP, TIFF, ICO";
+pub const FORMATS: &str = "PNG, JPEG, GIF, WebP, BMP, ICO";
 
 /// Decode any format the `image` crate reads (of [`FORMATS`]), with limits and EXIF orientation.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
@@ -215,6 +215,21 @@ impl DecodedImage {
             .collect())
     }
 
+    /// The image to draw maps over, at its own resolution, or scaled down (as PIL would, see
+    /// [`Self::resize_rgb`]) to `max_side` on its long side: 8-bit RGB, alpha dropped as the
+    /// model's input drops it. Returns `(width, height, rgb)`.
+    pub fn display_rgb(&self, max_side: u32) -> Result<(u32, u32, Vec<u8>)> {
+        let long = self.width.max(self.height);
+        if long <= max_side {
+            let rgb = self.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            return Ok((self.width, self.height, rgb));
+        }
+        let scale = max_side as f64 / long as f64;
+        let w = ((self.width as f64 * scale).round() as u32).clamp(1, max_side);
+        let h = ((self.height as f64 * scale).round() as u32).clamp(1, max_side);
+        Ok((w, h, self.resize_rgb(w, h)?))
+    }
+
     /// `LePreprocess`: resize to `height x width` (aspect ratio not kept, as the reference),
     /// then `[3, H, W]` floats normalised with the OpenAI mean and std.
     pub fn to_pixels(&self, height: usize, width: usize) -> Result<Vec<f32>> {
@@ -259,6 +274,18 @@ impl InputSize {
     pub fn square(n: usize) -> Self {
         Self { width: n, height: n }
     }
+
+    /// The input for an image of `width x height` that keeps its shape: `long` pixels on the
+    /// long side (as the square size; rounded down to whole patches), the short side in
+    /// proportion, rounded to whole patches (at least one). A 451x300 photo at 448 with
+    /// 16-pixel patches: 448x304.
+    pub fn keep_aspect(long: usize, width: u32, height: u32, patch: usize) -> Self {
+        let patch = patch.max(1);
+        let long = if long >= patch { long / patch * patch } else { long };
+        let (l, s) = (width.max(height).max(1) as f64, width.min(height).max(1) as f64);
+        let short = ((long as f64 * s / l / patch as f64).round() as usize * patch).clamp(patch.min(long), long);
+        if width >= height { Self { width: long, height: short } } else { Self { width: short, height: long } }
+    }
 }
 
 impl std::str::FromStr for InputSize {
@@ -284,5 +311,38 @@ impl std::fmt::Display for InputSize {
         } else {
             write!(f, "{}x{}", self.width, self.height)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_aspect_rounds_the_short_side_to_patches() {
+        assert_eq!(InputSize::keep_aspect(448, 451, 300, 16), InputSize { width: 448, height: 304 });
+        assert_eq!(InputSize::keep_aspect(448, 300, 451, 16), InputSize { width: 304, height: 448 });
+        assert_eq!(InputSize::keep_aspect(224, 640, 480, 32), InputSize { width: 224, height: 160 });
+        assert_eq!(InputSize::keep_aspect(336, 640, 480, 32), InputSize { width: 320, height: 256 });
+        assert_eq!(InputSize::keep_aspect(448, 512, 512, 16), InputSize::square(448));
+        // A strip keeps at least one patch; nothing exceeds the long side.
+        assert_eq!(InputSize::keep_aspect(448, 10_000, 3, 16), InputSize { width: 448, height: 16 });
+        assert_eq!(InputSize::keep_aspect(8, 100, 90, 16), InputSize { width: 8, height: 8 });
+    }
+
+    #[test]
+    fn display_rgb_keeps_or_scales_down() {
+        let img = DecodedImage {
+            width: 6,
+            height: 3,
+            rgba: (0..72).map(|i| i as u8).collect(),
+            has_alpha: false,
+            resize_mode: ResizeMode::Bicubic,
+        };
+        let (w, h, rgb) = img.display_rgb(4096).unwrap();
+        assert_eq!((w, h, rgb.len()), (6, 3, 54));
+        assert_eq!(&rgb[..6], &[0, 1, 2, 4, 5, 6]);
+        let (w, h, rgb) = img.display_rgb(4).unwrap();
+        assert_eq!((w, h, rgb.len()), (4, 2, 24));
     }
 }

@@ -82,16 +82,34 @@ pub fn resample_bicubic_aa(
 /// Bilinear upsampling by an integer factor with `align_corners=False` (torch's
 /// `F.interpolate(scale_factor=p, mode='bilinear')`), for `[maps, h, w]` stacked row-major.
 pub fn upsample_bilinear(data: &[f32], maps: usize, (h, w): (usize, usize), factor: usize) -> Vec<f32> {
-    let (oh, ow) = (h * factor, w * factor);
-    let coord = |o: usize, n: usize| -> (usize, usize, f32) {
-        // torch: src = (dst + 0.5) / scale - 0.5, clamped below at 0.
-        let src = ((o as f32 + 0.5) / factor as f32 - 0.5).max(0.0);
+    // torch: src = (dst + 0.5) / scale - 0.5.
+    let src = |o: usize| (o as f32 + 0.5) / factor as f32 - 0.5;
+    bilinear(data, maps, (h, w), (h * factor, w * factor), src, src)
+}
+
+/// Bilinear resizing to any size with `align_corners=False` and no antialiasing (torch's
+/// `F.interpolate(size=(oh, ow), mode='bilinear')`), for `[maps, h, w]` stacked row-major.
+pub fn resize_bilinear(data: &[f32], maps: usize, (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    let (sy, sx) = (h as f32 / oh.max(1) as f32, w as f32 / ow.max(1) as f32);
+    bilinear(data, maps, (h, w), (oh, ow), |o| (o as f32 + 0.5) * sy - 0.5, |o| (o as f32 + 0.5) * sx - 0.5)
+}
+
+fn bilinear(
+    data: &[f32],
+    maps: usize,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    src_y: impl Fn(usize) -> f32,
+    src_x: impl Fn(usize) -> f32,
+) -> Vec<f32> {
+    let coord = |src: f32, n: usize| -> (usize, usize, f32) {
+        let src = src.max(0.0); // clamped below at 0, as torch
         let i0 = (src.floor() as usize).min(n - 1);
         let i1 = (i0 + 1).min(n - 1);
         (i0, i1, src - i0 as f32)
     };
-    let xs: Vec<_> = (0..ow).map(|x| coord(x, w)).collect();
-    let ys: Vec<_> = (0..oh).map(|y| coord(y, h)).collect();
+    let xs: Vec<_> = (0..ow).map(|x| coord(src_x(x), w)).collect();
+    let ys: Vec<_> = (0..oh).map(|y| coord(src_y(y), h)).collect();
     let mut out = vec![0f32; maps * oh * ow];
     for m in 0..maps {
         let src = &data[m * h * w..][..h * w];
