@@ -152,6 +152,8 @@ pub struct AppState {
     /// that the newest frame always wins and no queue grows.
     frame: StoredValue<Option<(u64, f64)>>,
     frame_times: StoredValue<std::collections::VecDeque<f64>>,
+    /// The image id of the last `SetImage` (its `ImageReady` is the one the page waits for).
+    awaited_image: StoredValue<Option<u64>>,
     /// The user (or a link) chose the size: a new model keeps it instead of its own default.
     size_by_hand: StoredValue<bool>,
     next_image_id: StoredValue<u64>,
@@ -190,6 +192,7 @@ impl AppState {
             camera_stats: RwSignal::new(None),
             frame: StoredValue::new(None),
             frame_times: StoredValue::new(Default::default()),
+            awaited_image: StoredValue::new(None),
             size_by_hand: StoredValue::new(false),
             next_image_id: StoredValue::new(1),
             next_seq: StoredValue::new(1),
@@ -272,6 +275,7 @@ impl AppState {
         if self.camera_on.get_untracked() {
             self.camera_stopped();
         }
+        self.awaited_image.set_value(Some(id));
         self.image.set(ImageStatus::Decoding(name.clone()));
         self.originals.set(Vec::new());
         self.results.set(None);
@@ -383,8 +387,12 @@ impl AppState {
             Response::ImageReady { id, width, height, display } => {
                 let frame = self.frame.get_value().is_some_and(|(f, _)| f == id);
                 let name = match self.image.get_untracked() {
-                    ImageStatus::Decoding(name) if !frame => Some(name),
                     _ if frame => Some("camera".to_string()),
+                    // The image asked for last (not a camera frame that was still on its way).
+                    ImageStatus::Decoding(name) if self.awaited_image.get_value() == Some(id) => Some(name),
+                    // A frame that arrived after the camera stopped: the worker explains it
+                    // from now on, so the page must too.
+                    ImageStatus::Ready { id: current, name, .. } if name == "camera" && id > current => Some(name),
                     _ => None,
                 };
                 if let Some(name) = name {

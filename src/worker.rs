@@ -633,7 +633,7 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
             maps.extend_from_slice(&r.map.map);
         }
         // Each layer's raw grid map, for the page's layer strip (LeGrad's; the baselines have none).
-        let has_layers = out.iter().all(|r| !r.map.per_layer.is_empty());
+        let has_layers = !out.is_empty() && out.iter().all(|r| !r.map.per_layer.is_empty());
         layer_methods.push(has_layers);
         if has_layers {
             layers = out[0].map.per_layer.iter().map(|(l, _)| *l).collect();

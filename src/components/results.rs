@@ -77,7 +77,8 @@ struct ViewMap {
 
 fn view_map(state: AppState, r: &Maps) -> Option<ViewMap> {
     let (m, p) = state.selected.get();
-    let layer = state.selected_layer.get();
+    // A layer chosen on LeGrad's strip means nothing for a baseline without layers: its sum.
+    let layer = state.selected_layer.get().filter(|l| r.layer_grid(m, p, *l).is_some());
     let map = r.shown_map(m, p, layer)?;
     let prompt = r.ready.prompts.get(p)?;
     let method = *r.ready.methods.get(m)?;

@@ -943,6 +943,9 @@ await test("camera: the map's peak follows a moving object, frames/s and latency
     assertFlat(series, 40, { worker: 32, ui: 16, heap: 8 });
     await page.click('[data-testid="camera"]');
     await page.waitForSelector('[data-testid="camera-pause"]', { state: "detached", timeout: 10_000 });
+    // Stopped: the last frame stays the image, and a new prompt is explained on it.
+    await page.fill('[data-testid="prompts"]', "a blue circle\na green star");
+    await waitForCard("a green star");
   } finally {
     await ctx.close();
   }
