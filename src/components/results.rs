@@ -87,8 +87,7 @@ fn view_map(state: AppState, r: &Maps) -> Option<ViewMap> {
         Some(o) => (o.view_size, o.view.clone()),
         None => (r.ready.size, r.rgb.clone()),
     };
-    let region = legrad::overlay::covered(to, r.ready.size, r.ready.input);
-    let values = legrad::overlay::resize_map(&map, r.ready.size, region).ok()?;
+    let (region, values) = legrad::overlay::resize_onto(&map, r.ready.size, r.ready.input, to).ok()?;
     let which = match layer.and_then(|l| r.ready.layers.get(l)) {
         Some(l) => format!("layer {l}"),
         None => match r.ready.layers.as_slice() {
@@ -194,8 +193,7 @@ fn MainView() -> impl IntoView {
             Some(o) => ((o.height, o.width), o.rgb.clone()),
             None => (v.to, v.image.clone()),
         };
-        let region = legrad::overlay::covered(to, v.size, v.input);
-        let values = legrad::overlay::resize_map(&v.map, v.size, region).ok()?;
+        let (region, values) = legrad::overlay::resize_onto(&v.map, v.size, v.input, to).ok()?;
         Some((v, to, image, region, values))
     };
     let export_overlay = move |_| {

@@ -325,8 +325,8 @@ fn run(cli: Cli) -> CliResult<()> {
                 .map_err(|e| LegradError::Input(format!("cannot write the overlay: {e}")))?;
                 if let Some((ow, oh, orgb)) = &original {
                     let to = (*oh as usize, *ow as usize);
-                    let region = legrad::overlay::covered(to, (h, w), (size.height, size.width));
-                    let values = legrad::overlay::resize_map(&r.map.map, (h, w), region)?;
+                    let (region, values) =
+                        legrad::overlay::resize_onto(&r.map.map, (h, w), (size.height, size.width), to)?;
                     npy::write_f32(&out.join(format!("{n}.original.npy")), &values, &[region.0, region.1])?;
                     let img = legrad::overlay::blend_region(orgb, to, &values, region, 0.6, colormap);
                     image::save_buffer(

@@ -97,32 +97,22 @@ pub fn covered(to: (usize, usize), from: (usize, usize), input: (usize, usize)) 
     (part(to.0, from.0, input.0), part(to.1, from.1, input.1))
 }
 
-/// The overlay drawn over the original photo at its own resolution (`image`, RGB of `to`): the
-/// map (of `from`, on an input of `input`) resized by [`resize_map`] onto the part it covers
-/// ([`covered`]), coloured and blended; the rest of the photo as it is.
-pub fn overlay_resized(
-    image: &[u8],
-    to: (usize, usize),
+/// A map (of `from`, on an input of `input`) resized by [`resize_map`] onto the part of a
+/// picture of `to` it covers ([`covered`]): that part and the values there, for
+/// [`blend_region`] (the app's large view and exports, `legrad explain --on-original`).
+pub fn resize_onto(
     map: &[f32],
     from: (usize, usize),
     input: (usize, usize),
-    alpha: f32,
-    colormap: Colormap,
-) -> crate::Result<Vec<u8>> {
-    if image.len() != to.0 * to.1 * 3 {
-        return Err(crate::LegradError::Input(format!(
-            "an image of {} bytes is not {}x{} RGB",
-            image.len(),
-            to.1,
-            to.0
-        )));
-    }
+    to: (usize, usize),
+) -> crate::Result<((usize, usize), Vec<f32>)> {
     let region = covered(to, from, input);
-    Ok(blend_region(image, to, &resize_map(map, from, region)?, region, alpha, colormap))
+    Ok((region, resize_map(map, from, region)?))
 }
 
-/// The second half of [`overlay_resized`], for a map already resized onto its region (a page
-/// keeps those and redraws only this when the opacity or the colormap changes).
+/// The overlay over a picture of `to` (RGB) for a map resized onto its `region` by
+/// [`resize_onto`]: coloured and blended there, the rest of the picture as it is (a page keeps
+/// the values and redraws only this when the opacity or the colormap changes).
 pub fn blend_region(
     image: &[u8],
     to: (usize, usize),
@@ -420,16 +410,19 @@ mod tests {
         assert!(out.iter().all(|v| (0.0..=1.0).contains(v)));
         assert!(out[0] < 0.01 && out[out.len() - 1] > 0.99);
         assert!(resize_map(&map, (3, 5), (10, 10)).is_err());
-        assert!(overlay_resized(&[0; 5], (10, 10), &map, (3, 4), (3, 4), 0.5, Colormap::Jet).is_err());
+        // A picture of the wrong size is left as it is.
+        assert_eq!(blend_region(&[7; 5], (10, 10), &map, (3, 4), 0.5, Colormap::Jet), vec![7; 5]);
     }
 
     #[test]
-    fn overlay_resized_covers_what_the_map_covers() {
+    fn resize_onto_covers_what_the_map_covers() {
         // A 336 input on 32-pixel patches: the map is 320 of it; on a 672-pixel photo, 640.
         assert_eq!(covered((672, 672), (320, 320), (336, 336)), (640, 640));
         assert_eq!(covered((300, 451), (304, 448), (304, 448)), (300, 451));
         let image = vec![100u8; 4 * 6 * 3];
-        let out = overlay_resized(&image, (4, 6), &[1.0; 4], (2, 2), (2, 3), 1.0, Colormap::Jet).unwrap();
+        let (region, values) = resize_onto(&[1.0; 4], (2, 2), (2, 3), (4, 6)).unwrap();
+        assert_eq!(region, (4, 4));
+        let out = blend_region(&image, (4, 6), &values, region, 1.0, Colormap::Jet);
         // Columns 0..4 are coloured (jet's 1.0 is dark red), 4..6 stay the photo's.
         assert_eq!(&out[..3], &JET[255]);
         assert_eq!(&out[4 * 3..6 * 3], &[100; 6]);
