@@ -66,7 +66,10 @@ impl Results {
         let grid = self.ready.grid;
         let raw = self.layer_grid(method, prompt, layer)?;
         let patch = self.ready.size.0 / grid.0.max(1);
-        legrad::explain::finish_maps(raw, None, 1, grid, patch).pop().map(|m| m.map)
+        // A layer alone is upsampled then normalised (for SigLIP too: the strip is ours, not the reference's).
+        legrad::explain::finish_maps(raw, None, 1, grid, patch, legrad::explain::MapOrder::UpsampleThenNormalise)
+            .pop()
+            .map(|m| m.map)
     }
 }
 
@@ -258,7 +261,7 @@ impl AppState {
 
     pub fn load_model(&self, source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>, name: String) {
         self.model_url.set(match &source {
-            ModelSource::Url { url } => Some(url.clone()),
+            ModelSource::Url { url, .. } => Some(url.clone()),
             _ => None,
         });
         self.model.set(ModelStatus::Loading(name));
@@ -493,7 +496,7 @@ pub fn App() -> impl IntoView {
             let query = location.as_ref().and_then(|l| l.search().ok()).unwrap_or_default();
             bridge::send(&Request::Init { backend: BackendRequest::from_query(&query) }, vec![]);
             match shared.model_url.clone() {
-                Some(url) => state.load_model(ModelSource::Url { url: url.clone() }, vec![], url),
+                Some(url) => state.load_model(ModelSource::url(url.clone()), vec![], url),
                 None => bridge::send(&Request::LoadModel(ModelSource::Default), vec![]),
             }
         }

@@ -8,7 +8,7 @@ use legrad::load::{ConfigSource, prepare_bytes};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::protocol::{ModelSource, Stage, buffer_to_bytes};
+use crate::protocol::{ExtraFile, ModelSource, Stage, buffer_to_bytes};
 
 pub const DEFAULT_MODEL_URL: &str = "./models/default.safetensors";
 pub const DEFAULT_MODEL_NAME: &str = "Synthetic-scenes CLIP (default, offline)";
@@ -57,23 +57,45 @@ pub async fn obtain(
                 notes: vec![],
             })
         }
-        ModelSource::File { name } => {
+        ModelSource::File { name, extra } => {
             let bytes =
                 buffers.first().map(buffer_to_bytes).ok_or_else(|| LegradError::Input("no file bytes".into()))?;
-            let config = buffers
-                .get(1)
-                .map(|b| ConfigSource::from_json(String::from_utf8_lossy(&buffer_to_bytes(b)).into_owned()));
-            let (bytes, notes) = convert_if_needed(bytes, config.as_ref(), &name, progress)?;
+            let text = |kind: ExtraFile| {
+                extra
+                    .iter()
+                    .position(|k| *k == kind)
+                    .and_then(|i| buffers.get(i + 1))
+                    .map(|b| String::from_utf8_lossy(&buffer_to_bytes(b)).into_owned())
+            };
+            let config = text(ExtraFile::Config).map(ConfigSource::from_json);
+            let tokenizer = text(ExtraFile::Tokenizer);
+            let (bytes, notes) = convert_if_needed(bytes, config.as_ref(), tokenizer, &name, progress)?;
             cancelled_while(abort, "converting").await?;
             Ok(Obtained { name, bytes, downloaded_bytes: 0, from_cache: false, notes })
         }
-        ModelSource::Url { url } => {
+        ModelSource::Url { url, config_url, tokenizer_url } => {
             if let Some(bytes) = cache_get(&url).await {
                 return Ok(Obtained { name: url, bytes, downloaded_bytes: 0, from_cache: true, notes: vec![] });
             }
             let raw = download(&url, abort, progress).await?;
-            let downloaded = raw.len() as u64;
-            let (bytes, notes) = convert_if_needed(raw, None, &url, progress)?;
+            let mut downloaded = raw.len() as u64;
+            // A SigLIP checkpoint needs its config and tokenizer: by the URLs given, or beside it.
+            let (mut config, mut tokenizer) = (None, None);
+            if legrad::weights::is_siglip_safetensors(&raw) || config_url.is_some() || tokenizer_url.is_some() {
+                let beside = |file: &str| match url.rsplit_once('/') {
+                    Some((dir, _)) => format!("{dir}/{file}"),
+                    None => file.to_string(),
+                };
+                let config_url = config_url.unwrap_or_else(|| beside("open_clip_config.json"));
+                let tokenizer_url = tokenizer_url.unwrap_or_else(|| beside("tokenizer.json"));
+                let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+                let c = download(&config_url, abort, progress).await?;
+                let t = download(&tokenizer_url, abort, progress).await?;
+                downloaded += (c.len() + t.len()) as u64;
+                config = Some(ConfigSource::from_json(text(c)));
+                tokenizer = Some(text(t));
+            }
+            let (bytes, notes) = convert_if_needed(raw, config.as_ref(), tokenizer, &url, progress)?;
             // A cancel sent while the (synchronous) conversion ran is delivered now.
             cancelled_while(abort, "converting").await?;
             progress(Stage::Store, 0, Some(bytes.len() as u64));
@@ -113,6 +135,7 @@ async fn cancelled_while(abort: Option<&web_sys::AbortController>, what: &str) -
 fn convert_if_needed(
     bytes: Vec<u8>,
     config: Option<&ConfigSource>,
+    tokenizer: Option<String>,
     name: &str,
     progress: &dyn Fn(Stage, u64, Option<u64>),
 ) -> Result<(Vec<u8>, Vec<String>), LegradError> {
@@ -122,11 +145,19 @@ fn convert_if_needed(
     }
     let total = bytes.len() as u64;
     progress(Stage::Convert, 0, Some(total));
-    let prepared = prepare_bytes(&bytes, config)?;
+    let mut prepared = prepare_bytes(&bytes, config)?;
     drop(bytes);
-    let out = format::write_with_progress(&prepared.map, &prepared.config, Quant::Q8, name, &mut |done, all| {
-        progress(Stage::Convert, done as u64, Some(all as u64))
-    })?;
+    if tokenizer.is_some() {
+        prepared.tokenizer = tokenizer;
+    }
+    let out = format::write_with_progress(
+        &prepared.map,
+        &prepared.config,
+        prepared.tokenizer.as_deref(),
+        Quant::Q8,
+        name,
+        &mut |done, all| progress(Stage::Convert, done as u64, Some(all as u64)),
+    )?;
     let mut notes = prepared.notes;
     notes.push(format!("converted to 8-bit in the browser ({} MB → {} MB)", total / 1_000_000, out.len() / 1_000_000));
     Ok((out, notes))

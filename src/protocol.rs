@@ -10,10 +10,40 @@ use wasm_bindgen::{JsCast, JsValue};
 pub enum ModelSource {
     /// The model shipped with the site (relative URL).
     Default,
-    /// A checkpoint by URL, converted to q8 in the browser and kept in the Cache API.
-    Url { url: String },
-    /// A dropped or picked file; its bytes travel with the request.
-    File { name: String },
+    /// A checkpoint by URL, converted to q8 in the browser and kept in the Cache API. A SigLIP
+    /// checkpoint needs its open_clip config and tokenizer: by these URLs, or (when absent)
+    /// `open_clip_config.json` and `tokenizer.json` next to it, as the Hugging Face Hub lays
+    /// them out.
+    Url {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config_url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokenizer_url: Option<String>,
+    },
+    /// A dropped or picked file; its bytes travel with the request, then those of `extra`'s
+    /// files in order.
+    File {
+        name: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        extra: Vec<ExtraFile>,
+    },
+}
+
+/// A file that comes with a dropped checkpoint.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ExtraFile {
+    /// open_clip's JSON config or transformers' config.json.
+    Config,
+    /// SigLIP's tokenizer.json.
+    Tokenizer,
+}
+
+impl ModelSource {
+    /// A checkpoint by URL, its config and tokenizer found next to it when needed.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self::Url { url: url.into(), config_url: None, tokenizer_url: None }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

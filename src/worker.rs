@@ -142,8 +142,8 @@ async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
         Request::LoadModel(source) => {
             let name = match &source {
                 ModelSource::Default => models::DEFAULT_MODEL_NAME.to_string(),
-                ModelSource::File { name } => name.clone(),
-                ModelSource::Url { url } => url.clone(),
+                ModelSource::File { name, .. } => name.clone(),
+                ModelSource::Url { url, .. } => url.clone(),
             };
             if let Err(e) = load_model(source, buffers).await {
                 // Failed or cancelled before the model in use was let go: it stays, and the page
@@ -327,7 +327,7 @@ async fn recover_on_cpu(reason: String) {
     post(&Response::Backend(choice), vec![]);
     // A dropped file's bytes are gone (they were the GPU model's): the default model instead.
     let (source, note) = match source {
-        Some(ModelSource::File { name }) => {
+        Some(ModelSource::File { name, .. }) => {
             (ModelSource::Default, Some(format!("{name} was on the lost GPU: drop it again to use it on the CPU.")))
         }
         Some(s) => (s, None),
@@ -400,7 +400,16 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         downloaded_bytes: loaded.downloaded_bytes,
         stored_bytes: loaded.bytes.len() as u64,
         from_cache: loaded.from_cache,
-        notes: engine.info.notes.clone().into_iter().chain(loaded.notes).collect(),
+        notes: engine
+            .info
+            .notes
+            .clone()
+            .into_iter()
+            .chain(loaded.notes)
+            .chain((c.family == legrad::Family::Siglip).then(|| {
+                "SigLIP: LeGrad only (the baselines read CLIP's class token, which SigLIP does not have); scores are SigLIP's sigmoid probabilities".to_string()
+            }))
+            .collect(),
         load_ms,
         warmup_ms,
     };
@@ -532,7 +541,7 @@ fn take_image(id: u64, name: &str, img: DecodedImage) {
     );
 }
 
-async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
+async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     let (engine, image, cached) = STATE.with(|s| {
         let s = s.borrow();
         (s.engine.clone(), s.image.clone(), s.trace.clone())
@@ -545,6 +554,15 @@ async fn explain(req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     if req.methods.is_empty() {
         return Err((ErrorAbout::Explain, LegradError::Input("choose a method".into())));
     }
+    // Methods this model's family does not run (the baselines on SigLIP) are left out; the
+    // model's notes say so. Only those asked: the error says why.
+    let family = engine.model.config.family;
+    if let Some(err) = req.methods.iter().find_map(|m| m.supports(family).err())
+        && req.methods.iter().all(|m| m.supports(family).is_err())
+    {
+        return Err((ErrorAbout::Explain, err));
+    }
+    req.methods.retain(|m| m.supports(family).is_ok());
     let options = ExplainOptions { layer_index: req.layer_index };
     let e = |about| move |err: LegradError| (about, err);
     let prompts = engine.prepare(&req.prompts, req.template.as_deref()).map_err(e(ErrorAbout::Prompt))?;

@@ -225,3 +225,70 @@ fn shared_links_round_trip_and_ignore_what_they_cannot_use() {
     assert_eq!(odd, Shared { prompts: Some("ab".into()), ..Shared::default() });
     assert!(Shared::parse("").is_empty());
 }
+
+const SIGLIP_MODELS: [(&str, &[u8], &str, &[u8], i64, &[(&str, usize, usize)]); 2] = [
+    (
+        "p16",
+        include_bytes!("fixtures/siglip/tiny-siglip-p16.safetensors"),
+        include_str!("fixtures/siglip/tiny-siglip-p16.json"),
+        include_bytes!("fixtures/siglip/tiny-siglip-p16.expected.safetensors"),
+        -2,
+        &[("64x64", 64, 64), ("96x96", 96, 96), ("64x96", 64, 96)],
+    ),
+    (
+        "p8",
+        include_bytes!("fixtures/siglip/tiny-siglip-p8.safetensors"),
+        include_str!("fixtures/siglip/tiny-siglip-p8.json"),
+        include_bytes!("fixtures/siglip/tiny-siglip-p8.expected.safetensors"),
+        0,
+        &[("48x48", 48, 48), ("64x64", 64, 64)],
+    ),
+];
+const SIGLIP_TOKENIZER: &str = include_str!("fixtures/siglip/tokenizer/tokenizer.json");
+
+/// SigLIP (legrad-torch's `compute_legrad_siglip`, with its correction) against the reference,
+/// through the app's path: converted to the app's file (tokenizer inside) and loaded back.
+async fn check_siglip(device: &Device, backend: &str) {
+    for (name, model, config, expected_bytes, layer_index, sizes) in SIGLIP_MODELS {
+        let exp = expected(expected_bytes);
+        let mut p = prepare_bytes(model, Some(&ConfigSource::from_json(config.to_string()))).unwrap();
+        p.tokenizer = Some(SIGLIP_TOKENIZER.to_string());
+        let file =
+            format::write_with_progress(&p.map, &p.config, p.tokenizer.as_deref(), Quant::F32, "test", &mut |_, _| {})
+                .unwrap();
+        let (clip, info) = load_bytes(&file, None, device).unwrap();
+        let engine = Engine::new(clip, info).unwrap();
+        let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+        let text = engine.embed_texts(&prepared).await.unwrap();
+        let e = engine.model.config.embed_dim;
+        for p in 0..3 {
+            let c = cosine(&text[p * e..][..e], &exp["text_emb"][p * e..][..e]);
+            assert!(c >= 0.99999, "{backend} siglip {name}: text embedding {p}: cosine {c}");
+        }
+        let options = ExplainOptions { layer_index };
+        let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+        for (key, h, w) in sizes.iter().copied() {
+            let size = InputSize { width: w, height: h };
+            let pixels = exp[&format!("pixels/{key}")].clone();
+            let trace = engine.trace(pixels, size, &request).unwrap();
+            let out = engine.explain(&trace, &prepared, Method::LeGrad, &options).await.unwrap();
+            let want = &exp[&format!("legrad/{key}/final")];
+            let probs = &exp[&format!("probs/{key}")];
+            for (p, r) in out.iter().enumerate() {
+                let d = max_abs_diff(&r.map.map, &want[p * h * w..][..h * w]);
+                assert!(d <= 1e-4, "{backend} siglip {name} {key} prompt {p}: max abs diff {d}");
+                assert!((r.score - probs[p]).abs() <= 1e-4 * probs[p].max(1e-3) + 1e-7, "{backend} {key}: score");
+            }
+        }
+    }
+}
+
+#[wasm_bindgen_test]
+async fn webgpu_siglip_matches_reference() {
+    check_siglip(&webgpu().await, "webgpu").await;
+}
+
+#[wasm_bindgen_test]
+async fn cpu_siglip_matches_reference() {
+    check_siglip(&Device::flex(), "cpu").await;
+}

@@ -4,7 +4,7 @@ use wasm_bindgen::JsCast;
 
 use crate::app::{AppState, ImageStatus, ModelStatus};
 use crate::components::{Camera, fetch_bytes, file_bytes, is_model_file};
-use crate::protocol::ModelSource;
+use crate::protocol::{ExtraFile, ModelSource};
 
 /// Sample images shipped with the site: scenes from the generator the default model was
 /// trained on (`legrad scenes --seed 5`, held out from training), so that the default model
@@ -16,7 +16,8 @@ pub const SAMPLES: [(&str, &str); 4] = [
     ("samples/scene-4.png", "A green star and a blue triangle"),
 ];
 
-/// Files dropped, picked or pasted: a checkpoint (and its config.json) loads as the model,
+/// Files dropped, picked or pasted: a checkpoint (with its config.json and, for SigLIP, its
+/// tokenizer.json) loads as the model,
 /// anything else is tried as an image.
 pub fn take_files(state: AppState, files: Vec<web_sys::File>) {
     let (models, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| is_model_file(&f.name()));
@@ -27,12 +28,19 @@ pub fn take_files(state: AppState, files: Vec<web_sys::File>) {
             let name = model.name();
             let Some(bytes) = file_bytes(model).await else { return };
             let mut buffers = vec![bytes];
-            if let Some(cfg) = configs.first()
-                && let Some(c) = file_bytes(cfg).await
-            {
-                buffers.push(c);
+            let mut extra = Vec::new();
+            // tokenizer.json (SigLIP) by its name; any other JSON is the config.
+            let (tokenizers, configs): (Vec<_>, Vec<_>) =
+                configs.iter().partition(|f| f.name().to_ascii_lowercase().contains("tokenizer"));
+            for (kind, file) in [(ExtraFile::Config, configs.first()), (ExtraFile::Tokenizer, tokenizers.first())] {
+                if let Some(f) = file
+                    && let Some(b) = file_bytes(f).await
+                {
+                    buffers.push(b);
+                    extra.push(kind);
+                }
             }
-            state.load_model(ModelSource::File { name: name.clone() }, buffers, name);
+            state.load_model(ModelSource::File { name: name.clone(), extra }, buffers, name);
         } else if let Some(image) = images.first() {
             if let Some(bytes) = file_bytes(image).await {
                 state.set_image(image.name(), bytes);

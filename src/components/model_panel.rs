@@ -6,6 +6,10 @@ use crate::components::human_bytes;
 use crate::components::image_panel::take_files;
 use crate::protocol::ModelSource;
 
+/// SigLIP ViT-B/16 (WebLI, 224 px) as open_clip publishes it: the weights, with
+/// `open_clip_config.json` and `tokenizer.json` beside them.
+pub const HF_SIGLIP_B16: &str = "https://huggingface.co/timm/ViT-B-16-SigLIP/resolve/main/open_clip_model.safetensors";
+
 /// OpenCLIP ViT-B/16 trained on LAION-2B, the reference demo's model.
 pub const HF_VIT_B16: &str =
     "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_model.safetensors";
@@ -19,7 +23,7 @@ pub fn ModelPanel() -> impl IntoView {
         if u.is_empty() {
             return;
         }
-        state.load_model(ModelSource::Url { url: u.clone() }, vec![], u);
+        state.load_model(ModelSource::url(u.clone()), vec![], u);
     };
     let info = move || match state.model.get() {
         ModelStatus::Ready(m) => {
@@ -52,9 +56,12 @@ pub fn ModelPanel() -> impl IntoView {
             {info}
             <details>
                 <summary>"Use another model"</summary>
-                <p class="small">"OpenCLIP ViT checkpoints (.safetensors with open_clip's names, or a transformers CLIPModel with its config.json) are converted to 8-bit here, in the browser, and kept for the next visit."</p>
+                <p class="small">"OpenCLIP ViT checkpoints (.safetensors with open_clip's names, or a transformers CLIPModel with its config.json) and open_clip SigLIP checkpoints (with their open_clip_config.json and tokenizer.json) are converted to 8-bit here, in the browser, and kept for the next visit."</p>
                 <button data-testid="load-hf" on:click=move |_| load_url(HF_VIT_B16.to_string())>
                     "Load OpenCLIP ViT-B/16 (LAION-2B, 600 MB download)"
+                </button>
+                <button data-testid="load-siglip" on:click=move |_| load_url(HF_SIGLIP_B16.to_string())>
+                    "Load SigLIP ViT-B/16 (WebLI, 800 MB download)"
                 </button>
                 <label>"From a URL "
                     <input type="url" data-testid="model-url" placeholder="https://…/open_clip_model.safetensors"
@@ -63,7 +70,7 @@ pub fn ModelPanel() -> impl IntoView {
                 </label>
                 <button data-testid="load-url" on:click=move |_| load_url(url.get())>"Load"</button>
                 <label class="file">"From a file "
-                    <input type="file" data-testid="model-input" accept=".safetensors,.json" multiple=true on:change=move |ev| {
+                    <input type="file" data-testid="model-input" accept=".safetensors,.json" multiple=true aria-label="Model files: the weights, with a config.json and (SigLIP) a tokenizer.json" on:change=move |ev| {
                         let input: web_sys::HtmlInputElement = ev.target().unwrap().unchecked_into();
                         let files = input.files().map(|l| (0..l.length()).filter_map(|i| l.get(i)).collect()).unwrap_or_default();
                         take_files(state, files);

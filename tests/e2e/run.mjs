@@ -466,6 +466,52 @@ await test("a model by URL from localhost: downloaded, converted to 8-bit, kept 
   assert(again.includes("downloaded") && !again.includes("from this browser's storage"), `model info after damage: ${again}`);
 });
 
+await test("a SigLIP model by URL, its config and tokenizer found beside it: converted, LeGrad only, the map equals the native engine's", async () => {
+  // The Hugging Face Hub's layout (timm/ViT-B-16-SigLIP): the weights, open_clip_config.json
+  // and tokenizer.json in one directory; here the tiny random SigLIP the parity tests use.
+  const dir = join(work, "siglip");
+  mkdirSync(dir, { recursive: true });
+  const fx = join(root, "tests/fixtures/siglip");
+  const fs = await import("node:fs");
+  fs.copyFileSync(join(fx, "tiny-siglip-p16.safetensors"), join(dir, "open_clip_model.safetensors"));
+  fs.copyFileSync(join(fx, "tiny-siglip-p16.json"), join(dir, "open_clip_config.json"));
+  fs.copyFileSync(join(fx, "tokenizer/tokenizer.json"), join(dir, "tokenizer.json"));
+  const url = `${base}/files/siglip/open_clip_model.safetensors`;
+  page = await context.newPage();
+  await page.goto(base + SUB + "?backend=cpu");
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+  await loadModelUrl(url);
+  await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, url, { timeout: TIMEOUT });
+  const info = await page.textContent('[data-testid="model-info"]');
+  assert(info.includes("converted to 8-bit") && info.includes("SigLIP: LeGrad only"), `model info: ${info}`);
+  for (const f of ["open_clip_config.json", "tokenizer.json"]) {
+    assert(served.some((r) => r.url === `/files/siglip/${f}`), `${f} was not fetched`);
+  }
+  // The native engine on the same 8-bit file (the CLI's convert rounds as the page does).
+  const q8 = join(work, "siglip-q8.safetensors");
+  execFileSync(cli, ["convert", "--model", join(dir, "open_clip_model.safetensors"), "--quant", "q8", "--out", q8]);
+  await dropFile(scene, "scene-1.png");
+  await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
+  const size = await page.$eval('[data-testid="size"]', (e) => e.value);
+  await page.fill('[data-testid="prompts"]', "a red circle");
+  await waitForCard("a red circle");
+  const out = join(work, "siglip-native");
+  execFileSync(cli, ["explain", "--model", q8, "--image", scene, "--prompt", "a red circle", "--size", size, "--out", out]);
+  const r = await compareCanvas("a red circle", `${base}/files/siglip-native/0.png`);
+  assert(!r.error, r.error);
+  assert(r.mean < 0.5 && r.off < 0.005, `canvas vs native: mean abs diff ${r.mean}, ${(100 * r.off).toFixed(2)}% off by > 2`);
+  // The score shown is a probability (SigLIP's sigmoid), not a cosine.
+  const score = await page.$eval('[data-testid="map-card"]', (c) => c.textContent);
+  assert(/\d/.test(score), `card: ${score}`);
+  await page.screenshot({ path: join(shots, "25-siglip.png") });
+  // Later tests count the stored models: this one goes.
+  await page.evaluate(async (u) => (await caches.open("legrad-web-models-v1")).delete(u), url);
+  await page.close();
+  page = await context.newPage();
+  await page.goto(base + SUB);
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+});
+
 await test("?backend=cpu runs on the CPU, says so, and explains", async () => {
   page = await context.newPage();
   await page.goto(base + SUB + "?backend=cpu");

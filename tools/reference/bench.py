@@ -1,6 +1,10 @@
 """Time the reference (legrad-torch 1.1 on open_clip 2.23) on a seeded random ViT-B/16.
 
     python tools/reference/bench.py --size 448 --prompts 1 --threads 2 --json
+    python tools/reference/bench.py --model ViT-B-16-SigLIP --tokenizer tests/fixtures/siglip/tokenizer
+
+SigLIP models (`compute_legrad_siglip`, with its correction) need a tokenizer directory
+(`--tokenizer`; the published one is fetched by name, which needs a network).
 
 Steps timed (median of --runs after one warm-up), as `legrad bench` times ours:
   image_forward_s           encode_image without gradients
@@ -43,12 +47,21 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tokenizer", help="a tokenizer directory for SigLIP models (HFTokenizer)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = open_clip.create_model(args.model, pretrained=None).eval()
-    tok = open_clip.get_tokenizer(args.model)
+    if args.tokenizer:
+        cfg = open_clip.get_model_config(args.model)["text_cfg"]
+        tok = open_clip.tokenizer.HFTokenizer(args.tokenizer, context_length=cfg["context_length"],
+                                              **cfg.get("tokenizer_kwargs", {}))
+    else:
+        tok = open_clip.get_tokenizer(args.model)
     wrapper = LeWrapper(model, layer_index=args.layer_index)
+    if wrapper.model_type == "timm_siglip":  # its correction's prompt, without fetching the tokenizer
+        with torch.no_grad():
+            wrapper.empty_embedding = F.normalize(wrapper.encode_text(tok(["a photo of a"])), dim=-1).t()
     image = torch.randn(1, 3, args.size, args.size)
     prompts = [f"a photo of a thing number {i}." for i in range(args.prompts)]
     tokens = tok(prompts)
@@ -60,10 +73,10 @@ def main():
             wrapper.encode_image(image)
 
     def full():
-        wrapper.compute_legrad_clip(text_embedding=text, image=image)
+        wrapper.compute_legrad(text_embedding=text, image=image)
 
     def cached():
-        wrapper.compute_legrad_clip(text_embedding=text, image=None)
+        wrapper.compute_legrad(text_embedding=text, image=None)
 
     def encode_text():
         with torch.no_grad():

@@ -325,12 +325,16 @@ pub fn reference(args: &[String]) -> Result {
         .map(String::from)
         .or_else(|| std::env::var("LEGRAD_REFERENCE_PYTHON").ok())
         .ok_or("pass --python PATH (a venv with tools/reference/requirements.txt)")?;
-    let mut cmd = Command::new(python);
-    cmd.args(["-W", "ignore", "tools/reference/make_fixtures.py"]);
-    if flag(args, "--check") {
-        cmd.arg("--check");
+    // CLIP (tests/fixtures/), then SigLIP (tests/fixtures/siglip/; needs `sentencepiece` too).
+    for script in ["tools/reference/make_fixtures.py", "tools/reference/make_siglip_fixtures.py"] {
+        let mut cmd = Command::new(&python);
+        cmd.args(["-W", "ignore", script]);
+        if flag(args, "--check") {
+            cmd.arg("--check");
+        }
+        run(&mut cmd)?;
     }
-    run(&mut cmd)
+    Ok(())
 }
 
 pub fn fetch_model(args: &[String]) -> Result {

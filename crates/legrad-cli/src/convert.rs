@@ -20,6 +20,10 @@ pub struct ConvertArgs {
     model: PathBuf,
     #[arg(long)]
     config: Option<String>,
+    /// The model's tokenizer.json (SigLIP; found next to the weights when it is there), kept in
+    /// the model file.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// f32, f16, q8 (8-bit blocks) or q4 (4-bit blocks).
     #[arg(long, default_value = "q8")]
     quant: Quant,
@@ -66,6 +70,7 @@ pub fn random_model(
         config: cfg,
         source_format: "random".into(),
         notes: vec![],
+        tokenizer: None,
     })
 }
 
@@ -85,6 +90,10 @@ pub fn convert(args: ConvertArgs) -> Result<(), LegradError> {
     } else {
         legrad::load::prepare_path(&args.model, config)?
     };
+    let mut prepared = prepared;
+    if let Some(t) = crate::tokenizer_file(&args.tokenizer)? {
+        prepared.tokenizer = Some(t);
+    }
     for n in &prepared.notes {
         eprintln!("note: {n}");
     }
@@ -95,6 +104,7 @@ pub fn convert(args: ConvertArgs) -> Result<(), LegradError> {
             Some(&legrad::load::ConfigSource::Config(prepared.config.clone())),
             &crate::device(crate::BackendChoice::Cpu),
         )?;
+        let clip = clip.with_tokenizer(prepared.tokenizer.as_deref().map(std::sync::Arc::from));
         let engine = Engine::new(clip, info)?;
         // A line per stage on stderr (a progress-bar crate would change the features of a
         // dependency burn shares, and rebuild burn, for one loop).
@@ -108,9 +118,15 @@ pub fn convert(args: ConvertArgs) -> Result<(), LegradError> {
     };
     let source = format!("{} ({})", model, prepared.source_format);
     let bytes = match args.format {
-        OutputFormat::App => {
-            format::write_calibrated(&prepared.map, &prepared.config, args.quant, &source, &hessians, &mut |_, _| {})?
-        }
+        OutputFormat::App => format::write_calibrated(
+            &prepared.map,
+            &prepared.config,
+            prepared.tokenizer.as_deref(),
+            args.quant,
+            &source,
+            &hessians,
+            &mut |_, _| {},
+        )?,
         OutputFormat::Openclip => format::write_plain(&prepared.map)?,
     };
     std::fs::write(&args.out, &bytes).map_err(|e| LegradError::io_path(&args.out, e))?;
@@ -206,11 +222,13 @@ pub fn fidelity(args: FidelityArgs) -> Result<(), LegradError> {
     let reference = load_engine(&ModelArgs {
         model: Some(args.reference.clone()),
         config: args.config.clone(),
+        tokenizer: None,
         backend: crate::BackendChoice::Cpu,
     })?;
     let candidate = load_engine(&ModelArgs {
         model: Some(args.candidate.clone()),
         config: None,
+        tokenizer: None,
         backend: crate::BackendChoice::Cpu,
     })?;
     let a = run_side(&reference, &args)?;
@@ -274,6 +292,7 @@ mod tests {
         let args = |quant, format, calibrate| ConvertArgs {
             model: "/nonexistent.safetensors".into(),
             config: None,
+            tokenizer: None,
             quant,
             format,
             calibrate,

@@ -1,9 +1,11 @@
 //! `legrad eval`: localisation on held-out synthetic scenes, per method: pointing game, mIoU of
-//! the map binarised at 0.5 (the paper's protocol), time per map; and zero-shot accuracy.
+//! the map binarised at 0.5 (the paper's protocol), time per map; faithfulness (deletion and
+//! insertion AUC, positive and negative perturbation, `legrad::eval::faithfulness`); and
+//! zero-shot accuracy.
 
 use clap::Args;
 use legrad::LegradError;
-use legrad::eval::{localization, zero_shot};
+use legrad::eval::{faithfulness, localization, zero_shot};
 use legrad::explain::{ExplainOptions, Method};
 use legrad::scenes;
 
@@ -30,28 +32,49 @@ pub struct EvalArgs {
     /// Single-object scenes for the zero-shot check (0 skips it).
     #[arg(long, default_value_t = 500)]
     zero_shot: u64,
+    /// Scenes for the faithfulness columns (this many multi-object scenes for deletion and
+    /// insertion, as many single-object ones for the perturbation test; 0 skips them).
+    #[arg(long, default_value_t = 100)]
+    faithfulness: u64,
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: EvalArgs) -> Result<(), LegradError> {
     let engine = load_engine(&args.model)?;
-    let methods = if args.method.is_empty() { Method::ALL.to_vec() } else { args.method.clone() };
+    let family = engine.model.config.family;
+    let methods = if args.method.is_empty() {
+        // Every method this model's family runs (SigLIP: LeGrad; the baselines read a class token).
+        Method::ALL.into_iter().filter(|m| m.supports(family).is_ok()).collect()
+    } else {
+        args.method.clone()
+    };
     let options = ExplainOptions { layer_index: args.layer_index };
     let mut rows = Vec::new();
     for m in &methods {
         let r = pollster::block_on(localization(&engine, *m, &options, args.seed, args.scenes, args.size))?;
+        let f = if args.faithfulness > 0 {
+            Some(pollster::block_on(faithfulness(&engine, *m, &options, args.seed, args.faithfulness, args.size))?)
+        } else {
+            None
+        };
         if !args.json {
             eprintln!(
-                "{:<13} pointing {:.3}  mIoU {:.3}  {:.1} ms/map  ({} maps)",
+                "{:<13} pointing {:.3}  mIoU {:.3}  {:.1} ms/map  ({} maps){}",
                 m.name(),
                 r.pointing,
                 r.miou,
                 r.ms_per_map,
-                r.maps
+                r.maps,
+                f.as_ref()
+                    .map(|f| format!(
+                        "  deletion {:.4} insertion {:.4} positive {:.3} negative {:.3}",
+                        f.deletion_auc, f.insertion_auc, f.positive_auc, f.negative_auc
+                    ))
+                    .unwrap_or_default()
             );
         }
-        rows.push((m, r));
+        rows.push((m, r, f));
     }
     let zs = if args.zero_shot > 0 {
         Some(pollster::block_on(zero_shot(&engine, args.seed, args.zero_shot, args.size))?)
@@ -61,17 +84,44 @@ pub fn run(args: EvalArgs) -> Result<(), LegradError> {
     if args.json {
         let rows: Vec<_> = rows
             .iter()
-            .map(|(m, r)| serde_json::json!({"method": m.name(), "pointing_game": r.pointing, "miou": r.miou, "ms_per_map": r.ms_per_map, "maps": r.maps}))
+            .map(|(m, r, f)| serde_json::json!({"method": m.name(), "pointing_game": r.pointing, "miou": r.miou, "ms_per_map": r.ms_per_map, "maps": r.maps, "faithfulness": f}))
             .collect();
         println!(
             "{}",
             serde_json::json!({"scenes": args.scenes, "seed": args.seed, "size": args.size, "layer_index": args.layer_index, "zero_shot_top1": zs, "methods": rows})
         );
     } else {
-        println!("| method | pointing game | mIoU (map ≥ 0.5) | time per map |");
-        println!("|---|---|---|---|");
-        for (m, r) in &rows {
-            println!("| {} | {:.1}% | {:.1}% | {:.1} ms |", m.name(), 100.0 * r.pointing, 100.0 * r.miou, r.ms_per_map);
+        println!(
+            "| method | pointing game | mIoU (map ≥ 0.5) | deletion AUC ↓ | insertion AUC ↑ | positive perturbation ↓ | negative perturbation ↑ | time per map |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for (m, r, f) in &rows {
+            let faith = match f {
+                Some(f) => format!(
+                    "{:.4} | {:.4} | {:.1}% | {:.1}%",
+                    f.deletion_auc,
+                    f.insertion_auc,
+                    100.0 * f.positive_auc,
+                    100.0 * f.negative_auc
+                ),
+                None => "- | - | - | -".into(),
+            };
+            println!(
+                "| {} | {:.1}% | {:.1}% | {faith} | {:.1} ms |",
+                m.name(),
+                100.0 * r.pointing,
+                100.0 * r.miou,
+                r.ms_per_map
+            );
+        }
+        if let Some(f) = rows.iter().find_map(|(_, _, f)| f.as_ref()) {
+            println!(
+                "\nfaithfulness: deletion/insertion AUC of the prompt's cosine similarity over {} maps ({} multi-object scenes, {} steps); positive/negative perturbation: zero-shot top-1 with 10%..90% of patches removed (most / least relevant first), mean over the steps, {} single-object scenes",
+                f.maps,
+                args.faithfulness,
+                legrad::eval::CURVE_STEPS,
+                f.scenes
+            );
         }
         if let Some(z) = zs {
             println!(

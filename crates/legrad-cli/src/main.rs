@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use legrad::engine::{DEFAULT_TEMPLATE, Engine};
 use legrad::explain::{ExplainOptions, Method};
-use legrad::load::{ConfigSource, load_path};
+use legrad::load::ConfigSource;
 use legrad::npy;
 use legrad::overlay::{Colormap, overlay};
 use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, decode, denormalize_to_rgb};
@@ -43,6 +43,10 @@ pub(crate) struct ModelArgs {
     /// (ViT-B-32, ViT-B-16, ViT-L-14, with -quickgelu for OpenAI weights).
     #[arg(long)]
     pub(crate) config: Option<String>,
+    /// The model's tokenizer.json (SigLIP's SentencePiece vocabulary; found next to the weights
+    /// when it is there; CLIP's is built in).
+    #[arg(long)]
+    pub(crate) tokenizer: Option<PathBuf>,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     pub(crate) backend: BackendChoice,
@@ -211,6 +215,11 @@ pub(crate) fn config_source(config: &Option<String>) -> CliResult<Option<ConfigS
     })
 }
 
+/// `--tokenizer`: the text of a tokenizer.json.
+pub(crate) fn tokenizer_file(path: &Option<PathBuf>) -> CliResult<Option<String>> {
+    path.as_ref().map(|p| std::fs::read_to_string(p).map_err(|e| LegradError::io_path(p, e))).transpose()
+}
+
 pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
     let config = config_source(&args.config)?;
     let Some(model) = &args.model else {
@@ -222,12 +231,16 @@ pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
     };
     if let Some(spec) = model.to_str().and_then(|s| s.strip_prefix("random:")) {
         // random:<preset or config.json>[:seed], e.g. random:ViT-B-16:0, for benchmarks.
-        let p = convert::random_model(spec, config.as_ref())?;
-        let (clip, info) =
-            legrad::load::from_tensor_map(p.map, Some(&ConfigSource::Config(p.config)), &device(args.backend))?;
+        let mut p = convert::random_model(spec, config.as_ref())?;
+        p.tokenizer = tokenizer_file(&args.tokenizer)?;
+        let (clip, info) = p.build(&device(args.backend))?;
         return Engine::new(clip, info);
     }
-    let (clip, info) = load_path(model, config, &device(args.backend))?;
+    let mut p = legrad::load::prepare_path(model, config)?;
+    if let Some(t) = tokenizer_file(&args.tokenizer)? {
+        p.tokenizer = Some(t);
+    }
+    let (clip, info) = p.build(&device(args.backend))?;
     for note in &info.notes {
         eprintln!("note: {note}");
     }

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LegradError;
 
+/// Is a timm model name one of the SigLIP ViTs (`vit_base_patch16_siglip_224`, ...)?
+fn is_timm_siglip(name: &str) -> bool {
+    name.contains("siglip")
+}
+
 /// The MLP activation. It changes the numbers and is not visible in the weights: OpenAI's
 /// checkpoints use QuickGELU, LAION's use exact GELU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -41,6 +46,31 @@ pub enum ActivationSource {
     Default,
 }
 
+/// Which model family the towers are: one vision and one text tower, two variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// open_clip's own ViT CLIP: class token, `ln_pre`, pooled at the class token through
+    /// `proj`; causal text pooled at end-of-text; LayerNorm eps 1e-5; cosine similarity.
+    #[default]
+    Clip,
+    /// timm's SigLIP ViT in open_clip (`ViT-B-16-SigLIP`, ...): patch embedding with a bias, no
+    /// class token, no `ln_pre`, a final LayerNorm then the attention-pooling head (`map`), no
+    /// projection; bidirectional text pooled at its last position, a projection with a bias;
+    /// LayerNorm eps 1e-6; the score is `sigmoid(exp(logit_scale) cos + logit_bias)`.
+    Siglip,
+}
+
+impl Family {
+    /// LayerNorm's eps in both towers.
+    pub fn ln_eps(self) -> f64 {
+        match self {
+            Family::Clip => 1e-5,
+            Family::Siglip => 1e-6,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VisionConfig {
     pub width: usize,
@@ -70,6 +100,8 @@ pub struct ClipConfig {
     pub activation: Activation,
     #[serde(default)]
     pub activation_source: ActivationSource,
+    #[serde(default)]
+    pub family: Family,
 }
 
 impl VisionConfig {
@@ -105,6 +137,10 @@ impl ClipConfig {
             "ViT-B-32" => Self::vit_b_32(),
             "ViT-B-16" => Self::vit_b_16(),
             "ViT-L-14" => Self::vit_l_14(),
+            "ViT-B-16-SigLIP" => Self::vit_b_16_siglip(224),
+            "ViT-B-16-SigLIP-256" => Self::vit_b_16_siglip(256),
+            "ViT-B-16-SigLIP-384" => Self::vit_b_16_siglip(384),
+            "ViT-B-16-SigLIP-512" => Self::vit_b_16_siglip(512),
             _ => return None,
         };
         if quick {
@@ -145,6 +181,7 @@ impl ClipConfig {
             },
             activation: Activation::Gelu,
             activation_source: ActivationSource::Config,
+            family: Family::Clip,
         }
     }
 
@@ -223,6 +260,9 @@ impl ClipConfig {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| LegradError::Config(format!("not a JSON model config: {e}")))?;
         let value = value.get("model_cfg").cloned().unwrap_or(value);
+        if value.pointer("/vision_cfg/timm_model_name").and_then(|n| n.as_str()).is_some_and(is_timm_siglip) {
+            return Self::from_siglip_json(&value);
+        }
         let m: Model = serde_json::from_value(value)
             .map_err(|e| LegradError::Config(format!("not an open_clip ViT model config: {e}")))?;
         let v = m.vision_cfg;
@@ -276,6 +316,7 @@ impl ClipConfig {
             },
             activation: if m.quick_gelu { Activation::QuickGelu } else { Activation::Gelu },
             activation_source: ActivationSource::Config,
+            family: Family::Clip,
         };
         config.validate()?;
         Ok(config)
@@ -353,9 +394,152 @@ impl ClipConfig {
             },
             activation,
             activation_source: ActivationSource::Config,
+            family: Family::Clip,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// open_clip's JSON config of a SigLIP model (`ViT-B-16-SigLIP.json`, `open_clip_config.json`
+    /// of `timm/ViT-B-16-SigLIP`): the vision tower's size comes from timm's model name (the
+    /// config names it and nothing else), or from `width`, `layers`, `head_width`, `patch_size`
+    /// and `mlp_ratio` written in `vision_cfg` (open_clip ignores them for timm towers; the test
+    /// models use them).
+    fn from_siglip_json(value: &serde_json::Value) -> Result<Self, LegradError> {
+        #[derive(Deserialize)]
+        struct Vision {
+            image_size: serde_json::Value,
+            timm_model_name: String,
+            #[serde(default)]
+            timm_pool: Option<String>,
+            #[serde(default)]
+            timm_proj: Option<String>,
+            #[serde(default)]
+            width: Option<usize>,
+            #[serde(default)]
+            layers: Option<usize>,
+            #[serde(default)]
+            head_width: Option<usize>,
+            #[serde(default)]
+            patch_size: Option<usize>,
+            #[serde(default)]
+            mlp_ratio: Option<f64>,
+        }
+        #[derive(Deserialize)]
+        struct Text {
+            context_length: usize,
+            vocab_size: usize,
+            width: usize,
+            heads: usize,
+            layers: usize,
+            #[serde(default)]
+            mlp_ratio: Option<f64>,
+            #[serde(default)]
+            no_causal_mask: bool,
+            #[serde(default)]
+            proj_bias: bool,
+            #[serde(default)]
+            pool_type: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Model {
+            embed_dim: usize,
+            #[serde(default)]
+            quick_gelu: bool,
+            vision_cfg: Vision,
+            text_cfg: Text,
+        }
+        let m: Model = serde_json::from_value(value.clone())
+            .map_err(|e| LegradError::Config(format!("not an open_clip SigLIP model config: {e}")))?;
+        let v = m.vision_cfg;
+        let t = m.text_cfg;
+        let unsupported = |what: String| Err(LegradError::Unsupported(what));
+        if v.timm_pool.as_deref() != Some("map") || !matches!(v.timm_proj.as_deref(), Some("none") | None) {
+            return unsupported(format!(
+                "the SigLIP tower '{}' with timm_pool {:?} and timm_proj {:?}: only the attention-pool head ('map') without a projection",
+                v.timm_model_name, v.timm_pool, v.timm_proj
+            ));
+        }
+        if !t.no_causal_mask || t.pool_type.as_deref() != Some("last") || !t.proj_bias {
+            return unsupported(
+                "a SigLIP text tower other than open_clip's (no causal mask, last-token pool, projection with a bias)"
+                    .into(),
+            );
+        }
+        let image_size = match &v.image_size {
+            serde_json::Value::Number(n) => n.as_u64().unwrap_or(0) as usize,
+            serde_json::Value::Array(a) if a.len() == 2 && a[0] == a[1] => a[0].as_u64().unwrap_or(0) as usize,
+            other => return Err(LegradError::Config(format!("vision image_size {other} is not a square size"))),
+        };
+        let name = v.timm_model_name.as_str();
+        // timm 0.9.16's `vit_*_siglip_*` definitions: (width, depth, heads, mlp_ratio).
+        let known = if name.contains("so400m") {
+            Some((1152, 27, 16, 3.7362))
+        } else if name.contains("large") {
+            Some((1024, 24, 16, 4.0))
+        } else if name.contains("base") {
+            Some((768, 12, 12, 4.0))
+        } else {
+            None
+        };
+        let patch_from_name =
+            name.split('_').find_map(|part| part.strip_prefix("patch").and_then(|p| p.parse::<usize>().ok()));
+        let (width, layers, heads, ratio, patch) = match (v.width, v.layers, v.patch_size, known) {
+            (Some(w), Some(l), Some(p), _) => {
+                (w, l, w / v.head_width.unwrap_or(64).max(1), v.mlp_ratio.unwrap_or(4.0), p)
+            }
+            (_, _, _, Some((w, l, h, r))) => match patch_from_name {
+                Some(p) => (w, l, h, r, p),
+                None => return unsupported(format!("the timm model '{name}': its patch size is not in its name")),
+            },
+            _ => {
+                return unsupported(format!(
+                    "the timm model '{name}': not a SigLIP size this program knows (B/16, L/16, So400m/14); write width, layers, head_width, patch_size and mlp_ratio into vision_cfg"
+                ));
+            }
+        };
+        let config = Self {
+            embed_dim: m.embed_dim,
+            vision: VisionConfig {
+                width,
+                layers,
+                heads,
+                patch_size: patch,
+                image_size,
+                mlp_width: (width as f64 * ratio) as usize,
+            },
+            text: TextConfig {
+                width: t.width,
+                layers: t.layers,
+                heads: t.heads,
+                context_length: t.context_length,
+                vocab_size: t.vocab_size,
+                mlp_width: (t.width as f64 * t.mlp_ratio.unwrap_or(4.0)) as usize,
+            },
+            activation: if m.quick_gelu { Activation::QuickGelu } else { Activation::Gelu },
+            activation_source: ActivationSource::Config,
+            family: Family::Siglip,
+        };
+        if config.embed_dim != width {
+            return Err(LegradError::Config(format!(
+                "a SigLIP tower without a projection gives {width}-wide embeddings, but embed_dim is {}",
+                config.embed_dim
+            )));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// open_clip's `ViT-B-16-SigLIP` (`timm/ViT-B-16-SigLIP`, WebLI) at `image_size` (224, 256,
+    /// 384 or 512 as published).
+    pub fn vit_b_16_siglip(image_size: usize) -> Self {
+        let mut c = Self::vit_b_16();
+        c.embed_dim = 768;
+        c.vision.image_size = image_size;
+        c.text =
+            TextConfig { width: 768, layers: 12, heads: 12, context_length: 64, vocab_size: 32000, mlp_width: 3072 };
+        c.family = Family::Siglip;
+        c
     }
 
     /// Sanity checks that make later shape errors impossible.

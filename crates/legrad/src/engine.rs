@@ -17,7 +17,7 @@ use crate::explain::{ExplainOptions, Method, PromptMap, finish_maps};
 use crate::load::ModelInfo;
 use crate::model::{Clip, ImageTrace, TraceRequest};
 use crate::preprocess::InputSize;
-use crate::tokenizer::{Tokenizer, Tokens};
+use crate::tokenizer::{TextTokenizer, Tokens};
 
 /// The reference demo's prompt template.
 pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
@@ -72,7 +72,8 @@ pub struct ExplainedPrompt {
     pub text: String,
     /// The prompt was cut to the context length.
     pub truncated: bool,
-    /// Cosine similarity of the image and text embeddings.
+    /// Cosine similarity of the image and text embeddings (CLIP); SigLIP's sigmoid
+    /// probability `sigmoid(exp(logit_scale) cos + logit_bias)`.
     pub score: f32,
     #[serde(skip)]
     pub map: PromptMap,
@@ -81,7 +82,7 @@ pub struct ExplainedPrompt {
 pub struct Engine {
     pub model: Clip,
     pub info: ModelInfo,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: TextTokenizer,
     text_cache: Mutex<HashMap<String, Tensor<1>>>,
     /// Pad shapes to the buckets (a GPU device, which compiles per shape).
     pad_shapes: bool,
@@ -131,9 +132,17 @@ pub fn apply_template(template: Option<&str>, prompt: &str) -> Result<String> {
 
 impl Engine {
     pub fn new(model: Clip, info: ModelInfo) -> Result<Self> {
+        let tokenizer = TextTokenizer::for_model(&model.config, model.tokenizer_json.as_deref())?;
+        if model.config.family == crate::config::Family::Siglip {
+            // LeGrad's SigLIP correction: the map of "a photo of a" (the reference's
+            // `_init_empty_embedding`), encoded once.
+            let ids = tokenizer.tokenize("a photo of a", model.config.text.context_length)?.ids;
+            let e = model.text.encode(&[ids])?.to_device(&model.vision.device());
+            model.set_empty_embedding(e.squeeze_dim(0));
+        }
         Ok(Self {
             pad_shapes: crate::model::keeps_quantized(&model.vision.device()),
-            tokenizer: Tokenizer::new()?,
+            tokenizer,
             text_cache: Mutex::new(HashMap::new()),
             warmed: Mutex::new(Default::default()),
             text_warmed: Default::default(),
@@ -181,7 +190,7 @@ impl Engine {
             .iter()
             .map(|p| {
                 let text = apply_template(template, p)?;
-                let tokens = self.tokenizer.tokenize(&text, self.model.config.text.context_length);
+                let tokens = self.tokenizer.tokenize(&text, self.model.config.text.context_length)?;
                 Ok(PreparedPrompt { prompt: p.trim().to_string(), text, tokens })
             })
             .collect()
@@ -250,6 +259,7 @@ impl Engine {
         let depth = self.model.vision.depth();
         let mut request: Option<TraceRequest> = None;
         for m in methods {
+            m.supports(self.model.config.family)?;
             let r = m.explainer(options).trace_request(depth)?;
             request = Some(match request {
                 Some(q) => q.merge(&r),
@@ -267,6 +277,7 @@ impl Engine {
         method: Method,
         options: &ExplainOptions,
     ) -> Result<Vec<ExplainedPrompt>> {
+        method.supports(self.model.config.family)?;
         let explainer = method.explainer(options);
         let request = explainer.trace_request(self.model.vision.depth())?;
         if !trace.request.covers(&request) {
@@ -283,6 +294,7 @@ impl Engine {
             prompts.len(),
             trace.grid,
             trace.patch_size,
+            method.map_order(self.model.config.family),
         );
         Ok(prompts
             .iter()
@@ -292,7 +304,7 @@ impl Engine {
                 prompt: p.prompt.clone(),
                 text: p.text.clone(),
                 truncated: p.tokens.truncated,
-                score,
+                score: self.model.score(score),
                 map,
             })
             .collect())
@@ -375,7 +387,7 @@ impl Engine {
             let lengths: std::collections::BTreeSet<usize> = TOKEN_BUCKETS.iter().map(|&b| b.min(context)).collect();
             for &rows in &PROMPT_BUCKETS {
                 for &len in &lengths {
-                    let seqs = vec![self.tokenizer.tokenize("warm up", context).ids; rows];
+                    let seqs = vec![self.tokenizer.tokenize("warm up", context)?.ids; rows];
                     read_f32(self.text_tower().encode_padded(&seqs, len)?).await?;
                 }
             }
@@ -473,6 +485,16 @@ impl Engine {
     /// Normalised image embedding `[E]` from preprocessed pixels.
     pub async fn embed_image(&self, pixels: Vec<f32>, size: InputSize) -> Result<Vec<f32>> {
         let t: Tensor<4> = Tensor::from_data(TensorData::new(pixels, [1, 3, size.height, size.width]), &self.device());
+        read_f32(self.model.vision.forward(t)?).await
+    }
+
+    /// Normalised image embeddings `[B, E]`, row-major, of `batch` preprocessed images (`[B, 3, H, W]`).
+    pub async fn embed_images(&self, pixels: Vec<f32>, batch: usize, size: InputSize) -> Result<Vec<f32>> {
+        if pixels.len() != batch * 3 * size.height * size.width {
+            return Err(LegradError::Input(format!("expected {batch} images of 3x{}x{}", size.height, size.width)));
+        }
+        let t: Tensor<4> =
+            Tensor::from_data(TensorData::new(pixels, [batch, 3, size.height, size.width]), &self.device());
         read_f32(self.model.vision.forward(t)?).await
     }
 

@@ -97,3 +97,170 @@ pub async fn zero_shot(engine: &Engine, seed: u64, count: u64, size: usize) -> R
     }
     Ok(right as f64 / count.max(1) as f64)
 }
+
+/// Faithfulness of a method's maps: do the pixels a map ranks high carry the model's score?
+///
+/// * deletion / insertion (Petsiuk et al. 2018, RISE): patches are removed from the image (or
+///   revealed on a blank one) in the order the map ranks them, most relevant first, in
+///   [`CURVE_STEPS`] equal steps from none to all; the score at each step is the prompt's
+///   cosine similarity with the image; the area under the curve (trapezoids over the fraction
+///   0..1) is reported. Lower deletion and higher insertion are better.
+/// * positive / negative perturbation (Chefer et al. 2021, the LeGrad paper's §4.3): 10%..90% of
+///   the patches are removed, most relevant first (positive) or least relevant first
+///   (negative), and the zero-shot label (top-1 over every colour × shape name) is checked
+///   against the object's; the mean accuracy over the nine steps is reported. Lower positive
+///   and higher negative are better.
+///
+/// A removed patch is set to 0 after normalisation: the dataset's mean colour (CLIP's mean).
+/// Ranks come from the map at grid resolution (one value per patch, ties by position).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Faithfulness {
+    pub deletion_auc: f64,
+    pub insertion_auc: f64,
+    pub positive_auc: f64,
+    pub negative_auc: f64,
+    /// Maps the curves ran on (deletion/insertion) and scenes of the perturbation test.
+    pub maps: usize,
+    pub scenes: usize,
+}
+
+/// Steps of the deletion and insertion curves (fractions 0, 1/10, ..., 1).
+pub const CURVE_STEPS: usize = 10;
+
+/// Patch indices by decreasing relevance (stable: ties keep grid order).
+pub fn patch_ranking(grid_map: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..grid_map.len()).collect();
+    order.sort_by(|&a, &b| grid_map[b].total_cmp(&grid_map[a]));
+    order
+}
+
+/// `pixels` `[3, S, S]` with the patches in `removed` (indices on the `grid`) set to 0.
+pub fn remove_patches(pixels: &[f32], size: usize, patch: usize, grid: (usize, usize), removed: &[usize]) -> Vec<f32> {
+    let mut out = pixels.to_vec();
+    let plane = size * size;
+    for &cell in removed {
+        let (gy, gx) = (cell / grid.1, cell % grid.1);
+        for c in 0..3 {
+            for y in gy * patch..((gy + 1) * patch).min(size) {
+                let row = c * plane + y * size;
+                out[row + gx * patch..row + ((gx + 1) * patch).min(size)].fill(0.0);
+            }
+        }
+    }
+    out
+}
+
+/// Trapezoid area under `values` taken at equal steps over 0..1.
+fn area(values: &[f64]) -> f64 {
+    if values.len() < 2 {
+        return values.first().copied().unwrap_or(0.0);
+    }
+    let n = (values.len() - 1) as f64;
+    values.windows(2).map(|w| (w[0] + w[1]) / 2.0).sum::<f64>() / n
+}
+
+/// [`Faithfulness`] of `method` on `count` multi-object scenes (deletion and insertion, one curve
+/// per object) and `count` single-object scenes (positive and negative perturbation).
+pub async fn faithfulness(
+    engine: &Engine,
+    method: Method,
+    options: &ExplainOptions,
+    seed: u64,
+    count: u64,
+    size: usize,
+) -> Result<Faithfulness, crate::LegradError> {
+    let request = engine.request_for(&[method], options)?;
+    let e = engine.model.config.embed_dim;
+    let input = InputSize::square(size);
+    let cosine = |img: &[f32], txt: &[f32]| -> f64 { img.iter().zip(txt).map(|(a, b)| *a as f64 * *b as f64).sum() };
+    let (mut deletion, mut insertion, mut maps) = (0f64, 0f64, 0usize);
+    for i in 0..count {
+        let scene = scenes::generate(seed, i, size, Some(2 + (i % 3) as usize));
+        let names: Vec<String> = scene.objects.iter().map(|o| scenes::object_name(o.color, o.shape)).collect();
+        let prompts = engine.prepare(&names, Some(DEFAULT_TEMPLATE))?;
+        let texts = engine.embed_texts(&prompts).await?;
+        let pixels = scene_pixels(&scene);
+        let trace = engine.trace(pixels.clone(), input, &request)?;
+        let out = engine.explain(&trace, &prompts, method, options).await?;
+        for (k, r) in out.iter().enumerate() {
+            let cells = r.map.grid.0 * r.map.grid.1;
+            let order = patch_ranking(&r.map.grid_map);
+            let patch = trace.patch_size;
+            let mut batch = Vec::with_capacity(2 * (CURVE_STEPS + 1) * pixels.len());
+            for step in 0..=CURVE_STEPS {
+                let n = (step * cells).div_ceil(CURVE_STEPS).min(cells);
+                batch.extend(remove_patches(&pixels, size, patch, r.map.grid, &order[..n]));
+                batch.extend(remove_patches(&pixels, size, patch, r.map.grid, &order[n..]));
+            }
+            let emb = engine.embed_images(batch, 2 * (CURVE_STEPS + 1), input).await?;
+            let txt = &texts[k * e..][..e];
+            let scores: Vec<f64> = emb.chunks(e).map(|img| cosine(img, txt)).collect();
+            let del: Vec<f64> = scores.iter().step_by(2).copied().collect();
+            let ins: Vec<f64> = scores.iter().skip(1).step_by(2).copied().collect();
+            deletion += area(&del);
+            insertion += area(&ins);
+            maps += 1;
+        }
+    }
+    // Perturbation: single-object scenes from the zero-shot stream.
+    let classes = scenes::all_names();
+    let names: Vec<String> = classes.iter().map(|(_, _, n)| n.clone()).collect();
+    let class_prompts = engine.prepare(&names, Some(DEFAULT_TEMPLATE))?;
+    let class_texts = engine.embed_texts(&class_prompts).await?;
+    let fractions: Vec<f64> = (1..=9).map(|k| k as f64 / 10.0).collect();
+    let (mut positive, mut negative) = (vec![0usize; fractions.len()], vec![0usize; fractions.len()]);
+    for i in 0..count {
+        let scene = scenes::generate(seed, 1_000_000 + i, size, Some(1));
+        let o = &scene.objects[0];
+        let label = classes.iter().position(|(c, s, _)| *c == o.color && *s == o.shape).unwrap_or(0);
+        let pixels = scene_pixels(&scene);
+        let trace = engine.trace(pixels.clone(), input, &request)?;
+        let out = engine.explain(&trace, &class_prompts[label..label + 1], method, options).await?;
+        let r = &out[0];
+        let cells = r.map.grid.0 * r.map.grid.1;
+        let order = patch_ranking(&r.map.grid_map);
+        let mut batch = Vec::with_capacity(2 * fractions.len() * pixels.len());
+        for f in &fractions {
+            let n = ((f * cells as f64).round() as usize).min(cells);
+            batch.extend(remove_patches(&pixels, size, trace.patch_size, r.map.grid, &order[..n]));
+            batch.extend(remove_patches(&pixels, size, trace.patch_size, r.map.grid, &order[cells - n..]));
+        }
+        let emb = engine.embed_images(batch, 2 * fractions.len(), input).await?;
+        for (j, img) in emb.chunks(e).enumerate() {
+            let best = (0..classes.len())
+                .max_by(|&a, &b| {
+                    cosine(img, &class_texts[a * e..][..e]).total_cmp(&cosine(img, &class_texts[b * e..][..e]))
+                })
+                .unwrap_or(0);
+            let hit = (best == label) as usize;
+            if j % 2 == 0 { positive[j / 2] += hit } else { negative[j / 2] += hit }
+        }
+    }
+    let mean_acc = |v: &[usize]| v.iter().map(|&h| h as f64 / count.max(1) as f64).sum::<f64>() / v.len() as f64;
+    Ok(Faithfulness {
+        deletion_auc: deletion / maps.max(1) as f64,
+        insertion_auc: insertion / maps.max(1) as f64,
+        positive_auc: mean_acc(&positive),
+        negative_auc: mean_acc(&negative),
+        maps,
+        scenes: count as usize,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_and_removal() {
+        assert_eq!(patch_ranking(&[0.1, 0.9, 0.5, 0.9]), vec![1, 3, 2, 0]);
+        // A 4x4 image of 2x2 patches: removing patch 3 (bottom right) zeroes its 4 pixels per channel.
+        let pixels = vec![1.0; 3 * 16];
+        let out = remove_patches(&pixels, 4, 2, (2, 2), &[3]);
+        assert_eq!(out.iter().filter(|v| **v == 0.0).count(), 12);
+        assert_eq!(out[2 * 4 + 2], 0.0);
+        assert_eq!(out[0], 1.0);
+        assert!((area(&[1.0, 0.0]) - 0.5).abs() < 1e-12);
+        assert!((area(&[1.0, 1.0, 1.0]) - 1.0).abs() < 1e-12);
+    }
+}

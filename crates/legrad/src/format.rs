@@ -71,9 +71,12 @@ const SCALES: &str = ".__scales";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TokenizerSettings {
-    /// The BPE vocabulary: open_clip's `bpe_simple_vocab_16e6`.
+    /// `clip-bpe-16e6` (open_clip's built-in `bpe_simple_vocab_16e6`) or `sentencepiece`
+    /// (SigLIP: the model's own `tokenizer.json`, carried in `json`).
     pub kind: String,
     pub context_length: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,18 +99,21 @@ pub fn is_app_model(bytes: &[u8]) -> bool {
 
 /// Write `map` (open_clip names) with its config.
 pub fn write(map: &TensorMap, config: &ClipConfig, quant: Quant, source: &str) -> Result<Vec<u8>> {
-    write_with_progress(map, config, quant, source, &mut |_, _| {})
+    write_with_progress(map, config, None, quant, source, &mut |_, _| {})
 }
 
 /// As [`write`], reporting `(tensors done, tensors)`.
+/// As [`write`], with the model's tokenizer file (SigLIP's `tokenizer.json`, kept in the
+/// header so the model file is whole), reporting `(tensors done, tensors)`.
 pub fn write_with_progress(
     map: &TensorMap,
     config: &ClipConfig,
+    tokenizer: Option<&str>,
     quant: Quant,
     source: &str,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<u8>> {
-    write_calibrated(map, config, quant, source, &HashMap::new(), progress)
+    write_calibrated(map, config, tokenizer, quant, source, &HashMap::new(), progress)
 }
 
 /// As [`write_with_progress`]; the weights with a Hessian in `hessians` (see
@@ -115,6 +121,7 @@ pub fn write_with_progress(
 pub fn write_calibrated(
     map: &TensorMap,
     config: &ClipConfig,
+    tokenizer: Option<&str>,
     quant: Quant,
     source: &str,
     hessians: &HashMap<String, Hessian>,
@@ -124,7 +131,24 @@ pub fn write_calibrated(
         format_version: FORMAT_VERSION,
         quant,
         config: config.clone(),
-        tokenizer: TokenizerSettings { kind: "clip-bpe-16e6".into(), context_length: config.text.context_length },
+        tokenizer: match config.family {
+            crate::config::Family::Clip => TokenizerSettings {
+                kind: "clip-bpe-16e6".into(),
+                context_length: config.text.context_length,
+                json: None,
+            },
+            crate::config::Family::Siglip => TokenizerSettings {
+                kind: "sentencepiece".into(),
+                context_length: config.text.context_length,
+                json: Some(
+                    tokenizer
+                        .ok_or_else(|| {
+                            LegradError::Config("a SigLIP model file needs the model's tokenizer.json".into())
+                        })?
+                        .to_string(),
+                ),
+            },
+        },
         source: source.into(),
     };
     let mut metadata = HashMap::new();
@@ -300,7 +324,8 @@ pub fn verify(bytes: &[u8]) -> Result<Header> {
 /// Load an app model file.
 pub fn read(bytes: &[u8], device: &Device) -> Result<(Clip, ModelInfo)> {
     let (map, header) = read_map(bytes)?;
-    let clip = Clip::from_tensors(header.config.clone(), map, device)?;
+    let clip = Clip::from_tensors(header.config.clone(), map, device)?
+        .with_tokenizer(header.tokenizer.json.as_deref().map(std::sync::Arc::from));
     Ok((
         clip,
         ModelInfo {

@@ -25,10 +25,10 @@ pub mod scenes;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::{Activation, ClipConfig};
+pub use config::{Activation, ClipConfig, Family};
 pub use engine::Engine;
 pub use error::{LegradError, Result};
 pub use explain::{Method, PromptMap};
 pub use model::{Clip, ImageTrace, TraceRequest};
 pub use preprocess::InputSize;
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{SentencePieceTokenizer, TextTokenizer, Tokenizer};

@@ -60,6 +60,17 @@ pub struct Prepared {
     pub config: ClipConfig,
     pub source_format: String,
     pub notes: Vec<String>,
+    /// The model's `tokenizer.json` (SigLIP), where one was found or given.
+    pub tokenizer: Option<String>,
+}
+
+impl Prepared {
+    /// Build the model, its tokenizer file attached.
+    pub fn build(self, device: &Device) -> Result<(Clip, ModelInfo)> {
+        let clip = Clip::from_tensors(self.config.clone(), self.map, device)?
+            .with_tokenizer(self.tokenizer.as_deref().map(std::sync::Arc::from));
+        Ok((clip, ModelInfo { config: self.config, source_format: self.source_format, notes: self.notes }))
+    }
 }
 
 /// Rename (transformers → open_clip) and settle the config (given, or inferred from shapes).
@@ -78,9 +89,22 @@ pub fn prepare(map: TensorMap, config: Option<&ConfigSource>) -> Result<Prepared
             };
             (weights::keys::transformers_to_openclip(map)?, config, "transformers CLIPModel")
         }
+        Layout::Siglip => {
+            let config = match config {
+                Some(c) => c.parse()?,
+                None => return Err(siglip_needs_config()),
+            };
+            if config.family != crate::config::Family::Siglip {
+                return Err(LegradError::Config(
+                    "this checkpoint is a SigLIP model (a timm tower with an attention pool) but its config describes a CLIP: give the SigLIP config (open_clip_config.json, or --config ViT-B-16-SigLIP)".into(),
+                ));
+            }
+            (weights::keys::siglip_to_internal(map)?, config, "open_clip SigLIP")
+        }
         Layout::OpenClip => {
             let config = match config {
                 Some(c) => c.parse()?,
+                None if map.get("visual.attn_pool.latent").is_some() => return Err(siglip_needs_config()),
                 None => {
                     let inferred = weights::infer_config(&map.shapes())?;
                     if inferred.activation_source == ActivationSource::Default {
@@ -94,14 +118,18 @@ pub fn prepare(map: TensorMap, config: Option<&ConfigSource>) -> Result<Prepared
             (map, config, "open_clip")
         }
     };
-    Ok(Prepared { map, config, source_format: source_format.into(), notes })
+    Ok(Prepared { map, config, source_format: source_format.into(), notes, tokenizer: None })
+}
+
+fn siglip_needs_config() -> LegradError {
+    LegradError::Config(
+        "a SigLIP checkpoint needs its config (the heads and the text tower's settings are not in the weights): give open_clip_config.json (--config, or in the checkpoint's directory) or --config ViT-B-16-SigLIP".into(),
+    )
 }
 
 /// Build a model from a tensor map and an optional config.
 pub fn from_tensor_map(map: TensorMap, config: Option<&ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
-    let p = prepare(map, config)?;
-    let clip = Clip::from_tensors(p.config.clone(), p.map, device)?;
-    Ok((clip, ModelInfo { config: p.config, source_format: p.source_format, notes: p.notes }))
+    prepare(map, config)?.build(device)
 }
 
 /// The tensors of a checkpoint held in memory (safetensors, open_clip or transformers names),
@@ -124,9 +152,7 @@ pub fn load_bytes(bytes: &[u8], config: Option<&ConfigSource>, device: &Device) 
     if format::is_app_model(bytes) {
         return format::read(bytes, device);
     }
-    let p = prepare_bytes(bytes, config)?;
-    let clip = Clip::from_tensors(p.config.clone(), p.map, device)?;
-    Ok((clip, ModelInfo { config: p.config, source_format: p.source_format, notes: p.notes }))
+    prepare_bytes(bytes, config)?.build(device)
 }
 
 /// Load from a file or a directory (a transformers model directory with `config.json`, or an
@@ -134,9 +160,7 @@ pub fn load_bytes(bytes: &[u8], config: Option<&ConfigSource>, device: &Device) 
 /// when none is given.
 #[cfg(not(target_family = "wasm"))]
 pub fn load_path(path: &std::path::Path, config: Option<ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
-    let p = prepare_path(path, config)?;
-    let clip = Clip::from_tensors(p.config.clone(), p.map, device)?;
-    Ok((clip, ModelInfo { config: p.config, source_format: p.source_format, notes: p.notes }))
+    prepare_path(path, config)?.build(device)
 }
 
 /// [`prepare`] for a file or directory, any container.
@@ -182,8 +206,16 @@ pub fn prepare_path(path: &std::path::Path, config: Option<ConfigSource>) -> Res
         LegradError::Checkpoint(msg) => LegradError::Checkpoint(format!("{}: {msg}", file.display())),
         other => other,
     };
+    // SigLIP's tokenizer file, where it sits next to the weights.
+    let tokenizer = {
+        let p = dir.join("tokenizer.json");
+        if p.is_file() { Some(std::fs::read_to_string(&p).map_err(|e| LegradError::io_path(&p, e))?) } else { None }
+    };
+    let with_tokenizer = |p: Prepared| Prepared { tokenizer: p.tokenizer.or(tokenizer.clone()), ..p };
     match weights::sniff(&head) {
-        Some(ContainerKind::Pytorch) => prepare(TensorMap::from_pytorch_file(&file)?, config.as_ref()),
+        Some(ContainerKind::Pytorch) => {
+            prepare(TensorMap::from_pytorch_file(&file)?, config.as_ref()).map(with_tokenizer)
+        }
         _ => {
             let bytes = std::fs::read(&file).map_err(|e| LegradError::io_path(&file, e))?;
             if format::is_app_model(&bytes) {
@@ -193,9 +225,10 @@ pub fn prepare_path(path: &std::path::Path, config: Option<ConfigSource>) -> Res
                     config: header.config,
                     source_format: format!("legrad-web model ({:?})", header.quant).to_lowercase(),
                     notes: vec![],
+                    tokenizer: header.tokenizer.json,
                 });
             }
-            prepare_bytes(&bytes, config.as_ref()).map_err(named)
+            prepare_bytes(&bytes, config.as_ref()).map_err(named).map(with_tokenizer)
         }
     }
 }

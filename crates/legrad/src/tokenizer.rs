@@ -279,6 +279,131 @@ fn is_ftfy_control(c: char) -> bool {
         0x00..=0x08 | 0x0B | 0x0E..=0x1F | 0x7F | 0x206A..=0x206F | 0xFEFF | 0xFFF9..=0xFFFC)
 }
 
+/// open_clip's `canonicalize_text` (big_vision's prompt canonicalisation), after [`clean`]:
+/// `_` to a space, ASCII punctuation (Python's `string.punctuation`) removed, lower case,
+/// whitespace runs to one space, stripped.
+pub fn canonicalize(text: &str) -> String {
+    let text: String = text.replace('_', " ").chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let text = text.to_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut in_space = false;
+    for c in text.chars() {
+        if is_py_space(c) {
+            if !in_space {
+                out.push(' ');
+            }
+            in_space = true;
+        } else {
+            out.push(c);
+            in_space = false;
+        }
+    }
+    out.trim_matches(' ').to_string()
+}
+
+/// SigLIP's SentencePiece tokenizer, as open_clip 2.23 runs it for `ViT-B-16-SigLIP`
+/// (`HFTokenizer` with `clean='canonicalize'`): the text cleaned ([`clean`], then
+/// [`canonicalize`]), then the model's `tokenizer.json` through the `tokenizers` library (the
+/// one transformers runs): its normaliser, pre-tokeniser, unigram model and `</s>` suffix,
+/// truncated and padded to the context with `</s>` (SigLIP pads with its end token).
+pub struct SentencePieceTokenizer {
+    inner: tokenizers::Tokenizer,
+    pub pad_id: u32,
+    context_length: usize,
+}
+
+impl std::fmt::Debug for SentencePieceTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SentencePieceTokenizer {{ vocab: {} }}", self.inner.get_vocab_size(true))
+    }
+}
+
+impl SentencePieceTokenizer {
+    /// From a `tokenizer.json` text, for sequences of `context_length` tokens.
+    pub fn from_json(json: &str, context_length: usize) -> Result<Self> {
+        use std::str::FromStr;
+        let bad = |e: String| LegradError::Config(format!("the tokenizer file is not a usable tokenizer.json: {e}"));
+        let mut inner =
+            tokenizers::Tokenizer::from_str(json).map_err(|e| bad(crate::error::one_line(e.to_string())))?;
+        let pad_token = "</s>";
+        let pad_id = inner
+            .token_to_id(pad_token)
+            .ok_or_else(|| bad("it has no '</s>' token (SigLIP's end and padding token)".into()))?;
+        inner
+            .with_truncation(Some(tokenizers::TruncationParams { max_length: context_length, ..Default::default() }))
+            .map_err(|e| bad(e.to_string()))?;
+        inner.with_padding(Some(tokenizers::PaddingParams {
+            strategy: tokenizers::PaddingStrategy::Fixed(context_length),
+            pad_id,
+            pad_token: pad_token.into(),
+            ..Default::default()
+        }));
+        Ok(Self { inner, pad_id, context_length })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Exactly `context_length` ids: the text's, `</s>`, then `</s>` as padding.
+    pub fn tokenize(&self, text: &str) -> Result<Tokens> {
+        let text = canonicalize(&clean(text));
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| LegradError::Input(format!("the tokenizer failed on this prompt: {e}")))?;
+        let ids = enc.get_ids().to_vec();
+        if ids.len() != self.context_length {
+            return Err(LegradError::Input(format!(
+                "the tokenizer gave {} ids for a {}-token context",
+                ids.len(),
+                self.context_length
+            )));
+        }
+        Ok(Tokens { ids, truncated: !enc.get_overflowing().is_empty() })
+    }
+}
+
+/// The tokenizer a model comes with: CLIP's built-in BPE, or a SentencePiece vocabulary.
+#[derive(Debug)]
+pub enum TextTokenizer {
+    Clip(Tokenizer),
+    SentencePiece(SentencePieceTokenizer),
+}
+
+impl TextTokenizer {
+    /// The tokenizer for a model of `config`'s family; a SigLIP model needs its `tokenizer.json`.
+    pub fn for_model(config: &crate::config::ClipConfig, json: Option<&str>) -> Result<Self> {
+        match config.family {
+            crate::config::Family::Clip => Ok(Self::Clip(Tokenizer::new()?)),
+            crate::config::Family::Siglip => {
+                let json = json.ok_or_else(|| {
+                    LegradError::Config(
+                        "a SigLIP model needs its tokenizer: give its tokenizer.json (next to the weights, --tokenizer, or the app's tokenizer field)".into(),
+                    )
+                })?;
+                let t = SentencePieceTokenizer::from_json(json, config.text.context_length)?;
+                if t.vocab_size() > config.text.vocab_size {
+                    return Err(LegradError::Config(format!(
+                        "the tokenizer has {} tokens but the model's vocabulary holds {}: is it this model's tokenizer.json?",
+                        t.vocab_size(),
+                        config.text.vocab_size
+                    )));
+                }
+                Ok(Self::SentencePiece(t))
+            }
+        }
+    }
+
+    /// Token ids for the text tower, at most `context_length` (SigLIP: exactly, padded).
+    pub fn tokenize(&self, text: &str, context_length: usize) -> Result<Tokens> {
+        match self {
+            Self::Clip(t) => Ok(t.tokenize(text, context_length)),
+            Self::SentencePiece(t) => t.tokenize(text),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

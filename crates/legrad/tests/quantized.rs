@@ -145,7 +145,8 @@ fn gptq_keeps_4_bit_embeddings_closer_than_rounding() {
     let engine = Engine::new(clip, info).unwrap();
     let hessians = pollster::block_on(legrad::calibrate::hessians(&engine, 8, &mut |_, _, _| {})).unwrap();
     assert_eq!(hessians.len(), 4 * (p.config.vision.layers + p.config.text.layers));
-    let gptq = format::write_calibrated(&p.map, &p.config, Quant::Q4, "fixture", &hessians, &mut |_, _| {}).unwrap();
+    let gptq =
+        format::write_calibrated(&p.map, &p.config, None, Quant::Q4, "fixture", &hessians, &mut |_, _| {}).unwrap();
     let rounded = format::write(&p.map, &p.config, Quant::Q4, "fixture").unwrap();
     assert_eq!(gptq.len(), rounded.len(), "same stored form, other levels");
     let (r_gptq, mean_gptq, cos_gptq) = against_reference(&gptq, &device, &exp, false, "cpu");

@@ -11,6 +11,7 @@
 use burn::tensor::Tensor;
 
 use super::{Explainer, GridMaps, Method, first_layer};
+use crate::config::Family;
 use crate::error::{LegradError, Result};
 use crate::model::vision::l2_normalize;
 use crate::model::{Clip, ImageTrace, LayerTrace, TraceRequest};
@@ -34,6 +35,9 @@ impl Explainer for LeGrad {
     }
 
     fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+        if model.config.family == Family::Siglip {
+            return legrad_siglip(model, trace, texts, self.layer_index);
+        }
         let (layers, terms) = layer_terms_for(model, trace, texts, self.layer_index)?;
         let fused = fused_kernel_for(&model.vision.device());
         let maps = terms
@@ -109,7 +113,7 @@ fn score_gradients(model: &Clip, layers: &[&LayerTrace], n: usize, texts: Tensor
     let m: Tensor<2> = Tensor::stack(means, 0); // [L, W]
     let [l, w] = m.dims();
     let (y, stats) = v.weights.ln_post.forward_with_stats(m.reshape([l, 1, w])); // [L, 1, W]
-    let proj = v.weights.proj.val(); // [W, E]
+    let proj = v.clip_proj().expect("CLIP's LeGrad runs on a CLIP tower"); // [W, E]
     let z = y.matmul(proj.clone().unsqueeze()); // [L, 1, E]
     let z_norm = z.clone().powi_scalar(2).sum_dim(2).sqrt(); // [L, 1, 1]
     let e = z / z_norm.clone(); // [L, 1, E]
@@ -230,6 +234,9 @@ pub(crate) fn relevance_from_grad(grad: Tensor<4>) -> Tensor<2> {
 /// constant, its attention probabilities a leaf. Needs a trace with `tokens`.
 pub fn legrad_autodiff(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer_index: i64) -> Result<GridMaps> {
     let v = &model.vision;
+    if model.config.family == Family::Siglip {
+        return legrad_siglip_autodiff(model, trace, texts, layer_index);
+    }
     let l0 = first_layer(layer_index, v.depth())?;
     let [p, _] = texts.dims();
     let mut layers = Vec::new();
@@ -245,7 +252,7 @@ pub fn legrad_autodiff(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer
             let out = block.forward_from_probs(input.clone(), probs.clone(), att.values.clone(), v.activation);
             let [_, _, w] = out.dims();
             let mean = out.mean_dim(1).reshape([1, w]);
-            let e = l2_normalize(v.weights.ln_post.forward(mean).matmul(v.weights.proj.val()));
+            let e = l2_normalize(v.weights.ln_post.forward(mean).matmul(v.clip_proj()?));
             let t = texts.clone().narrow(0, i, 1);
             let s = (e * t).sum();
             let grads = s.backward();
@@ -258,4 +265,119 @@ pub fn legrad_autodiff(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer
         layers.push(l);
     }
     Ok(stack(layers, maps))
+}
+
+// ---------------------------------------------------------------- SigLIP
+
+/// LeGrad on SigLIP (`compute_legrad_siglip`): for each layer l from `layer_index` on, the
+/// attention pool is applied to block l's output (without the final norm, as the reference),
+/// `s = t · normalize(attn_pool(x_l))`, `G = ds/dA` for the pool's attention `A` `[H, 1, N]`,
+/// `R_l = mean_h relu(G)` over all N tokens (there is no class token). Summed over layers; then
+/// the correction: where the min-max normalised map of the prompt "a photo of a" exceeds 0.8,
+/// the map is set to 0. (The host then min-max normalises at grid resolution and upsamples:
+/// [`super::MapOrder::NormaliseThenUpsample`].)
+///
+/// The reference sums the scores of all prompts before differentiating (one map for a batch);
+/// here each prompt's map is what it gives alone, as for CLIP.
+///
+/// `G` in closed form from the cached [`PoolTrace`](crate::model::vision::PoolTrace), with
+/// `o` the pool's output, `y` the MLP's residual input, `h` its pre-activation:
+/// `ds/do = (t - s e) / |o|`, `ds/dy = ds/do + LN_backward(W_fc1ᵀ (act'(h) ⊙ W_fc2ᵀ ds/do))`,
+/// `ds/dc = W_projᵀ ds/dy` (c: the heads' context), `G_h[j] = ds/dc_h · v_h[j]`. A few
+/// mat-vecs per layer and prompt; [`legrad_siglip_autodiff`] checks it.
+pub fn legrad_siglip(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer_index: i64) -> Result<GridMaps> {
+    let v = &model.vision;
+    let pool = v.attn_pool()?;
+    let l0 = first_layer(layer_index, v.depth())?;
+    let [p, e] = texts.dims();
+    // The empty prompt rides along as one more row.
+    let empty = model.empty_embedding()?.reshape([1, e]);
+    let all = Tensor::cat(vec![texts, empty], 0); // [P + 1, E]
+    let mut layers = Vec::new();
+    let mut maps = Vec::new();
+    for l in l0..v.depth() {
+        let lt = trace.layer(l).ok_or_else(|| missing(l))?;
+        let pt = lt.pool.as_ref().ok_or_else(|| missing(l))?;
+        let o = pt.output.clone().unsqueeze::<2>(); // [1, W]
+        let o_norm = o.clone().powi_scalar(2).sum_dim(1).sqrt(); // [1, 1]
+        let unit = o / o_norm.clone();
+        let s = all.clone().matmul(unit.clone().transpose()); // [P+1, 1]
+        let d_o = (all.clone() - s * unit) / o_norm; // [P+1, W]
+        let a = d_o.clone().matmul(pool.mlp.c_proj.weight.val().transpose()) * pt.act_grad.clone(); // [P+1, M]
+        let d_norm = a.matmul(pool.mlp.c_fc.weight.val().transpose()); // [P+1, W]
+        let stats = crate::model::LayerNormStats { x_hat: pt.x_hat.clone(), rstd: pt.rstd.clone() };
+        let d_y = d_o + pool.norm.backward(d_norm, &stats);
+        let d_c = d_y.matmul(pool.proj.weight.val().transpose()); // [P+1, W]
+        maps.push(pool_relevance(d_c, pt.values.clone()));
+        layers.push(l);
+    }
+    let per_layer: Tensor<3> = Tensor::stack(maps, 0); // [L, P+1, N]
+    let summed = per_layer.clone().sum_dim(0).squeeze_dim::<2>(0); // [P+1, N]
+    let n = summed.dims()[1];
+    let corrected = siglip_correction(summed.clone().narrow(0, 0, p), summed.narrow(0, p, 1));
+    let per_layer = per_layer.narrow(1, 0, p);
+    debug_assert_eq!(per_layer.dims(), [layers.len(), p, n]);
+    Ok(GridMaps { summed: corrected, per_layer: Some((layers, per_layer)) })
+}
+
+/// `mean_h relu(G)` `[P, N]` for `G_h[p, j] = dc[p, h] · v_h[j]`, with `dc` `[P, H·d]` and the
+/// values `[H, N, d]`.
+fn pool_relevance(dc: Tensor<2>, values: Tensor<3>) -> Tensor<2> {
+    let [p, w] = dc.dims();
+    let [h, _, d] = values.dims();
+    debug_assert_eq!(w, h * d);
+    let dc = dc.reshape([p, h, d]).swap_dims(0, 1); // [H, P, d]
+    let g = dc.matmul(values.swap_dims(1, 2)); // [H, P, N]
+    g.clamp_min(0.0).mean_dim(0).squeeze_dim(0)
+}
+
+/// The reference's SigLIP correction: `maps[min_max(empty) > 0.8] = 0`, with `maps` `[P, N]`
+/// and the empty prompt's map `[1, N]`. A constant empty map (NaN in the reference) masks
+/// nothing.
+pub fn siglip_correction(maps: Tensor<2>, empty: Tensor<2>) -> Tensor<2> {
+    let lo = empty.clone().min_dim(1);
+    let hi = empty.clone().max_dim(1);
+    let normed = (empty - lo.clone()) / (hi - lo);
+    let mask = normed.greater_elem(0.8); // NaN compares false
+    let [p, n] = maps.dims();
+    maps.mask_fill(mask.expand([p, n]), 0.0)
+}
+
+/// [`legrad_siglip`]'s `G` by burn's autodiff: the pool's attention on each traced block's
+/// output is a leaf, one backward per layer and prompt. Needs a trace with `tokens`.
+pub fn legrad_siglip_autodiff(
+    model: &Clip,
+    trace: &ImageTrace,
+    texts: Tensor<2>,
+    layer_index: i64,
+) -> Result<GridMaps> {
+    let v = &model.vision;
+    let pool = v.attn_pool()?;
+    let l0 = first_layer(layer_index, v.depth())?;
+    let [p, e] = texts.dims();
+    let all = Tensor::cat(vec![texts, model.empty_embedding()?.reshape([1, e])], 0);
+    let mut layers = Vec::new();
+    let mut maps = Vec::new();
+    for l in l0..v.depth() {
+        let lt = trace.layer(l).ok_or_else(|| missing(l))?;
+        let x = lt.output.clone().ok_or_else(|| missing(l))?.unsqueeze::<3>(); // [1, N, W]
+        let (probs, values) = pool.attention(x);
+        let mut rows = Vec::with_capacity(p + 1);
+        for i in 0..p + 1 {
+            let leaf = probs.clone().detach().autodiff().require_grad();
+            let out = pool.from_probs(leaf.clone(), values.clone().detach(), v.activation).output; // [1, W]
+            let s = (l2_normalize(out) * all.clone().narrow(0, i, 1)).sum();
+            let grads = s.backward();
+            let g = leaf
+                .grad(&grads)
+                .ok_or_else(|| LegradError::Backend("autodiff returned no gradient for the pool's attention".into()))?;
+            rows.push(g.clamp_min(0.0).mean_dim(1).squeeze_dim::<2>(1)); // [1, N]
+        }
+        maps.push(Tensor::cat(rows, 0));
+        layers.push(l);
+    }
+    let per_layer: Tensor<3> = Tensor::stack(maps, 0);
+    let summed = per_layer.clone().sum_dim(0).squeeze_dim::<2>(0);
+    let corrected = siglip_correction(summed.clone().narrow(0, 0, p), summed.narrow(0, p, 1));
+    Ok(GridMaps { summed: corrected, per_layer: Some((layers, per_layer.narrow(1, 0, p))) })
 }

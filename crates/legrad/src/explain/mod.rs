@@ -13,6 +13,7 @@ pub mod legrad;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Family;
 use crate::error::{LegradError, Result};
 use crate::model::pos_embed::upsample_bilinear;
 use crate::model::{Clip, ImageTrace, TraceRequest};
@@ -51,6 +52,29 @@ impl Method {
     /// Does the map depend on the prompt?
     pub fn uses_text(self) -> bool {
         !matches!(self, Method::Rollout | Method::RawAttention)
+    }
+
+    /// Does this method run on a model of `family`? The baselines are defined through CLIP's
+    /// class token (GradCAM and CheferCAM differentiate the class token's score, Rollout and
+    /// RawAttention read its attention row), which SigLIP does not have; the reference's
+    /// baselines (pytorch-grad-cam on CLIP, `tools/reference/baselines.py`) define none for
+    /// SigLIP's attention pool, so there is nothing to check a SigLIP variant against.
+    pub fn supports(self, family: Family) -> Result<()> {
+        match (self, family) {
+            (_, Family::Clip) | (Method::LeGrad, Family::Siglip) => Ok(()),
+            (m, Family::Siglip) => Err(LegradError::Unsupported(format!(
+                "{} on a SigLIP model: it reads CLIP's class token, which SigLIP does not have; use LeGrad",
+                m.name()
+            ))),
+        }
+    }
+
+    /// How [`finish_maps`] orders normalisation and upsampling for this method on `family`.
+    pub fn map_order(self, family: Family) -> MapOrder {
+        match (self, family) {
+            (Method::LeGrad, Family::Siglip) => MapOrder::NormaliseThenUpsample,
+            _ => MapOrder::UpsampleThenNormalise,
+        }
     }
 
     pub fn explainer(self, options: &ExplainOptions) -> Box<dyn Explainer> {
@@ -154,14 +178,25 @@ pub fn min_max_normalize(values: &mut [f32]) -> bool {
     true
 }
 
+/// The order of the reference's last two steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOrder {
+    /// Upsample, then min-max (`compute_legrad_clip`, the baselines).
+    UpsampleThenNormalise,
+    /// Min-max at grid resolution, then upsample (`compute_legrad_siglip`): the map's extremes
+    /// need not reach 0 and 1 after upsampling.
+    NormaliseThenUpsample,
+}
+
 /// Host-side end of an explanation: per prompt, upsample the summed grid map by the patch size
-/// and min-max normalise (both at grid and at image resolution).
+/// and min-max normalise (both at grid and at image resolution), in `order`.
 pub fn finish_maps(
     summed: &[f32],
     per_layer: Option<(&[usize], &[f32])>,
     prompts: usize,
     grid: (usize, usize),
     patch: usize,
+    order: MapOrder,
 ) -> Vec<PromptMap> {
     let cells = grid.0 * grid.1;
     (0..prompts)
@@ -170,10 +205,16 @@ pub fn finish_maps(
             // Upsample, then min-max: the order of every reference here (pytorch-grad-cam
             // normalises at grid resolution and again after resizing, which comes to the same).
             // The two do not commute: bilinear upsampling does not reach the grid's extremes.
-            let mut map = upsample_bilinear(raw, 1, grid, patch);
-            let ok = min_max_normalize(&mut map);
             let mut grid_map = raw.to_vec();
-            min_max_normalize(&mut grid_map);
+            let grid_ok = min_max_normalize(&mut grid_map);
+            let (map, ok) = match order {
+                MapOrder::UpsampleThenNormalise => {
+                    let mut map = upsample_bilinear(raw, 1, grid, patch);
+                    let ok = min_max_normalize(&mut map);
+                    (map, ok)
+                }
+                MapOrder::NormaliseThenUpsample => (upsample_bilinear(&grid_map, 1, grid, patch), grid_ok),
+            };
             let per_layer = per_layer
                 .map(|(layers, data)| {
                     layers

@@ -14,30 +14,87 @@ use burn::tensor::activation;
 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::config::{Activation, ClipConfig};
+use crate::config::{Activation, ClipConfig, Family};
 use crate::error::Result;
 use crate::weights::{RawTensor, StoredDType, TensorMap};
 
 pub use text::TextTower;
 pub use vision::{ImageTrace, LayerTrace, TraceRequest, VisionTower};
 
-pub(crate) const LN_EPS: f64 = 1e-5;
-
-/// Both towers.
+/// Both towers, and what goes with them.
 #[derive(Debug)]
 pub struct Clip {
     pub config: ClipConfig,
     pub vision: VisionTower,
     pub text: TextTower,
+    /// The model's own tokenizer file (`tokenizer.json`), where its family needs one (SigLIP's
+    /// SentencePiece vocabulary); CLIP's BPE vocabulary is built in.
+    pub tokenizer_json: Option<std::sync::Arc<str>>,
+    /// SigLIP's `exp(logit_scale)` and `logit_bias`: its score is `sigmoid(scale cos + bias)`.
+    pub sigmoid_logit: Option<(f32, f32)>,
+    /// SigLIP's "a photo of a" embedding `[E]` on the vision tower's device, for LeGrad's
+    /// correction (set by the engine, which holds the tokenizer).
+    empty_embedding: std::sync::Mutex<Option<Tensor<1>>>,
 }
 
 impl Clip {
-    /// Build from a tensor map in open_clip's names, checking every shape against `config`.
+    /// Build from a tensor map in open_clip's names (SigLIP's renamed by
+    /// [`crate::weights::keys::siglip_to_internal`]), checking every shape against `config`.
     pub fn from_tensors(config: ClipConfig, mut map: TensorMap, device: &Device) -> Result<Self> {
         config.validate()?;
         let vision = VisionTower::load(&config, &mut map, device)?;
         let text = TextTower::load(&config, &mut map, device)?;
-        Ok(Self { config, vision, text })
+        let sigmoid_logit = match config.family {
+            Family::Clip => None,
+            Family::Siglip => {
+                let mut scalar = |name: &str| -> Result<f32> {
+                    let t = map.remove(name).ok_or_else(|| crate::error::LegradError::MissingTensor {
+                        key: name.to_string(),
+                        expected: vec![1],
+                    })?;
+                    let v = t.to_f32();
+                    if v.len() != 1 {
+                        return Err(crate::error::LegradError::Checkpoint(format!(
+                            "'{name}' has shape {:?}, expected one value",
+                            t.shape
+                        )));
+                    }
+                    Ok(v[0])
+                };
+                Some((scalar("logit_scale")?.exp(), scalar("logit_bias")?))
+            }
+        };
+        Ok(Self { config, vision, text, tokenizer_json: None, sigmoid_logit, empty_embedding: Default::default() })
+    }
+
+    /// Attach the model's tokenizer file.
+    pub fn with_tokenizer(mut self, json: Option<std::sync::Arc<str>>) -> Self {
+        if json.is_some() {
+            self.tokenizer_json = json;
+        }
+        self
+    }
+
+    /// The score shown for a cosine similarity: itself for CLIP, SigLIP's sigmoid probability.
+    pub fn score(&self, cosine: f32) -> f32 {
+        match self.sigmoid_logit {
+            None => cosine,
+            Some((scale, bias)) => 1.0 / (1.0 + (-(scale * cosine + bias)).exp()),
+        }
+    }
+
+    pub(crate) fn set_empty_embedding(&self, e: Tensor<1>) {
+        *self.empty_embedding.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
+    /// SigLIP's "a photo of a" embedding (LeGrad's correction), once an engine has set it.
+    pub fn empty_embedding(&self) -> Result<Tensor<1>> {
+        self.empty_embedding.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
+            crate::error::LegradError::Input(
+                "SigLIP's LeGrad needs the embedding of \"a photo of a\": explain through an Engine, which sets it"
+                    .into(),
+            )
+        })
     }
 }
 
@@ -127,6 +184,8 @@ pub(crate) fn load_linear(
 pub struct LayerNorm {
     pub weight: Param<Tensor<1>>,
     pub bias: Param<Tensor<1>>,
+    /// 1e-5 (open_clip's CLIP) or 1e-6 (timm's and open_clip's SigLIP).
+    pub eps: f64,
 }
 
 /// What LayerNorm's backward needs: the normalised input and 1/σ per row.
@@ -137,10 +196,11 @@ pub struct LayerNormStats<const D: usize> {
 }
 
 impl LayerNorm {
-    pub(crate) fn load(map: &mut TensorMap, prefix: &str, width: usize, device: &Device) -> Result<Self> {
+    pub(crate) fn load(map: &mut TensorMap, prefix: &str, width: usize, eps: f64, device: &Device) -> Result<Self> {
         Ok(Self {
             weight: Param::from_tensor(tensor1(map.take(&format!("{prefix}.weight"), &[width])?, device)),
             bias: Param::from_tensor(tensor1(map.take(&format!("{prefix}.bias"), &[width])?, device)),
+            eps,
         })
     }
 
@@ -150,7 +210,7 @@ impl LayerNorm {
 
     pub fn forward_with_stats<const D: usize>(&self, x: Tensor<D>) -> (Tensor<D>, LayerNormStats<D>) {
         let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let rstd = var.add_scalar(LN_EPS).sqrt().recip();
+        let rstd = var.add_scalar(self.eps).sqrt().recip();
         let x_hat = (x - mean) * rstd.clone();
         let y = x_hat.clone() * self.weight.val().unsqueeze() + self.bias.val().unsqueeze();
         (y, LayerNormStats { x_hat, rstd })
@@ -280,10 +340,11 @@ impl Block {
         width: usize,
         heads: usize,
         mlp_width: usize,
+        eps: f64,
         device: &Device,
     ) -> Result<Self> {
         Ok(Self {
-            ln_1: LayerNorm::load(map, &format!("{prefix}.ln_1"), width, device)?,
+            ln_1: LayerNorm::load(map, &format!("{prefix}.ln_1"), width, eps, device)?,
             attn: Attention {
                 in_proj: {
                     let w = map.take_raw(&format!("{prefix}.attn.in_proj_weight"), &[3 * width, width])?;
@@ -296,7 +357,7 @@ impl Block {
                 out_proj: load_linear(map, &format!("{prefix}.attn.out_proj"), width, width, device)?,
                 heads,
             },
-            ln_2: LayerNorm::load(map, &format!("{prefix}.ln_2"), width, device)?,
+            ln_2: LayerNorm::load(map, &format!("{prefix}.ln_2"), width, eps, device)?,
             mlp: Mlp {
                 c_fc: load_linear(map, &format!("{prefix}.mlp.c_fc"), width, mlp_width, device)?,
                 c_proj: load_linear(map, &format!("{prefix}.mlp.c_proj"), mlp_width, width, device)?,
@@ -350,5 +411,98 @@ impl Block {
         let h = self.mlp.c_fc.forward(n2);
         let output = u.clone() + self.mlp.c_proj.forward(activate(act, h.clone()));
         BlockOutput { output, attention, post_attn: u, ln_2, mlp_pre: h }
+    }
+}
+
+/// timm's `AttentionPoolLatent`, SigLIP's `map` head: one learned query attends over the tokens
+/// (`q`, fused `kv`, `proj`), then `x + mlp(norm(x))`. Its attention is what SigLIP's LeGrad
+/// differentiates.
+#[derive(Module, Debug)]
+pub struct AttentionPool {
+    /// The query token `[W]`.
+    pub latent: Param<Tensor<1>>,
+    pub q: Linear,
+    pub kv: Linear,
+    pub proj: Linear,
+    pub norm: LayerNorm,
+    pub mlp: Mlp,
+    pub heads: usize,
+}
+
+/// What the attention pool computed for a batch of token sets.
+#[derive(Clone, Debug)]
+pub struct PoolOutput {
+    /// The pooled features `[B, W]`.
+    pub output: Tensor<2>,
+    /// Attention of the query over the tokens `[B, H, N]`.
+    pub probs: Tensor<3>,
+    /// Values `[B, H, N, d]`.
+    pub values: Tensor<4>,
+    /// After `proj`, the MLP's residual input `[B, W]`, with its LayerNorm statistics.
+    pub attended: Tensor<2>,
+    pub norm: LayerNormStats<2>,
+    /// The MLP's pre-activation `[B, M]`.
+    pub mlp_pre: Tensor<2>,
+}
+
+impl AttentionPool {
+    pub(crate) fn load(
+        map: &mut TensorMap,
+        prefix: &str,
+        width: usize,
+        heads: usize,
+        mlp_width: usize,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        let latent = map.take(&format!("{prefix}.latent"), &[1, 1, width])?;
+        Ok(Self {
+            latent: Param::from_tensor(tensor1(latent, device)),
+            q: load_linear(map, &format!("{prefix}.q"), width, width, device)?,
+            kv: load_linear(map, &format!("{prefix}.kv"), width, 2 * width, device)?,
+            proj: load_linear(map, &format!("{prefix}.proj"), width, width, device)?,
+            norm: LayerNorm::load(map, &format!("{prefix}.norm"), width, eps, device)?,
+            mlp: Mlp {
+                c_fc: load_linear(map, &format!("{prefix}.mlp.fc1"), width, mlp_width, device)?,
+                c_proj: load_linear(map, &format!("{prefix}.mlp.fc2"), mlp_width, width, device)?,
+            },
+            heads,
+        })
+    }
+
+    /// The keys' half of `kv` and the values, `[B, H, N, d]` each.
+    fn keys_values(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
+        let [b, n, w] = x.dims();
+        let (h, d) = (self.heads, w / self.heads);
+        let kv = self.kv.forward(x);
+        let split = |i: usize| kv.clone().narrow(2, i * w, w).reshape([b, n, h, d]).swap_dims(1, 2);
+        (split(0), split(1))
+    }
+
+    /// The query's attention `[B, H, N]` over tokens `[B, N, W]`, and the values.
+    pub fn attention(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
+        let [b, n, w] = x.dims();
+        let (h, d) = (self.heads, w / self.heads);
+        let (k, v) = self.keys_values(x);
+        let q = self.q.forward(self.latent.val().reshape([1, w])).reshape([1, h, 1, d]).expand([b, h, 1, d]);
+        let scores = q.mul_scalar((d as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)); // [B, H, 1, N]
+        (activation::softmax(scores, 3).reshape([b, h, n]), v)
+    }
+
+    /// The rest of the head from the attention on: `proj(A v)`, then `x + mlp(norm(x))`.
+    pub fn from_probs(&self, probs: Tensor<3>, values: Tensor<4>, act: Activation) -> PoolOutput {
+        let [b, h, n] = probs.dims();
+        let d = values.dims()[3];
+        let ctx = probs.clone().reshape([b, h, 1, n]).matmul(values.clone()).reshape([b, h * d]);
+        let attended = self.proj.forward(ctx);
+        let (normed, norm) = self.norm.forward_with_stats(attended.clone());
+        let mlp_pre = self.mlp.c_fc.forward(normed);
+        let output = attended.clone() + self.mlp.c_proj.forward(activate(act, mlp_pre.clone()));
+        PoolOutput { output, probs, values, attended, norm, mlp_pre }
+    }
+
+    pub fn forward(&self, x: Tensor<3>, act: Activation) -> PoolOutput {
+        let (probs, values) = self.attention(x);
+        self.from_probs(probs, values, act)
     }
 }

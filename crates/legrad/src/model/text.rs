@@ -1,12 +1,15 @@
 //! open_clip's text tower (`CLIP.encode_text`): token and positional embeddings, causal blocks,
-//! `ln_final`, the feature at the end-of-text token, `@ text_projection`.
+//! `ln_final`, the feature at the end-of-text token, `@ text_projection`. SigLIP's variant
+//! (open_clip's `TextTransformer` with `no_causal_mask`, `pool_type='last'`, `proj_bias`): no
+//! mask, the whole padded context runs, the feature is the last position's, the projection has
+//! a bias.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::vision::l2_normalize;
 use super::{Block, LayerNorm, tensor2};
-use crate::config::{Activation, ClipConfig};
+use crate::config::{Activation, ClipConfig, Family};
 use crate::error::{LegradError, Result};
 use crate::weights::{RawTensor, StoredDType, TensorMap, quant};
 
@@ -18,6 +21,8 @@ pub struct TextWeights {
     pub ln_final: LayerNorm,
     /// `[W, E]`.
     pub text_projection: Param<Tensor<2>>,
+    /// SigLIP's projection bias `[E]`.
+    pub text_projection_bias: Option<Param<Tensor<1>>>,
 }
 
 #[derive(Debug)]
@@ -30,30 +35,43 @@ pub struct TextTower {
     pub width: usize,
     pub context_length: usize,
     pub activation: Activation,
+    /// CLIP: causal, pooled at end-of-text. SigLIP: bidirectional, pooled at the last position.
+    pub family: Family,
 }
 
 impl TextTower {
     pub(crate) fn load(config: &ClipConfig, map: &mut TensorMap, device: &Device) -> Result<Self> {
         let t = &config.text;
+        let eps = config.family.ln_eps();
         let token_embedding = map.take_raw("token_embedding.weight", &[t.vocab_size, t.width])?;
         let pos = map.take("positional_embedding", &[t.context_length, t.width])?;
         let blocks = (0..t.layers)
-            .map(|i| Block::load(map, &format!("transformer.resblocks.{i}"), t.width, t.heads, t.mlp_width, device))
+            .map(|i| {
+                Block::load(map, &format!("transformer.resblocks.{i}"), t.width, t.heads, t.mlp_width, eps, device)
+            })
             .collect::<Result<Vec<_>>>()?;
-        let ln_final = LayerNorm::load(map, "ln_final", t.width, device)?;
+        let ln_final = LayerNorm::load(map, "ln_final", t.width, eps, device)?;
         let proj = map.take("text_projection", &[t.width, config.embed_dim])?;
+        let proj_bias = match config.family {
+            Family::Clip => None,
+            Family::Siglip => {
+                Some(Param::from_tensor(super::tensor1(map.take("text_projection_bias", &[config.embed_dim])?, device)))
+            }
+        };
         Ok(Self {
             weights: TextWeights {
                 positional_embedding: Param::from_tensor(tensor2(pos, [t.context_length, t.width], device)),
                 blocks,
                 ln_final,
                 text_projection: Param::from_tensor(tensor2(proj, [t.width, config.embed_dim], device)),
+                text_projection_bias: proj_bias,
             },
             token_embedding,
             vocab_size: t.vocab_size,
             width: t.width,
             context_length: t.context_length,
             activation: config.activation,
+            family: config.family,
         })
     }
 
@@ -108,7 +126,7 @@ impl TextTower {
         let (mut x, mask, pool_at) = self.embed(sequences, len)?;
         let w = self.width;
         for block in &self.weights.blocks {
-            x = block.forward(x, Some(mask.clone()), self.activation);
+            x = block.forward(x, mask.clone(), self.activation);
         }
         let x = self.weights.ln_final.forward(x);
         let pooled: Vec<Tensor<2>> = pool_at
@@ -117,7 +135,11 @@ impl TextTower {
             .map(|(i, &at)| x.clone().slice([i..i + 1, at..at + 1, 0..w]).reshape([1, w]))
             .collect();
         let pooled = Tensor::cat(pooled, 0);
-        Ok(l2_normalize(pooled.matmul(self.weights.text_projection.val())))
+        let mut z = pooled.matmul(self.weights.text_projection.val());
+        if let Some(bias) = &self.weights.text_projection_bias {
+            z = z + bias.val().unsqueeze();
+        }
+        Ok(l2_normalize(z))
     }
 
     /// Each block's linear-layer inputs for one token sequence, up to its end-of-text token
@@ -126,7 +148,7 @@ impl TextTower {
         let (mut x, mask, _) = self.embed(std::slice::from_ref(&sequence.to_vec()), 0)?;
         let mut inputs = Vec::with_capacity(self.weights.blocks.len());
         for block in &self.weights.blocks {
-            let (out, seen) = block.forward_linear_inputs(x, Some(mask.clone()), self.activation);
+            let (out, seen) = block.forward_linear_inputs(x, mask.clone(), self.activation);
             inputs.push(seen);
             x = out;
         }
@@ -135,9 +157,17 @@ impl TextTower {
 
     /// Token and positional embeddings `[P, len, W]` up to the last end-of-text token (or
     /// `min_len` tokens, within the context), the causal mask, and where each sequence's feature
-    /// is read.
-    fn embed(&self, sequences: &[Vec<u32>], min_len: usize) -> Result<(Tensor<3>, Tensor<2>, Vec<usize>)> {
+    /// is read. SigLIP: the whole context (the tokenizer pads to it), no mask, the last position.
+    fn embed(&self, sequences: &[Vec<u32>], min_len: usize) -> Result<(Tensor<3>, Option<Tensor<2>>, Vec<usize>)> {
         let device = self.weights.text_projection.val().device();
+        let siglip = self.family == Family::Siglip;
+        if siglip && let Some(seq) = sequences.iter().find(|s| s.len() != self.context_length) {
+            return Err(LegradError::Input(format!(
+                "a SigLIP token sequence must fill the context ({} tokens, padded by the tokenizer); this one has {}",
+                self.context_length,
+                seq.len()
+            )));
+        }
         if sequences.is_empty() {
             return Err(LegradError::Input("no prompts to encode".into()));
         }
@@ -156,6 +186,10 @@ impl TextTower {
                     self.vocab_size
                 )));
             }
+            if siglip {
+                pool_at.push(seq.len() - 1);
+                continue;
+            }
             // First position of the maximum, as torch.argmax.
             let max = *seq.iter().max().unwrap_or(&0);
             pool_at.push(seq.iter().position(|&t| t == max).unwrap_or(0));
@@ -173,12 +207,15 @@ impl TextTower {
         let x: Tensor<3> = Tensor::from_data(TensorData::new(x, [p, len, w]), &device);
         let pos = self.weights.positional_embedding.val().narrow(0, 0, len);
         let x = x + pos.unsqueeze();
+        if siglip {
+            return Ok((x, None, pool_at));
+        }
         let mut mask = vec![0f32; len * len];
         for r in 0..len {
             for c in r + 1..len {
                 mask[r * len + c] = f32::NEG_INFINITY;
             }
         }
-        Ok((x, tensor2(mask, [len, len], &device), pool_at))
+        Ok((x, Some(tensor2(mask, [len, len], &device)), pool_at))
     }
 }

@@ -1,5 +1,7 @@
-//! open_clip's `VisionTransformer` at any grid (legrad's `vit_dynamic_size_forward`), with the
-//! per-layer trace explainers read from.
+//! The vision tower at any grid (legrad's `vit_dynamic_size_forward`; timm's `dynamic_img_size`
+//! for SigLIP), with the per-layer trace explainers read from. One tower, two variants
+//! ([`Family`]): open_clip's CLIP ViT (class token, `ln_pre`, `ln_post(x[CLS]) @ proj`) and timm's
+//! SigLIP ViT (patch bias, no class token, `attn_pool(norm(x))`); the blocks are the same.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,8 +11,8 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
 use super::pos_embed::resample_bicubic_aa;
-use super::{Block, LayerNorm, activate_grad, tensor1, tensor2, transposed};
-use crate::config::{Activation, ClipConfig};
+use super::{AttentionPool, Block, LayerNorm, activate_grad, tensor1, tensor2, transposed};
+use crate::config::{Activation, ClipConfig, Family};
 use crate::error::{LegradError, Result};
 use crate::weights::TensorMap;
 
@@ -19,12 +21,20 @@ use crate::weights::TensorMap;
 pub struct VisionWeights {
     /// `conv1` as a matrix `[3 * P * P, W]` over flattened patches (channel, row, column).
     pub patch_embed: Param<Tensor<2>>,
-    pub class_embedding: Param<Tensor<1>>,
-    pub ln_pre: LayerNorm,
+    /// SigLIP's patch embedding has a bias; CLIP's has none.
+    pub patch_bias: Option<Param<Tensor<1>>>,
+    /// CLIP only.
+    pub class_embedding: Option<Param<Tensor<1>>>,
+    /// CLIP only.
+    pub ln_pre: Option<LayerNorm>,
     pub blocks: Vec<Block>,
+    /// CLIP's `ln_post` (on the class token); SigLIP's final `norm` (on every token, before the
+    /// attention pool).
     pub ln_post: LayerNorm,
-    /// `[W, E]`.
-    pub proj: Param<Tensor<2>>,
+    /// `[W, E]`, CLIP only.
+    pub proj: Option<Param<Tensor<2>>>,
+    /// SigLIP's attention-pool head.
+    pub attn_pool: Option<AttentionPool>,
 }
 
 #[derive(Debug)]
@@ -34,7 +44,10 @@ pub struct VisionTower {
     pub width: usize,
     pub heads: usize,
     pub activation: Activation,
-    /// The checkpoint's positional embedding, `[1 + G*G, W]`, kept on the host for resampling.
+    pub family: Family,
+    /// Tokens before the patches: 1 (CLIP's class token) or 0 (SigLIP).
+    pub prefix_tokens: usize,
+    /// The checkpoint's positional embedding, `[prefix + G*G, W]`, kept on the host for resampling.
     native_pos: Vec<f32>,
     native_grid: usize,
     /// Resampled positional embeddings by grid `(rows, cols)`, never written back to the weights.
@@ -100,10 +113,25 @@ pub struct LayerTrace {
     /// through `out_proj`, `x̂ W_outᵀ` `[N, W]`; `act'(h)` `[N, M]` for `h = c_fc(ln_2(u))`; and
     /// `act'(h) ⊙ (x̂ diag(γ₂) W_fc)` `[N, M]`.
     pub values: Option<Tensor<3>>,
+    /// SigLIP: what LeGrad's closed form needs of the attention pool run on this block's output.
+    pub pool: Option<PoolTrace>,
     pub ln_2_rstd: Option<Tensor<2>>,
     pub xhat_out: Option<Tensor<2>>,
     pub act_grad: Option<Tensor<2>>,
     pub act_grad_b: Option<Tensor<2>>,
+}
+
+/// SigLIP's LeGrad reads the attention pool applied to a block's output (the reference's
+/// `attn_pool(blk.feat_post_mlp)`, without the final norm): its values `[H, N, d]`, its output
+/// `[W]`, the LayerNorm statistics of its MLP's input (`x̂` `[1, W]`, `1/σ` `[1, 1]`) and
+/// `act'` of the MLP's pre-activation `[1, M]`.
+#[derive(Clone, Debug)]
+pub struct PoolTrace {
+    pub values: Tensor<3>,
+    pub output: Tensor<1>,
+    pub x_hat: Tensor<2>,
+    pub rstd: Tensor<2>,
+    pub act_grad: Tensor<2>,
 }
 
 /// What one image's forward pass leaves for explainers: computed once per image and size.
@@ -117,11 +145,13 @@ pub struct ImageTrace {
     /// Layers `request.first_layer..depth`, in order.
     pub layers: Vec<LayerTrace>,
     pub request: TraceRequest,
+    /// Tokens before the patches (1: CLIP's class token; 0: SigLIP).
+    pub prefix_tokens: usize,
 }
 
 impl ImageTrace {
     pub fn tokens(&self) -> usize {
-        self.grid.0 * self.grid.1 + 1
+        self.grid.0 * self.grid.1 + self.prefix_tokens
     }
     pub fn layer(&self, index: usize) -> Option<&LayerTrace> {
         self.layers.iter().find(|l| l.index == index)
@@ -133,13 +163,21 @@ impl VisionTower {
         let v = &config.vision;
         let (w, p) = (v.width, v.patch_size);
         let grid = v.grid();
+        let family = config.family;
+        let eps = family.ln_eps();
+        let clip = family == Family::Clip;
+        let prefix_tokens = usize::from(clip);
         let conv = map.take("visual.conv1.weight", &[w, 3, p, p])?;
         let patch_embed = tensor2(transposed(&conv, w, 3 * p * p), [3 * p * p, w], device);
-        let class_embedding = tensor1(map.take("visual.class_embedding", &[w])?, device);
-        let native_pos = map.take("visual.positional_embedding", &[grid * grid + 1, w])?;
-        let ln_pre = LayerNorm::load(map, "visual.ln_pre", w, device)?;
+        let patch_bias = if clip { None } else { Some(tensor1(map.take("visual.conv1.bias", &[w])?, device)) };
+        let class_embedding =
+            if clip { Some(tensor1(map.take("visual.class_embedding", &[w])?, device)) } else { None };
+        let native_pos = map.take("visual.positional_embedding", &[grid * grid + prefix_tokens, w])?;
+        let ln_pre = if clip { Some(LayerNorm::load(map, "visual.ln_pre", w, eps, device)?) } else { None };
         let blocks = (0..v.layers)
-            .map(|i| Block::load(map, &format!("visual.transformer.resblocks.{i}"), w, v.heads, v.mlp_width, device))
+            .map(|i| {
+                Block::load(map, &format!("visual.transformer.resblocks.{i}"), w, v.heads, v.mlp_width, eps, device)
+            })
             .collect::<Result<Vec<_>>>()?;
         if map.get(&format!("visual.transformer.resblocks.{}.attn.in_proj_weight", v.layers)).is_some() {
             return Err(LegradError::Config(format!(
@@ -147,21 +185,34 @@ impl VisionTower {
                 v.layers
             )));
         }
-        let ln_post = LayerNorm::load(map, "visual.ln_post", w, device)?;
-        let proj = tensor2(map.take("visual.proj", &[w, config.embed_dim])?, [w, config.embed_dim], device);
+        let ln_post = LayerNorm::load(map, "visual.ln_post", w, eps, device)?;
+        let proj = if clip {
+            Some(tensor2(map.take("visual.proj", &[w, config.embed_dim])?, [w, config.embed_dim], device))
+        } else {
+            None
+        };
+        let attn_pool = if clip {
+            None
+        } else {
+            Some(AttentionPool::load(map, "visual.attn_pool", w, v.heads, v.mlp_width, eps, device)?)
+        };
         Ok(Self {
             weights: VisionWeights {
                 patch_embed: Param::from_tensor(patch_embed),
-                class_embedding: Param::from_tensor(class_embedding),
+                patch_bias: patch_bias.map(Param::from_tensor),
+                class_embedding: class_embedding.map(Param::from_tensor),
                 ln_pre,
                 blocks,
                 ln_post,
-                proj: Param::from_tensor(proj),
+                proj: proj.map(Param::from_tensor),
+                attn_pool,
             },
             patch_size: p,
             width: w,
             heads: v.heads,
             activation: config.activation,
+            family,
+            prefix_tokens,
             native_pos,
             native_grid: grid,
             pos_cache: Mutex::new(HashMap::new()),
@@ -203,7 +254,32 @@ impl VisionTower {
     }
 
     pub fn device(&self) -> Device {
-        self.weights.proj.val().device()
+        self.weights.patch_embed.val().device()
+    }
+
+    /// CLIP's projection `[W, E]`; an error for a tower without one (SigLIP).
+    pub fn clip_proj(&self) -> Result<Tensor<2>> {
+        self.weights.proj.as_ref().map(|p| p.val()).ok_or_else(|| self.not_for_family("CLIP's class-token projection"))
+    }
+
+    /// SigLIP's attention-pool head; an error for a tower without one (CLIP).
+    pub fn attn_pool(&self) -> Result<&AttentionPool> {
+        self.weights.attn_pool.as_ref().ok_or_else(|| self.not_for_family("SigLIP's attention-pool head"))
+    }
+
+    fn not_for_family(&self, what: &str) -> LegradError {
+        LegradError::Unsupported(format!(
+            "this step needs {what}, which a {:?} vision tower does not have",
+            self.family
+        ))
+    }
+
+    /// The embedding size.
+    pub fn embed_dim(&self) -> usize {
+        match &self.weights.proj {
+            Some(p) => p.val().dims()[1],
+            None => self.width,
+        }
     }
 
     /// The positional embedding for a grid, resampled once per grid size and cached.
@@ -214,13 +290,14 @@ impl VisionTower {
         }
         let w = self.width;
         let g0 = self.native_grid;
-        let mut data = self.native_pos[..w].to_vec();
+        let head = self.prefix_tokens * w;
+        let mut data = self.native_pos[..head].to_vec();
         if grid == (g0, g0) {
-            data.extend_from_slice(&self.native_pos[w..]);
+            data.extend_from_slice(&self.native_pos[head..]);
         } else {
-            data.extend(resample_bicubic_aa(&self.native_pos[w..], (g0, g0), grid, w));
+            data.extend(resample_bicubic_aa(&self.native_pos[head..], (g0, g0), grid, w));
         }
-        let t = tensor2(data, [grid.0 * grid.1 + 1, w], &self.device());
+        let t = tensor2(data, [grid.0 * grid.1 + self.prefix_tokens, w], &self.device());
         cache.insert(grid, t.clone());
         t
     }
@@ -247,17 +324,30 @@ impl VisionTower {
         let (gh, gw) = self.grid_for(h, w)?;
         let pixels = if gh * p != h || gw * p != w { pixels.slice([0..b, 0..3, 0..gh * p, 0..gw * p]) } else { pixels };
         let patches = pixels.reshape([b, 3, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, 3 * p * p]);
-        let x = patches.matmul(self.weights.patch_embed.val().unsqueeze());
-        let cls = self.weights.class_embedding.val().reshape([1, 1, self.width]).expand([b, 1, self.width]);
-        let x = Tensor::cat(vec![cls, x], 1) + self.positional_embedding((gh, gw)).unsqueeze();
-        Ok((self.weights.ln_pre.forward(x), (gh, gw)))
+        let mut x = patches.matmul(self.weights.patch_embed.val().unsqueeze());
+        if let Some(bias) = &self.weights.patch_bias {
+            x = x + bias.val().unsqueeze::<3>();
+        }
+        if let Some(cls) = &self.weights.class_embedding {
+            let cls = cls.val().reshape([1, 1, self.width]).expand([b, 1, self.width]);
+            x = Tensor::cat(vec![cls, x], 1);
+        }
+        let x = x + self.positional_embedding((gh, gw)).unsqueeze();
+        Ok((self.weights.ln_pre.as_ref().map_or(x.clone(), |ln| ln.forward(x)), (gh, gw)))
     }
 
-    /// `ln_post(x[CLS]) @ proj`, not normalised: `[B, N, W]` → `[B, E]`.
+    /// The image feature, not normalised: `[B, N, W]` → `[B, E]`. CLIP: `ln_post(x[CLS]) @ proj`;
+    /// SigLIP: `attn_pool(norm(x))`.
     pub fn pool(&self, x: Tensor<3>) -> Tensor<2> {
         let [b, _, w] = x.dims();
-        let cls = x.narrow(1, 0, 1).reshape([b, w]);
-        self.weights.ln_post.forward(cls).matmul(self.weights.proj.val())
+        match (&self.weights.attn_pool, &self.weights.proj) {
+            (Some(pool), _) => pool.forward(self.weights.ln_post.forward(x), self.activation).output,
+            (None, Some(proj)) => {
+                let cls = x.narrow(1, 0, 1).reshape([b, w]);
+                self.weights.ln_post.forward(cls).matmul(proj.val())
+            }
+            (None, None) => unreachable!("a vision tower has a projection or an attention pool"),
+        }
     }
 
     /// The image embeddings `[B, E]`, L2-normalised.
@@ -302,7 +392,21 @@ impl VisionTower {
             let [_, n, w] = out.output.dims();
             let squeeze3 = |t: Tensor<3>| -> Tensor<2> { t.squeeze_dim(0) };
             let squeeze4 = |t: Tensor<4>| -> Tensor<3> { t.squeeze_dim(0) };
-            let backward = request.mlp_backward.then(|| {
+            let clip = self.family == Family::Clip;
+            let pool = match (&self.weights.attn_pool, request.mlp_backward) {
+                (Some(head), true) => {
+                    let p = head.forward(out.output.clone(), self.activation);
+                    Some(PoolTrace {
+                        values: squeeze4(p.values),
+                        output: p.output.reshape([w]),
+                        x_hat: p.norm.x_hat,
+                        rstd: p.norm.rstd,
+                        act_grad: activate_grad(self.activation, p.mlp_pre),
+                    })
+                }
+                _ => None,
+            };
+            let backward = (request.mlp_backward && clip).then(|| {
                 let x_hat = squeeze3(out.ln_2.x_hat.clone()); // [N, W]
                 let h = squeeze3(out.mlp_pre.clone()); // [N, M]
                 let act_grad = activate_grad(self.activation, h.clone());
@@ -322,17 +426,25 @@ impl VisionTower {
                 input: request.tokens.then(|| squeeze3(input.clone())),
                 output: request.tokens.then(|| squeeze3(out.output.clone())),
                 probs: request.attention.then(|| squeeze4(out.attention.probs.clone())),
-                values: request.mlp_backward.then(|| squeeze4(out.attention.values.clone())),
+                values: (request.mlp_backward && clip).then(|| squeeze4(out.attention.values.clone())),
+                pool,
                 ln_2_rstd: backward.as_ref().map(|b| b.0.clone()),
                 xhat_out: backward.as_ref().map(|b| b.1.clone()),
                 act_grad: backward.as_ref().map(|b| b.2.clone()),
                 act_grad_b: backward.map(|b| b.3),
             });
-            debug_assert_eq!(n, grid.0 * grid.1 + 1);
+            debug_assert_eq!(n, grid.0 * grid.1 + self.prefix_tokens);
             x = out.output;
         }
         let embedding = l2_normalize(self.pool(x)).squeeze_dim(0);
-        Ok(ImageTrace { grid, patch_size: self.patch_size, embedding, layers, request: request.clone() })
+        Ok(ImageTrace {
+            grid,
+            patch_size: self.patch_size,
+            embedding,
+            layers,
+            request: request.clone(),
+            prefix_tokens: self.prefix_tokens,
+        })
     }
 }
 
@@ -343,9 +455,10 @@ impl VisionTower {
     pub fn placeholder_trace(&self, grid: (usize, usize), request: &TraceRequest) -> ImageTrace {
         use burn::tensor::Distribution;
         let device = self.device();
-        let n = grid.0 * grid.1 + 1;
+        let n = grid.0 * grid.1 + self.prefix_tokens;
         let (w, h) = (self.width, self.heads);
-        let embed = self.weights.proj.val().dims()[1];
+        let embed = self.embed_dim();
+        let clip = self.family == Family::Clip;
         let noise2 =
             |shape: [usize; 2]| -> Tensor<2> { Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device) };
         let layers = (request.first_layer..self.depth())
@@ -354,8 +467,19 @@ impl VisionTower {
                 let noise3 = |shape: [usize; 3]| -> Tensor<3> {
                     Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
                 };
-                let backward = request.mlp_backward;
+                let backward = request.mlp_backward && clip;
+                let pool = (request.mlp_backward && !clip).then(|| PoolTrace {
+                    values: noise3([h, n, w / h]),
+                    output: Tensor::random([w], Distribution::Uniform(-1.0, 1.0), &device),
+                    x_hat: noise2([1, w]),
+                    rstd: noise2([1, 1]).abs().add_scalar(0.5),
+                    act_grad: noise2([
+                        1,
+                        self.weights.attn_pool.as_ref().map_or(m, |p| p.mlp.c_fc.weight.val().dims()[1]),
+                    ]),
+                });
                 LayerTrace {
+                    pool,
                     index,
                     output_mean: Tensor::random([w], Distribution::Uniform(-1.0, 1.0), &device),
                     input: request.tokens.then(|| noise2([n, w])),
@@ -375,6 +499,7 @@ impl VisionTower {
             embedding: l2_normalize(Tensor::random([embed], Distribution::Uniform(-1.0, 1.0), &device)),
             layers,
             request: request.clone(),
+            prefix_tokens: self.prefix_tokens,
         }
     }
 }

@@ -88,6 +88,64 @@ pub fn transformers_to_openclip(mut map: TensorMap) -> Result<TensorMap> {
     Ok(out)
 }
 
+/// Rename open_clip's SigLIP (`CustomTextCLIP` with a timm `VisionTransformer`) to the names the
+/// towers load, open_clip's CLIP names where a part is the same thing:
+///
+/// | SigLIP (open_clip 2.23 + timm 0.9.16) | loaded as |
+/// |---|---|
+/// | `visual.trunk.patch_embed.proj.{weight,bias}` | `visual.conv1.{weight,bias}` |
+/// | `visual.trunk.pos_embed` [1, N, W] | `visual.positional_embedding` [N, W] (no class row) |
+/// | `visual.trunk.blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}` | `visual.transformer.resblocks.{i}.{ln_1,attn.in_proj_,attn.out_proj,ln_2,mlp.c_fc,mlp.c_proj}` |
+/// | `visual.trunk.norm` | `visual.ln_post` |
+/// | `visual.trunk.attn_pool.*` | `visual.attn_pool.*` |
+/// | `text.*` | `*` (`text.transformer...` → `transformer...`) |
+/// | `text.text_projection.weight` [E, W], `.bias` | `text_projection` [W, E] (transposed), `text_projection_bias` |
+pub fn siglip_to_internal(map: TensorMap) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    let names: Vec<String> = map.names().map(str::to_string).collect();
+    let mut map = map;
+    for name in names {
+        let Some(mut t) = map.remove(&name) else { continue };
+        let to = if let Some(rest) = name.strip_prefix("visual.trunk.blocks.") {
+            let (i, part) = rest.split_once('.').unwrap_or((rest, ""));
+            let part = part
+                .replace("norm1.", "ln_1.")
+                .replace("norm2.", "ln_2.")
+                .replace("attn.qkv.", "attn.in_proj_")
+                .replace("attn.proj.", "attn.out_proj.")
+                .replace("mlp.fc1.", "mlp.c_fc.")
+                .replace("mlp.fc2.", "mlp.c_proj.");
+            format!("visual.transformer.resblocks.{i}.{part}")
+        } else if let Some(rest) = name.strip_prefix("visual.trunk.attn_pool.") {
+            format!("visual.attn_pool.{rest}")
+        } else if let Some(rest) = name.strip_prefix("visual.trunk.norm.") {
+            format!("visual.ln_post.{rest}")
+        } else if let Some(rest) = name.strip_prefix("visual.trunk.patch_embed.proj.") {
+            format!("visual.conv1.{rest}")
+        } else if name == "visual.trunk.pos_embed" {
+            if t.shape.len() == 3 && t.shape[0] == 1 {
+                t.shape.remove(0);
+            }
+            "visual.positional_embedding".into()
+        } else if name == "text.text_projection.weight" {
+            t = transpose(&t, &name)?;
+            "text_projection".into()
+        } else if name == "text.text_projection.bias" {
+            "text_projection_bias".into()
+        } else if let Some(rest) = name.strip_prefix("text.") {
+            rest.to_string()
+        } else if name.starts_with("visual.trunk.") {
+            return Err(LegradError::Unsupported(format!(
+                "the SigLIP tensor '{name}': a part of timm's tower this program does not run (class or register tokens, a head)"
+            )));
+        } else {
+            name.clone()
+        };
+        out.insert(to, t);
+    }
+    Ok(out)
+}
+
 fn transpose(t: &RawTensor, name: &str) -> Result<RawTensor> {
     let [r, c] = t.shape[..] else {
         return Err(LegradError::Checkpoint(format!("tensor '{name}' has shape {:?}, expected a matrix", t.shape)));

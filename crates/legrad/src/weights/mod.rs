@@ -102,16 +102,27 @@ pub enum ContainerKind {
     Pytorch,
 }
 
+/// Is this a safetensors file of open_clip's SigLIP (its header names the timm tower's attention
+/// pool)? Reads the header only.
+pub fn is_siglip_safetensors(bytes: &[u8]) -> bool {
+    safetensors::SafeTensors::read_metadata(bytes)
+        .map(|(_, m)| m.tensors().contains_key("visual.trunk.attn_pool.latent"))
+        .unwrap_or(false)
+}
+
 /// Identify a checkpoint from its first bytes.
 pub fn sniff(bytes: &[u8]) -> Option<ContainerKind> {
-    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(&[0x80]) {
-        return Some(ContainerKind::Pytorch);
-    }
+    // safetensors first: its header length is any number, and one whose low byte is 0x80 starts
+    // like a pickle (a 7,296-byte header did).
     if bytes.len() >= 9 {
         let n = u64::from_le_bytes(bytes[..8].try_into().ok()?);
         if n > 1 && n < 100_000_000 && bytes[8] == b'{' {
             return Some(ContainerKind::Safetensors);
         }
+    }
+    // ZIP (torch.save since 1.6), or a pickle's PROTO opcode with protocol 2 to 5.
+    if bytes.starts_with(b"PK\x03\x04") || (bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1])) {
+        return Some(ContainerKind::Pytorch);
     }
     None
 }
@@ -245,6 +256,9 @@ impl TensorMap {
 pub enum Layout {
     OpenClip,
     Transformers,
+    /// open_clip's SigLIP: a timm `VisionTransformer` (`visual.trunk.*`) with the attention-pool
+    /// head, and open_clip's text tower (`text.*`).
+    Siglip,
 }
 
 pub fn detect_layout(map: &TensorMap) -> Result<Layout> {
@@ -252,9 +266,11 @@ pub fn detect_layout(map: &TensorMap) -> Result<Layout> {
         Ok(Layout::OpenClip)
     } else if map.get("vision_model.embeddings.patch_embedding.weight").is_some() {
         Ok(Layout::Transformers)
+    } else if map.get("visual.trunk.attn_pool.latent").is_some() && map.get("visual.trunk.pos_embed").is_some() {
+        Ok(Layout::Siglip)
     } else if map.names().any(|n| n.starts_with("visual.trunk.")) {
         Err(LegradError::Unsupported(
-            "timm vision towers (SigLIP and others): only open_clip's own ViT is supported".into(),
+            "timm vision towers other than SigLIP's ViT with its attention-pool head (ConvNeXt, EVA, ...)".into(),
         ))
     } else if map.get("visual.layer1.0.conv1.weight").is_some() {
         Err(LegradError::Unsupported("ResNet (RN50...) vision towers: LeGrad needs a ViT".into()))
@@ -330,6 +346,7 @@ pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig>
         },
         activation: Activation::Gelu,
         activation_source: ActivationSource::Default,
+        family: crate::config::Family::Clip,
     };
     config.validate()?;
     Ok(config)

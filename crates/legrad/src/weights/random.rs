@@ -37,21 +37,50 @@ pub fn random_openclip(config: &ClipConfig, seed: u64) -> TensorMap {
     let v = &config.vision;
     let t = &config.text;
     let g = v.grid();
-    put("visual.conv1.weight".into(), vec![v.width, 3, v.patch_size, v.patch_size], 0.0, 0.02, &mut rng);
-    put("visual.class_embedding".into(), vec![v.width], 0.0, (v.width as f32).powf(-0.5), &mut rng);
-    put("visual.positional_embedding".into(), vec![g * g + 1, v.width], 0.0, (v.width as f32).powf(-0.5), &mut rng);
-    put("visual.ln_pre.weight".into(), vec![v.width], 1.0, 0.02, &mut rng);
-    put("visual.ln_pre.bias".into(), vec![v.width], 0.0, 0.02, &mut rng);
-    blocks("visual.transformer.resblocks.", v.layers, v.width, v.mlp_width, &mut put, &mut rng);
-    put("visual.ln_post.weight".into(), vec![v.width], 1.0, 0.02, &mut rng);
-    put("visual.ln_post.bias".into(), vec![v.width], 0.0, 0.02, &mut rng);
-    put("visual.proj".into(), vec![v.width, config.embed_dim], 0.0, (v.width as f32).powf(-0.5), &mut rng);
+    let siglip = config.family == crate::config::Family::Siglip;
+    let w = v.width;
+    put("visual.conv1.weight".into(), vec![w, 3, v.patch_size, v.patch_size], 0.0, 0.02, &mut rng);
+    if siglip {
+        put("visual.conv1.bias".into(), vec![w], 0.0, 0.02, &mut rng);
+        put("visual.positional_embedding".into(), vec![g * g, w], 0.0, (w as f32).powf(-0.5), &mut rng);
+    } else {
+        put("visual.class_embedding".into(), vec![w], 0.0, (w as f32).powf(-0.5), &mut rng);
+        put("visual.positional_embedding".into(), vec![g * g + 1, w], 0.0, (w as f32).powf(-0.5), &mut rng);
+        put("visual.ln_pre.weight".into(), vec![w], 1.0, 0.02, &mut rng);
+        put("visual.ln_pre.bias".into(), vec![w], 0.0, 0.02, &mut rng);
+    }
+    blocks("visual.transformer.resblocks.", v.layers, w, v.mlp_width, &mut put, &mut rng);
+    put("visual.ln_post.weight".into(), vec![w], 1.0, 0.02, &mut rng);
+    put("visual.ln_post.bias".into(), vec![w], 0.0, 0.02, &mut rng);
+    if siglip {
+        let p = "visual.attn_pool";
+        put(format!("{p}.latent"), vec![1, 1, w], 0.0, (w as f32).powf(-0.5), &mut rng);
+        for (name, out) in [("q", w), ("kv", 2 * w), ("proj", w)] {
+            put(format!("{p}.{name}.weight"), vec![out, w], 0.0, (w as f32).powf(-0.5), &mut rng);
+            put(format!("{p}.{name}.bias"), vec![out], 0.0, 0.02, &mut rng);
+        }
+        put(format!("{p}.norm.weight"), vec![w], 1.0, 0.02, &mut rng);
+        put(format!("{p}.norm.bias"), vec![w], 0.0, 0.02, &mut rng);
+        put(format!("{p}.mlp.fc1.weight"), vec![v.mlp_width, w], 0.0, (w as f32).powf(-0.5), &mut rng);
+        put(format!("{p}.mlp.fc1.bias"), vec![v.mlp_width], 0.0, 0.02, &mut rng);
+        put(format!("{p}.mlp.fc2.weight"), vec![w, v.mlp_width], 0.0, (v.mlp_width as f32).powf(-0.5), &mut rng);
+        put(format!("{p}.mlp.fc2.bias"), vec![w], 0.0, 0.02, &mut rng);
+    } else {
+        put("visual.proj".into(), vec![w, config.embed_dim], 0.0, (w as f32).powf(-0.5), &mut rng);
+    }
     put("token_embedding.weight".into(), vec![t.vocab_size, t.width], 0.0, 0.02, &mut rng);
     put("positional_embedding".into(), vec![t.context_length, t.width], 0.0, 0.01, &mut rng);
     blocks("transformer.resblocks.", t.layers, t.width, t.mlp_width, &mut put, &mut rng);
     put("ln_final.weight".into(), vec![t.width], 1.0, 0.02, &mut rng);
     put("ln_final.bias".into(), vec![t.width], 0.0, 0.02, &mut rng);
     put("text_projection".into(), vec![t.width, config.embed_dim], 0.0, (t.width as f32).powf(-0.5), &mut rng);
-    map.insert("logit_scale", RawTensor::from_f32(vec![], &[(1.0f32 / 0.07).ln()]));
+    if siglip {
+        put("text_projection_bias".into(), vec![config.embed_dim], 0.0, 0.02, &mut rng);
+        // SigLIP's initial values (open_clip: log 10 and init_logit_bias -10).
+        map.insert("logit_scale", RawTensor::from_f32(vec![1], &[10f32.ln()]));
+        map.insert("logit_bias", RawTensor::from_f32(vec![1], &[-10.0]));
+    } else {
+        map.insert("logit_scale", RawTensor::from_f32(vec![], &[(1.0f32 / 0.07).ln()]));
+    }
     map
 }
