@@ -226,7 +226,12 @@ fn shared_links_round_trip_and_ignore_what_they_cannot_use() {
     assert!(Shared::parse("").is_empty());
 }
 
-const SIGLIP_MODELS: [(&str, &[u8], &str, &[u8], i64, &[(&str, usize, usize)]); 2] = [
+/// A SigLIP fixture: name, weights, config, the reference's outputs, layer_index, sizes
+/// (key, height, width).
+type SiglipCase =
+    (&'static str, &'static [u8], &'static str, &'static [u8], i64, &'static [(&'static str, usize, usize)]);
+
+const SIGLIP_MODELS: [SiglipCase; 2] = [
     (
         "p16",
         include_bytes!("fixtures/siglip/tiny-siglip-p16.safetensors"),

@@ -553,7 +553,9 @@ impl ClipConfig {
         if !v.width.is_multiple_of(v.heads) {
             return bad(format!("vision width {} is not divisible by {} heads", v.width, v.heads));
         }
-        if !v.image_size.is_multiple_of(v.patch_size) {
+        // timm's patch embedding drops a partial last patch (So400m/14 at 384 px: a 27 x 27 grid
+        // of 378 px); open_clip's CLIP configs are whole multiples, and a CLIP that is not is a typo.
+        if self.family == Family::Clip && !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "vision image size {} is not a multiple of the patch size {}",
                 v.image_size, v.patch_size
@@ -569,5 +571,33 @@ impl ClipConfig {
             return bad("embed_dim must be positive".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// open_clip 2.23.0's `model_configs/*.json` for the SigLIP family: every size goes through
+    /// the one parser, its tower's size from timm's model name.
+    #[test]
+    fn siglip_family_configs() {
+        let so400m = r#"{"embed_dim": 1152, "init_logit_bias": -10, "custom_text": true, "vision_cfg": {"image_size": 384, "timm_model_name": "vit_so400m_patch14_siglip_384", "timm_model_pretrained": false, "timm_pool": "map", "timm_proj": "none"}, "text_cfg": {"context_length": 64, "vocab_size": 32000, "hf_tokenizer_name": "timm/ViT-B-16-SigLIP", "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 1152, "heads": 16, "layers": 27, "mlp_ratio": 3.7362, "no_causal_mask": true, "proj_bias": true, "pool_type": "last", "norm_kwargs": {"eps": 1e-06}}}"#;
+        let c = ClipConfig::from_openclip_json(so400m).unwrap();
+        assert_eq!(c.family, Family::Siglip);
+        assert_eq!((c.vision.width, c.vision.layers, c.vision.heads, c.vision.patch_size), (1152, 27, 16, 14));
+        assert_eq!((c.vision.image_size, c.vision.mlp_width, c.text.mlp_width), (384, 4304, 4304));
+        let large = r#"{"embed_dim": 1024, "init_logit_bias": -10, "custom_text": true, "vision_cfg": {"image_size": 256, "timm_model_name": "vit_large_patch16_siglip_256", "timm_model_pretrained": false, "timm_pool": "map", "timm_proj": "none"}, "text_cfg": {"context_length": 64, "vocab_size": 32000, "hf_tokenizer_name": "timm/ViT-B-16-SigLIP", "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 1024, "heads": 16, "layers": 24, "no_causal_mask": true, "proj_bias": true, "pool_type": "last", "norm_kwargs": {"eps": 1e-06}}}"#;
+        let c = ClipConfig::from_openclip_json(large).unwrap();
+        assert_eq!(
+            (c.vision.width, c.vision.layers, c.vision.heads, c.vision.patch_size, c.vision.image_size),
+            (1024, 24, 16, 16, 256)
+        );
+        // The hub's open_clip_config.json wraps the same in model_cfg.
+        let b512 = r#"{"model_cfg": {"embed_dim": 768, "init_logit_bias": -10, "custom_text": true, "vision_cfg": {"image_size": 512, "timm_model_name": "vit_base_patch16_siglip_512", "timm_model_pretrained": false, "timm_pool": "map", "timm_proj": "none"}, "text_cfg": {"context_length": 64, "vocab_size": 32000, "hf_tokenizer_name": "timm/ViT-B-16-SigLIP", "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 768, "heads": 12, "layers": 12, "no_causal_mask": true, "proj_bias": true, "pool_type": "last", "norm_kwargs": {"eps": 1e-06}}}}"#;
+        assert_eq!(ClipConfig::from_openclip_json(b512).unwrap(), ClipConfig::vit_b_16_siglip(512));
+        // A head this program does not run is refused by name.
+        let avg = so400m.replace(r#""timm_pool": "map""#, r#""timm_pool": "avg""#);
+        assert!(matches!(ClipConfig::from_openclip_json(&avg), Err(LegradError::Unsupported(_))));
     }
 }

@@ -175,7 +175,7 @@ pub fn write_calibrated(
             let (rows, cols) = (t.shape[0], t.shape[1]);
             let block = quant_block(name, bits);
             let q = match hessians.get(name) {
-                Some(h) => crate::weights::gptq::quantize(&values, rows, cols, bits, block, h)?,
+                Some(h) => gptq(&values, rows, cols, bits, block, h)?,
                 None => crate::weights::quant::quantize(&values, rows, cols, bits, block),
             };
             let (dtype, shape) = if bits == 8 {
@@ -209,6 +209,25 @@ pub fn write_calibrated(
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| LegradError::ModelFile(e.to_string()))?;
     seal(bytes)
+}
+
+/// GPTQ where this build has it (the `gptq` feature; the web app, which only rounds to q8,
+/// leaves it out of its module).
+#[cfg(feature = "gptq")]
+fn gptq(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    bits: u8,
+    block: usize,
+    h: &Hessian,
+) -> Result<crate::weights::RawTensor> {
+    crate::weights::gptq::quantize(values, rows, cols, bits, block, h)
+}
+
+#[cfg(not(feature = "gptq"))]
+fn gptq(_: &[f32], _: usize, _: usize, _: u8, _: usize, _: &Hessian) -> Result<crate::weights::RawTensor> {
+    Err(LegradError::Unsupported("GPTQ in this build (the `gptq` feature is off): quantize with rounding".into()))
 }
 
 /// The metadata key of the tensors' checksum: CRC-32 (IEEE) of the file's data section, every

@@ -302,72 +302,393 @@ pub fn canonicalize(text: &str) -> String {
 }
 
 /// SigLIP's SentencePiece tokenizer, as open_clip 2.23 runs it for `ViT-B-16-SigLIP`
-/// (`HFTokenizer` with `clean='canonicalize'`): the text cleaned ([`clean`], then
-/// [`canonicalize`]), then the model's `tokenizer.json` through the `tokenizers` library (the
-/// one transformers runs): its normaliser, pre-tokeniser, unigram model and `</s>` suffix,
-/// truncated and padded to the context with `</s>` (SigLIP pads with its end token).
+/// (`HFTokenizer` with `clean='canonicalize'`, padding and truncation to the context): the text
+/// cleaned ([`clean`], then [`canonicalize`]), then the steps of the model's `tokenizer.json`
+/// that SentencePiece vocabularies use, in the order the `tokenizers` library runs them:
+/// normaliser (`Precompiled` charsmap through HF's `spm_precompiled`, `Replace`, `Strip`,
+/// `Lowercase`, `Prepend`, Unicode forms, `Sequence`), pre-tokeniser (`WhitespaceSplit`,
+/// `Metaspace` with its prepend scheme, `Sequence`), the unigram model ([`Unigram`]: the
+/// `tokenizers` library's `encode_optimized` Viterbi, its unknown-token score and fusing), the
+/// post-processor's special tokens (`TemplateProcessing`: `$A </s>`), truncated (end token kept)
+/// and padded to the context with `</s>` (SigLIP pads with its end token).
+///
+/// Why not the `tokenizers` crate: `Tokenizer::from_str` deserialises every model, normaliser
+/// and pre-tokeniser the library has (BPE, WordPiece, byte-level regexes, Unicode script
+/// tables...), which LTO cannot drop: +348 KB gzipped in the web module (5.32 MB against the
+/// 5 MB budget of BENCHMARKS.md §5); with only its `Unigram` model taken, still +100 KB (its trie,
+/// hashing and error types). What SigLIP's file needs is this much code; any other step in a file
+/// is refused by name, and the ids are checked against open_clip's on the committed cases
+/// (`crates/legrad/tests/siglip.rs`).
 pub struct SentencePieceTokenizer {
-    inner: tokenizers::Tokenizer,
+    normalizers: Vec<Normalize>,
+    pre: Vec<PreTokenize>,
+    model: Unigram,
+    /// Special tokens the post-processor puts before and after the text's ids.
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
     pub pad_id: u32,
     context_length: usize,
 }
 
+enum Normalize {
+    Precompiled(spm_precompiled::Precompiled),
+    Replace(regex::Regex, String),
+    Strip { left: bool, right: bool },
+    Lowercase,
+    Prepend(String),
+    Nfc,
+    Nfd,
+    Nfkc,
+    Nfkd,
+}
+
+enum PreTokenize {
+    WhitespaceSplit,
+    /// Replacement character, prepend scheme (`always`, `first`, `never`), split on it.
+    Metaspace {
+        replacement: char,
+        prepend: Prepend,
+        split: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prepend {
+    Always,
+    First,
+    Never,
+}
+
 impl std::fmt::Debug for SentencePieceTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SentencePieceTokenizer {{ vocab: {} }}", self.inner.get_vocab_size(true))
+        write!(f, "SentencePieceTokenizer {{ vocab: {} }}", self.vocab_size())
     }
+}
+
+fn bad_tokenizer(e: impl std::fmt::Display) -> LegradError {
+    LegradError::Config(format!("the tokenizer file is not a usable tokenizer.json: {}", crate::error::one_line(e)))
+}
+
+fn parse_normalizer(v: &serde_json::Value, out: &mut Vec<Normalize>) -> Result<()> {
+    if v.is_null() {
+        return Ok(());
+    }
+    let kind = v["type"].as_str().unwrap_or("");
+    let flag = |k: &str| v[k].as_bool().unwrap_or(false);
+    match kind {
+        "Sequence" => {
+            for n in v["normalizers"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                parse_normalizer(n, out)?;
+            }
+        }
+        "Precompiled" if v["precompiled_charsmap"].is_null() => {}
+        "Precompiled" => out.push(Normalize::Precompiled(
+            serde_json::from_str(&v.to_string())
+                .map_err(|e| bad_tokenizer(format!("its Precompiled charsmap: {e}")))?,
+        )),
+        "Replace" => {
+            let content = v["content"].as_str().unwrap_or("").to_string();
+            let pattern = match (v["pattern"]["String"].as_str(), v["pattern"]["Regex"].as_str()) {
+                (Some(s), _) => regex::escape(s),
+                (None, Some(r)) => r.to_string(),
+                _ => return Err(bad_tokenizer("a Replace normaliser without a pattern")),
+            };
+            let re = regex::Regex::new(&pattern).map_err(|e| bad_tokenizer(format!("its Replace pattern: {e}")))?;
+            out.push(Normalize::Replace(re, content));
+        }
+        "Strip" => out.push(Normalize::Strip { left: flag("strip_left"), right: flag("strip_right") }),
+        "Lowercase" => out.push(Normalize::Lowercase),
+        "Prepend" => out.push(Normalize::Prepend(v["prepend"].as_str().unwrap_or("").to_string())),
+        "NFC" => out.push(Normalize::Nfc),
+        "NFD" => out.push(Normalize::Nfd),
+        "NFKC" => out.push(Normalize::Nfkc),
+        "NFKD" => out.push(Normalize::Nfkd),
+        other => {
+            return Err(LegradError::Unsupported(format!(
+                "the tokenizer's normaliser '{other}': a SentencePiece tokenizer.json uses Precompiled, Replace, Strip, Lowercase, Prepend or a Unicode form"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn parse_pre_tokenizer(v: &serde_json::Value, out: &mut Vec<PreTokenize>) -> Result<()> {
+    if v.is_null() {
+        return Ok(());
+    }
+    match v["type"].as_str().unwrap_or("") {
+        "Sequence" => {
+            for p in v["pretokenizers"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                parse_pre_tokenizer(p, out)?;
+            }
+        }
+        "WhitespaceSplit" => out.push(PreTokenize::WhitespaceSplit),
+        "Metaspace" => {
+            let replacement = v["replacement"].as_str().and_then(|r| r.chars().next()).unwrap_or('▁');
+            // `add_prefix_space: false` (older files) means never; `prepend_scheme` defaults to always.
+            let prepend = match (v["prepend_scheme"].as_str(), v["add_prefix_space"].as_bool()) {
+                (_, Some(false)) => Prepend::Never,
+                (Some("first"), _) => Prepend::First,
+                (Some("never"), _) => Prepend::Never,
+                _ => Prepend::Always,
+            };
+            out.push(PreTokenize::Metaspace { replacement, prepend, split: v["split"].as_bool().unwrap_or(true) });
+        }
+        other => {
+            return Err(LegradError::Unsupported(format!(
+                "the tokenizer's pre-tokeniser '{other}': a SentencePiece tokenizer.json uses Metaspace or WhitespaceSplit"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl SentencePieceTokenizer {
     /// From a `tokenizer.json` text, for sequences of `context_length` tokens.
     pub fn from_json(json: &str, context_length: usize) -> Result<Self> {
-        use std::str::FromStr;
-        let bad = |e: String| LegradError::Config(format!("the tokenizer file is not a usable tokenizer.json: {e}"));
-        let mut inner =
-            tokenizers::Tokenizer::from_str(json).map_err(|e| bad(crate::error::one_line(e.to_string())))?;
-        let pad_token = "</s>";
-        let pad_id = inner
-            .token_to_id(pad_token)
-            .ok_or_else(|| bad("it has no '</s>' token (SigLIP's end and padding token)".into()))?;
-        inner
-            .with_truncation(Some(tokenizers::TruncationParams { max_length: context_length, ..Default::default() }))
-            .map_err(|e| bad(e.to_string()))?;
-        inner.with_padding(Some(tokenizers::PaddingParams {
-            strategy: tokenizers::PaddingStrategy::Fixed(context_length),
-            pad_id,
-            pad_token: pad_token.into(),
-            ..Default::default()
-        }));
-        Ok(Self { inner, pad_id, context_length })
+        let v: serde_json::Value = serde_json::from_str(json).map_err(bad_tokenizer)?;
+        if v["model"]["type"].as_str() != Some("Unigram") {
+            return Err(LegradError::Unsupported(format!(
+                "a tokenizer.json with a {} model: SigLIP's is a SentencePiece unigram",
+                v["model"]["type"].as_str().unwrap_or("missing")
+            )));
+        }
+        let model = Unigram::from_json(&v["model"])?;
+        let mut normalizers = Vec::new();
+        parse_normalizer(&v["normalizer"], &mut normalizers)?;
+        let mut pre = Vec::new();
+        parse_pre_tokenizer(&v["pre_tokenizer"], &mut pre)?;
+        let id_of = |token: &str| -> Option<u32> {
+            model.pieces.get(token).map(|p| p.0).or_else(|| {
+                v["added_tokens"].as_array()?.iter().find(|t| t["content"] == token)?["id"].as_u64().map(|i| i as u32)
+            })
+        };
+        let (mut prefix, mut suffix) = (Vec::new(), Vec::new());
+        let post = &v["post_processor"];
+        match post["type"].as_str() {
+            None => {}
+            Some("TemplateProcessing") => {
+                let mut seen_text = false;
+                for item in post["single"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    if item.get("Sequence").is_some() {
+                        seen_text = true;
+                    } else if let Some(id) = item["SpecialToken"]["id"].as_str() {
+                        let ids: Vec<u32> = match post["special_tokens"][id]["ids"].as_array() {
+                            Some(a) => a.iter().filter_map(|i| i.as_u64()).map(|i| i as u32).collect(),
+                            None => vec![id_of(id).ok_or_else(|| bad_tokenizer(format!("no id for '{id}'")))?],
+                        };
+                        if seen_text { suffix.extend(ids) } else { prefix.extend(ids) }
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(LegradError::Unsupported(format!(
+                    "the tokenizer's post-processor '{other}': SigLIP's is a TemplateProcessing"
+                )));
+            }
+        }
+        let pad_id =
+            id_of("</s>").ok_or_else(|| bad_tokenizer("it has no '</s>' token (SigLIP's end and padding token)"))?;
+        if prefix.len() + suffix.len() >= context_length {
+            return Err(bad_tokenizer("its special tokens fill the whole context"));
+        }
+        Ok(Self { normalizers, pre, model, prefix, suffix, pad_id, context_length })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.model.vocab_size
+    }
+
+    fn normalize(&self, text: &str) -> String {
+        let mut s = text.to_string();
+        for n in &self.normalizers {
+            s = match n {
+                Normalize::Precompiled(p) => p.normalize_string(&s),
+                Normalize::Replace(re, to) => re.replace_all(&s, to.as_str()).into_owned(),
+                Normalize::Strip { left, right } => {
+                    let t = if *left { s.trim_start() } else { &s };
+                    (if *right { t.trim_end() } else { t }).to_string()
+                }
+                Normalize::Lowercase => s.to_lowercase(),
+                Normalize::Prepend(p) if !s.is_empty() => format!("{p}{s}"),
+                Normalize::Prepend(_) => s,
+                Normalize::Nfc => s.nfc().collect(),
+                Normalize::Nfd => s.nfd().collect(),
+                Normalize::Nfkc => s.nfkc().collect(),
+                Normalize::Nfkd => s.nfkd().collect(),
+            };
+        }
+        s
+    }
+
+    fn pre_tokenize(&self, text: String) -> Vec<String> {
+        let mut pieces = if text.is_empty() { vec![] } else { vec![text] };
+        for step in &self.pre {
+            pieces = match step {
+                PreTokenize::WhitespaceSplit => {
+                    pieces.iter().flat_map(|p| p.split_whitespace().map(str::to_string).collect::<Vec<_>>()).collect()
+                }
+                PreTokenize::Metaspace { replacement, prepend, split } => {
+                    let mut out = Vec::new();
+                    for (i, p) in pieces.iter().enumerate() {
+                        let mut p = p.replace(' ', &replacement.to_string());
+                        let first = i == 0;
+                        if !p.starts_with(*replacement)
+                            && (*prepend == Prepend::Always || (*prepend == Prepend::First && first))
+                        {
+                            p.insert(0, *replacement);
+                        }
+                        if !split {
+                            out.push(p);
+                            continue;
+                        }
+                        // Split before each replacement character (merged with what follows).
+                        let mut current = String::new();
+                        for c in p.chars() {
+                            if c == *replacement && !current.is_empty() {
+                                out.push(std::mem::take(&mut current));
+                            }
+                            current.push(c);
+                        }
+                        if !current.is_empty() {
+                            out.push(current);
+                        }
+                    }
+                    out
+                }
+            };
+        }
+        pieces
     }
 
     /// Exactly `context_length` ids: the text's, `</s>`, then `</s>` as padding.
     pub fn tokenize(&self, text: &str) -> Result<Tokens> {
-        let text = canonicalize(&clean(text));
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| LegradError::Input(format!("the tokenizer failed on this prompt: {e}")))?;
-        let ids = enc.get_ids().to_vec();
-        if ids.len() != self.context_length {
-            return Err(LegradError::Input(format!(
-                "the tokenizer gave {} ids for a {}-token context",
-                ids.len(),
-                self.context_length
-            )));
+        let text = self.normalize(&canonicalize(&clean(text)));
+        let mut ids = Vec::new();
+        for piece in self.pre_tokenize(text) {
+            self.model.encode(&piece, &mut ids);
         }
-        Ok(Tokens { ids, truncated: !enc.get_overflowing().is_empty() })
+        let room = self.context_length - self.prefix.len() - self.suffix.len();
+        let truncated = ids.len() > room;
+        ids.truncate(room);
+        let mut out = self.prefix.clone();
+        out.extend(ids);
+        out.extend(&self.suffix);
+        out.resize(self.context_length, self.pad_id);
+        Ok(Tokens { ids: out, truncated })
+    }
+}
+
+/// A SentencePiece unigram model: the best segmentation of a piece of text into vocabulary
+/// pieces by total score (Viterbi), as `tokenizers`' `Unigram::encode_optimized` (itself
+/// SentencePiece's): positions in UTF-8, pieces tried shortest first, a later candidate replaces
+/// the best only when strictly better, a character no piece starts with is unknown at
+/// `min score - 10`, and a run of unknowns is one unknown token (`fuse_unk`), or its bytes'
+/// `<0xXX>` pieces with `byte_fallback`.
+struct Unigram {
+    /// Piece → (id, score); for a repeated piece, its last id.
+    pieces: std::collections::HashMap<String, (u32, f64)>,
+    max_len: usize,
+    unk_id: u32,
+    unk_score: f64,
+    byte_fallback: bool,
+    vocab_size: usize,
+}
+
+impl Unigram {
+    fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let vocab = v["vocab"].as_array().ok_or_else(|| bad_tokenizer("its unigram model has no vocabulary"))?;
+        let mut pieces = std::collections::HashMap::with_capacity(vocab.len());
+        let (mut min_score, mut max_len) = (f64::INFINITY, 0);
+        for (id, entry) in vocab.iter().enumerate() {
+            let (Some(piece), Some(score)) = (entry[0].as_str(), entry[1].as_f64()) else {
+                return Err(bad_tokenizer(format!("vocabulary entry {id} is not [piece, score]")));
+            };
+            min_score = min_score.min(score);
+            max_len = max_len.max(piece.len());
+            pieces.insert(piece.to_string(), (id as u32, score));
+        }
+        let unk_id = v["unk_id"]
+            .as_u64()
+            .filter(|&u| (u as usize) < vocab.len())
+            .ok_or_else(|| bad_tokenizer("its unigram model has no unknown token (unk_id)"))?
+            as u32;
+        Ok(Self {
+            pieces,
+            max_len,
+            unk_id,
+            unk_score: min_score - 10.0,
+            byte_fallback: v["byte_fallback"].as_bool().unwrap_or(false),
+            vocab_size: vocab.len(),
+        })
+    }
+
+    fn encode(&self, text: &str, ids: &mut Vec<u32>) {
+        let n = text.len();
+        // Best path ending at each byte position: (score, start, id).
+        let mut best: Vec<Option<(f64, usize, u32)>> = vec![None; n + 1];
+        let mut start = 0;
+        while start < n {
+            let base = best[start].map_or(0.0, |b| b.0);
+            let char_len = text[start..].chars().next().map_or(1, char::len_utf8);
+            let mut single = false;
+            let offer = |end: usize, score: f64, id: u32, best: &mut Vec<Option<(f64, usize, u32)>>| {
+                let candidate = base + score;
+                if best[end].is_none_or(|b| candidate > b.0) {
+                    best[end] = Some((candidate, start, id));
+                }
+            };
+            for end in start + 1..=(start + self.max_len).min(n) {
+                if !text.is_char_boundary(end) {
+                    continue;
+                }
+                if let Some(&(id, score)) = self.pieces.get(&text[start..end]) {
+                    offer(end, score, id, &mut best);
+                    single |= end - start == char_len;
+                }
+            }
+            if !single {
+                offer(start + char_len, self.unk_score, self.unk_id, &mut best);
+            }
+            start += char_len;
+        }
+        let mut path = Vec::new();
+        let mut end = n;
+        while end > 0 {
+            let Some((_, s, id)) = best[end] else { break };
+            path.push((s, end, id));
+            end = s;
+        }
+        path.reverse();
+        let mut i = 0;
+        while i < path.len() {
+            let (s, mut e, id) = path[i];
+            i += 1;
+            if id != self.unk_id {
+                ids.push(id);
+                continue;
+            }
+            while i < path.len() && path[i].2 == self.unk_id {
+                e = path[i].1;
+                i += 1;
+            }
+            let bytes: Option<Vec<u32>> = self
+                .byte_fallback
+                .then(|| text[s..e].bytes().map(|b| self.pieces.get(&format!("<0x{b:02X}>")).map(|p| p.0)).collect())
+                .flatten();
+            match bytes {
+                Some(b) => ids.extend(b),
+                None => ids.push(self.unk_id),
+            }
+        }
     }
 }
 
 /// The tokenizer a model comes with: CLIP's built-in BPE, or a SentencePiece vocabulary.
 #[derive(Debug)]
 pub enum TextTokenizer {
-    Clip(Tokenizer),
+    /// Boxed: the BPE tables are large beside the other variant, and there is one per engine.
+    Clip(Box<Tokenizer>),
     SentencePiece(SentencePieceTokenizer),
 }
 
@@ -375,7 +696,7 @@ impl TextTokenizer {
     /// The tokenizer for a model of `config`'s family; a SigLIP model needs its `tokenizer.json`.
     pub fn for_model(config: &crate::config::ClipConfig, json: Option<&str>) -> Result<Self> {
         match config.family {
-            crate::config::Family::Clip => Ok(Self::Clip(Tokenizer::new()?)),
+            crate::config::Family::Clip => Ok(Self::Clip(Box::new(Tokenizer::new()?))),
             crate::config::Family::Siglip => {
                 let json = json.ok_or_else(|| {
                     LegradError::Config(
@@ -414,6 +735,20 @@ mod tests {
         // open_clip.tokenize("a photo of a cat.")
         let ids = t.tokenize("a photo of a cat.", 77).ids;
         assert_eq!(ids, vec![49406, 320, 1125, 539, 320, 2368, 269, 49407]);
+    }
+
+    #[test]
+    fn unigram_takes_the_best_path_and_fuses_unknowns() {
+        let v = serde_json::json!({"type": "Unigram", "unk_id": 0, "vocab": [
+            ["<unk>", 0.0], ["▁ab", -1.0], ["▁a", -1.0], ["b", -1.5], ["c", -0.5], ["▁", -3.0]
+        ]});
+        let u = Unigram::from_json(&v).unwrap();
+        let mut ids = Vec::new();
+        u.encode("▁abc", &mut ids);
+        assert_eq!(ids, vec![1, 4]); // -1.5 beats ▁a + b + c = -3.0
+        ids.clear();
+        u.encode("▁xyc", &mut ids); // x and y are unknown: one token for both
+        assert_eq!(ids, vec![5, 0, 4]);
     }
 
     #[test]
