@@ -151,6 +151,9 @@ pub struct ModelSummary {
     /// Milliseconds: obtaining the bytes plus building the model; the first explanation.
     pub load_ms: f64,
     pub warmup_ms: f64,
+    /// What a prompt's score is: "similarity" (CLIP's cosine) or "probability" (SigLIP's sigmoid).
+    #[serde(default)]
+    pub score_name: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -412,6 +412,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
             .collect(),
         load_ms,
         warmup_ms,
+        score_name: if c.family == legrad::Family::Siglip { "probability" } else { "similarity" }.into(),
     };
     STATE.with(|s| {
         let mut s = s.borrow_mut();

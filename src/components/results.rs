@@ -3,7 +3,7 @@ use std::sync::Arc;
 use leptos::html::Canvas;
 use leptos::prelude::*;
 
-use crate::app::{AppState, ImageStatus, Original, Results as Maps};
+use crate::app::{AppState, ImageStatus, ModelStatus, Original, Results as Maps};
 use crate::render::{download, draw_overlay, draw_rgb, map_png, rgb_png, slug};
 
 /// The heatmaps: the selected one large over the photo, a strip of its layers, and one card per
@@ -39,7 +39,7 @@ pub fn Results() -> impl IntoView {
             let n = r.ready.prompts.len();
             match best {
                 Some(b) if n > 1 => format!("Heatmaps ready for {n} prompts; the closest is “{}”.", b.prompt),
-                Some(b) => format!("Heatmap ready for “{}”, similarity {:.3}.", b.prompt, b.score),
+                Some(b) => format!("Heatmap ready for “{}”, {} {:.3}.", b.prompt, score_name(state), b.score),
                 None => String::new(),
             }
         })
@@ -233,7 +233,10 @@ fn MainView() -> impl IntoView {
     let input = move || state.results.get().map(|r| format!("{}x{}", r.ready.input.1, r.ready.input.0));
     let score = move || {
         let (_, p) = state.selected.get();
-        state.results.get().and_then(|r| r.ready.prompts.get(p).map(|p| format!("similarity {:.3}", p.score)))
+        state
+            .results
+            .get()
+            .and_then(|r| r.ready.prompts.get(p).map(|p| format!("{} {:.3}", score_name(state), p.score)))
     };
     view! {
         <figure class="main-view" data-testid="main-view" data-size=size data-input=input>
@@ -343,11 +346,19 @@ fn MapCard(method: usize, prompt: usize) -> impl IntoView {
                 }></canvas>
             <figcaption>
                 <span class="prompt">{title}</span>
-                <span class="score" data-testid="score">{move || info().map(|(_, p)| format!("similarity {:.3}", p.score))}</span>
+                <span class="score" data-testid="score">{move || info().map(|(_, p)| format!("{} {:.3}", score_name(state), p.score))}</span>
                 <Show when=move || info().is_some_and(|(_, p)| p.constant)>
                     <span class="notice">"flat map: no positive gradient"</span>
                 </Show>
             </figcaption>
         </figure>
+    }
+}
+
+/// What the model's scores are called: "similarity" (CLIP) or "probability" (SigLIP).
+fn score_name(state: AppState) -> String {
+    match state.model.get() {
+        ModelStatus::Ready(m) if !m.score_name.is_empty() => m.score_name,
+        _ => "similarity".into(),
     }
 }

@@ -500,10 +500,31 @@ await test("a SigLIP model by URL, its config and tokenizer found beside it: con
   const r = await compareCanvas("a red circle", `${base}/files/siglip-native/0.png`);
   assert(!r.error, r.error);
   assert(r.mean < 0.5 && r.off < 0.005, `canvas vs native: mean abs diff ${r.mean}, ${(100 * r.off).toFixed(2)}% off by > 2`);
-  // The score shown is a probability (SigLIP's sigmoid), not a cosine.
-  const score = await page.$eval('[data-testid="map-card"]', (c) => c.textContent);
-  assert(/\d/.test(score), `card: ${score}`);
+  // The score shown is SigLIP's sigmoid probability, named so, and the native engine's.
+  const score = await page.textContent('[data-testid="score"]');
+  const native = JSON.parse(readFileSync(join(out, "scores.json"), "utf8")).prompts[0].score;
+  assert(score.startsWith("probability ") && Math.abs(parseFloat(score.split(" ")[1]) - native) < 0.002, `score "${score}", native ${native}`);
   await page.screenshot({ path: join(shots, "25-siglip.png") });
+  // The same three files dropped together: weights, config and tokenizer.json.
+  const files = ["open_clip_model.safetensors", "open_clip_config.json", "tokenizer.json"]
+    .map((n) => ({ name: n, bytes: Array.from(readFileSync(join(dir, n))) }));
+  await page.evaluate(async (files) => {
+    const dt = new DataTransfer();
+    for (const f of files) dt.items.add(new File([new Uint8Array(f.bytes)], f.name));
+    for (const type of ["dragenter", "dragover", "drop"]) {
+      document.body.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }
+  }, files);
+  await page.waitForFunction(() => document.querySelector('[data-testid="model-name"]')?.textContent === "open_clip_model.safetensors", null, { timeout: TIMEOUT });
+  const dropped = await page.textContent('[data-testid="model-info"]');
+  assert(dropped.includes("SigLIP: LeGrad only"), `model info after the drop: ${dropped}`);
+  await page.fill('[data-testid="prompts"]', "a blue circle");
+  await waitForCard("a blue circle");
+  // Weights alone: the page says the tokenizer is missing.
+  await dropFile(join(dir, "open_clip_model.safetensors"), "open_clip_model.safetensors", "application/octet-stream");
+  await page.waitForSelector('[data-testid="model-error"]', { timeout: TIMEOUT });
+  const err = await page.textContent('[data-testid="model-error"]');
+  assert(err.includes("config") || err.includes("tokenizer"), `error for weights alone: ${err}`);
   // Later tests count the stored models: this one goes.
   await page.evaluate(async (u) => (await caches.open("legrad-web-models-v1")).delete(u), url);
   await page.close();

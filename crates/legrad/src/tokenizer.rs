@@ -700,7 +700,7 @@ impl TextTokenizer {
             crate::config::Family::Siglip => {
                 let json = json.ok_or_else(|| {
                     LegradError::Config(
-                        "a SigLIP model needs its tokenizer: give its tokenizer.json (next to the weights, --tokenizer, or the app's tokenizer field)".into(),
+                        "a SigLIP model needs its tokenizer: give its tokenizer.json (next to the weights, or --tokenizer; in the app, by URL beside the weights or dropped with them)".into(),
                     )
                 })?;
                 let t = SentencePieceTokenizer::from_json(json, config.text.context_length)?;
