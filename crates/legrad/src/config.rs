@@ -288,13 +288,7 @@ impl ClipConfig {
             .as_u64()
             .ok_or_else(|| LegradError::Unsupported("ResNet vision towers (layers given as a list)".into()))?
             as usize;
-        let image_size = match &v.image_size {
-            serde_json::Value::Number(n) => n.as_u64().unwrap_or(0) as usize,
-            serde_json::Value::Array(a) if a.len() == 2 && a[0] == a[1] => a[0].as_u64().unwrap_or(0) as usize,
-            other => {
-                return Err(LegradError::Config(format!("vision image_size {other} is not a square size")));
-            }
-        };
+        let image_size = square_image_size(&v.image_size)?;
         let t = m.text_cfg;
         let config = Self {
             embed_dim: m.embed_dim,
@@ -466,11 +460,7 @@ impl ClipConfig {
                     .into(),
             );
         }
-        let image_size = match &v.image_size {
-            serde_json::Value::Number(n) => n.as_u64().unwrap_or(0) as usize,
-            serde_json::Value::Array(a) if a.len() == 2 && a[0] == a[1] => a[0].as_u64().unwrap_or(0) as usize,
-            other => return Err(LegradError::Config(format!("vision image_size {other} is not a square size"))),
-        };
+        let image_size = square_image_size(&v.image_size)?;
         let name = v.timm_model_name.as_str();
         // timm 0.9.16's `vit_*_siglip_*` definitions: (width, depth, heads, mlp_ratio).
         let known = if name.contains("so400m") {
@@ -571,6 +561,15 @@ impl ClipConfig {
             return bad("embed_dim must be positive".into());
         }
         Ok(())
+    }
+}
+
+/// open_clip's `vision_cfg.image_size`: a number, or a pair of equal numbers.
+fn square_image_size(v: &serde_json::Value) -> Result<usize, LegradError> {
+    match v {
+        serde_json::Value::Number(n) => Ok(n.as_u64().unwrap_or(0) as usize),
+        serde_json::Value::Array(a) if a.len() == 2 && a[0] == a[1] => Ok(a[0].as_u64().unwrap_or(0) as usize),
+        other => Err(LegradError::Config(format!("vision image_size {other} is not a square size"))),
     }
 }
 

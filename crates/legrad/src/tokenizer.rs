@@ -195,7 +195,12 @@ pub fn clean(text: &str) -> String {
         }
     }
     let text = html_escape::decode_html_entities(&html_escape::decode_html_entities(&text).into_owned()).into_owned();
-    let text = text.trim_matches(is_py_space);
+    collapse_whitespace(&text).to_lowercase()
+}
+
+/// Python's `" ".join(text.split()).strip()`: every run of whitespace ([`is_py_space`]) to one
+/// space, none at either end.
+fn collapse_whitespace(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_space = false;
     for c in text.chars() {
@@ -209,7 +214,7 @@ pub fn clean(text: &str) -> String {
             in_space = false;
         }
     }
-    out.trim_matches(' ').to_lowercase()
+    out.trim_matches(' ').to_string()
 }
 
 /// Python's `str.isspace` (and the `regex` module's `\s`): Unicode White_Space plus the
@@ -284,21 +289,7 @@ fn is_ftfy_control(c: char) -> bool {
 /// whitespace runs to one space, stripped.
 pub fn canonicalize(text: &str) -> String {
     let text: String = text.replace('_', " ").chars().filter(|c| !c.is_ascii_punctuation()).collect();
-    let text = text.to_lowercase();
-    let mut out = String::with_capacity(text.len());
-    let mut in_space = false;
-    for c in text.chars() {
-        if is_py_space(c) {
-            if !in_space {
-                out.push(' ');
-            }
-            in_space = true;
-        } else {
-            out.push(c);
-            in_space = false;
-        }
-    }
-    out.trim_matches(' ').to_string()
+    collapse_whitespace(&text.to_lowercase())
 }
 
 /// SigLIP's SentencePiece tokenizer, as open_clip 2.23 runs it for `ViT-B-16-SigLIP`
