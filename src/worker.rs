@@ -220,16 +220,8 @@ async fn adapter_description() -> Option<(String, bool)> {
         js_sys::Reflect::get(obj, &"isFallbackAdapter".into()).ok().and_then(|v| v.as_bool()).unwrap_or(false)
     };
     let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(" / ") };
-    let software = flag(&info) || flag(&adapter) || is_software_adapter(&name);
+    let software = flag(&info) || flag(&adapter) || legrad::model::is_software_adapter(&name);
     Some((name, software))
-}
-
-/// Adapters that are software renderers, by name.
-pub fn is_software_adapter(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["swiftshader", "llvmpipe", "lavapipe", "softpipe", "microsoft basic render", "warp"]
-        .iter()
-        .any(|s| name.contains(s))
 }
 
 fn cpu_choice(reason: String, on_cpu: bool) -> BackendChoice {
@@ -252,8 +244,11 @@ async fn init(request: BackendRequest) {
                     true,
                 ),
             ),
-            Some((adapter, _)) => match Device::wgpu_options().init_async().await {
+            Some((adapter, software)) => match Device::wgpu_options().init_async().await {
                 Ok(d) => {
+                    // wgpu does not name a browser's adapter: the kernels' tiles follow the page's
+                    // reading of it.
+                    legrad::explain::kernel::assume_software_adapter(software);
                     let reason = if request == BackendRequest::WebGpu {
                         "On WebGPU, as asked (?backend=webgpu).".to_string()
                     } else {

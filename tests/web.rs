@@ -164,11 +164,13 @@ async fn webgpu_quantized_round_trip() {
     }
 }
 
-/// LeGrad's fused kernel against its plain-tensor twin, on WebGPU (crates/legrad/tests/kernel.rs
-/// does the same natively): random inputs whose token counts leave partial cubes.
+/// LeGrad's GPU kernels against their plain-tensor twins, at both tilings, on WebGPU
+/// (crates/legrad/tests/kernel.rs does the same natively): random inputs whose shapes leave
+/// partial tiles and cubes.
 #[wasm_bindgen_test]
 async fn webgpu_fused_kernel_matches_its_plain_twin() {
     use burn::tensor::{Distribution, Tensor};
+    use legrad::explain::kernel::Tiling;
     let device = webgpu().await;
     for (p, n, h, d) in [(1usize, 17usize, 2usize, 32usize), (3, 50, 2, 24), (2, 197, 4, 64)] {
         let dc = Tensor::<3>::random([p, n, h * d], Distribution::Normal(0.0, 1.0), &device);
@@ -176,10 +178,40 @@ async fn webgpu_fused_kernel_matches_its_plain_twin() {
         let plain = legrad::engine::read_f32(legrad::explain::legrad::relevance_plain(dc.clone(), values.clone()))
             .await
             .unwrap();
-        let fused = legrad::engine::read_f32(legrad::explain::kernel::relevance_fused(dc, values)).await.unwrap();
         let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = max_abs_diff(&plain, &fused);
-        assert!(scale > 0.0 && diff <= 1e-5 * scale, "P {p} N {n} H {h} d {d}: max abs diff {diff} of {scale}");
+        for tiling in [Tiling::GPU, Tiling::SOFTWARE] {
+            let fused =
+                legrad::engine::read_f32(legrad::explain::kernel::relevance_fused(dc.clone(), values.clone(), tiling))
+                    .await
+                    .unwrap();
+            let diff = max_abs_diff(&plain, &fused);
+            assert!(
+                scale > 0.0 && diff <= 1e-5 * scale,
+                "{tiling:?}: P {p} N {n} H {h} d {d}: max abs diff {diff} of {scale}"
+            );
+        }
+    }
+    // The head-gradient kernel against `LayerTerms::head_gradient`, at a software adapter's tile
+    // and a small one, with partial tiles.
+    let normal = |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    for (p, n, m, w) in [(1usize, 17usize, 64usize, 32usize), (2, 197, 512, 128)] {
+        let terms = legrad::explain::legrad::LayerTerms {
+            act_grad: normal([n, m]),
+            ag: normal([p, m + w]),
+            k: normal([m, w]),
+            m: normal([p, 2 * n]),
+            ones_out: normal([1, w]).reshape([w]),
+            xhat_out: normal([n, w]),
+            rstd: normal([1, n]).reshape([n]),
+            values: Tensor::<3>::zeros([1, n, w], &device),
+        };
+        let plain = legrad::engine::read_f32(terms.head_gradient()).await.unwrap();
+        let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for tile in [(4, 4), (32, 16)] {
+            let fused = legrad::engine::read_f32(terms.head_gradient_fused(tile, 8)).await.unwrap();
+            let diff = max_abs_diff(&plain, &fused);
+            assert!(diff <= 1e-5 * scale, "{tile:?} tiles: P {p} N {n} M {m} W {w}: max abs diff {diff} of {scale}");
+        }
     }
 }
 

@@ -251,7 +251,12 @@ impl Engine {
             )));
         }
         let t: Tensor<3> = Tensor::from_data(TensorData::new(pixels, [3, size.height, size.width]), &self.device());
-        self.model.vision.forward_with_trace(t, request)
+        let trace = self.model.vision.forward_with_trace(t, request)?;
+        if request.mlp_backward && self.model.config.family == crate::config::Family::Clip && !trace.layers.is_empty() {
+            // With the image, where the user waits anyway, not with the first prompt.
+            crate::explain::legrad::score_jacobians(&self.model, &trace);
+        }
+        Ok(trace)
     }
 
     /// The trace request that serves every method in `methods`.

@@ -1,8 +1,10 @@
-//! LeGrad's fused GPU kernel (`explain::kernel`) against its plain-tensor twin
-//! (`explain::legrad::relevance_plain`), on wgpu (lavapipe on a machine without a GPU): on
-//! random inputs of awkward shapes (token counts that leave partial cubes and uneven chunks,
-//! several prompts and heads, odd head widths) and on the fixture model's real terms.
-//! Tolerance: 1e-5 of the largest relevance (the two sum in different orders).
+//! LeGrad's GPU kernels (`explain::kernel`) against their plain-tensor twins
+//! (`explain::legrad::relevance_plain`, `LayerTerms::head_gradient`), on wgpu (lavapipe on a
+//! machine without a GPU), at both tilings (a GPU's small tiles, a software adapter's large
+//! ones): on random inputs of awkward shapes (token counts that leave partial tiles, cubes and
+//! uneven chunks, several prompts and heads, odd head widths, widths that are no multiple of a
+//! tile) and on the fixture model's real terms. Tolerance: 1e-5 of the largest value (the two
+//! sum in different orders).
 #![cfg(feature = "wgpu")]
 
 mod common;
@@ -10,8 +12,8 @@ mod common;
 use burn::tensor::{Device, Distribution, Tensor};
 use legrad::engine::DEFAULT_TEMPLATE;
 use legrad::engine::read_f32;
-use legrad::explain::kernel::relevance_fused;
-use legrad::explain::legrad::{layer_terms_for, relevance_plain};
+use legrad::explain::kernel::{Tiling, relevance_fused};
+use legrad::explain::legrad::{LayerTerms, layer_terms_for, relevance_plain};
 use legrad::explain::{ExplainOptions, Method};
 
 use common::*;
@@ -20,7 +22,9 @@ fn gpu() -> Device {
     Device::wgpu(Default::default())
 }
 
-fn assert_close(plain: Tensor<2>, fused: Tensor<2>, what: &str) {
+const TILINGS: [(&str, Tiling); 2] = [("GPU", Tiling::GPU), ("software", Tiling::SOFTWARE)];
+
+fn assert_close<const D: usize>(plain: Tensor<D>, fused: Tensor<D>, what: &str) {
     assert_eq!(plain.dims(), fused.dims(), "{what}: shapes");
     let a = pollster::block_on(read_f32(plain)).unwrap();
     let b = pollster::block_on(read_f32(fused)).unwrap();
@@ -39,11 +43,42 @@ fn fused_relevance_equals_the_plain_tensor_form_on_random_terms() {
     {
         let dc = Tensor::<3>::random([p, n, h * d], Distribution::Normal(0.0, 1.0), &device);
         let values = Tensor::<3>::random([h, n, d], Distribution::Normal(0.0, 1.0), &device);
-        assert_close(
-            relevance_plain(dc.clone(), values.clone()),
-            relevance_fused(dc, values),
-            &format!("P {p}, N {n}, H {h}, d {d}"),
-        );
+        let plain = relevance_plain(dc.clone(), values.clone());
+        for (name, tiling) in TILINGS {
+            assert_close(
+                plain.clone(),
+                relevance_fused(dc.clone(), values.clone(), tiling),
+                &format!("{name} tiling: P {p}, N {n}, H {h}, d {d}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn head_gradient_kernel_equals_the_plain_tensor_form_on_random_terms() {
+    let device = gpu();
+    let normal = |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    // (prompts, tokens, MLP width, width): partial row and column tiles, several prompts, the
+    // fixture's and the default model's shapes, a width below one tile.
+    for (p, n, m, w) in [(1, 17, 64, 32), (3, 50, 40, 24), (2, 197, 512, 128), (1, 5, 16, 8), (1, 65, 96, 80)] {
+        let terms = LayerTerms {
+            act_grad: normal([n, m]),
+            ag: normal([p, m + w]),
+            k: normal([m, w]),
+            m: normal([p, 2 * n]),
+            ones_out: normal([1, w]).reshape([w]),
+            xhat_out: normal([n, w]),
+            rstd: normal([1, n]).reshape([n]),
+            values: Tensor::<3>::zeros([1, n, w], &device),
+        };
+        let plain = terms.head_gradient();
+        for tile in [(4, 4), (32, 16), (3, 5)] {
+            assert_close(
+                plain.clone(),
+                terms.head_gradient_fused(tile, 8),
+                &format!("{tile:?} tiles: P {p}, N {n}, M {m}, W {w}"),
+            );
+        }
     }
 }
 
@@ -62,11 +97,17 @@ fn fused_relevance_equals_the_plain_tensor_form_on_the_fixture_model() {
             let (layers, terms) = layer_terms_for(&engine.model, &trace, texts.clone(), layer_index).unwrap();
             for (l, t) in layers.iter().zip(&terms) {
                 let dc = t.head_gradient();
-                assert_close(
-                    relevance_plain(dc.clone(), t.values.clone()),
-                    relevance_fused(dc, t.values.clone()),
-                    &format!("{key}, layer {l}"),
-                );
+                let plain = relevance_plain(dc.clone(), t.values.clone());
+                for (name, tiling) in TILINGS {
+                    let (rows, cols) = tiling.head_gradient.unwrap_or((4, 4));
+                    let fused_dc = t.head_gradient_fused((rows, cols), tiling.units);
+                    assert_close(dc.clone(), fused_dc.clone(), &format!("{name} tiling: {key}, layer {l}, dc"));
+                    assert_close(
+                        plain.clone(),
+                        relevance_fused(fused_dc, t.values.clone(), tiling),
+                        &format!("{name} tiling: {key}, layer {l}, relevance"),
+                    );
+                }
             }
         }
     }

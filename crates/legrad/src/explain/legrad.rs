@@ -10,6 +10,8 @@
 
 use burn::tensor::Tensor;
 
+#[cfg(feature = "wgpu")]
+use super::kernel::Tiling;
 use super::{Explainer, GridMaps, Method, first_layer};
 use crate::config::Family;
 use crate::error::{LegradError, Result};
@@ -39,14 +41,8 @@ impl Explainer for LeGrad {
             return legrad_siglip(model, trace, texts, self.layer_index);
         }
         let (layers, terms) = layer_terms_for(model, trace, texts, self.layer_index)?;
-        let fused = fused_kernel_for(&model.vision.device());
-        let maps = terms
-            .iter()
-            .map(|t| {
-                let dc = t.head_gradient();
-                if fused { relevance_fused(dc, t.values.clone()) } else { relevance_plain(dc, t.values.clone()) }
-            })
-            .collect();
+        let kernels = kernels_for(&model.vision.device());
+        let maps = terms.iter().map(|t| relevance(t, kernels)).collect();
         Ok(stack(layers, maps))
     }
 }
@@ -62,7 +58,10 @@ pub fn layer_terms_for(
     let l0 = first_layer(layer_index, model.vision.depth())?;
     let layers: Vec<usize> = (l0..model.vision.depth()).collect();
     let traced = layers.iter().map(|&l| trace.layer(l).ok_or_else(|| missing(l))).collect::<Result<Vec<_>>>()?;
-    let g = score_gradients(model, &traced, trace.tokens(), texts);
+    // The traced layers run from the request's first layer to the last, in order.
+    let offset = l0 - trace.layers[0].index;
+    let jac = score_jacobians(model, trace).narrow(0, offset, layers.len()); // [L, E, W]
+    let g = texts.unsqueeze::<3>().matmul(jac); // [L, P, W]
     let terms = traced
         .iter()
         .enumerate()
@@ -71,26 +70,37 @@ pub fn layer_terms_for(
     Ok((layers, terms))
 }
 
-/// Whether the fused kernel serves this device (a GPU runtime); the plain tensor form
-/// otherwise, and on the CPU.
+/// The GPU kernels' tiles for this device (a GPU runtime), or `None`: the plain tensor form
+/// (the CPU, or `LEGRAD_NO_FUSED_KERNEL` set).
 #[cfg(feature = "wgpu")]
-fn fused_kernel_for(device: &burn::tensor::Device) -> bool {
-    crate::model::keeps_quantized(device) && std::env::var_os("LEGRAD_NO_FUSED_KERNEL").is_none()
+fn kernels_for(device: &burn::tensor::Device) -> Option<Tiling> {
+    (crate::model::keeps_quantized(device) && std::env::var_os("LEGRAD_NO_FUSED_KERNEL").is_none())
+        .then(|| Tiling::for_device(device))
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn fused_kernel_for(_device: &burn::tensor::Device) -> bool {
-    false
+fn kernels_for(_device: &burn::tensor::Device) -> Option<Tiling> {
+    None
 }
 
-#[cfg(feature = "wgpu")]
-fn relevance_fused(dc: Tensor<3>, values: Tensor<3>) -> Tensor<2> {
-    super::kernel::relevance_fused(dc, values)
-}
-
+/// Stands in for the kernels' tiling where the crate is built without GPU support.
 #[cfg(not(feature = "wgpu"))]
-fn relevance_fused(dc: Tensor<3>, values: Tensor<3>) -> Tensor<2> {
-    relevance_plain(dc, values)
+#[derive(Clone, Copy)]
+pub enum Tiling {}
+
+/// One layer's relevance `[P, N - 1]`: by the GPU kernels where `kernels` says so, else by the
+/// plain tensor form.
+fn relevance(t: &LayerTerms, kernels: Option<Tiling>) -> Tensor<2> {
+    #[cfg(feature = "wgpu")]
+    if let Some(tiling) = kernels {
+        let dc = match tiling.head_gradient {
+            Some(tile) => t.head_gradient_fused(tile, tiling.units),
+            None => t.head_gradient(),
+        };
+        return super::kernel::relevance_fused(dc, t.values.clone(), tiling);
+    }
+    let _ = kernels;
+    relevance_plain(t.head_gradient(), t.values.clone())
 }
 
 fn missing(l: usize) -> LegradError {
@@ -101,6 +111,22 @@ pub(crate) fn stack(layers: Vec<usize>, maps: Vec<Tensor<2>>) -> GridMaps {
     let per_layer: Tensor<3> = Tensor::stack(maps, 0);
     let summed = per_layer.clone().sum_dim(0).squeeze_dim(0);
     GridMaps { summed, per_layer: Some((layers, per_layer)) }
+}
+
+/// `∂g/∂t` `[L, E, W]` for every layer of `trace` (its rows: [`score_gradients`] of the unit
+/// text embeddings), computed on first use and kept with the trace. `g` is linear in the text
+/// embedding `t` (`ds/dz = (t - (t·e) e) / |z|`, then linear maps), so a prompt's `g` is one
+/// product with it, where the chain from `t` is some thirty small operations: thirty launches
+/// per prompt on a GPU, where launches, not arithmetic, are what a prompt on a small model costs.
+pub fn score_jacobians(model: &Clip, trace: &ImageTrace) -> Tensor<3> {
+    trace
+        .score_jacobian
+        .get_or_init(|| {
+            let layers: Vec<&LayerTrace> = trace.layers.iter().collect();
+            let e = model.vision.embed_dim();
+            score_gradients(model, &layers, trace.tokens(), Tensor::eye(e, &model.vision.device()))
+        })
+        .clone()
 }
 
 /// `g = ds/dx_l[i]` `[L, P, W]` for every traced layer and prompt at once: the score
@@ -129,20 +155,23 @@ fn score_gradients(model: &Clip, layers: &[&LayerTrace], n: usize, texts: Tensor
 /// and `out_proj` folded as in [`crate::model::VisionTower::legrad_consts`]): the gradient at
 /// the attention's concatenated heads is
 /// `dc = (main - m₁ 1ᵀW_outᵀ - m₂ x̂W_outᵀ) ⊙ rstd + g W_outᵀ`, and `dA_h = dc_h V_hᵀ`.
+/// Pairs of per-prompt vectors come from one product each (one launch on a GPU, where launches
+/// are what a small model's prompt costs): `ag = [a | g W_outᵀ]`, `m = [m₁ | m₂]`.
 pub struct LayerTerms {
-    /// `(act' ⊙ (g W_projᵀ)) K` `[P, N, W]`.
-    pub main: Tensor<3>,
-    /// `[P, N]`: the LayerNorm's mean terms.
-    pub m1: Tensor<2>,
-    pub m2: Tensor<2>,
+    /// `act'(h)` `[N, M]`.
+    pub act_grad: Tensor<2>,
+    /// `[a | g W_outᵀ]` `[P, M + W]`, `a = g W_projᵀ`.
+    pub ag: Tensor<2>,
+    /// `K = W_fcᵀ diag(γ₂) W_outᵀ` `[M, W]`: `main = (act' ⊙ a) K` `[P, N, W]`.
+    pub k: Tensor<2>,
+    /// `[m₁ | m₂]` `[P, 2N]`: the LayerNorm's mean terms.
+    pub m: Tensor<2>,
     /// `1ᵀ W_outᵀ` `[W]`.
     pub ones_out: Tensor<1>,
     /// `x̂ W_outᵀ` `[N, W]`.
     pub xhat_out: Tensor<2>,
     /// ln_2's `1/σ` `[N]`.
     pub rstd: Tensor<1>,
-    /// `g W_outᵀ` `[P, W]`.
-    pub g_out: Tensor<2>,
     /// The values `[H, N, d]`.
     pub values: Tensor<3>,
 }
@@ -150,33 +179,30 @@ pub struct LayerTerms {
 /// The terms of layer `lt` for the score gradients `g` `[P, W]`.
 fn layer_terms(model: &Clip, lt: &LayerTrace, g: Tensor<2>) -> Result<LayerTerms> {
     let v = &model.vision;
-    let block = &v.weights.blocks[lt.index];
-    let (Some(values), Some(rstd), Some(xhat_out), Some(act_grad), Some(act_grad_b)) =
-        (&lt.values, &lt.ln_2_rstd, &lt.xhat_out, &lt.act_grad, &lt.act_grad_b)
+    let (Some(values), Some(rstd), Some(xhat_out), Some(act_grad), Some(mean_rows)) =
+        (&lt.values, &lt.ln_2_rstd, &lt.xhat_out, &lt.act_grad, &lt.mean_rows)
     else {
         return Err(missing(lt.index));
     };
     let consts = v.legrad_consts(lt.index)?;
     let [_, n, d] = values.dims();
+    let [_, m] = act_grad.dims();
     let w = xhat_out.dims()[1];
     debug_assert_eq!(w % d, 0);
     // Through the MLP, ln_2 and out_proj at once. With a = g W_projᵀ and dh = act' ⊙ a, the
     // gradient at the attention's concatenated heads is (LayerNorm's backward, pushed through
-    // out_proj): dc = rstd ⊙ (dh K - (dh·κ) 1ᵀW_outᵀ - (dh·B/W) x̂W_outᵀ) + g W_outᵀ.
-    let a = g.clone().matmul(block.mlp.c_proj.weight.val().transpose()); // [P, M]
-    let dh = act_grad.clone().unsqueeze::<3>() * a.clone().unsqueeze_dim(1); // [P, N, M]
-    let main = dh.matmul(consts.k.unsqueeze()); // [P, N, W]
-    let m1 = (a.clone() * consts.kappa.unsqueeze()).matmul(act_grad.clone().transpose()); // [P, N]
-    let m2 = a.matmul(act_grad_b.clone().transpose()).div_scalar(w as f64); // [P, N]
-    let g_out = g.matmul(block.attn.out_proj.weight.val().transpose()); // [P, W]
+    // out_proj): dc = rstd ⊙ (dh K - (dh·κ) 1ᵀW_outᵀ - (dh·B/W) x̂W_outᵀ) + g W_outᵀ; the two
+    // mean terms are a's products with the trace's mean rows.
+    let ag = g.matmul(consts.g_weights); // [P, M + W]
+    let mm = ag.clone().narrow(1, 0, m).matmul(mean_rows.clone().transpose()); // [P, 2N]
     Ok(LayerTerms {
-        main,
-        m1,
-        m2,
+        act_grad: act_grad.clone(),
+        ag,
+        k: consts.k,
+        m: mm,
         ones_out: consts.ones_out,
         xhat_out: xhat_out.clone(),
         rstd: rstd.clone().reshape([n]),
-        g_out,
         values: values.clone(),
     })
 }
@@ -184,12 +210,36 @@ fn layer_terms(model: &Clip, lt: &LayerTrace, g: Tensor<2>) -> Result<LayerTerms
 impl LayerTerms {
     /// `dc` `[P, N, W]`, the gradient at the attention's concatenated heads.
     pub fn head_gradient(&self) -> Tensor<3> {
-        let n = self.main.dims()[1];
-        (self.main.clone()
-            - self.m1.clone().unsqueeze_dim::<3>(2) * self.ones_out.clone().unsqueeze::<3>()
-            - self.m2.clone().unsqueeze_dim::<3>(2) * self.xhat_out.clone().unsqueeze::<3>())
+        let [n, m] = self.act_grad.dims();
+        let w = self.k.dims()[1];
+        let a = self.ag.clone().narrow(1, 0, m);
+        let g_out = self.ag.clone().narrow(1, m, w);
+        let m1 = self.m.clone().narrow(1, 0, n);
+        let m2 = self.m.clone().narrow(1, n, n);
+        let dh = self.act_grad.clone().unsqueeze::<3>() * a.unsqueeze_dim(1); // [P, N, M]
+        let main = dh.matmul(self.k.clone().unsqueeze()); // [P, N, W]
+        (main
+            - m1.unsqueeze_dim::<3>(2) * self.ones_out.clone().unsqueeze::<3>()
+            - m2.unsqueeze_dim::<3>(2) * self.xhat_out.clone().unsqueeze::<3>())
             * self.rstd.clone().reshape([1, n, 1])
-            + self.g_out.clone().unsqueeze_dim::<3>(1)
+            + g_out.unsqueeze_dim::<3>(1)
+    }
+
+    /// The same `dc` in one GPU launch of `tile` (rows, columns) tiles and `units` per cube
+    /// ([`super::kernel::head_gradient_fused`]).
+    #[cfg(feature = "wgpu")]
+    pub fn head_gradient_fused(&self, tile: (usize, usize), units: u32) -> Tensor<3> {
+        super::kernel::head_gradient_fused(
+            self.act_grad.clone(),
+            self.ag.clone(),
+            self.k.clone(),
+            self.m.clone(),
+            self.ones_out.clone(),
+            self.xhat_out.clone(),
+            self.rstd.clone(),
+            tile,
+            units,
+        )
     }
 }
 

@@ -133,6 +133,15 @@ pub fn keeps_quantized(device: &Device) -> bool {
     }
 }
 
+/// Adapters that are software renderers (a CPU running the shaders), by name: SwiftShader,
+/// llvmpipe/lavapipe, softpipe, WARP.
+pub fn is_software_adapter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["swiftshader", "llvmpipe", "lavapipe", "softpipe", "microsoft basic render", "warp"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
 /// A weight matrix stored `[out, in]` (PyTorch) as burn's `[in, out]`.
 ///
 /// On a GPU ([`keeps_quantized`]) a quantized one stays quantized on the device: burn's
@@ -504,5 +513,25 @@ impl AttentionPool {
     pub fn forward(&self, x: Tensor<3>, act: Activation) -> PoolOutput {
         let (probs, values) = self.attention(x);
         self.from_probs(probs, values, act)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_software_adapter;
+
+    #[test]
+    fn software_adapters_are_told_from_gpus_by_name() {
+        for name in [
+            "llvmpipe (LLVM 15.0.6, 256 bits)",
+            "SwiftShader Device (Subzero)",
+            "google / swiftshader",
+            "Microsoft Basic Render Driver",
+        ] {
+            assert!(is_software_adapter(name), "{name}");
+        }
+        for name in ["NVIDIA H200", "AMD Radeon 8060S Graphics", "Apple M2", "Intel(R) UHD Graphics 620", ""] {
+            assert!(!is_software_adapter(name), "{name}");
+        }
     }
 }

@@ -59,12 +59,15 @@ pub struct VisionTower {
 }
 
 /// See [`VisionTower::legrad_consts`]: `k = W_fcᵀ diag(γ₂) W_outᵀ` `[M, W]`,
-/// `kappa = W_fcᵀ γ₂ / W` `[M]`, `ones_out = 1ᵀ W_outᵀ` `[W]` (burn's `[in, out]` weights).
+/// `kappa = W_fcᵀ γ₂ / W` `[M]`, `ones_out = 1ᵀ W_outᵀ` `[W]`, and `g_weights =
+/// [W_projᵀ | W_outᵀ]` `[W, M + W]` (a prompt's `g W_projᵀ` and `g W_outᵀ` in one product;
+/// burn's `[in, out]` weights, dequantized: 4 bytes a weight, 12 MB a layer for a ViT-B/16).
 #[derive(Clone, Debug)]
 pub struct LegradConsts {
     pub k: Tensor<2>,
     pub kappa: Tensor<1>,
     pub ones_out: Tensor<1>,
+    pub g_weights: Tensor<2>,
 }
 
 /// Which intermediate values a forward pass keeps.
@@ -111,14 +114,15 @@ pub struct LayerTrace {
     /// For the analytic backward (LEGRAD.md section 5, with ln_2 folded as in
     /// [`VisionTower::legrad_consts`]): values `[H, N, d]`; ln_2's `1/σ` `[N, 1]`; its `x̂`
     /// through `out_proj`, `x̂ W_outᵀ` `[N, W]`; `act'(h)` `[N, M]` for `h = c_fc(ln_2(u))`; and
-    /// `act'(h) ⊙ (x̂ diag(γ₂) W_fc)` `[N, M]`.
+    /// the LayerNorm's mean terms' rows `[act' ⊙ κ ; act' ⊙ (x̂ diag(γ₂) W_fc) / W]` `[2N, M]`
+    /// (a prompt's two `[N]` mean terms are one product with them).
     pub values: Option<Tensor<3>>,
     /// SigLIP: what LeGrad's closed form needs of the attention pool run on this block's output.
     pub pool: Option<PoolTrace>,
     pub ln_2_rstd: Option<Tensor<2>>,
     pub xhat_out: Option<Tensor<2>>,
     pub act_grad: Option<Tensor<2>>,
-    pub act_grad_b: Option<Tensor<2>>,
+    pub mean_rows: Option<Tensor<2>>,
 }
 
 /// SigLIP's LeGrad reads the attention pool applied to a block's output (the reference's
@@ -147,6 +151,10 @@ pub struct ImageTrace {
     pub request: TraceRequest,
     /// Tokens before the patches (1: CLIP's class token; 0: SigLIP).
     pub prefix_tokens: usize,
+    /// CLIP's LeGrad: how each traced layer's score gradient depends on the text embedding,
+    /// `[L, E, W]`, computed once per image on first use
+    /// ([`crate::explain::legrad::score_jacobians`]).
+    pub score_jacobian: std::sync::OnceLock<Tensor<3>>,
 }
 
 impl ImageTrace {
@@ -239,7 +247,9 @@ impl VisionTower {
         let fc_t_gamma = block.mlp.c_fc.weight.val().dequantize().transpose() * gamma; // [M, W]
         let kappa = fc_t_gamma.clone().sum_dim(1).div_scalar(w as f64).squeeze_dim::<1>(1); // [M]
         let ones_out = out_t.clone().sum_dim(0).squeeze_dim::<1>(0); // [W]
-        let c = LegradConsts { k: fc_t_gamma.matmul(out_t), kappa, ones_out };
+        let proj_t = block.mlp.c_proj.weight.val().dequantize().transpose(); // [W, M]
+        let g_weights = Tensor::cat(vec![proj_t, out_t.clone()], 1); // [W, M + W]
+        let c = LegradConsts { k: fc_t_gamma.matmul(out_t), kappa, ones_out, g_weights };
         cache.insert(layer, c.clone());
         Ok(c)
     }
@@ -406,7 +416,8 @@ impl VisionTower {
                 }
                 _ => None,
             };
-            let backward = (request.mlp_backward && clip).then(|| {
+            let kappa = if request.mlp_backward && clip { Some(self.legrad_consts(i)?.kappa) } else { None };
+            let backward = kappa.map(|kappa| {
                 let x_hat = squeeze3(out.ln_2.x_hat.clone()); // [N, W]
                 let h = squeeze3(out.mlp_pre.clone()); // [N, M]
                 let act_grad = activate_grad(self.activation, h.clone());
@@ -418,7 +429,11 @@ impl VisionTower {
                     b = b - bias.val().unsqueeze::<2>();
                 }
                 let xhat_out = x_hat.matmul(block.attn.out_proj.weight.val().transpose());
-                (squeeze3(out.ln_2.rstd.clone()), xhat_out, act_grad.clone(), act_grad * b)
+                let mean_rows = Tensor::cat(
+                    vec![act_grad.clone() * kappa.unsqueeze(), (act_grad.clone() * b).div_scalar(w as f64)],
+                    0,
+                );
+                (squeeze3(out.ln_2.rstd.clone()), xhat_out, act_grad, mean_rows)
             });
             layers.push(LayerTrace {
                 index: i,
@@ -431,7 +446,7 @@ impl VisionTower {
                 ln_2_rstd: backward.as_ref().map(|b| b.0.clone()),
                 xhat_out: backward.as_ref().map(|b| b.1.clone()),
                 act_grad: backward.as_ref().map(|b| b.2.clone()),
-                act_grad_b: backward.map(|b| b.3),
+                mean_rows: backward.map(|b| b.3),
             });
             debug_assert_eq!(n, grid.0 * grid.1 + self.prefix_tokens);
             x = out.output;
@@ -444,6 +459,7 @@ impl VisionTower {
             layers,
             request: request.clone(),
             prefix_tokens: self.prefix_tokens,
+            score_jacobian: Default::default(),
         })
     }
 }
@@ -489,7 +505,7 @@ impl VisionTower {
                     ln_2_rstd: backward.then(|| noise2([n, 1]).abs().add_scalar(0.5)),
                     xhat_out: backward.then(|| noise2([n, w])),
                     act_grad: backward.then(|| noise2([n, m])),
-                    act_grad_b: backward.then(|| noise2([n, m])),
+                    mean_rows: backward.then(|| noise2([2 * n, m])),
                 }
             })
             .collect();
@@ -500,6 +516,7 @@ impl VisionTower {
             layers,
             request: request.clone(),
             prefix_tokens: self.prefix_tokens,
+            score_jacobian: Default::default(),
         }
     }
 }
