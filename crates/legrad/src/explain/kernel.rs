@@ -52,9 +52,9 @@ impl Tiling {
     /// A GPU: small tiles, many units, burn's matmul for `dc`.
     pub const GPU: Tiling = Tiling { units: 64, query_rows: 4, keys: 4, target_units: 65_536, head_gradient: None };
     /// A software adapter (a CPU running the shaders): the tiles measured fastest on lavapipe
-    /// (`examples/kernel_times.rs`, ViT-B/16 shapes: 32 x 16 for `dc` took 241 ms where burn's
-    /// matmul and the elementwise ops took 684 ms; 32 x 32 was faster still, 182 ms, but took
-    /// about 200 s to compile).
+    /// (`examples/kernel_times.rs`, one ViT-B/16 layer at 224: 32 x 16 for `dc` took 239 ms
+    /// where burn's matmul took 689 ms; 32 x 32 was faster still, 182 ms, but took about 200 s
+    /// to compile; BENCHMARKS.md §5).
     pub const SOFTWARE: Tiling =
         Tiling { units: 8, query_rows: 32, keys: 16, target_units: 1, head_gradient: Some((32, 16)) };
 
