@@ -494,7 +494,9 @@ pub fn App() -> impl IntoView {
     match started {
         Ok(()) => {
             let query = location.as_ref().and_then(|l| l.search().ok()).unwrap_or_default();
-            bridge::send(&Request::Init { backend: BackendRequest::from_query(&query) }, vec![]);
+            let init =
+                Request::Init { backend: BackendRequest::from_query(&query), threads: threads_from_query(&query) };
+            bridge::send(&init, vec![]);
             match shared.model_url.clone() {
                 Some(url) => state.load_model(ModelSource::url(url.clone()), vec![], url),
                 None => bridge::send(&Request::LoadModel(ModelSource::Default), vec![]),

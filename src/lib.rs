@@ -7,6 +7,7 @@
 pub mod app;
 pub mod bridge;
 pub mod components;
+pub mod helpers;
 pub mod models;
 pub mod protocol;
 pub mod render;
@@ -15,14 +16,15 @@ pub mod worker;
 
 use wasm_bindgen::prelude::*;
 
-/// The module's entry in both of its homes: in the page it mounts the UI, in the worker it
-/// installs the engine's message handler.
+/// The module's entry in its homes: in the page it mounts the UI, in the engine's worker it
+/// installs the engine's message handler, in a helper worker ([`helpers::HELPER_NAME`]) the
+/// helper's.
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
-    let in_worker = js_sys::global().dyn_into::<web_sys::DedicatedWorkerGlobalScope>().is_ok();
-    if in_worker {
-        worker::install();
+    let worker = js_sys::global().dyn_into::<web_sys::DedicatedWorkerGlobalScope>().ok();
+    if let Some(scope) = worker {
+        if scope.name() == helpers::HELPER_NAME { helpers::install_helper() } else { worker::install() }
     } else {
         leptos::mount::mount_to_body(app::App);
     }

@@ -85,11 +85,21 @@ impl BackendRequest {
     }
 }
 
+/// `?threads=N` (1 to 16), if the query says so.
+pub fn threads_from_query(query: &str) -> Option<u32> {
+    let query = query.trim_start_matches('?');
+    let n: u32 = query.split('&').find_map(|kv| kv.strip_prefix("threads="))?.parse().ok()?;
+    (1..=16).contains(&n).then_some(n)
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Request {
-    /// Initialise the compute backend.
+    /// Initialise the compute backend. `threads`: how many threads the CPU path may use
+    /// (`?threads=N`; none: one per core, at most 4).
     Init {
         backend: BackendRequest,
+        #[serde(default)]
+        threads: Option<u32>,
     },
     LoadModel(ModelSource),
     /// Cancel the running download.

@@ -21,6 +21,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::DedicatedWorkerGlobalScope;
 use web_time::Instant;
 
+use crate::helpers::Helpers;
 use crate::models;
 use crate::protocol::*;
 
@@ -54,6 +55,10 @@ struct State {
     source: Option<ModelSource>,
     image: Option<(u64, Rc<DecodedImage>)>,
     trace: Option<Rc<CachedTrace>>,
+    /// `?threads=N`, when the page asked.
+    threads: Option<u32>,
+    /// On the CPU: the helper workers that take a share of each prompt's rows.
+    helpers: Option<Rc<Helpers>>,
     queue: VecDeque<(Request, Vec<js_sys::ArrayBuffer>)>,
     busy: bool,
     abort: Option<web_sys::AbortController>,
@@ -138,7 +143,10 @@ async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
     }
     match request {
         Request::Cancel => {}
-        Request::Init { backend } => init(backend).await,
+        Request::Init { backend, threads } => {
+            STATE.with(|s| s.borrow_mut().threads = threads);
+            init(backend).await
+        }
         Request::LoadModel(source) => {
             let name = match &source {
                 ModelSource::Default => models::DEFAULT_MODEL_NAME.to_string(),
@@ -261,14 +269,43 @@ async fn init(request: BackendRequest) {
             },
         },
     };
+    let on_cpu = !legrad::model::keeps_quantized(&device);
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.device = Some(device);
         s.race_gpu = race_gpu;
+    });
+    let choice = if on_cpu { with_threads(choice) } else { choice };
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
         s.initial_choice = Some(choice.clone());
         s.choice = Some(choice.clone());
     });
     post(&Response::Backend(choice), vec![]);
+}
+
+/// On the CPU: start the helper workers (once), and say in `choice` how many threads explain.
+fn with_threads(mut choice: BackendChoice) -> BackendChoice {
+    let helpers = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.helpers.is_none() {
+            let cores = js_sys::Reflect::get(&js_sys::global(), &"navigator".into())
+                .and_then(|n| js_sys::Reflect::get(&n, &"hardwareConcurrency".into()))
+                .ok()
+                .and_then(|c| c.as_f64())
+                .unwrap_or(1.0) as u32;
+            let threads = s.threads.unwrap_or(cores.clamp(1, 4));
+            s.helpers = Helpers::start(threads.saturating_sub(1) as usize).map(Rc::new);
+        }
+        s.helpers.as_ref().map(|h| legrad::explain::rows::RowHelpers::count(h.as_ref())).unwrap_or(0)
+    });
+    let threads = match helpers {
+        0 => "one thread".to_string(),
+        n => format!("{} threads", n + 1),
+    };
+    choice.name = format!("CPU (wasm, {threads})");
+    choice.reason = format!("{} A prompt's map is computed on {threads} (?threads=N sets how many).", choice.reason);
+    choice
 }
 
 fn device() -> Device {
@@ -302,12 +339,12 @@ fn gpu_lost_now() -> bool {
 /// The GPU is gone: the engine moves to the CPU for the rest of the visit, says so, and loads
 /// the model again there (the decoded image stays; its trace is computed again).
 async fn recover_on_cpu(reason: String) {
-    let choice = cpu_choice(
+    let choice = with_threads(cpu_choice(
         format!(
             "On the CPU: the GPU device was lost ({reason}), so the engine moved to the CPU. Reload the page to use the GPU again."
         ),
         true,
-    );
+    ));
     let source = STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.device = Some(Device::flex());
@@ -481,7 +518,7 @@ async fn race(bytes: &[u8], gpu: Device, adapter: String) -> Result<Rc<Engine>, 
         let reason = format!(
             "On the CPU: timed at load, it is faster for this model here ({timings}). ?backend=webgpu forces the GPU."
         );
-        (on_cpu, Device::flex(), BackendChoice { race: Some(race), ..cpu_choice(reason, false) })
+        (on_cpu, Device::flex(), with_threads(BackendChoice { race: Some(race), ..cpu_choice(reason, false) }))
     };
     STATE.with(|s| {
         let mut s = s.borrow_mut();
@@ -538,10 +575,11 @@ fn take_image(id: u64, name: &str, img: DecodedImage) {
 }
 
 async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
-    let (engine, image, cached) = STATE.with(|s| {
+    let (engine, image, cached, helpers) = STATE.with(|s| {
         let s = s.borrow();
-        (s.engine.clone(), s.image.clone(), s.trace.clone())
+        (s.engine.clone(), s.image.clone(), s.trace.clone(), s.helpers.clone())
     });
+    let helpers = helpers.as_deref().map(|h| h as &dyn legrad::explain::rows::RowHelpers);
     let engine = engine.ok_or((ErrorAbout::Model, LegradError::Input("the model is still loading".into())))?;
     let (image_id, image) = image.ok_or((ErrorAbout::Image, LegradError::Input("drop an image first".into())))?;
     if image_id != req.image_id {
@@ -583,6 +621,10 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
             // so that typing never waits for a compiler (once per grid; nothing on the CPU).
             for method in &req.methods {
                 engine.warm_up_prompts(&trace, *method, &options).await.map_err(e(ErrorAbout::Explain))?;
+                // On the CPU, the helpers get their rows of the trace with the image.
+                if let Some(h) = helpers {
+                    engine.prime_helpers(&trace, *method, &options, h).await.map_err(e(ErrorAbout::Explain))?;
+                }
             }
             let c = Rc::new(CachedTrace {
                 image_id,
@@ -618,7 +660,10 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
         let fresh = if missing.is_empty() {
             Vec::new()
         } else {
-            engine.explain(&cached.trace, &missing, *method, &options).await.map_err(e(ErrorAbout::Explain))?
+            engine
+                .explain_with(&cached.trace, &missing, *method, &options, helpers)
+                .await
+                .map_err(e(ErrorAbout::Explain))?
         };
         let mut known = cached.maps.borrow_mut();
         let fresh: HashMap<&str, ExplainedPrompt> = missing.iter().map(|p| p.text.as_str()).zip(fresh).collect();

@@ -9,7 +9,7 @@
 //   * one prompt replaced by another, median of 4 (the page's timing).
 //
 //   LEGRAD_DIST=dist LEGRAD_CLI=target/release/legrad node tests/e2e/bench.mjs [--full] [--only default|vit]
-//       [--backends pick,webgpu,cpu] [--sizes 224,448]
+//       [--backends pick,webgpu,cpu,cpu1] [--sizes 224,448]     (cpu1: ?backend=cpu&threads=1)
 //
 // The ViT-B/16 on SwiftShader takes minutes per step (its image encode at 448 took 17.8 min
 // on 2026-11-26): without --full it is measured at 224 only, for page open, image encode and
@@ -80,7 +80,8 @@ async function show(page, lines) {
 async function measure(model, backend) {
   const context = await browser.newContext();
   const page = await context.newPage();
-  const query = backend === "pick" ? "" : `?backend=${backend}`;
+  // "cpu1": the CPU on one thread (no helper workers), for comparison.
+  const query = backend === "pick" ? "" : backend === "cpu1" ? "?backend=cpu&threads=1" : `?backend=${backend}`;
   const t0 = Date.now();
   await page.goto(`${base}/app/${query}`);
   await page.waitForSelector('[data-testid="model-info"]', { timeout: T });

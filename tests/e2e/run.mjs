@@ -235,6 +235,11 @@ await test("on a software WebGPU adapter the page picks the CPU and says why", a
   await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
   const backend = await page.textContent('[data-testid="backend"]');
   assert(backend.startsWith("CPU"), `backend is "${backend}"`);
+  // One thread per core (the engine's worker and its helpers), at most 4: the map below is
+  // computed with the rows shared out wherever there is more than one core.
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+  const threads = Math.min(Math.max(cores, 1), 4);
+  assert(backend.includes(threads === 1 ? "one thread" : `${threads} threads`), `backend is "${backend}" on ${cores} cores`);
   const reason = await page.textContent('[data-testid="backend-reason"]');
   assert(/software adapter/.test(reason) && /swiftshader/i.test(reason), `reason: ${reason}`);
   assert(reason.includes("?backend=webgpu"), `the reason does not say how to force WebGPU: ${reason}`);
@@ -533,12 +538,12 @@ await test("a SigLIP model by URL, its config and tokenizer found beside it: con
   await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
 });
 
-await test("?backend=cpu runs on the CPU, says so, and explains", async () => {
+await test("?backend=cpu&threads=1 runs on the CPU in one thread, says so, and explains as the native engine", async () => {
   page = await context.newPage();
-  await page.goto(base + SUB + "?backend=cpu");
+  await page.goto(base + SUB + "?backend=cpu&threads=1");
   await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
   const backend = await page.textContent('[data-testid="backend"]');
-  assert(backend.startsWith("CPU"), `backend is "${backend}"`);
+  assert(backend.startsWith("CPU") && backend.includes("one thread"), `backend is "${backend}"`);
   const reason = await page.textContent('[data-testid="backend-reason"]');
   assert(reason.includes("as asked"), `reason: ${reason}`);
   await dropFile(scene, "scene-1.png");
@@ -547,6 +552,13 @@ await test("?backend=cpu runs on the CPU, says so, and explains", async () => {
   await page.fill('[data-testid="prompts"]', "a red circle");
   await waitForCard("a red circle");
   await page.screenshot({ path: join(shots, "11-cpu-fallback.png") });
+  // No helper workers: the same map as the native engine (and as the first test's, with them).
+  await page.selectOption('[data-testid="size"]', "448");
+  await page.fill('[data-testid="prompts"]', "a blue circle");
+  await waitForCard("a blue circle");
+  const r = await compareCanvas("a blue circle", nativeOverlay(scene, "a blue circle", "cpu-one-thread"));
+  assert(!r.error, r.error);
+  assert(r.mean < 0.5 && r.off < 0.005, `canvas vs native: mean abs diff ${r.mean}, ${(100 * r.off).toFixed(2)}% off by > 2`);
 });
 
 /// The URLs the app keeps in the Cache API.

@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::error::{LegradError, Result};
+use crate::explain::rows::RowHelpers;
 use crate::explain::{ExplainOptions, Method, PromptMap, finish_maps};
 use crate::load::ModelInfo;
 use crate::model::{Clip, ImageTrace, TraceRequest};
@@ -282,6 +283,19 @@ impl Engine {
         method: Method,
         options: &ExplainOptions,
     ) -> Result<Vec<ExplainedPrompt>> {
+        self.explain_with(trace, prompts, method, options, None).await
+    }
+
+    /// [`explain`](Self::explain), with CLIP's LeGrad on the CPU sharing its per-prompt rows
+    /// with `helpers` (other threads: [`crate::explain::rows`]). The same maps.
+    pub async fn explain_with(
+        &self,
+        trace: &ImageTrace,
+        prompts: &[PreparedPrompt],
+        method: Method,
+        options: &ExplainOptions,
+        helpers: Option<&dyn RowHelpers>,
+    ) -> Result<Vec<ExplainedPrompt>> {
         method.supports(self.model.config.family)?;
         let explainer = method.explainer(options);
         let request = explainer.trace_request(self.model.vision.depth())?;
@@ -292,7 +306,8 @@ impl Engine {
             )));
         }
         let texts = self.encode(prompts)?;
-        let (summed, per_layer, scores) = self.explain_texts(explainer.as_ref(), method, trace, texts).await?;
+        let split = helpers.filter(|h| self.shares_rows(method, *h)).map(|h| (h, options.layer_index));
+        let (summed, per_layer, scores) = self.explain_texts(explainer.as_ref(), method, trace, texts, split).await?;
         let maps = finish_maps(
             &summed,
             per_layer.as_ref().map(|(l, d)| (l.as_slice(), d.as_slice())),
@@ -315,6 +330,29 @@ impl Engine {
             .collect())
     }
 
+    /// Does `method` share its rows with `helpers` here (CLIP's LeGrad on the CPU)?
+    fn shares_rows(&self, method: Method, helpers: &dyn RowHelpers) -> bool {
+        helpers.count() > 0
+            && method == Method::LeGrad
+            && self.model.config.family == crate::config::Family::Clip
+            && !self.compiles_kernels()
+    }
+
+    /// Where [`explain_with`](Self::explain_with) would share `method`'s rows with `helpers`:
+    /// hand them their rows of `trace` now (after a new image) instead of with its first prompt.
+    pub async fn prime_helpers(
+        &self,
+        trace: &ImageTrace,
+        method: Method,
+        options: &ExplainOptions,
+        helpers: &dyn RowHelpers,
+    ) -> Result<()> {
+        if !self.shares_rows(method, helpers) {
+            return Ok(());
+        }
+        crate::explain::rows::prime(&self.model, trace, options.layer_index, helpers).await
+    }
+
     /// Maps and scores for text embeddings `[P, E]`, read back: summed grid maps `[P, cells]`,
     /// per-layer maps `[L, P, cells]` where the method has layers, and scores `[P]`. On a GPU,
     /// in chunks padded to [`PROMPT_BUCKETS`] (a method that explains prompt by prompt gets one
@@ -325,6 +363,7 @@ impl Engine {
         method: Method,
         trace: &ImageTrace,
         texts: Tensor<2>,
+        split: Option<(&dyn RowHelpers, i64)>,
     ) -> Result<(Vec<f32>, Option<(Vec<usize>, Vec<f32>)>, Vec<f32>)> {
         let [p, e] = texts.dims();
         let (chunk, pad) = match (self.pad_shapes, method.batches_prompts()) {
@@ -345,7 +384,12 @@ impl Engine {
             }
             let pb = part.dims()[0];
             let part_scores = part.clone().matmul(trace.embedding.clone().unsqueeze_dim(1)); // [Pb, 1]
-            let grid_maps = explainer.explain(&self.model, trace, part)?;
+            let grid_maps = match split {
+                Some((helpers, layer_index)) => {
+                    crate::explain::rows::explain_split(&self.model, trace, part, layer_index, helpers).await?
+                }
+                None => explainer.explain(&self.model, trace, part)?,
+            };
             // One read for the chunk (each read waits for the device: a round trip that costs
             // more than a kernel on some adapters): the summed maps, the scores, the layers.
             let mut parts = vec![grid_maps.summed.reshape([pb * cells]), part_scores.reshape([pb])];
@@ -383,7 +427,7 @@ impl Engine {
             let counts = PROMPT_BUCKETS.iter().copied().chain([PROMPT_BUCKETS[1] + 1]);
             for rows in counts {
                 let texts = Tensor::zeros([rows, self.model.config.embed_dim], &self.device());
-                self.explain_texts(explainer.as_ref(), method, trace, texts).await?;
+                self.explain_texts(explainer.as_ref(), method, trace, texts, None).await?;
             }
         }
         if self.pad_text() && !self.text_warmed.swap(true, std::sync::atomic::Ordering::SeqCst) {

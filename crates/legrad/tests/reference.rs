@@ -125,6 +125,68 @@ fn legrad_maps_match_reference_from_pixels() {
     }
 }
 
+/// CLIP's LeGrad on the CPU with its query rows shared out (`explain::rows`, what the browser's
+/// helper workers take): the reference's maps, as without helpers, for 1 to 20 helpers (more
+/// than the tokens of a 4x4 grid: some get none), both layer indices, and with helpers that
+/// fail (their rows are computed at home). Every helper here runs the helper workers' code
+/// (`HeldRows`) on what crosses to them (`HostTensor`s); 5 get their rows before the first
+/// prompt (`Engine::prime_helpers`), the others with it.
+#[test]
+fn legrad_maps_with_row_helpers_match_reference() {
+    use legrad::explain::rows::LocalHelpers;
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let device = burn::tensor::Device::flex();
+    let engine = tiny_b16(&device);
+    let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+    for key in ["64x64", "64x96"] {
+        let size = size_of(key);
+        for li in [-2i64, 0] {
+            let options = ExplainOptions { layer_index: li };
+            let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+            let trace = engine.trace(exp.values(&format!("pixels/{key}")).to_vec(), size, &request).unwrap();
+            let alone = pollster::block_on(engine.explain(&trace, &prepared, Method::LeGrad, &options)).unwrap();
+            let want = exp.values(&format!("legrad/{key}/layer{li}/final"));
+            let n = size.width * size.height;
+            for (count, fail) in [(1, false), (2, false), (5, false), (20, false), (2, true)] {
+                let mut helpers = LocalHelpers::new(count);
+                helpers.fail = fail;
+                if count == 5 {
+                    // As the app does with a new image: the rows go out before the first prompt.
+                    pollster::block_on(engine.prime_helpers(&trace, Method::LeGrad, &options, &helpers)).unwrap();
+                }
+                // Twice: the second explanation finds the rows held.
+                for round in 0..2 {
+                    let out = pollster::block_on(engine.explain_with(
+                        &trace,
+                        &prepared,
+                        Method::LeGrad,
+                        &options,
+                        Some(&helpers),
+                    ))
+                    .unwrap();
+                    let what = format!("{key} layer_index {li}, {count} helpers (failing: {fail}), round {round}");
+                    for (p, (r, a)) in out.iter().zip(&alone).enumerate() {
+                        let d = max_abs_diff(&r.map.map, &want[p * n..][..n]);
+                        assert!(d <= MAP_TOL, "{what}, prompt {p}: max abs diff {d} from the reference");
+                        assert!(max_abs_diff(&r.map.map, &a.map.map) <= 1e-5, "{what}, prompt {p}: unlike unshared");
+                        for ((_, x), (_, y)) in r.map.per_layer.iter().zip(&a.map.per_layer) {
+                            let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            assert!(max_abs_diff(x, y) <= 1e-5 * scale, "{what}, prompt {p}: a layer's map");
+                        }
+                        assert_eq!(r.map.per_layer.len(), a.map.per_layer.len());
+                    }
+                }
+                // Every helper with rows answered both rounds (none when they fail).
+                // (Shares of ceil(N / (helpers + 1)) rows: 20 helpers on 25 tokens leave 8 out.)
+                let per = trace.tokens().div_ceil(count + 1);
+                let with_rows = trace.tokens().div_ceil(per) - 1;
+                let want = if fail { 0 } else { 2 * with_rows };
+                assert_eq!(helpers.answered.get(), want, "{key} layer_index {li}: {count} helpers");
+            }
+        }
+    }
+}
+
 #[test]
 fn legrad_maps_match_reference_through_decoding() {
     let exp = Expected::load("tiny-vit-b16.expected.safetensors");

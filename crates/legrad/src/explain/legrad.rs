@@ -157,6 +157,7 @@ fn score_gradients(model: &Clip, layers: &[&LayerTrace], n: usize, texts: Tensor
 /// `dc = (main - m₁ 1ᵀW_outᵀ - m₂ x̂W_outᵀ) ⊙ rstd + g W_outᵀ`, and `dA_h = dc_h V_hᵀ`.
 /// Pairs of per-prompt vectors come from one product each (one launch on a GPU, where launches
 /// are what a small model's prompt costs): `ag = [a | g W_outᵀ]`, `m = [m₁ | m₂]`.
+#[derive(Clone)]
 pub struct LayerTerms {
     /// `act'(h)` `[N, M]`.
     pub act_grad: Tensor<2>,
@@ -243,6 +244,36 @@ impl LayerTerms {
     }
 }
 
+impl LayerTerms {
+    /// The same terms for the query rows `start..start + len` only: `dc`'s rows are independent
+    /// (each its own LayerNorm statistics and mean terms), and every row sees all the keys.
+    pub fn rows(&self, start: usize, len: usize) -> LayerTerms {
+        let n = self.act_grad.dims()[0];
+        let m = Tensor::cat(vec![self.m.clone().narrow(1, start, len), self.m.clone().narrow(1, n + start, len)], 1);
+        LayerTerms {
+            act_grad: self.act_grad.clone().narrow(0, start, len),
+            ag: self.ag.clone(),
+            k: self.k.clone(),
+            m,
+            ones_out: self.ones_out.clone(),
+            xhat_out: self.xhat_out.clone().narrow(0, start, len),
+            rstd: self.rstd.clone().narrow(0, start, len),
+            values: self.values.clone(),
+        }
+    }
+
+    /// `Σ_h Σ_i relu(dA_h)[:, i, :]` `[P, N]` over these terms' query rows, in plain tensor
+    /// operations (the CPU's): the share a thread computes when the rows are split
+    /// ([`super::rows`]); [`finish_sums`] of the sum over all rows is the layer's relevance.
+    pub fn relevance_sums(&self) -> Tensor<2> {
+        let dc = self.head_gradient();
+        let [p, r, w] = dc.dims();
+        let [h, _, d] = self.values.dims();
+        debug_assert_eq!(w, h * d);
+        relevance_sums_per_head(dc.reshape([p, r, h, d]).swap_dims(1, 2), self.values.clone())
+    }
+}
+
 /// `R_l` `[P, N - 1]` from the gradient at the heads `dc` `[P, N, H·d]` and the values
 /// `[H, N, d]`, in plain tensor operations: the reference for the fused kernel
 /// ([`super::kernel`]) and the CPU path.
@@ -259,10 +290,18 @@ pub fn relevance_plain(dc: Tensor<3>, values: Tensor<3>) -> Tensor<2> {
 /// each head's `[P, N, N]` reduced over rows at once. The same numbers (up to summation order);
 /// at 448 px a ViT-B/16 head's gradient is 2.4 MB and stays in cache, the whole is 30 MB.
 fn relevance_per_head(dc: Tensor<4>, values: Tensor<3>) -> Tensor<2> {
-    let [p, h, n, _] = dc.dims();
+    let [_, h, n, _] = dc.dims();
+    finish_sums(relevance_sums_per_head(dc, values), h, n)
+}
+
+/// `Σ_h Σ_i relu(dc_h V_hᵀ)[:, i, :]` `[P, N]` for the query rows `i` of `dc` `[P, H, R, d]`
+/// (all `N` rows, or a share of them: [`super::rows`]), the values `[H, N, d]` of every key.
+fn relevance_sums_per_head(dc: Tensor<4>, values: Tensor<3>) -> Tensor<2> {
+    let [p, h, _, _] = dc.dims();
+    let n = values.dims()[1];
     let mut sum: Option<Tensor<3>> = None;
     for k in 0..h {
-        let dc_k = dc.clone().narrow(1, k, 1).squeeze_dim::<3>(1); // [P, N, d]
+        let dc_k = dc.clone().narrow(1, k, 1).squeeze_dim::<3>(1); // [P, R, d]
         let v_k = values.clone().narrow(0, k, 1).swap_dims(1, 2); // [1, d, N]
         let r = dc_k.matmul(v_k).clamp_min(0.0).sum_dim(1); // [P, 1, N]
         sum = Some(match sum {
@@ -270,8 +309,13 @@ fn relevance_per_head(dc: Tensor<4>, values: Tensor<3>) -> Tensor<2> {
             Some(s) => s + r,
         });
     }
-    let sum = sum.expect("at least one head");
-    sum.reshape([p, n]).div_scalar((h * n) as f64).narrow(1, 1, n - 1)
+    sum.expect("at least one head").reshape([p, n])
+}
+
+/// The sums of [`relevance_sums_per_head`] over all `n` query rows → `R` `[P, N - 1]`: the mean
+/// over heads and rows, the class token's column dropped.
+pub(crate) fn finish_sums(sums: Tensor<2>, heads: usize, n: usize) -> Tensor<2> {
+    sums.div_scalar((heads * n) as f64).narrow(1, 1, n - 1)
 }
 
 /// `mean_h mean_i relu(G)[:, :, i, 1:]`: `[P, H, N, N]` → `[P, N - 1]`.

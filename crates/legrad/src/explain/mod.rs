@@ -9,6 +9,7 @@ pub mod baselines;
 #[cfg(feature = "wgpu")]
 pub mod kernel;
 pub mod legrad;
+pub mod rows;
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};

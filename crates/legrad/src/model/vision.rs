@@ -155,6 +155,14 @@ pub struct ImageTrace {
     /// `[L, E, W]`, computed once per image on first use
     /// ([`crate::explain::legrad::score_jacobians`]).
     pub score_jacobian: std::sync::OnceLock<Tensor<3>>,
+    /// Unique in the process: names the trace to those who hold a copy of parts of it
+    /// ([`crate::explain::rows::RowHelpers`]).
+    pub id: u64,
+}
+
+fn next_trace_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl ImageTrace {
@@ -460,6 +468,7 @@ impl VisionTower {
             request: request.clone(),
             prefix_tokens: self.prefix_tokens,
             score_jacobian: Default::default(),
+            id: next_trace_id(),
         })
     }
 }
@@ -517,6 +526,7 @@ impl VisionTower {
             request: request.clone(),
             prefix_tokens: self.prefix_tokens,
             score_jacobian: Default::default(),
+            id: next_trace_id(),
         }
     }
 }

@@ -1,0 +1,277 @@
+//! LeGrad's per-prompt closed form on the CPU, split by query rows between this thread and
+//! helpers: other threads, each with its own copy of its rows' terms (the browser's helper
+//! workers: a wasm instance is one thread, and the machine's other cores are otherwise idle
+//! while a prompt is explained).
+//!
+//! A layer's `dc` rows are independent of each other (each query row has its own LayerNorm
+//! statistics and mean terms) and every row sees all the keys, so a share of the rows gives a
+//! share of `Σ_h Σ_i relu(dA_h)[:, i, :]` ([`LayerTerms::relevance_sums`]); the shares add up
+//! to the layer's sums. What a helper holds per trace (its rows of `act'`, `x̂ W_outᵀ`, `1/σ`,
+//! and the layer's `K`, `1ᵀ W_outᵀ` and values) travels once per image as [`HostTensor`]s;
+//! per prompt only `[a | g W_outᵀ]` and its rows' mean terms do (a few kB).
+
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::GridMaps;
+use super::legrad::{LayerTerms, finish_sums, layer_terms_for, stack};
+use crate::engine::read_f32;
+use crate::error::{LegradError, Result};
+use crate::model::{Clip, ImageTrace};
+
+/// A tensor's values on the host, row-major, with its shape: what crosses to a helper.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub dims: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Self> {
+        let dims = t.dims().to_vec();
+        Ok(Self { dims, data: read_f32(t).await? })
+    }
+
+    /// Back to a tensor of rank `D` on `device`; a shape that does not fit is an error.
+    pub fn tensor<const D: usize>(&self, device: &Device) -> Result<Tensor<D>> {
+        let n: usize = self.dims.iter().product();
+        let dims: [usize; D] = self.dims.clone().try_into().map_err(|_| {
+            LegradError::Input(format!("a helper's tensor has shape {:?}, expected rank {D}", self.dims))
+        })?;
+        if n != self.data.len() {
+            return Err(LegradError::Input(format!(
+                "a helper's tensor of shape {:?} came with {} values",
+                self.dims,
+                self.data.len()
+            )));
+        }
+        Ok(Tensor::from_data(TensorData::new(self.data.clone(), dims), device))
+    }
+}
+
+type Pending = Pin<Box<dyn Future<Output = Result<Vec<f32>>>>>;
+
+/// Threads that take a share of the rows. The engine calls [`hold`](Self::hold) once per trace
+/// (`key`: [`ImageTrace::id`]) before the first [`start`](Self::start) on it; `start` hands
+/// the job over at once and returns its answer to await: the helper's `[L, P, N]` sums
+/// ([`HeldRows::sums`]).
+pub trait RowHelpers {
+    /// Helpers ready to take work (0: all rows here).
+    fn count(&self) -> usize;
+    /// Does helper `i` hold its rows of trace `key`?
+    fn holds(&self, i: usize, key: u64) -> bool;
+    /// Give helper `i` its rows of trace `key` ([`row_share`]).
+    fn hold(&self, i: usize, key: u64, share: Vec<HostTensor>);
+    /// Start helper `i` on a prompt batch ([`prompt_share`]).
+    fn start(&self, i: usize, key: u64, prompts: Vec<HostTensor>) -> Pending;
+}
+
+/// The rows of share `i` of `n` rows in `parts` shares (the first share is this thread's).
+pub fn share_rows(n: usize, parts: usize, i: usize) -> Range<usize> {
+    let per = n.div_ceil(parts.max(1));
+    let start = (i * per).min(n);
+    start..((i + 1) * per).min(n)
+}
+
+/// What a helper holds for rows `rows` of every layer: per layer `act'`, `K`, `1ᵀ W_outᵀ`,
+/// `x̂ W_outᵀ`, `1/σ`, the values.
+pub async fn row_share(terms: &[LayerTerms], rows: Range<usize>) -> Result<Vec<HostTensor>> {
+    let mut out = Vec::with_capacity(6 * terms.len());
+    for t in terms {
+        let r = t.rows(rows.start, rows.len());
+        out.push(HostTensor::read(r.act_grad).await?);
+        out.push(HostTensor::read(r.k).await?);
+        out.push(HostTensor::read(r.ones_out).await?);
+        out.push(HostTensor::read(r.xhat_out).await?);
+        out.push(HostTensor::read(r.rstd).await?);
+        out.push(HostTensor::read(r.values).await?);
+    }
+    Ok(out)
+}
+
+/// A prompt batch's terms for rows `rows` of every layer: per layer `[a | g W_outᵀ]` and the
+/// rows' mean terms.
+pub async fn prompt_share(terms: &[LayerTerms], rows: Range<usize>) -> Result<Vec<HostTensor>> {
+    let mut out = Vec::with_capacity(2 * terms.len());
+    for t in terms {
+        let r = t.rows(rows.start, rows.len());
+        out.push(HostTensor::read(r.ag).await?);
+        out.push(HostTensor::read(r.m).await?);
+    }
+    Ok(out)
+}
+
+/// A helper's side: its rows of one trace, as tensors on its device (each layer's terms but
+/// for the per-prompt `ag` and `m`, which [`sums`](Self::sums) brings).
+pub struct HeldRows {
+    layers: Vec<LayerTerms>,
+}
+
+impl HeldRows {
+    /// From [`row_share`]'s tensors.
+    pub fn new(share: &[HostTensor], device: &Device) -> Result<Self> {
+        if share.is_empty() || !share.len().is_multiple_of(6) {
+            return Err(LegradError::Input(format!(
+                "a helper's rows came as {} tensors, not 6 per layer",
+                share.len()
+            )));
+        }
+        let layers = share
+            .chunks_exact(6)
+            .map(|c| {
+                let t = LayerTerms {
+                    act_grad: c[0].tensor(device)?,
+                    ag: Tensor::zeros([0, 0], device),
+                    k: c[1].tensor(device)?,
+                    m: Tensor::zeros([0, 0], device),
+                    ones_out: c[2].tensor(device)?,
+                    xhat_out: c[3].tensor(device)?,
+                    rstd: c[4].tensor(device)?,
+                    values: c[5].tensor(device)?,
+                };
+                let ([rows, m], [km, w]) = (t.act_grad.dims(), t.k.dims());
+                let fits = km == m
+                    && t.ones_out.dims() == [w]
+                    && t.xhat_out.dims() == [rows, w]
+                    && t.rstd.dims() == [rows]
+                    && t.values.dims()[0] * t.values.dims()[2] == w;
+                if fits { Ok(t) } else { Err(LegradError::Input("a helper's rows do not fit together".into())) }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// The sums `[L, P, N]` of these rows for a prompt batch ([`prompt_share`]'s tensors).
+    pub fn sums(&self, prompts: &[HostTensor], device: &Device) -> Result<Tensor<3>> {
+        if prompts.len() != 2 * self.layers.len() {
+            return Err(LegradError::Input(format!(
+                "a helper holding {} layers got {} prompt tensors",
+                self.layers.len(),
+                prompts.len()
+            )));
+        }
+        let mut sums = Vec::with_capacity(self.layers.len());
+        for (held, p) in self.layers.iter().zip(prompts.chunks_exact(2)) {
+            let (ag, m): (Tensor<2>, Tensor<2>) = (p[0].tensor(device)?, p[1].tensor(device)?);
+            let ([rows, mw], [w]) = (held.act_grad.dims(), held.ones_out.dims());
+            let pp = ag.dims()[0];
+            if ag.dims() != [pp, mw + w] || m.dims() != [pp, 2 * rows] {
+                return Err(LegradError::Input("a helper's prompt terms do not fit the rows it holds".into()));
+            }
+            let terms = LayerTerms { ag, m, ..held.clone() };
+            sums.push(terms.relevance_sums());
+        }
+        Ok(Tensor::stack(sums, 0))
+    }
+}
+
+/// How many shares the rows of `trace` split into with `helpers` (every share has rows: a grid
+/// of one patch has two tokens).
+fn shares(trace: &ImageTrace, helpers: &dyn RowHelpers) -> usize {
+    let (n, parts) = (trace.tokens(), 1 + helpers.count());
+    parts.min(n.div_ceil(share_rows(n, parts, 0).len().max(1)))
+}
+
+/// Give each helper that does not hold them yet its rows of `trace`; the number of shares.
+async fn hold_rows(terms: &[LayerTerms], trace: &ImageTrace, helpers: &dyn RowHelpers) -> Result<usize> {
+    let parts = shares(trace, helpers);
+    for i in 1..parts {
+        if !helpers.holds(i - 1, trace.id) {
+            helpers.hold(i - 1, trace.id, row_share(terms, share_rows(trace.tokens(), parts, i)).await?);
+        }
+    }
+    Ok(parts)
+}
+
+/// Hand the helpers their rows of a new trace now (with the image, where the user waits
+/// anyway) rather than with its first prompt: the rows do not depend on the prompt.
+pub async fn prime(model: &Clip, trace: &ImageTrace, layer_index: i64, helpers: &dyn RowHelpers) -> Result<()> {
+    let texts = Tensor::zeros([1, model.config.embed_dim], &model.vision.device());
+    let (_, terms) = layer_terms_for(model, trace, texts, layer_index)?;
+    hold_rows(&terms, trace, helpers).await.map(|_| ())
+}
+
+/// CLIP's LeGrad ([`super::legrad::LeGrad`]) with the query rows split between this thread
+/// and `helpers`: the same maps, up to summation order. A helper that fails has its rows
+/// computed here instead.
+pub async fn explain_split(
+    model: &Clip,
+    trace: &ImageTrace,
+    texts: Tensor<2>,
+    layer_index: i64,
+    helpers: &dyn RowHelpers,
+) -> Result<GridMaps> {
+    let (layers, terms) = layer_terms_for(model, trace, texts, layer_index)?;
+    let n = trace.tokens();
+    let heads = terms.first().map(|t| t.values.dims()[0]).unwrap_or(1);
+    let parts = hold_rows(&terms, trace, helpers).await?;
+    let mut pending = Vec::with_capacity(parts - 1);
+    for i in 1..parts {
+        let rows = share_rows(n, parts, i);
+        pending.push((rows.clone(), helpers.start(i - 1, trace.id, prompt_share(&terms, rows).await?)));
+    }
+    let here = share_rows(n, parts, 0);
+    let mut sums: Vec<Tensor<2>> = terms.iter().map(|t| t.rows(here.start, here.len()).relevance_sums()).collect();
+    let device = model.vision.device();
+    for (rows, job) in pending {
+        let [l, p] = [terms.len(), terms.first().map(|t| t.ag.dims()[0]).unwrap_or(0)];
+        let share: Tensor<3> = match job.await {
+            Ok(v) if v.len() == l * p * n => Tensor::from_data(TensorData::new(v, [l, p, n]), &device),
+            _ => Tensor::stack(terms.iter().map(|t| t.rows(rows.start, rows.len()).relevance_sums()).collect(), 0),
+        };
+        for (k, s) in sums.iter_mut().enumerate() {
+            *s = s.clone() + share.clone().narrow(0, k, 1).squeeze_dim(0);
+        }
+    }
+    Ok(stack(layers, sums.into_iter().map(|s| finish_sums(s, heads, n)).collect()))
+}
+
+/// In-thread helpers for tests: the same [`HeldRows`] code a helper worker runs, called at once.
+#[derive(Default)]
+pub struct LocalHelpers {
+    pub helpers: usize,
+    held: std::cell::RefCell<Vec<Option<(u64, HeldRows)>>>,
+    /// Answer every job with an error (the engine then computes those rows itself).
+    pub fail: bool,
+    /// Jobs answered with sums.
+    pub answered: std::cell::Cell<usize>,
+}
+
+impl LocalHelpers {
+    pub fn new(helpers: usize) -> Self {
+        let held = std::cell::RefCell::new((0..helpers).map(|_| None).collect());
+        Self { helpers, held, fail: false, answered: Default::default() }
+    }
+}
+
+impl RowHelpers for LocalHelpers {
+    fn count(&self) -> usize {
+        self.helpers
+    }
+    fn holds(&self, i: usize, key: u64) -> bool {
+        self.held.borrow()[i].as_ref().is_some_and(|(k, _)| *k == key)
+    }
+    fn hold(&self, i: usize, key: u64, share: Vec<HostTensor>) {
+        let held = HeldRows::new(&share, &Device::flex()).ok().map(|h| (key, h));
+        self.held.borrow_mut()[i] = held;
+    }
+    fn start(&self, i: usize, key: u64, prompts: Vec<HostTensor>) -> Pending {
+        let device = Device::flex();
+        let answer = match &self.held.borrow()[i] {
+            _ if self.fail => Err(LegradError::Backend("this helper fails, as asked".into())),
+            Some((k, held)) if *k == key => held.sums(&prompts, &device).and_then(|t| {
+                let n: usize = t.dims().iter().product();
+                let data = t.reshape([n]).into_data().convert::<f32>();
+                data.try_into_vec::<f32>().map_err(|e| LegradError::Backend(format!("{e:?}")))
+            }),
+            _ => Err(LegradError::Input("this helper does not hold that trace".into())),
+        };
+        if answer.is_ok() {
+            self.answered.set(self.answered.get() + 1);
+        }
+        Box::pin(std::future::ready(answer))
+    }
+}
