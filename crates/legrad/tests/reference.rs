@@ -148,7 +148,7 @@ fn legrad_maps_with_row_helpers_match_reference() {
             let want = exp.values(&format!("legrad/{key}/layer{li}/final"));
             let n = size.width * size.height;
             for (count, fail) in [(1, false), (2, false), (5, false), (20, false), (2, true)] {
-                let mut helpers = LocalHelpers::new(count);
+                let mut helpers = LocalHelpers::new(count, &device);
                 helpers.fail = fail;
                 if count == 5 {
                     // As the app does with a new image: the rows go out before the first prompt.

@@ -229,10 +229,11 @@ pub async fn explain_split(
     Ok(stack(layers, sums.into_iter().map(|s| finish_sums(s, heads, n)).collect()))
 }
 
-/// In-thread helpers for tests: the same [`HeldRows`] code a helper worker runs, called at once.
-#[derive(Default)]
+/// In-thread helpers for tests: the same [`HeldRows`] code a helper worker runs, called at once,
+/// on `device`.
 pub struct LocalHelpers {
     pub helpers: usize,
+    device: Device,
     held: std::cell::RefCell<Vec<Option<(u64, HeldRows)>>>,
     /// Answer every job with an error (the engine then computes those rows itself).
     pub fail: bool,
@@ -241,9 +242,9 @@ pub struct LocalHelpers {
 }
 
 impl LocalHelpers {
-    pub fn new(helpers: usize) -> Self {
+    pub fn new(helpers: usize, device: &Device) -> Self {
         let held = std::cell::RefCell::new((0..helpers).map(|_| None).collect());
-        Self { helpers, held, fail: false, answered: Default::default() }
+        Self { helpers, device: device.clone(), held, fail: false, answered: Default::default() }
     }
 }
 
@@ -255,14 +256,14 @@ impl RowHelpers for LocalHelpers {
         self.held.borrow()[i].as_ref().is_some_and(|(k, _)| *k == key)
     }
     fn hold(&self, i: usize, key: u64, share: Vec<HostTensor>) {
-        let held = HeldRows::new(&share, &Device::flex()).ok().map(|h| (key, h));
+        let held = HeldRows::new(&share, &self.device).ok().map(|h| (key, h));
         self.held.borrow_mut()[i] = held;
     }
     fn start(&self, i: usize, key: u64, prompts: Vec<HostTensor>) -> Pending {
-        let device = Device::flex();
+        let device = &self.device;
         let answer = match &self.held.borrow()[i] {
             _ if self.fail => Err(LegradError::Backend("this helper fails, as asked".into())),
-            Some((k, held)) if *k == key => held.sums(&prompts, &device).and_then(|t| {
+            Some((k, held)) if *k == key => held.sums(&prompts, device).and_then(|t| {
                 let n: usize = t.dims().iter().product();
                 let data = t.reshape([n]).into_data().convert::<f32>();
                 data.try_into_vec::<f32>().map_err(|e| LegradError::Backend(format!("{e:?}")))
