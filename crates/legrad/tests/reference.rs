@@ -185,6 +185,24 @@ fn legrad_maps_with_row_helpers_match_reference() {
             }
         }
     }
+
+    // One trace, several layer indices (a trace made for 0 serves -2 too): the helpers take the
+    // rows of the layers asked each time and answer every time.
+    let (key, li0) = ("64x64", ExplainOptions { layer_index: 0 });
+    let request = engine.request_for(&[Method::LeGrad], &li0).unwrap();
+    let trace = engine.trace(exp.values(&format!("pixels/{key}")).to_vec(), size_of(key), &request).unwrap();
+    let helpers = LocalHelpers::new(1, &device);
+    for li in [0i64, -2, 0] {
+        let options = ExplainOptions { layer_index: li };
+        let shared =
+            pollster::block_on(engine.explain_with(&trace, &prepared, Method::LeGrad, &options, Some(&helpers)))
+                .unwrap();
+        let alone = pollster::block_on(engine.explain(&trace, &prepared, Method::LeGrad, &options)).unwrap();
+        for (a, b) in shared.iter().zip(&alone) {
+            assert!(max_abs_diff(&a.map.map, &b.map.map) <= 1e-5, "layer_index {li} on a trace made for 0");
+        }
+    }
+    assert_eq!(helpers.answered.get(), 3, "the helper answered each layer index");
 }
 
 #[test]

@@ -55,7 +55,8 @@ impl HostTensor {
 type Pending = Pin<Box<dyn Future<Output = Result<Vec<f32>>>>>;
 
 /// Threads that take a share of the rows. The engine calls [`hold`](Self::hold) once per trace
-/// (`key`: [`ImageTrace::id`]) before the first [`start`](Self::start) on it; `start` hands
+/// and first layer (`key`: from [`ImageTrace::id`] and the layer) before the first
+/// [`start`](Self::start) on it; `start` hands
 /// the job over at once and returns its answer to await: the helper's `[L, P, N]` sums
 /// ([`HeldRows::sums`]).
 pub trait RowHelpers {
@@ -175,12 +176,25 @@ fn shares(trace: &ImageTrace, helpers: &dyn RowHelpers) -> usize {
     parts.min(n.div_ceil(share_rows(n, parts, 0).len().max(1)))
 }
 
-/// Give each helper that does not hold them yet its rows of `trace`; the number of shares.
-async fn hold_rows(terms: &[LayerTerms], trace: &ImageTrace, helpers: &dyn RowHelpers) -> Result<usize> {
+/// What a helper's rows are named by: the trace and the first layer used (a trace made for
+/// `layer_index` 0 also serves -2, with fewer layers).
+fn hold_key(trace: &ImageTrace, layers: &[usize]) -> u64 {
+    (trace.id << 8) | layers.first().map(|&l| l as u64 & 0xff).unwrap_or(0)
+}
+
+/// Give each helper that does not hold them yet its rows of `trace` for `layers`; the number of
+/// shares.
+async fn hold_rows(
+    terms: &[LayerTerms],
+    trace: &ImageTrace,
+    layers: &[usize],
+    helpers: &dyn RowHelpers,
+) -> Result<usize> {
     let parts = shares(trace, helpers);
+    let key = hold_key(trace, layers);
     for i in 1..parts {
-        if !helpers.holds(i - 1, trace.id) {
-            helpers.hold(i - 1, trace.id, row_share(terms, share_rows(trace.tokens(), parts, i)).await?);
+        if !helpers.holds(i - 1, key) {
+            helpers.hold(i - 1, key, row_share(terms, share_rows(trace.tokens(), parts, i)).await?);
         }
     }
     Ok(parts)
@@ -190,8 +204,8 @@ async fn hold_rows(terms: &[LayerTerms], trace: &ImageTrace, helpers: &dyn RowHe
 /// anyway) rather than with its first prompt: the rows do not depend on the prompt.
 pub async fn prime(model: &Clip, trace: &ImageTrace, layer_index: i64, helpers: &dyn RowHelpers) -> Result<()> {
     let texts = Tensor::zeros([1, model.config.embed_dim], &model.vision.device());
-    let (_, terms) = layer_terms_for(model, trace, texts, layer_index)?;
-    hold_rows(&terms, trace, helpers).await.map(|_| ())
+    let (layers, terms) = layer_terms_for(model, trace, texts, layer_index)?;
+    hold_rows(&terms, trace, &layers, helpers).await.map(|_| ())
 }
 
 /// CLIP's LeGrad ([`super::legrad::LeGrad`]) with the query rows split between this thread
@@ -207,11 +221,12 @@ pub async fn explain_split(
     let (layers, terms) = layer_terms_for(model, trace, texts, layer_index)?;
     let n = trace.tokens();
     let heads = terms.first().map(|t| t.values.dims()[0]).unwrap_or(1);
-    let parts = hold_rows(&terms, trace, helpers).await?;
+    let parts = hold_rows(&terms, trace, &layers, helpers).await?;
+    let key = hold_key(trace, &layers);
     let mut pending = Vec::with_capacity(parts - 1);
     for i in 1..parts {
         let rows = share_rows(n, parts, i);
-        pending.push((rows.clone(), helpers.start(i - 1, trace.id, prompt_share(&terms, rows).await?)));
+        pending.push((rows.clone(), helpers.start(i - 1, key, prompt_share(&terms, rows).await?)));
     }
     let here = share_rows(n, parts, 0);
     let mut sums: Vec<Tensor<2>> = terms.iter().map(|t| t.rows(here.start, here.len()).relevance_sums()).collect();
