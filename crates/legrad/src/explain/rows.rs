@@ -231,8 +231,8 @@ pub async fn explain_split(
     let here = share_rows(n, parts, 0);
     let mut sums: Vec<Tensor<2>> = terms.iter().map(|t| t.rows(here.start, here.len()).relevance_sums()).collect();
     let device = model.vision.device();
+    let [l, p] = [terms.len(), terms.first().map(|t| t.ag.dims()[0]).unwrap_or(0)];
     for (rows, job) in pending {
-        let [l, p] = [terms.len(), terms.first().map(|t| t.ag.dims()[0]).unwrap_or(0)];
         let share: Tensor<3> = match job.await {
             Ok(v) if v.len() == l * p * n => Tensor::from_data(TensorData::new(v, [l, p, n]), &device),
             _ => Tensor::stack(terms.iter().map(|t| t.rows(rows.start, rows.len()).relevance_sums()).collect(), 0),
