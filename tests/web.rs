@@ -104,6 +104,16 @@ async fn webgpu_matches_reference() {
     check_against_reference(&webgpu().await, "webgpu").await;
 }
 
+/// The CPU path's kernel for a prompt's tokens (`model::few_rows`, 128-bit SIMD in wasm)
+/// against its twin, burn's `Linear::forward`.
+#[wasm_bindgen_test]
+fn cpu_few_rows_kernel_matches_burns_linear() {
+    for (rows, k, n, bias) in legrad::model::few_rows::CHECKED_SHAPES {
+        let worst = legrad::model::few_rows::check_against_burn(rows, k, n, bias).unwrap();
+        assert!(worst < 1e-5 * (k as f32).sqrt(), "{rows}x{k}x{n}: worst difference {worst}");
+    }
+}
+
 #[wasm_bindgen_test]
 async fn cpu_fallback_matches_reference() {
     check_against_reference(&Device::flex(), "cpu").await;

@@ -414,9 +414,15 @@ impl Engine {
 
     /// On a GPU, compile the per-prompt kernels for a trace's grid, for every prompt count and
     /// prompt length a request can bring (once per grid; the page calls it after a new image's
-    /// trace, before its first map). Nothing to do on the CPU.
+    /// trace, before its first map). On the CPU, where nothing compiles, the trace's share of
+    /// every prompt's work: CLIP's LeGrad starts each prompt from the score's Jacobian of the
+    /// image (`explain::legrad::score_jacobians`), made here with the image instead of with its
+    /// first prompt.
     pub async fn warm_up_prompts(&self, trace: &ImageTrace, method: Method, options: &ExplainOptions) -> Result<()> {
         if !self.pad_shapes {
+            if method == Method::LeGrad && self.model.config.family == crate::config::Family::Clip {
+                crate::explain::legrad::score_jacobians(&self.model, trace);
+            }
             return Ok(());
         }
         let key = (trace.grid, method, options.layer_index);

@@ -4,6 +4,7 @@
 //! loader's key table maps one to one. Weights are stored as burn's `Linear` does, `[in, out]`;
 //! the loader transposes PyTorch's `[out, in]`.
 
+pub mod few_rows;
 pub mod pos_embed;
 pub mod text;
 pub mod vision;
@@ -13,6 +14,7 @@ use burn::nn::Linear;
 use burn::tensor::activation;
 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{Device, Tensor, TensorData};
+use few_rows::linear;
 
 use crate::config::{Activation, ClipConfig, Family};
 use crate::error::Result;
@@ -283,7 +285,7 @@ impl Attention {
         let [b, n, w] = x.dims();
         let h = self.heads;
         let d = w / h;
-        let qkv = self.in_proj.forward(x);
+        let qkv = linear(&self.in_proj, x);
         let split = |i: usize| qkv.clone().narrow(2, i * w, w).reshape([b, n, h, d]).swap_dims(1, 2);
         // torch scales q before the product (F.multi_head_attention_forward).
         let q = split(0).mul_scalar((d as f64).powf(-0.5));
@@ -300,7 +302,7 @@ impl Attention {
 
     /// `out_proj(probs @ v)` with heads merged: the part of attention after the softmax.
     pub fn attend(&self, probs: Tensor<4>, values: Tensor<4>) -> Tensor<3> {
-        self.out_proj.forward(Self::context(probs, values))
+        linear(&self.out_proj, Self::context(probs, values))
     }
 
     /// `probs @ v` with heads merged `[B, N, W]`: `out_proj`'s input.
@@ -381,8 +383,8 @@ impl Block {
 
     /// The second half of the block: `u + mlp(ln_2(u))`.
     pub fn mlp_residual(&self, u: Tensor<3>, act: Activation) -> Tensor<3> {
-        let h = self.mlp.c_fc.forward(self.ln_2.forward(u.clone()));
-        u + self.mlp.c_proj.forward(activate(act, h))
+        let h = linear(&self.mlp.c_fc, self.ln_2.forward(u.clone()));
+        u + linear(&self.mlp.c_proj, activate(act, h))
     }
 
     /// The block's output and the inputs of its linear layers, in the order of
@@ -398,8 +400,8 @@ impl Block {
         let ctx = Attention::context(attention.probs, attention.values);
         let u = x + attention.output;
         let n2 = self.ln_2.forward(u.clone());
-        let g = activate(act, self.mlp.c_fc.forward(n2.clone()));
-        let out = u + self.mlp.c_proj.forward(g.clone());
+        let g = activate(act, linear(&self.mlp.c_fc, n2.clone()));
+        let out = u + linear(&self.mlp.c_proj, g.clone());
         (out, [a, ctx, n2, g])
     }
 
@@ -417,8 +419,8 @@ impl Block {
 
     fn finish(&self, u: Tensor<3>, attention: AttentionOutput, act: Activation) -> BlockOutput {
         let (n2, ln_2) = self.ln_2.forward_with_stats(u.clone());
-        let h = self.mlp.c_fc.forward(n2);
-        let output = u.clone() + self.mlp.c_proj.forward(activate(act, h.clone()));
+        let h = linear(&self.mlp.c_fc, n2);
+        let output = u.clone() + linear(&self.mlp.c_proj, activate(act, h.clone()));
         BlockOutput { output, attention, post_attn: u, ln_2, mlp_pre: h }
     }
 }
@@ -493,7 +495,7 @@ impl AttentionPool {
         let [b, n, w] = x.dims();
         let (h, d) = (self.heads, w / self.heads);
         let (k, v) = self.keys_values(x);
-        let q = self.q.forward(self.latent.val().reshape([1, w])).reshape([1, h, 1, d]).expand([b, h, 1, d]);
+        let q = linear(&self.q, self.latent.val().reshape([1, w])).reshape([1, h, 1, d]).expand([b, h, 1, d]);
         let scores = q.mul_scalar((d as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)); // [B, H, 1, N]
         (activation::softmax(scores, 3).reshape([b, h, n]), v)
     }
@@ -503,10 +505,10 @@ impl AttentionPool {
         let [b, h, n] = probs.dims();
         let d = values.dims()[3];
         let ctx = probs.clone().reshape([b, h, 1, n]).matmul(values.clone()).reshape([b, h * d]);
-        let attended = self.proj.forward(ctx);
+        let attended = linear(&self.proj, ctx);
         let (normed, norm) = self.norm.forward_with_stats(attended.clone());
-        let mlp_pre = self.mlp.c_fc.forward(normed);
-        let output = attended.clone() + self.mlp.c_proj.forward(activate(act, mlp_pre.clone()));
+        let mlp_pre = linear(&self.mlp.c_fc, normed);
+        let output = attended.clone() + linear(&self.mlp.c_proj, activate(act, mlp_pre.clone()));
         PoolOutput { output, probs, values, attended, norm, mlp_pre }
     }
 
