@@ -6,10 +6,10 @@
 //! after row as it lies in memory: four of its rows at a time are scaled by each token's four
 //! inputs and added into that token's output row, which stays in the first-level cache
 //! (`y[t] += x[t, i..i+4] · W[i..i+4]`). A random ViT-B/16's text tower (48 products, 151 MB
-//! of f32 weights) for 8 rows, measured alone on this project's machine while it also compiled:
-//! in wasm 146 ms by gemm, 54 to 63 ms by this (explicit 128-bit SIMD); natively 74 to 89 ms by
-//! gemm, 56 ms by this (the compiler's own vectors). In `legrad bench` (one thread, natively)
-//! the tower's encoding of a prompt went from 80 to 59 ms (BENCHMARKS.md §5).
+//! of f32 weights) for 8 rows, measured alone on this project's machine, nothing else running:
+//! in wasm 75 ms by gemm, 37 ms by this (explicit 128-bit SIMD; the portable loop 40 ms);
+//! natively 45 ms by gemm, 34 ms by this (the compiler's own vectors). In `legrad bench` (one
+//! thread, natively) the tower's encoding of a prompt went from 80 to 59 ms (BENCHMARKS.md §5).
 //!
 //! [`linear`] takes this path on Flex for at most [`MAX_ROWS`] rows of f32 and leaves
 //! everything else, autodiff included, to burn's `Linear::forward`, its plain-tensor twin (the
@@ -19,9 +19,9 @@ use burn::backend::{DispatchDevice, Flex};
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor, TensorData};
 
-/// The most rows [`linear`] computes itself. From about 16 rows on it runs at `gemm`'s rate on
-/// large products (about 10 GFLOP/s in wasm on this project's machine), so more rows gain
-/// nothing here; 64 holds a few prompts' tokens.
+/// The most rows [`linear`] computes itself: a few prompts' tokens. (At 16 rows it took 64 ms
+/// in wasm against gemm's 109 ms for the tower above; gemm's blocked product is what large
+/// products need.)
 pub const MAX_ROWS: usize = 64;
 
 /// `lin.forward(x)`: by [`axpy_rows`] where `x` has at most [`MAX_ROWS`] rows (all dimensions
@@ -103,8 +103,9 @@ pub fn axpy_rows(x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, y: &mut 
 }
 
 /// The same four-row step in wasm's 128-bit SIMD, two tokens at a time: LLVM does not turn
-/// the portable loop into it (the portable form ran at 98 ms against 54 ms for an 8-token
-/// prompt through a ViT-B/16's text tower).
+/// the portable loop into quite this (for an 8-token prompt through a ViT-B/16's text tower the
+/// portable form took 40 ms against 37 ms alone, 98 ms against 54 to 63 ms with the machine
+/// busy compiling).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
     use core::arch::wasm32::*;
