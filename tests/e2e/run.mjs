@@ -977,9 +977,12 @@ await test("camera: the map's peak follows a moving object, frames/s and latency
     // The peak of each shown map against the circle in the frame it was drawn over (opacity 0:
     // the canvas is the frame), read together.
     await page.evaluate(() => { const e = document.querySelector('[data-testid="opacity"]'); e.value = "0"; e.dispatchEvent(new Event("input", { bubbles: true })); });
+    // Over one whole period of the video (8 s, there and back), so that the circle's positions
+    // span its path whatever phase the sampling starts at.
     const samples = [];
     let lastImage = null;
-    for (let k = 0; samples.length < 10 && k < 200; k++) {
+    const t0 = Date.now();
+    for (let k = 0; (samples.length < 10 || Date.now() - t0 < 8500) && k < 200; k++) {
       await page.waitForTimeout(250);
       const s = await page.evaluate(() => {
         const c = document.querySelector('[data-testid="main-canvas"]');
@@ -992,7 +995,7 @@ await test("camera: the map's peak follows a moving object, frames/s and latency
     }
     const near = samples.filter((s) => Math.abs(s.peak - s.blob) < 0.2 * s.width).length;
     const xs = samples.map((s) => s.blob);
-    assert(samples.length >= 8 && near >= samples.length - 1 && Math.max(...xs) - Math.min(...xs) > 80,
+    assert(samples.length >= 8 && near >= samples.length - Math.ceil(samples.length / 10) && Math.max(...xs) - Math.min(...xs) > 120,
       `peak vs circle: ${JSON.stringify(samples.map((s) => [Math.round(s.blob), s.peak]))}`);
     // Prompts can change while it runs; pause freezes the frame.
     await page.fill('[data-testid="prompts"]', "a blue circle\na red square");
