@@ -114,6 +114,18 @@ fn cpu_few_rows_kernel_matches_burns_linear() {
     }
 }
 
+/// The CPU path's 16-bit integer products for LeGrad (`explain::int16`, 128-bit SIMD in wasm):
+/// equal to the last bit to their portable form (what the native tests run), and close to
+/// their twin, the plain f32 tensor form.
+#[wasm_bindgen_test]
+fn cpu_int16_kernel_matches_its_twins() {
+    legrad::explain::int16::kernels::check_simd_against_portable().unwrap();
+    for shape in legrad::explain::int16::CHECKED_SHAPES {
+        let rel = legrad::explain::int16::check_against_plain(shape).unwrap();
+        assert!(rel < legrad::explain::int16::CHECKED_TOL, "{shape:?}: largest difference {rel} of the largest sum");
+    }
+}
+
 #[wasm_bindgen_test]
 async fn cpu_fallback_matches_reference() {
     check_against_reference(&Device::flex(), "cpu").await;

@@ -100,7 +100,8 @@ fn relevance(t: &LayerTerms, kernels: Option<Tiling>) -> Tensor<2> {
         return super::kernel::relevance_fused(dc, t.values.clone(), tiling);
     }
     let _ = kernels;
-    relevance_plain(t.head_gradient(), t.values.clone())
+    let [_, n, _] = t.values.dims();
+    finish_sums(t.relevance_sums(), t.values.dims()[0], n)
 }
 
 fn missing(l: usize) -> LegradError {
@@ -262,10 +263,26 @@ impl LayerTerms {
         }
     }
 
-    /// `Σ_h Σ_i relu(dA_h)[:, i, :]` `[P, N]` over these terms' query rows, in plain tensor
-    /// operations (the CPU's): the share a thread computes when the rows are split
-    /// ([`super::rows`]); [`finish_sums`] of the sum over all rows is the layer's relevance.
+    /// `Σ_h Σ_i relu(dA_h)[:, i, :]` `[P, N]` over these terms' query rows, on the CPU: the
+    /// share a thread computes when the rows are split ([`super::rows`]); [`finish_sums`] of
+    /// the sum over all rows is the layer's relevance. By 16-bit integer products where
+    /// [`super::int16::worth_it`] (the browser, large models), else in f32
+    /// ([`relevance_sums_plain`](Self::relevance_sums_plain)).
     pub fn relevance_sums(&self) -> Tensor<2> {
+        // By the whole layer's size (the values hold every key), not this share's rows: every
+        // share of a layer takes the same path.
+        let ([_, n, _], [m, w]) = (self.values.dims(), self.k.dims());
+        if super::int16::worth_it(n, m, w)
+            && let Some(sums) = super::int16::relevance_sums(self)
+        {
+            return sums;
+        }
+        self.relevance_sums_plain()
+    }
+
+    /// [`relevance_sums`](Self::relevance_sums) in plain f32 tensor operations: the integer
+    /// kernel's twin.
+    pub fn relevance_sums_plain(&self) -> Tensor<2> {
         let dc = self.head_gradient();
         let [p, r, w] = dc.dims();
         let [h, _, d] = self.values.dims();

@@ -6,6 +6,7 @@
 //! size and min-max normalisation, as the reference does after its sum over layers.
 
 pub mod baselines;
+pub mod int16;
 #[cfg(feature = "wgpu")]
 pub mod kernel;
 pub mod legrad;

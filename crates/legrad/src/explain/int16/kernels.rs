@@ -1,0 +1,640 @@
+//! The integer kernels on plain slices: rounding to 16-bit levels, packing, the two products.
+//! Each has a 128-bit SIMD form (wasm) and a portable form (natively) that do the same
+//! arithmetic in the same order, so their results are equal to the last bit
+//! ([`check_simd_against_portable`]).
+
+/// Rows of a tile (query rows) and 4-lane vectors of columns, in both products (2 x 4 was the
+/// fastest of 2x4, 3x3, 4x2, 4x3, 3x4, 2x6, 6x2 in V8: BENCHMARKS.md §5).
+pub const ROWS: usize = 2;
+const VECS: usize = 4;
+/// Columns (or keys) of a tile.
+pub const COLS: usize = VECS * 4;
+
+/// The levels of `main`'s factors: `|q| ≤ 8191`, so that a pair of products is below 2^27
+/// and [`DC_FLUSH`] pairs below 2^31.
+pub const DC_LEVELS: i32 = 8191;
+/// Pairs of `main`'s integer products summed before the sum moves into f32.
+pub const DC_FLUSH: usize = 16;
+
+/// The levels of the relevance product's factors for `d`-wide heads: the largest `q` with
+/// `d · q² < 2^31` (`d/2` pairs, each at most `2q²`): 5792 for 64-wide heads.
+pub fn rel_levels(d: usize) -> i32 {
+    let d = d.max(2) as f64;
+    ((i32::MAX as f64 / d).sqrt().floor() as i32).clamp(1, 8191)
+}
+
+/// Round `x` to `±levels` times one scale, written to `out`; the scale (0 for a zero row, NaN
+/// where `x` has a NaN or an infinity: the outputs are then NaN, as in f32).
+pub fn quantize(x: &[f32], levels: i32, out: &mut [i16]) -> f32 {
+    let out = &mut out[..x.len()];
+    let max = abs_max(x);
+    if max == 0.0 || !max.is_finite() {
+        out.fill(0);
+        return if max.is_finite() { 0.0 } else { f32::NAN };
+    }
+    round_into(x, levels as f32 / max, out);
+    max / levels as f32
+}
+
+/// `max |x|`, NaN if any is.
+fn abs_max(x: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return simd128::abs_max(x);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    portable::abs_max(x)
+}
+
+/// `out = round(x · inv)`, ties to even.
+fn round_into(x: &[f32], inv: f32, out: &mut [i16]) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    simd128::round_into(x, inv, out);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    portable::round_into(x, inv, out);
+}
+
+/// Rows rounded to `±levels` with one scale each, padded to whole tiles of [`ROWS`] rows and
+/// an even row length (the padding is zero).
+pub struct QuantRows {
+    pub q: Vec<i16>,
+    pub scale: Vec<f32>,
+    /// Rows with the padding.
+    pub rows: usize,
+    /// The padded row length.
+    pub len: usize,
+}
+
+impl QuantRows {
+    pub fn new(x: &[f32], rows: usize, cols: usize, levels: i32) -> Self {
+        let len = cols.next_multiple_of(2);
+        let padded = rows.next_multiple_of(ROWS);
+        let mut q = vec![0i16; padded * len];
+        let mut scale = vec![0f32; padded];
+        for i in 0..rows {
+            scale[i] = quantize(&x[i * cols..(i + 1) * cols], levels, &mut q[i * len..i * len + cols]);
+        }
+        Self { q, scale, rows: padded, len }
+    }
+}
+
+/// The values of every head, per key rounded to `±rel_levels(d)`, packed for the relevance
+/// product: per head, per block of [`COLS`] keys, per pair of the head's dimensions, the block's
+/// keys' two values side by side.
+pub struct PackedValues {
+    pub q: Vec<i16>,
+    /// Per head and key (padded).
+    pub scale: Vec<f32>,
+    /// Keys with the padding.
+    pub keys: usize,
+    pub pairs: usize,
+}
+
+impl PackedValues {
+    pub fn new(values: &[f32], h: usize, n: usize, d: usize) -> Self {
+        let levels = rel_levels(d);
+        let keys = n.next_multiple_of(COLS);
+        let pairs = d.div_ceil(2);
+        let mut q = vec![0i16; h * keys * pairs * 2];
+        let mut scale = vec![0f32; h * keys];
+        let mut row = vec![0i16; pairs * 2];
+        for hh in 0..h {
+            for j in 0..n {
+                let v = &values[(hh * n + j) * d..(hh * n + j + 1) * d];
+                scale[hh * keys + j] = quantize(v, levels, &mut row);
+                let (block, c) = (j / COLS, j % COLS);
+                let base = (hh * keys / COLS + block) * pairs * COLS * 2;
+                for p in 0..pairs {
+                    let at = base + (p * COLS + c) * 2;
+                    q[at] = row[2 * p];
+                    q[at + 1] = row[2 * p + 1];
+                }
+            }
+        }
+        Self { q, scale, keys, pairs }
+    }
+}
+
+/// `diag(a) K` (`K` `[M, W]`) rounded per column to `±DC_LEVELS`, packed for [`dc_product`]: per
+/// block of [`COLS`] columns, per pair of rows, the block's columns' two values side by side.
+/// The packed values and the columns' scales.
+pub fn pack_scaled(a: &[f32], k: &[f32], m: usize, w: usize) -> (Vec<i16>, Vec<f32>) {
+    let cols = w.next_multiple_of(COLS);
+    let pairs = m.div_ceil(2);
+    let mut max = vec![0f32; w];
+    for (kk, &ak) in a.iter().enumerate().take(m) {
+        col_max(ak.abs(), &k[kk * w..(kk + 1) * w], &mut max);
+    }
+    let inv: Vec<f32> = max.iter().map(|&x| if x > 0.0 { DC_LEVELS as f32 / x } else { 0.0 }).collect();
+    let mut q = vec![0i16; cols * pairs * 2];
+    for p in 0..pairs {
+        let row = |kk: usize| (kk < m).then(|| (a[kk], &k[kk * w..(kk + 1) * w]));
+        pack_pair(row(2 * p), row(2 * p + 1), &inv, &mut q, p, pairs);
+    }
+    let scale = max.iter().map(|&x| x / DC_LEVELS as f32).collect();
+    (q, scale)
+}
+
+/// `max[j] = max(max[j], a · |row[j]|)`, NaN once any is.
+fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    simd128::col_max(a, row, max);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    portable::col_max(a, row, max);
+}
+
+/// Rows `2p` and `2p + 1` of `diag(a) K` (each `(a_k, K[k])`, `None` past the end), rounded by
+/// the columns' `inv` scales, into pair `p` of the packed `q`.
+fn pack_pair(r0: Option<(f32, &[f32])>, r1: Option<(f32, &[f32])>, inv: &[f32], q: &mut [i16], p: usize, pairs: usize) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    simd128::pack_pair(r0, r1, inv, q, p, pairs);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    portable::pack_pair(r0, r1, inv, q, p, pairs);
+}
+
+/// `out [rows, cols] = a [rows, 2·pairs] · b` (`b` packed by [`pack_scaled`]), the integer sums
+/// moved into f32 every [`DC_FLUSH`] pairs; `rows` a multiple of [`ROWS`], `cols` of [`COLS`].
+pub fn dc_product(a: &[i16], b: &[i16], rows: usize, pairs: usize, cols: usize, out: &mut [f32]) {
+    assert!(
+        rows.is_multiple_of(ROWS)
+            && cols.is_multiple_of(COLS)
+            && a.len() >= rows * pairs * 2
+            && b.len() >= cols * pairs * 2
+            && out.len() >= rows * cols,
+        "dc_product: operands do not fit"
+    );
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    // SAFETY: the operands' lengths are asserted above; the kernel reads and writes within them.
+    unsafe {
+        simd128::dc_product(a, b, rows, pairs, cols, out)
+    };
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    portable::dc_product(a, b, rows, pairs, cols, out);
+}
+
+/// The operands of [`relevance_product`]: `q` `[rows, H, 2·pairs]` with one scale per row and
+/// head, and the packed values.
+pub struct RelevanceOperands<'a> {
+    pub q: &'a [i16],
+    pub scale: &'a [f32],
+    pub rows: usize,
+    pub heads: usize,
+    pub values: &'a PackedValues,
+}
+
+/// `out [keys] += Σ_h sv_h ⊙ Σ_i relu(q_h[i] · v_h) · scale[i, h]`.
+pub fn relevance_product(o: &RelevanceOperands, out: &mut [f32]) {
+    let (v, pairs) = (o.values, o.values.pairs);
+    assert!(
+        o.rows.is_multiple_of(ROWS)
+            && v.keys.is_multiple_of(COLS)
+            && o.q.len() >= o.rows * o.heads * pairs * 2
+            && o.scale.len() >= o.rows * o.heads
+            && v.q.len() >= o.heads * v.keys * pairs * 2
+            && v.scale.len() >= o.heads * v.keys
+            && out.len() >= v.keys,
+        "relevance_product: operands do not fit"
+    );
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    // SAFETY: the operands' lengths are asserted above; the kernel reads and writes within them.
+    unsafe {
+        simd128::relevance_product(o, out)
+    };
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    portable::relevance_product(o, out);
+}
+
+/// The same arithmetic in plain Rust, in the same order: natively, and the SIMD form's
+/// reference.
+#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
+mod portable {
+    use super::{COLS, DC_FLUSH, ROWS, RelevanceOperands};
+
+    /// Two values' products with a pair, summed: `i32x4.dot_i16x8_s`'s lane.
+    #[inline(always)]
+    fn dot(a: &[i16], b: &[i16]) -> i32 {
+        a[0] as i32 * b[0] as i32 + a[1] as i32 * b[1] as i32
+    }
+
+    /// `f32x4.max`: NaN if either is.
+    #[inline(always)]
+    fn max_nan(a: f32, b: f32) -> f32 {
+        if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) }
+    }
+
+    pub fn abs_max(x: &[f32]) -> f32 {
+        x.iter().fold(0f32, |m, v| max_nan(m, v.abs()))
+    }
+
+    pub fn round_into(x: &[f32], inv: f32, out: &mut [i16]) {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = (v * inv).round_ties_even() as i16;
+        }
+    }
+
+    pub fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
+        for (m, v) in max.iter_mut().zip(row) {
+            *m = max_nan(*m, a * v.abs());
+        }
+    }
+
+    pub fn pack_pair(
+        r0: Option<(f32, &[f32])>,
+        r1: Option<(f32, &[f32])>,
+        inv: &[f32],
+        q: &mut [i16],
+        p: usize,
+        pairs: usize,
+    ) {
+        for (e, r) in [r0, r1].into_iter().enumerate() {
+            let Some((a, row)) = r else { continue };
+            for (j, (&v, &s)) in row.iter().zip(inv).enumerate() {
+                let at = ((j / COLS) * pairs * COLS + p * COLS + j % COLS) * 2 + e;
+                q[at] = (a * v * s).round_ties_even() as i16;
+            }
+        }
+    }
+
+    pub fn dc_product(a: &[i16], b: &[i16], rows: usize, pairs: usize, cols: usize, out: &mut [f32]) {
+        for cb in 0..cols / COLS {
+            let block = &b[cb * pairs * COLS * 2..(cb + 1) * pairs * COLS * 2];
+            for i in (0..rows).step_by(ROWS) {
+                let mut fa = [[0f32; COLS]; ROWS];
+                let mut p = 0;
+                while p < pairs {
+                    let end = (p + DC_FLUSH).min(pairs);
+                    let mut acc = [[0i32; COLS]; ROWS];
+                    for pp in p..end {
+                        let bp = &block[pp * COLS * 2..(pp + 1) * COLS * 2];
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let ap = &a[(i + r) * pairs * 2 + 2 * pp..][..2];
+                            for (c, acc) in acc.iter_mut().enumerate() {
+                                *acc = acc.wrapping_add(dot(ap, &bp[2 * c..]));
+                            }
+                        }
+                    }
+                    for (fa, acc) in fa.iter_mut().zip(&acc) {
+                        for (f, &x) in fa.iter_mut().zip(acc) {
+                            *f += x as f32;
+                        }
+                    }
+                    p = end;
+                }
+                for (r, fa) in fa.iter().enumerate() {
+                    out[(i + r) * cols + cb * COLS..][..COLS].copy_from_slice(fa);
+                }
+            }
+        }
+    }
+
+    pub fn relevance_product(o: &RelevanceOperands, out: &mut [f32]) {
+        let (v, h) = (o.values, o.heads);
+        let (pairs, keys) = (v.pairs, v.keys);
+        let blocks = keys / COLS;
+        for hh in 0..h {
+            for kb in 0..blocks {
+                let block = &v.q[(hh * blocks + kb) * pairs * COLS * 2..][..pairs * COLS * 2];
+                let mut racc = [0f32; COLS];
+                for i in (0..o.rows).step_by(ROWS) {
+                    let mut acc = [[0i32; COLS]; ROWS];
+                    for p in 0..pairs {
+                        let bp = &block[p * COLS * 2..(p + 1) * COLS * 2];
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let ap = &o.q[((i + r) * h + hh) * pairs * 2 + 2 * p..][..2];
+                            for (c, acc) in acc.iter_mut().enumerate() {
+                                *acc = acc.wrapping_add(dot(ap, &bp[2 * c..]));
+                            }
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate() {
+                        let s = o.scale[(i + r) * h + hh];
+                        for (ra, &x) in racc.iter_mut().zip(acc) {
+                            *ra += x.max(0) as f32 * s;
+                        }
+                    }
+                }
+                let out = &mut out[kb * COLS..(kb + 1) * COLS];
+                for ((o, ra), s) in out.iter_mut().zip(&racc).zip(&v.scale[hh * keys + kb * COLS..]) {
+                    *o += ra * s;
+                }
+            }
+        }
+    }
+}
+
+/// 128-bit SIMD. The products: a tile of [`ROWS`] rows x [`VECS`] vectors of four columns;
+/// each step loads a row's pair of values once, as a 32-bit splat, and multiplies it with every
+/// vector (`i32x4.dot_i16x8_s`: a pair per lane).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128 {
+    use super::{COLS, DC_FLUSH, ROWS, RelevanceOperands, VECS};
+    use core::arch::wasm32::*;
+
+    /// The lanes' maximum, NaN if any is (`f32x4.max` propagates NaN).
+    fn lanes_max(v: v128) -> f32 {
+        let [a, b, c, d] = [
+            f32x4_extract_lane::<0>(v),
+            f32x4_extract_lane::<1>(v),
+            f32x4_extract_lane::<2>(v),
+            f32x4_extract_lane::<3>(v),
+        ];
+        let m = |x: f32, y: f32| if x.is_nan() || y.is_nan() { f32::NAN } else { x.max(y) };
+        m(m(a, b), m(c, d))
+    }
+
+    pub fn abs_max(x: &[f32]) -> f32 {
+        let mut m = f32x4_splat(0.0);
+        let chunks = x.chunks_exact(4);
+        let tail = chunks.remainder();
+        for c in chunks {
+            // SAFETY: a chunk holds four values; v128 loads need no alignment.
+            let v = unsafe { v128_load(c.as_ptr() as *const v128) };
+            m = f32x4_max(m, f32x4_abs(v));
+        }
+        let mut m = lanes_max(m);
+        for v in tail {
+            m = if m.is_nan() || v.is_nan() { f32::NAN } else { m.max(v.abs()) };
+        }
+        m
+    }
+
+    /// Eight values to i16 lanes: `round(x · inv)`, ties to even, saturating.
+    #[inline(always)]
+    fn round8(lo: v128, hi: v128, inv: v128) -> v128 {
+        let lo = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(lo, inv)));
+        let hi = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(hi, inv)));
+        i16x8_narrow_i32x4(lo, hi)
+    }
+
+    pub fn round_into(x: &[f32], inv: f32, out: &mut [i16]) {
+        let n8 = x.len() - x.len() % 8;
+        let s = f32x4_splat(inv);
+        for i in (0..n8).step_by(8) {
+            // SAFETY: i + 8 <= n8 <= x.len() = out.len() (the caller cuts out to x's length).
+            unsafe {
+                let lo = v128_load(x.as_ptr().add(i) as *const v128);
+                let hi = v128_load(x.as_ptr().add(i + 4) as *const v128);
+                v128_store(out.as_mut_ptr().add(i) as *mut v128, round8(lo, hi, s));
+            }
+        }
+        for (o, v) in out[n8..].iter_mut().zip(&x[n8..]) {
+            *o = (v * inv).round_ties_even() as i16;
+        }
+    }
+
+    pub fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
+        let n4 = row.len() - row.len() % 4;
+        let av = f32x4_splat(a);
+        for j in (0..n4).step_by(4) {
+            // SAFETY: j + 4 <= n4 <= row.len() = max.len().
+            unsafe {
+                let m = max.as_mut_ptr().add(j) as *mut v128;
+                let v = f32x4_mul(av, f32x4_abs(v128_load(row.as_ptr().add(j) as *const v128)));
+                v128_store(m, f32x4_max(v128_load(m), v));
+            }
+        }
+        for (m, v) in max[n4..].iter_mut().zip(&row[n4..]) {
+            let x = a * v.abs();
+            *m = if m.is_nan() || x.is_nan() { f32::NAN } else { m.max(x) };
+        }
+    }
+
+    pub fn pack_pair(
+        r0: Option<(f32, &[f32])>,
+        r1: Option<(f32, &[f32])>,
+        inv: &[f32],
+        q: &mut [i16],
+        p: usize,
+        pairs: usize,
+    ) {
+        let w = inv.len();
+        let w4 = w - w % 4;
+        let zero = f32x4_splat(0.0);
+        // A row past the end is zero: (0 · 0) · inv.
+        let (a0, k0) = r0.map_or((0.0, None), |(a, r)| (a, Some(r)));
+        let (a1, k1) = r1.map_or((0.0, None), |(a, r)| (a, Some(r)));
+        let (a0, a1) = (f32x4_splat(a0), f32x4_splat(a1));
+        let one = f32x4_splat(1.0);
+        for j in (0..w4).step_by(4) {
+            // SAFETY: j + 4 <= w4 <= w (each row and inv hold w values); the store goes to pair
+            // p's four columns j..j+4, within q (cols · pairs · 2 values, cols ≥ w).
+            unsafe {
+                let load = |k: Option<&[f32]>| k.map_or(zero, |k| v128_load(k.as_ptr().add(j) as *const v128));
+                let iv = v128_load(inv.as_ptr().add(j) as *const v128);
+                let x0 = f32x4_mul(f32x4_mul(a0, load(k0)), iv);
+                let x1 = f32x4_mul(f32x4_mul(a1, load(k1)), iv);
+                let q8 = round8(x0, x1, one);
+                let at = ((j / COLS) * pairs * COLS + p * COLS + j % COLS) * 2;
+                v128_store(q.as_mut_ptr().add(at) as *mut v128, i16x8_shuffle::<0, 4, 1, 5, 2, 6, 3, 7>(q8, q8));
+            }
+        }
+        for (e, r) in [r0, r1].into_iter().enumerate() {
+            let Some((a, row)) = r else { continue };
+            for j in w4..w {
+                let at = ((j / COLS) * pairs * COLS + p * COLS + j % COLS) * 2 + e;
+                q[at] = (a * row[j] * inv[j]).round_ties_even() as i16;
+            }
+        }
+    }
+
+    /// `acc += dot(x, b)` for a row's pair `x` (splat) and the tile's four vectors of pairs.
+    #[inline(always)]
+    fn row_step(acc: [v128; VECS], x: v128, b: [v128; VECS]) -> [v128; VECS] {
+        let [a0, a1, a2, a3] = acc;
+        let [b0, b1, b2, b3] = b;
+        [
+            i32x4_add(a0, i32x4_dot_i16x8(x, b0)),
+            i32x4_add(a1, i32x4_dot_i16x8(x, b1)),
+            i32x4_add(a2, i32x4_dot_i16x8(x, b2)),
+            i32x4_add(a3, i32x4_dot_i16x8(x, b3)),
+        ]
+    }
+
+    /// The tile's four vectors of pair `p` of a packed block.
+    ///
+    /// # Safety
+    /// The block holds pair `p` (`COLS` pairs of values).
+    #[inline(always)]
+    unsafe fn block_pair(block: *const i16, p: usize) -> [v128; VECS] {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let at = block.add(p * COLS * 2);
+            [
+                v128_load(at as *const v128),
+                v128_load(at.add(8) as *const v128),
+                v128_load(at.add(16) as *const v128),
+                v128_load(at.add(24) as *const v128),
+            ]
+        }
+    }
+
+    /// `f += acc` as f32, lane by lane.
+    #[inline(always)]
+    fn add_as_f32(f: [v128; VECS], acc: [v128; VECS]) -> [v128; VECS] {
+        let [f0, f1, f2, f3] = f;
+        let [a0, a1, a2, a3] = acc;
+        [
+            f32x4_add(f0, f32x4_convert_i32x4(a0)),
+            f32x4_add(f1, f32x4_convert_i32x4(a1)),
+            f32x4_add(f2, f32x4_convert_i32x4(a2)),
+            f32x4_add(f3, f32x4_convert_i32x4(a3)),
+        ]
+    }
+
+    /// `r += relu(acc) · s` as f32, lane by lane.
+    #[inline(always)]
+    fn add_relu_scaled(r: [v128; VECS], acc: [v128; VECS], s: v128) -> [v128; VECS] {
+        let zero = i32x4_splat(0);
+        let term = |a: v128| f32x4_mul(f32x4_convert_i32x4(i32x4_max(a, zero)), s);
+        let [r0, r1, r2, r3] = r;
+        let [a0, a1, a2, a3] = acc;
+        [f32x4_add(r0, term(a0)), f32x4_add(r1, term(a1)), f32x4_add(r2, term(a2)), f32x4_add(r3, term(a3))]
+    }
+
+    // The tiles are written out (two rows, four vectors, as whole arrays destructured) rather
+    // than looped over: the browser's build is optimised for size (`opt-level = "z"`), which
+    // unrolls no loop, and a looped tile's accumulators then live in memory (4.5x slower).
+    const _: () = assert!(ROWS == 2 && VECS == 4);
+
+    /// # Safety
+    /// The operands fit (`super::dc_product` asserts it).
+    pub unsafe fn dc_product(a: &[i16], b: &[i16], rows: usize, pairs: usize, cols: usize, out: &mut [f32]) {
+        let (a, b, out) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+        let zero = [i32x4_splat(0); VECS];
+        for cb in 0..cols / COLS {
+            // SAFETY (all below): indices stay within the asserted lengths.
+            let block = unsafe { b.add(cb * pairs * COLS * 2) };
+            for i in (0..rows).step_by(ROWS) {
+                let (r0, r1) = unsafe { (a.add(i * pairs * 2), a.add((i + 1) * pairs * 2)) };
+                let (mut f0, mut f1) = (zero, zero);
+                let mut p = 0;
+                while p < pairs {
+                    let end = (p + DC_FLUSH).min(pairs);
+                    let (mut acc0, mut acc1) = (zero, zero);
+                    while p < end {
+                        let bv = unsafe { block_pair(block, p) };
+                        acc0 = row_step(acc0, unsafe { v128_load32_splat(r0.add(2 * p) as *const u32) }, bv);
+                        acc1 = row_step(acc1, unsafe { v128_load32_splat(r1.add(2 * p) as *const u32) }, bv);
+                        p += 1;
+                    }
+                    f0 = add_as_f32(f0, acc0);
+                    f1 = add_as_f32(f1, acc1);
+                }
+                for (r, f) in [f0, f1].into_iter().enumerate() {
+                    let at = unsafe { out.add((i + r) * cols + cb * COLS) };
+                    for (v, f) in f.into_iter().enumerate() {
+                        unsafe { v128_store(at.add(v * 4) as *mut v128, f) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// The operands fit (`super::relevance_product` asserts it).
+    pub unsafe fn relevance_product(o: &RelevanceOperands, out: &mut [f32]) {
+        let (v, h) = (o.values, o.heads);
+        let (pairs, keys) = (v.pairs, v.keys);
+        let blocks = keys / COLS;
+        let (qp, vp, op) = (o.q.as_ptr(), v.q.as_ptr(), out.as_mut_ptr());
+        let zero = [i32x4_splat(0); VECS];
+        let zf = [f32x4_splat(0.0); VECS];
+        for hh in 0..h {
+            for kb in 0..blocks {
+                // SAFETY (all below): indices stay within the asserted lengths.
+                let block = unsafe { vp.add((hh * blocks + kb) * pairs * COLS * 2) };
+                let mut racc = zf;
+                for i in (0..o.rows).step_by(ROWS) {
+                    let r0 = unsafe { qp.add((i * h + hh) * pairs * 2) };
+                    let r1 = unsafe { qp.add(((i + 1) * h + hh) * pairs * 2) };
+                    let (mut acc0, mut acc1) = (zero, zero);
+                    for p in 0..pairs {
+                        let bv = unsafe { block_pair(block, p) };
+                        acc0 = row_step(acc0, unsafe { v128_load32_splat(r0.add(2 * p) as *const u32) }, bv);
+                        acc1 = row_step(acc1, unsafe { v128_load32_splat(r1.add(2 * p) as *const u32) }, bv);
+                    }
+                    racc = add_relu_scaled(racc, acc0, f32x4_splat(o.scale[i * h + hh]));
+                    racc = add_relu_scaled(racc, acc1, f32x4_splat(o.scale[(i + 1) * h + hh]));
+                }
+                for (k, ra) in racc.into_iter().enumerate() {
+                    let at = kb * COLS + k * 4;
+                    unsafe {
+                        let o = op.add(at) as *mut v128;
+                        let s = v128_load(v.scale.as_ptr().add(hh * keys + at) as *const v128);
+                        v128_store(o, f32x4_add(v128_load(o), f32x4_mul(ra, s)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pseudo-random values in `[lo, hi)` (for the checks).
+pub fn values(len: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            lo + (hi - lo) * ((s >> 8) as f32 / 16_777_216.0)
+        })
+        .collect()
+}
+
+/// For the tests: every kernel of the form that runs here (SIMD in wasm) against the portable
+/// form, which must be equal to the last bit (the same arithmetic in the same order), with
+/// remainders of every vector, tile and pair, a NaN and an infinity. `Err` says which differs.
+pub fn check_simd_against_portable() -> Result<(), String> {
+    let same = |what: &str, x: &[f32], y: &[f32]| {
+        let eq = x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
+        if eq { Ok(()) } else { Err(format!("{what} differs from its portable form")) }
+    };
+    let same_i = |what: &str, x: &[i16], y: &[i16]| {
+        if x == y { Ok(()) } else { Err(format!("{what} differs from its portable form")) }
+    };
+    // Rounding and maxima, at lengths around the vectors' (and with NaN, an infinity).
+    for len in [1usize, 3, 4, 7, 8, 9, 17, 64] {
+        let mut x = values(len, len as u32, -3.0, 3.0);
+        same("abs_max", &[abs_max(&x)], &[portable::abs_max(&x)])?;
+        let (mut here, mut there) = (vec![0i16; len], vec![0i16; len]);
+        round_into(&x, 2730.5, &mut here);
+        portable::round_into(&x, 2730.5, &mut there);
+        same_i("round_into", &here, &there)?;
+        let (mut here, mut there) = (values(len, 9, 0.0, 2.0), values(len, 9, 0.0, 2.0));
+        col_max(0.7, &x, &mut here);
+        portable::col_max(0.7, &x, &mut there);
+        same("col_max", &here, &there)?;
+        x[len / 2] = if len % 2 == 0 { f32::NAN } else { f32::INFINITY };
+        same("abs_max with NaN", &[abs_max(&x)], &[portable::abs_max(&x)])?;
+    }
+    // Packing, with widths and row counts off the tiles.
+    for (m, w) in [(5usize, 7usize), (6, 16), (3, 33)] {
+        let (a, k) = (values(m, 1, -2.0, 2.0), values(m * w, 2, -1.0, 1.0));
+        let (pairs, cols) = (m.div_ceil(2), w.next_multiple_of(COLS));
+        let inv = values(w, 3, 100.0, 4000.0);
+        let (mut here, mut there) = (vec![0i16; cols * pairs * 2], vec![0i16; cols * pairs * 2]);
+        for p in 0..pairs {
+            let row = |kk: usize| (kk < m).then(|| (a[kk], &k[kk * w..(kk + 1) * w]));
+            pack_pair(row(2 * p), row(2 * p + 1), &inv, &mut here, p, pairs);
+            portable::pack_pair(row(2 * p), row(2 * p + 1), &inv, &mut there, p, pairs);
+        }
+        same_i("pack_pair", &here, &there)?;
+    }
+    // The products, at the extreme levels' range.
+    let ints = |len: usize, seed: u32, levels: i32| -> Vec<i16> {
+        values(len, seed, -(levels as f32), levels as f32 + 1.0).iter().map(|v| v.floor() as i16).collect()
+    };
+    let (rows, pairs, cols, h) = (6, 37, 2 * COLS, 3);
+    let (a, b) = (ints(rows * pairs * 2, 1, DC_LEVELS), ints(cols * pairs * 2, 2, DC_LEVELS));
+    let (mut here, mut there) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+    dc_product(&a, &b, rows, pairs, cols, &mut here);
+    portable::dc_product(&a, &b, rows, pairs, cols, &mut there);
+    same("dc_product", &here, &there)?;
+    let d = 2 * pairs;
+    let levels = rel_levels(d);
+    let packed = PackedValues::new(&values(h * 40 * d, 4, -1.0, 1.0), h, 40, d);
+    let q = ints(rows * h * d, 3, levels);
+    let scale = values(rows * h, 5, 0.0, 1e-3);
+    let o = RelevanceOperands { q: &q, scale: &scale, rows, heads: h, values: &packed };
+    let (mut here, mut there) = (vec![0.5f32; packed.keys], vec![0.5f32; packed.keys]);
+    relevance_product(&o, &mut here);
+    portable::relevance_product(&o, &mut there);
+    same("relevance_product", &here, &there)
+}

@@ -1,0 +1,269 @@
+//! LeGrad's per-prompt products on the CPU in 16-bit integers: the browser's CPU path.
+//!
+//! A new prompt on the CPU is two products per layer: `main = (act' ⊙ a) K` (`[N, 4W] x [4W, W]`)
+//! and `dA_h = dc_h V_hᵀ` per head, then `Σ_h Σ_i relu(dA_h)`. In wasm, f32 products run on
+//! 128-bit SIMD without fused multiply-add (relaxed SIMD's `f32x4.relaxed_madd` is not in every
+//! browser, and a module that uses it does not validate where it is missing): `gemm` reaches
+//! about 10 G multiply-adds/s per thread there. `i32x4.dot_i16x8_s`, which every browser with
+//! SIMD has, does eight 16-bit multiply-adds in one instruction: the same products at about
+//! 25 G/s (BENCHMARKS.md §5).
+//!
+//! The factors are rounded to integers with one scale per row or column, which is where the
+//! precision goes: `act'` per query row and `diag(a) K` per output column at ±[`DC_LEVELS`]
+//! (14 bits), `dc` per query row and head and the values per key and head at
+//! ±[`rel_levels`] (13 bits for 64-wide heads). The sums are exact in 32-bit integers (the
+//! levels are chosen so that no sum can overflow: `main`'s are moved into f32 every
+//! [`kernels::DC_FLUSH`] pairs), so the integer arithmetic of the SIMD form and of the portable form
+//! used natively is the same, and so are their results. What the rounding costs the maps is
+//! measured in BENCHMARKS.md §5 (and bounded by the tests): far below what 8-bit weights cost.
+//!
+//! [`relevance_sums`] is the kernel's launcher on burn's CPU tensors (in place, no copy of the
+//! trace); [`LayerTerms::relevance_sums_plain`] is its plain-tensor twin. It runs where
+//! [`worth_it`] says so: in wasm, for products of at least [`MIN_WORK`] multiply-adds per
+//! layer (a ViT-B/16 at any size; not the small default model, which stays exact). Natively
+//! the f32 products (`gemm` with the machine's own FMA) are left as they are.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{DispatchDevice, Flex};
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::legrad::LayerTerms;
+
+pub mod kernels;
+
+use kernels::{
+    COLS, DC_LEVELS, PackedValues, QuantRows, ROWS, RelevanceOperands, dc_product, pack_scaled, quantize, rel_levels,
+    relevance_product, values,
+};
+
+/// The least work (`N · 4W · W` multiply-adds per layer) for which [`worth_it`] picks this
+/// kernel: a ViT-B/16 at 224 is 465 M, the default model at 448 far less.
+pub const MIN_WORK: usize = 200_000_000;
+
+/// Does the CPU path compute these terms' products here? In wasm for products of at least
+/// [`MIN_WORK`]. Natively when `LEGRAD_INT16=1` and the products are as large (to measure the
+/// browser's numbers with the CLI), or `LEGRAD_INT16=all` (every size: the tests).
+pub fn worth_it(tokens: usize, hidden: usize, width: usize) -> bool {
+    let big = tokens.saturating_mul(hidden).saturating_mul(width) >= MIN_WORK;
+    #[cfg(target_family = "wasm")]
+    {
+        big
+    }
+    #[cfg(not(target_family = "wasm"))]
+    match std::env::var("LEGRAD_INT16").as_deref() {
+        Ok("all") => true,
+        Ok("1") => big,
+        _ => false,
+    }
+}
+
+/// A CPU tensor's f32 values where they lie (contiguous, row-major), kept alive while read.
+struct Host {
+    t: FloatTensor<Flex>,
+    range: (usize, usize),
+}
+
+impl Host {
+    fn of<const D: usize>(t: &Tensor<D>) -> Option<Self> {
+        let t = t.clone().try_into_primitive::<Flex>().ok()?;
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        let range = t.layout().contiguous_offsets()?;
+        Some(Self { t, range })
+    }
+
+    fn data(&self) -> &[f32] {
+        &self.t.storage::<f32>()[self.range.0..self.range.1]
+    }
+}
+
+/// `Σ_h Σ_i relu(dA_h)[:, i, :]` `[P, N]` over the terms' query rows, as
+/// [`LayerTerms::relevance_sums_plain`], by 16-bit integer products. `None` where the terms are
+/// not f32 tensors of burn's CPU backend (the caller then takes the plain form).
+pub fn relevance_sums(t: &LayerTerms) -> Option<Tensor<2>> {
+    let device = t.act_grad.device();
+    if !matches!(device.as_dispatch(), DispatchDevice::Flex(_)) {
+        return None;
+    }
+    let ([r, m], [km, w], [p, mw], [h, n, d]) = (t.act_grad.dims(), t.k.dims(), t.ag.dims(), t.values.dims());
+    if km != m || mw != m + w || h * d != w || t.m.dims() != [p, 2 * r] {
+        return None;
+    }
+    let act = Host::of(&t.act_grad)?;
+    let k = Host::of(&t.k)?;
+    let ag = Host::of(&t.ag)?;
+    let mm = Host::of(&t.m)?;
+    let ones_out = Host::of(&t.ones_out)?;
+    let xhat_out = Host::of(&t.xhat_out)?;
+    let rstd = Host::of(&t.rstd)?;
+    let values = Host::of(&t.values)?;
+    let shape = Shape { r, m, w, h, n, d };
+    let a = QuantRows::new(act.data(), r, m, DC_LEVELS);
+    let v = PackedValues::new(values.data(), h, n, d);
+    let mut sums = Vec::with_capacity(p * n);
+    for q in 0..p {
+        let ag = &ag.data()[q * (m + w)..(q + 1) * (m + w)];
+        let terms = PromptTerms {
+            a: &ag[..m],
+            g_out: &ag[m..],
+            m1: &mm.data()[q * 2 * r..q * 2 * r + r],
+            m2: &mm.data()[q * 2 * r + r..(q + 1) * 2 * r],
+        };
+        let dc = head_gradient(&shape, &a, k.data(), &terms, ones_out.data(), xhat_out.data(), rstd.data());
+        sums.extend(relevance_of(&shape, &dc, &v));
+    }
+    Some(Tensor::from_data(TensorData::new(sums, [p, n]), &device))
+}
+
+/// The dimensions: `r` query rows, `m` hidden (4W), `w` width, `h` heads of `d`, `n` keys.
+pub struct Shape {
+    pub r: usize,
+    pub m: usize,
+    pub w: usize,
+    pub h: usize,
+    pub n: usize,
+    pub d: usize,
+}
+
+/// One prompt's vectors: `a = g W_projᵀ` `[M]`, `g W_outᵀ` `[W]`, the mean terms `[R]` each.
+pub struct PromptTerms<'a> {
+    pub a: &'a [f32],
+    pub g_out: &'a [f32],
+    pub m1: &'a [f32],
+    pub m2: &'a [f32],
+}
+
+/// `dc` `[R, W]` of one prompt: `(main - m₁ 1ᵀW_outᵀ - m₂ x̂W_outᵀ) ⊙ rstd + g W_outᵀ`, with
+/// `main = (act' ⊙ a) K` by the integer product.
+fn head_gradient(
+    s: &Shape,
+    act: &QuantRows,
+    k: &[f32],
+    t: &PromptTerms,
+    ones_out: &[f32],
+    xhat_out: &[f32],
+    rstd: &[f32],
+) -> Vec<f32> {
+    let (bq, bscale) = pack_scaled(t.a, k, s.m, s.w);
+    let cols = s.w.next_multiple_of(COLS);
+    let mut main = vec![0f32; act.rows * cols];
+    dc_product(&act.q, &bq, act.rows, act.len / 2, cols, &mut main);
+    let mut dc = vec![0f32; s.r * s.w];
+    for i in 0..s.r {
+        let (sa, m1, m2, rs) = (act.scale[i], t.m1[i], t.m2[i], rstd[i]);
+        let out = dc[i * s.w..(i + 1) * s.w].iter_mut();
+        let src = main[i * cols..i * cols + s.w].iter().zip(&bscale);
+        let rest = ones_out.iter().zip(&xhat_out[i * s.w..(i + 1) * s.w]).zip(t.g_out);
+        for ((o, (x, sb)), ((one, xo), g)) in out.zip(src).zip(rest) {
+            *o = (x * (sa * sb) - m1 * one - m2 * xo) * rs + g;
+        }
+    }
+    dc
+}
+
+/// `Σ_h Σ_i relu(dc_h V_hᵀ)` `[N]` of one prompt's `dc` `[R, W]`.
+fn relevance_of(s: &Shape, dc: &[f32], v: &PackedValues) -> Vec<f32> {
+    let levels = rel_levels(s.d);
+    let rows = s.r.next_multiple_of(ROWS);
+    let len = 2 * v.pairs;
+    // dc per row and head, rounded: [rows, H, len].
+    let mut q = vec![0i16; rows * s.h * len];
+    let mut scale = vec![0f32; rows * s.h];
+    for i in 0..s.r {
+        for hh in 0..s.h {
+            let src = &dc[i * s.w + hh * s.d..i * s.w + (hh + 1) * s.d];
+            let at = (i * s.h + hh) * len;
+            scale[i * s.h + hh] = quantize(src, levels, &mut q[at..at + s.d]);
+        }
+    }
+    let mut out = vec![0f32; v.keys];
+    relevance_product(&RelevanceOperands { q: &q, scale: &scale, rows, heads: s.h, values: v }, &mut out);
+    out.truncate(s.n);
+    out
+}
+
+/// The shapes [`check_against_plain`] runs: `(rows, hidden, heads, head width, keys, prompts)`,
+/// with remainders of every tile and pair, and one ViT-B/16-like layer's proportions.
+pub const CHECKED_SHAPES: [(usize, usize, usize, usize, usize, usize); 4] =
+    [(7, 10, 3, 8, 9, 2), (1, 33, 1, 6, 2, 1), (40, 96, 4, 16, 40, 1), (65, 3072, 12, 64, 197, 1)];
+
+/// The largest difference [`check_against_plain`] allows, relative to the largest sum.
+pub const CHECKED_TOL: f32 = 5e-4;
+
+/// Random terms of one layer for `(rows, hidden, heads, head width, keys, prompts)` on the CPU
+/// (`act'` in GELU's derivative's range).
+pub fn random_terms(shape: (usize, usize, usize, usize, usize, usize), seed: u32) -> LayerTerms {
+    let (r, m, h, d, n, p) = shape;
+    let w = h * d;
+    let device = burn::tensor::Device::flex();
+    let t = |v: Vec<f32>, dims: &[usize]| TensorData::new(v, dims.to_vec());
+    LayerTerms {
+        act_grad: Tensor::from_data(t(values(r * m, seed, -0.17, 1.13), &[r, m]), &device),
+        ag: Tensor::from_data(t(values(p * (m + w), seed + 1, -1.0, 1.0), &[p, m + w]), &device),
+        k: Tensor::from_data(t(values(m * w, seed + 2, -0.1, 0.1), &[m, w]), &device),
+        m: Tensor::from_data(t(values(p * 2 * r, seed + 3, -0.5, 0.5), &[p, 2 * r]), &device),
+        ones_out: Tensor::from_data(t(values(w, seed + 4, -1.0, 1.0), &[w]), &device),
+        xhat_out: Tensor::from_data(t(values(r * w, seed + 5, -1.0, 1.0), &[r, w]), &device),
+        rstd: Tensor::from_data(t(values(r, seed + 6, 0.5, 2.0), &[r]), &device),
+        values: Tensor::from_data(t(values(h * n * d, seed + 7, -1.0, 1.0), &[h, n, d]), &device),
+    }
+}
+
+/// For the tests, natively and in the browser (where the SIMD form runs): the kernel's sums
+/// against its twin's ([`LayerTerms::relevance_sums_plain`]) on random terms of `shape`. The
+/// largest difference relative to the twin's largest sum, or why the kernel did not run.
+pub fn check_against_plain(shape: (usize, usize, usize, usize, usize, usize)) -> Result<f32, String> {
+    let t = random_terms(shape, 11);
+    let ours = relevance_sums(&t).ok_or("the kernel did not take the terms")?;
+    let read = |x: Tensor<2>| x.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
+    let (ours, plain) = (read(ours)?, read(t.relevance_sums_plain())?);
+    if ours.len() != plain.len() {
+        return Err(format!("{} sums against the twin's {}", ours.len(), plain.len()));
+    }
+    let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    Ok(ours.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_agrees_with_its_plain_twin() {
+        for shape in CHECKED_SHAPES {
+            let rel = check_against_plain(shape).unwrap();
+            eprintln!("{shape:?}: largest difference {rel:.2e} of the largest sum");
+            assert!(rel < CHECKED_TOL, "{shape:?}: largest difference {rel} of the largest sum");
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_forms_agree_to_the_bit() {
+        kernels::check_simd_against_portable().unwrap();
+    }
+
+    /// No sum of `main`'s products can overflow: DC_FLUSH pairs at the extreme levels, and the
+    /// relevance's pairs of a head.
+    #[test]
+    fn integer_sums_cannot_overflow() {
+        let worst = 2 * kernels::DC_FLUSH as i64 * (DC_LEVELS as i64).pow(2);
+        assert!(worst <= i32::MAX as i64);
+        for d in [2, 8, 32, 64, 80, 128, 256] {
+            let q = rel_levels(d) as i64;
+            assert!(d as i64 * q * q <= i32::MAX as i64, "d = {d}");
+            assert!(q >= 1000 || d > 256, "d = {d}: only {q} levels");
+        }
+    }
+
+    /// A row of zeros and a row with NaN: zeros stay zero, NaN reaches the sums.
+    #[test]
+    fn zero_and_nan_rows() {
+        let mut out = vec![1i16; 4];
+        assert_eq!(quantize(&[0.0; 4], DC_LEVELS, &mut out), 0.0);
+        assert_eq!(out, [0; 4]);
+        assert!(quantize(&[1.0, f32::NAN, 2.0, 0.5], DC_LEVELS, &mut out).is_nan());
+        assert_eq!(quantize(&[1.0, -2.0], DC_LEVELS, &mut out[..2]), 2.0 / DC_LEVELS as f32);
+        assert_eq!(&out[..2], &[4096, -8191]);
+    }
+}
