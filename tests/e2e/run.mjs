@@ -471,6 +471,39 @@ await test("a model by URL from localhost: downloaded, converted to 8-bit, kept 
   assert(again.includes("downloaded") && !again.includes("from this browser's storage"), `model info after damage: ${again}`);
 });
 
+await test("a model large enough for the CPU's 16-bit integer products: the map equals the native engine's, in f32 and in the same integers", async () => {
+  // 512 wide, 2048 hidden: a layer at 448 (785 tokens) is 823 M multiply-adds, over the 200 M
+  // from which the browser's CPU path takes LeGrad's products in 16-bit integers (explain::int16).
+  const model = join(work, "int16-model.safetensors");
+  execFileSync(cli, ["convert", "--model", `random:${join(here, "int16-model.json")}:7`, "--format", "openclip", "--out", model]);
+  const q8 = join(work, "int16-model-q8.safetensors");
+  execFileSync(cli, ["convert", "--model", model, "--quant", "q8", "--out", q8]);
+  const url = `${base}/files/int16-model.safetensors`;
+  page = await context.newPage();
+  await page.goto(base + SUB + "?backend=cpu");
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: TIMEOUT });
+  await loadModelUrl(url);
+  await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, url, { timeout: TIMEOUT });
+  await page.selectOption('[data-testid="size"]', "448");
+  await dropFile(scene, "scene-1.png");
+  await page.waitForSelector('[data-testid="image-ready"]', { timeout: TIMEOUT });
+  await page.fill('[data-testid="prompts"]', "a red circle");
+  await waitForCard("a red circle");
+  // The native engine on the same 8-bit file, with f32 products and with the same integer ones.
+  for (const [tag, env] of [["int16-native-f32", {}], ["int16-native-int16", { LEGRAD_INT16: "1" }]]) {
+    execFileSync(cli, ["explain", "--model", q8, "--image", scene, "--prompt", "a red circle", "--size", "448", "--out", join(work, tag)],
+      { env: { ...process.env, ...env } });
+    const r = await compareCanvas("a red circle", `${base}/files/${tag}/0.png`);
+    assert(!r.error && r.mean < 0.5 && r.off < 0.005, `${tag}: canvas vs native: ${JSON.stringify(r)}`);
+  }
+  // Natively the two paths differ (the integer one ran), by far less than a pixel level.
+  const f = readNpy(join(work, "int16-native-f32/0.npy")).data, q = readNpy(join(work, "int16-native-int16/0.npy")).data;
+  let worst = 0;
+  for (let i = 0; i < f.length; i++) worst = Math.max(worst, Math.abs(f[i] - q[i]));
+  assert(f.length === q.length && worst > 0 && worst < 1e-3, `native f32 vs integer products: max abs diff ${worst}`);
+  console.log(`     native maps, f32 vs 16-bit integer products: max abs diff ${worst.toExponential(2)}`);
+});
+
 await test("a SigLIP model by URL, its config and tokenizer found beside it: converted, LeGrad only, the map equals the native engine's", async () => {
   // The Hugging Face Hub's layout (timm/ViT-B-16-SigLIP): the weights, open_clip_config.json
   // and tokenizer.json in one directory; here the tiny random SigLIP the parity tests use.

@@ -32,7 +32,7 @@ use super::legrad::LayerTerms;
 pub mod kernels;
 
 use kernels::{
-    COLS, DC_LEVELS, PackedValues, QuantRows, ROWS, RelevanceOperands, dc_product, pack_scaled, quantize, rel_levels,
+    COLS, DC_LEVELS, PackedValues, QuantRows, ROWS, RelevanceOperands, dc_product, pack_scaled, rel_levels,
     relevance_product, values,
 };
 
@@ -164,21 +164,14 @@ fn head_gradient(
 
 /// `Σ_h Σ_i relu(dc_h V_hᵀ)` `[N]` of one prompt's `dc` `[R, W]`.
 fn relevance_of(s: &Shape, dc: &[f32], v: &PackedValues) -> Vec<f32> {
-    let levels = rel_levels(s.d);
+    // `dc` `[R, W]` is `[R·H, d]`: one scale per row and head. The kernel reads whole tiles of
+    // query rows, so the padding is whole rows of every head.
+    let mut q = QuantRows::new(dc, s.r * s.h, s.d, rel_levels(s.d));
     let rows = s.r.next_multiple_of(ROWS);
-    let len = 2 * v.pairs;
-    // dc per row and head, rounded: [rows, H, len].
-    let mut q = vec![0i16; rows * s.h * len];
-    let mut scale = vec![0f32; rows * s.h];
-    for i in 0..s.r {
-        for hh in 0..s.h {
-            let src = &dc[i * s.w + hh * s.d..i * s.w + (hh + 1) * s.d];
-            let at = (i * s.h + hh) * len;
-            scale[i * s.h + hh] = quantize(src, levels, &mut q[at..at + s.d]);
-        }
-    }
+    q.q.resize(rows * s.h * q.len, 0);
+    q.scale.resize(rows * s.h, 0.0);
     let mut out = vec![0f32; v.keys];
-    relevance_product(&RelevanceOperands { q: &q, scale: &scale, rows, heads: s.h, values: v }, &mut out);
+    relevance_product(&RelevanceOperands { q: &q.q, scale: &q.scale, rows, heads: s.h, values: v }, &mut out);
     out.truncate(s.n);
     out
 }
@@ -260,10 +253,10 @@ mod tests {
     #[test]
     fn zero_and_nan_rows() {
         let mut out = vec![1i16; 4];
-        assert_eq!(quantize(&[0.0; 4], DC_LEVELS, &mut out), 0.0);
+        assert_eq!(kernels::quantize(&[0.0; 4], DC_LEVELS, &mut out), 0.0);
         assert_eq!(out, [0; 4]);
-        assert!(quantize(&[1.0, f32::NAN, 2.0, 0.5], DC_LEVELS, &mut out).is_nan());
-        assert_eq!(quantize(&[1.0, -2.0], DC_LEVELS, &mut out[..2]), 2.0 / DC_LEVELS as f32);
+        assert!(kernels::quantize(&[1.0, f32::NAN, 2.0, 0.5], DC_LEVELS, &mut out).is_nan());
+        assert_eq!(kernels::quantize(&[1.0, -2.0], DC_LEVELS, &mut out[..2]), 2.0 / DC_LEVELS as f32);
         assert_eq!(&out[..2], &[4096, -8191]);
     }
 }
