@@ -100,8 +100,8 @@ fn relevance(t: &LayerTerms, kernels: Option<Tiling>) -> Tensor<2> {
         return super::kernel::relevance_fused(dc, t.values.clone(), tiling);
     }
     let _ = kernels;
-    let [_, n, _] = t.values.dims();
-    finish_sums(t.relevance_sums(), t.values.dims()[0], n)
+    let [h, n, _] = t.values.dims();
+    finish_sums(t.relevance_sums(), h, n)
 }
 
 fn missing(l: usize) -> LegradError {

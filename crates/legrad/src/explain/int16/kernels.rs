@@ -90,22 +90,19 @@ pub struct PackedValues {
 
 impl PackedValues {
     pub fn new(values: &[f32], h: usize, n: usize, d: usize) -> Self {
-        let levels = rel_levels(d);
+        // `[H, N, d]` is `[H·N, d]`: one scale per head and key, rounded as any rows are.
+        let rounded = QuantRows::new(values, h * n, d, rel_levels(d));
         let keys = n.next_multiple_of(COLS);
-        let pairs = d.div_ceil(2);
+        let pairs = rounded.len / 2;
         let mut q = vec![0i16; h * keys * pairs * 2];
         let mut scale = vec![0f32; h * keys];
-        let mut row = vec![0i16; pairs * 2];
         for hh in 0..h {
             for j in 0..n {
-                let v = &values[(hh * n + j) * d..(hh * n + j + 1) * d];
-                scale[hh * keys + j] = quantize(v, levels, &mut row);
-                let (block, c) = (j / COLS, j % COLS);
-                let base = (hh * keys / COLS + block) * pairs * COLS * 2;
-                for p in 0..pairs {
-                    let at = base + (p * COLS + c) * 2;
-                    q[at] = row[2 * p];
-                    q[at + 1] = row[2 * p + 1];
+                let row = &rounded.q[(hh * n + j) * rounded.len..][..rounded.len];
+                scale[hh * keys + j] = rounded.scale[hh * n + j];
+                let base = ((hh * keys + j) / COLS * pairs * COLS + j % COLS) * 2;
+                for (p, pair) in row.chunks_exact(2).enumerate() {
+                    q[base + p * COLS * 2..][..2].copy_from_slice(pair);
                 }
             }
         }

@@ -117,21 +117,21 @@ pub fn relevance_sums(t: &LayerTerms) -> Option<Tensor<2>> {
 }
 
 /// The dimensions: `r` query rows, `m` hidden (4W), `w` width, `h` heads of `d`, `n` keys.
-pub struct Shape {
-    pub r: usize,
-    pub m: usize,
-    pub w: usize,
-    pub h: usize,
-    pub n: usize,
-    pub d: usize,
+struct Shape {
+    r: usize,
+    m: usize,
+    w: usize,
+    h: usize,
+    n: usize,
+    d: usize,
 }
 
 /// One prompt's vectors: `a = g W_projᵀ` `[M]`, `g W_outᵀ` `[W]`, the mean terms `[R]` each.
-pub struct PromptTerms<'a> {
-    pub a: &'a [f32],
-    pub g_out: &'a [f32],
-    pub m1: &'a [f32],
-    pub m2: &'a [f32],
+struct PromptTerms<'a> {
+    a: &'a [f32],
+    g_out: &'a [f32],
+    m1: &'a [f32],
+    m2: &'a [f32],
 }
 
 /// `dc` `[R, W]` of one prompt: `(main - m₁ 1ᵀW_outᵀ - m₂ x̂W_outᵀ) ⊙ rstd + g W_outᵀ`, with
