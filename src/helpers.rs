@@ -212,7 +212,11 @@ pub fn install_helper() {
         let Ok(envelope) = Envelope::from_js(&ev.data()) else { return };
         match envelope.decode::<Message>() {
             Ok(Message::Hold { key, dims }) => {
-                let held = from_message(dims, &envelope.buffers).and_then(|s| HeldRows::new(&s, &Device::flex()));
+                // The CPU's policy on this platform: the engine's own on the CPU path (the
+                // helpers run only there), so the shares take the path the whole layer takes.
+                let device = Device::flex();
+                let policy = legrad::ComputePolicy::for_device(&device);
+                let held = from_message(dims, &envelope.buffers).and_then(|s| HeldRows::new(&s, &device, policy));
                 // Rows it cannot take: it holds nothing, and says so at the next job.
                 HELD.with(|h| *h.borrow_mut() = held.ok().map(|held| (key, held)));
             }

@@ -14,7 +14,7 @@ use legrad::engine::{Engine, ExplainedPrompt};
 use legrad::explain::{ExplainOptions, Method};
 use legrad::model::ImageTrace;
 use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, ResizeMode, decode};
-use legrad::{LegradError, TraceRequest};
+use legrad::{ComputePolicy, LegradError, TraceRequest};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -43,6 +43,9 @@ const MAP_CACHE_CAPACITY: usize = 48;
 #[derive(Default)]
 struct State {
     device: Option<Device>,
+    /// The page read WebGPU's adapter as a software renderer (wgpu does not name a browser's
+    /// adapter): the GPU engine's compute policy takes the software tiles.
+    software_adapter: bool,
     /// What the page was told about the backend at start, and since (a race or the text
     /// tower's placement at a model load refines it).
     initial_choice: Option<BackendChoice>,
@@ -228,7 +231,7 @@ async fn adapter_description() -> Option<(String, bool)> {
         js_sys::Reflect::get(obj, &"isFallbackAdapter".into()).ok().and_then(|v| v.as_bool()).unwrap_or(false)
     };
     let name = if parts.is_empty() { "unnamed adapter".to_string() } else { parts.join(" / ") };
-    let software = flag(&info) || flag(&adapter) || legrad::model::is_software_adapter(&name);
+    let software = flag(&info) || flag(&adapter) || legrad::compute::is_software_adapter(&name);
     Some((name, software))
 }
 
@@ -255,8 +258,8 @@ async fn init(request: BackendRequest) {
             Some((adapter, software)) => match Device::wgpu_options().init_async().await {
                 Ok(d) => {
                     // wgpu does not name a browser's adapter: the kernels' tiles follow the page's
-                    // reading of it.
-                    legrad::explain::kernel::assume_software_adapter(software);
+                    // reading of it ([`new_engine`]).
+                    STATE.with(|s| s.borrow_mut().software_adapter = software);
                     let reason = if request == BackendRequest::WebGpu {
                         "On WebGPU, as asked (?backend=webgpu).".to_string()
                     } else {
@@ -269,7 +272,7 @@ async fn init(request: BackendRequest) {
             },
         },
     };
-    let on_cpu = !legrad::model::keeps_quantized(&device);
+    let on_cpu = !ComputePolicy::for_device(&device).is_gpu();
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.device = Some(device);
@@ -329,7 +332,16 @@ fn take_gpu_lost() -> Option<String> {
 }
 
 fn on_gpu() -> bool {
-    legrad::model::keeps_quantized(&device())
+    ComputePolicy::for_device(&device()).is_gpu()
+}
+
+/// An engine for a model built on its device, with the compute policy of that device and the
+/// page's reading of its adapter.
+fn new_engine(clip: legrad::Clip, info: legrad::load::ModelInfo) -> Result<Engine, LegradError> {
+    let engine = Engine::new(clip, info)?;
+    let software = STATE.with(|s| s.borrow().software_adapter);
+    let policy = engine.policy().with_software_adapter(software);
+    engine.with_policy(policy)
 }
 
 fn gpu_lost_now() -> bool {
@@ -461,7 +473,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
 /// the page is told.
 async fn load_on(device: &Device, bytes: &[u8]) -> Result<Engine, LegradError> {
     let (clip, info) = legrad::load::load_bytes(bytes, None, device)?;
-    let engine = Engine::new(clip, info)?;
+    let engine = new_engine(clip, info)?;
     if !engine.compiles_kernels() {
         return Ok(engine);
     }
@@ -483,10 +495,10 @@ async fn load_on(device: &Device, bytes: &[u8]) -> Result<Engine, LegradError> {
 /// encode less often: the cost compared is one image plus [`PROMPTS_PER_IMAGE`] new prompts.
 async fn race(bytes: &[u8], gpu: Device, adapter: String) -> Result<Rc<Engine>, LegradError> {
     let (clip, info) = legrad::load::load_bytes(bytes, None, &gpu)?;
-    let on_gpu = Engine::new(clip, info)?;
+    let on_gpu = new_engine(clip, info)?;
     let g = on_gpu.speed(RACE_RUNS).await?;
     let (clip, info) = legrad::load::load_bytes(bytes, None, &Device::flex())?;
-    let on_cpu = Engine::new(clip, info)?;
+    let on_cpu = new_engine(clip, info)?;
     let c = on_cpu.speed(RACE_RUNS).await?;
     // On the GPU, a prompt's text may be encoded on the CPU (whichever is faster).
     let text_on_cpu = c.text_s < g.text_s;
@@ -534,7 +546,7 @@ async fn race(bytes: &[u8], gpu: Device, adapter: String) -> Result<Rc<Engine>, 
 /// in launches than the whole tower on the CPU). Returns the engine and a sentence when moved.
 async fn place_text(gpu: Engine, bytes: &[u8]) -> Result<(Engine, Option<String>), LegradError> {
     let (clip, info) = legrad::load::load_bytes(bytes, None, &Device::flex())?;
-    let cpu = Engine::new(clip, info)?;
+    let cpu = new_engine(clip, info)?;
     let (g, c) = (gpu.text_speed(RACE_RUNS).await?, cpu.text_speed(RACE_RUNS).await?);
     if c < g { Ok((gpu.with_text_tower(cpu.into_text_tower()), Some(text_note(c, g)))) } else { Ok((gpu, None)) }
 }

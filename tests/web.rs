@@ -58,9 +58,18 @@ fn prompts() -> Vec<String> {
     ["cat", "the remote control", "something red"].map(String::from).to_vec()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+/// The one comparison the native tests use too: fails on NaN, infinity and a length mismatch.
+use legrad::testing::max_abs_diff;
+
+/// The comparison fails on a planted NaN and a length mismatch in the browser's build too (a
+/// panic aborts there, so `max_abs_diff`'s panic is not caught: `compare` is checked).
+#[wasm_bindgen_test]
+fn comparison_fails_on_a_planted_nan() {
+    let good = vec![0.5f32; 16];
+    let mut bad = good.clone();
+    bad[9] = f32::NAN;
+    assert!(legrad::testing::compare(&bad, &good).is_err());
+    assert!(legrad::testing::compare(&good[..15], &good).is_err());
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -219,18 +219,8 @@ fn run_side(engine: &Engine, args: &FidelityArgs) -> Result<Side, LegradError> {
 }
 
 pub fn fidelity(args: FidelityArgs) -> Result<(), LegradError> {
-    let reference = load_engine(&ModelArgs {
-        model: Some(args.reference.clone()),
-        config: args.config.clone(),
-        tokenizer: None,
-        backend: crate::BackendChoice::Cpu,
-    })?;
-    let candidate = load_engine(&ModelArgs {
-        model: Some(args.candidate.clone()),
-        config: None,
-        tokenizer: None,
-        backend: crate::BackendChoice::Cpu,
-    })?;
+    let reference = load_engine(&ModelArgs::cpu(args.reference.clone(), args.config.clone()))?;
+    let candidate = load_engine(&ModelArgs::cpu(args.candidate.clone(), None))?;
     let a = run_side(&reference, &args)?;
     let b = run_side(&candidate, &args)?;
     let corr: Vec<f64> = a.maps.iter().zip(&b.maps).map(|(x, y)| pearson(x, y)).collect();

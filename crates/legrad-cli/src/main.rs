@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use legrad::compute::{ComputePolicy, Int16Products, Tiling};
 use legrad::engine::{DEFAULT_TEMPLATE, Engine};
 use legrad::explain::{ExplainOptions, Method};
 use legrad::load::ConfigSource;
@@ -50,6 +51,50 @@ pub(crate) struct ModelArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     pub(crate) backend: BackendChoice,
+    /// On the CPU: LeGrad's per-prompt products in 16-bit integers. `large`: for layers of at
+    /// least 200 M multiply-adds, as the browser does; `always`: every size. Default: never
+    /// (exact f32 natively).
+    #[arg(long, value_enum)]
+    pub(crate) int16: Option<Int16Choice>,
+    /// On a GPU: the tiles of LeGrad's fused kernels (`auto`: by the adapter), or `plain` for
+    /// their plain tensor twins.
+    #[arg(long, value_enum, default_value_t = TilingChoice::Auto)]
+    pub(crate) tiling: TilingChoice,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Int16Choice {
+    Never,
+    Large,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum TilingChoice {
+    Auto,
+    Gpu,
+    Software,
+    Plain,
+}
+
+impl ModelArgs {
+    /// The engine's compute policy from its device, with these flags applied.
+    fn policy(&self, engine: &Engine) -> ComputePolicy {
+        let mut policy = *engine.policy();
+        if let Some(int16) = self.int16 {
+            policy = policy.with_int16(match int16 {
+                Int16Choice::Never => Int16Products::Never,
+                Int16Choice::Large => Int16Products::LargeLayers,
+                Int16Choice::Always => Int16Products::Always,
+            });
+        }
+        match self.tiling {
+            TilingChoice::Auto => policy,
+            TilingChoice::Gpu => policy.with_tiling(Some(Tiling::GPU)),
+            TilingChoice::Software => policy.with_tiling(Some(Tiling::SOFTWARE)),
+            TilingChoice::Plain => policy.with_tiling(None),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -168,6 +213,18 @@ enum Command {
 const DEFAULT_MODEL: &[u8] = include_bytes!("../../../www/models/default.safetensors");
 
 impl ModelArgs {
+    /// A model on the CPU with the default compute policy.
+    pub(crate) fn cpu(model: PathBuf, config: Option<String>) -> Self {
+        Self {
+            model: Some(model),
+            config,
+            tokenizer: None,
+            backend: BackendChoice::Cpu,
+            int16: None,
+            tiling: TilingChoice::Auto,
+        }
+    }
+
     /// What `--model` names, for messages and reports.
     pub(crate) fn label(&self) -> String {
         match &self.model {
@@ -221,6 +278,12 @@ pub(crate) fn tokenizer_file(path: &Option<PathBuf>) -> CliResult<Option<String>
 }
 
 pub(crate) fn load_engine(args: &ModelArgs) -> CliResult<Engine> {
+    let engine = load_engine_on_device(args)?;
+    let policy = args.policy(&engine);
+    engine.with_policy(policy)
+}
+
+fn load_engine_on_device(args: &ModelArgs) -> CliResult<Engine> {
     let config = config_source(&args.config)?;
     let Some(model) = &args.model else {
         if args.config.is_some() {

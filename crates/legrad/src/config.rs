@@ -600,3 +600,13 @@ mod tests {
         assert!(matches!(ClipConfig::from_openclip_json(&avg), Err(LegradError::Unsupported(_))));
     }
 }
+
+/// What was loaded, for the user.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    pub config: ClipConfig,
+    /// "open_clip", "transformers" or "legrad-web model (q8)".
+    pub source_format: String,
+    /// Things the user should know (e.g. an assumed activation).
+    pub notes: Vec<String>,
+}

@@ -12,12 +12,14 @@ use std::sync::Mutex;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
+use crate::compute::ComputePolicy;
 use crate::error::{LegradError, Result};
 use crate::explain::rows::RowHelpers;
 use crate::explain::{ExplainOptions, Method, PromptMap, finish_maps};
 use crate::load::ModelInfo;
 use crate::model::{Clip, ImageTrace, TraceRequest};
 use crate::preprocess::InputSize;
+pub use crate::readback::read_f32;
 use crate::tokenizer::{TextTokenizer, Tokens};
 
 /// The reference demo's prompt template.
@@ -27,7 +29,7 @@ const TEXT_CACHE_CAPACITY: usize = 512;
 
 /// On a GPU, kernels are compiled for the shapes they meet (cubecl specialises matmuls and
 /// reductions on them), so a prompt count or a prompt length not seen before compiles
-/// pipelines on the keystroke path: 0.5 to 2 s each on a software adapter (BENCHMARKS.md §4).
+/// pipelines on the keystroke path: 0.5 to 2 s each on a software adapter (docs/benchmarks-history.md §4).
 /// There, the prompts of a request are explained in chunks of at most the largest of these
 /// counts, each padded to the next count (a padded prompt is a zero text embedding, whose map is
 /// zero and is dropped), and text is encoded at the next of [`TOKEN_BUCKETS`] tokens; warm-up
@@ -85,8 +87,8 @@ pub struct Engine {
     pub info: ModelInfo,
     pub tokenizer: TextTokenizer,
     text_cache: Mutex<HashMap<String, Tensor<1>>>,
-    /// Pad shapes to the buckets (a GPU device, which compiles per shape).
-    pad_shapes: bool,
+    /// Which path each step takes on the vision tower's device ([`crate::compute`]).
+    policy: ComputePolicy,
     /// The text tower on another device (the CPU), when it encodes faster there than next to
     /// the vision tower ([`Engine::with_text_tower`]); its embeddings are moved to the vision
     /// tower's device.
@@ -104,18 +106,6 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").field("info", &self.info).finish()
     }
-}
-
-/// Read a tensor back as f32 values.
-pub async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    let data: TensorData = t.into_data_async().await.map_err(backend_error)?;
-    data.convert::<f32>().try_into_vec::<f32>().map_err(backend_error)
-}
-
-/// A backend's error (a lost GPU reads "The device is poisoned; Destroyed: Device was
-/// destroyed.").
-fn backend_error(e: impl std::fmt::Debug) -> LegradError {
-    LegradError::Backend(crate::error::one_line(format!("{e:?}")))
 }
 
 /// Apply a template (`{}` marks where the prompt goes); `None` uses the prompt as it is.
@@ -142,7 +132,7 @@ impl Engine {
             model.set_empty_embedding(e.squeeze_dim(0));
         }
         Ok(Self {
-            pad_shapes: crate::model::keeps_quantized(&model.vision.device()),
+            policy: ComputePolicy::for_device(&model.vision.device()),
             tokenizer,
             text_cache: Mutex::new(HashMap::new()),
             warmed: Mutex::new(Default::default()),
@@ -155,6 +145,24 @@ impl Engine {
 
     pub fn device(&self) -> Device {
         self.model.vision.device()
+    }
+
+    /// The same engine with another compute policy (the page's reading of its adapter, the
+    /// CLI's flags, the tests' forced paths). Its processor must be the device's.
+    pub fn with_policy(mut self, policy: ComputePolicy) -> Result<Self> {
+        let own = ComputePolicy::for_device(&self.device());
+        if own.is_gpu() != policy.is_gpu() {
+            return Err(LegradError::Input(format!(
+                "a compute policy for {:?} does not fit this engine's device ({:?})",
+                policy.processor, own.processor
+            )));
+        }
+        self.policy = policy;
+        Ok(self)
+    }
+
+    pub fn policy(&self) -> &ComputePolicy {
+        &self.policy
     }
 
     /// Encode text with `tower` (on another device, typically the CPU) instead of the model's
@@ -179,7 +187,7 @@ impl Engine {
 
     /// Does the text tower run on a device that compiles per shape?
     fn pad_text(&self) -> bool {
-        self.pad_shapes && self.text_elsewhere.is_none()
+        self.policy.is_gpu() && self.text_elsewhere.is_none()
     }
 
     /// Template and tokenize; an empty prompt is an error.
@@ -366,7 +374,7 @@ impl Engine {
         split: Option<(&dyn RowHelpers, i64)>,
     ) -> Result<(Vec<f32>, Option<(Vec<usize>, Vec<f32>)>, Vec<f32>)> {
         let [p, e] = texts.dims();
-        let (chunk, pad) = match (self.pad_shapes, method.batches_prompts()) {
+        let (chunk, pad) = match (self.policy.is_gpu(), method.batches_prompts()) {
             (false, _) => (p, false),
             (true, true) => (PROMPT_BUCKETS[PROMPT_BUCKETS.len() - 1], true),
             (true, false) => (1, false),
@@ -386,9 +394,10 @@ impl Engine {
             let part_scores = part.clone().matmul(trace.embedding.clone().unsqueeze_dim(1)); // [Pb, 1]
             let grid_maps = match split {
                 Some((helpers, layer_index)) => {
-                    crate::explain::rows::explain_split(&self.model, trace, part, layer_index, helpers).await?
+                    crate::explain::rows::explain_split(&self.model, trace, part, layer_index, helpers, &self.policy)
+                        .await?
                 }
-                None => explainer.explain(&self.model, trace, part)?,
+                None => explainer.explain(&self.model, trace, part, &self.policy)?,
             };
             // One read for the chunk (each read waits for the device: a round trip that costs
             // more than a kernel on some adapters): the summed maps, the scores, the layers.
@@ -419,7 +428,7 @@ impl Engine {
     /// image (`explain::legrad::score_jacobians`), made here with the image instead of with its
     /// first prompt.
     pub async fn warm_up_prompts(&self, trace: &ImageTrace, method: Method, options: &ExplainOptions) -> Result<()> {
-        if !self.pad_shapes {
+        if !self.policy.is_gpu() {
             if method == Method::LeGrad && self.model.config.family == crate::config::Family::Clip {
                 crate::explain::legrad::score_jacobians(&self.model, trace);
             }
@@ -473,7 +482,7 @@ impl Engine {
     /// Does this engine's device compile kernels (a GPU runtime), so that a first call costs
     /// more than the next?
     pub fn compiles_kernels(&self) -> bool {
-        crate::model::keeps_quantized(&self.device())
+        self.policy.is_gpu()
     }
 
     /// Time what a user waits for, at the model's own size: a new prompt (text encoding and

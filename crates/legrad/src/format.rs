@@ -8,9 +8,8 @@ use std::collections::HashMap;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ClipConfig;
+use crate::config::{ClipConfig, ModelInfo};
 use crate::error::{LegradError, Result};
-use crate::load::ModelInfo;
 use crate::model::Clip;
 use crate::weights::gptq::Hessian;
 use crate::weights::{RawTensor, StoredDType, TensorMap};
@@ -57,7 +56,7 @@ pub fn is_quantized_weight(name: &str) -> bool {
 /// tower's MLP. The text side costs the maps more than its share of the weights (a random
 /// ViT-B/16 with the text tower kept in f16 and the vision tower at 4 bits keeps r = 0.986;
 /// with both at 4 bits and blocks of 32, 0.967), and these finer blocks still fit a ViT-B/16
-/// under 90 MB (BENCHMARKS.md §3).
+/// under 90 MB (docs/benchmarks-history.md §3).
 pub fn quant_block(name: &str, bits: u8) -> usize {
     let text_side = name == "token_embedding.weight" || (name.starts_with("transformer.") && name.contains(".mlp."));
     match bits {

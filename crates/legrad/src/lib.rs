@@ -7,6 +7,7 @@
 //! [`engine::Engine`] ties these together with the caches; the CLI and the web app use it.
 
 pub mod calibrate;
+pub mod compute;
 pub mod config;
 pub mod device_stats;
 pub mod engine;
@@ -20,11 +21,15 @@ pub mod model;
 pub mod npy;
 pub mod overlay;
 pub mod preprocess;
+pub mod readback;
 pub mod rng;
 pub mod scenes;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
+pub use compute::ComputePolicy;
 pub use config::{Activation, ClipConfig, Family};
 pub use engine::Engine;
 pub use error::{LegradError, Result};

@@ -2,7 +2,6 @@
 //! of what was loaded out.
 
 use burn::tensor::Device;
-use serde::Serialize;
 
 use crate::config::{ActivationSource, ClipConfig};
 use crate::error::{LegradError, Result};
@@ -43,15 +42,7 @@ impl ConfigSource {
     }
 }
 
-/// What was loaded, for the user.
-#[derive(Clone, Debug, Serialize)]
-pub struct ModelInfo {
-    pub config: ClipConfig,
-    /// "open_clip", "transformers" or "legrad-web model (q8)".
-    pub source_format: String,
-    /// Things the user should know (e.g. an assumed activation).
-    pub notes: Vec<String>,
-}
+pub use crate::config::ModelInfo;
 
 /// A checkpoint in open_clip's names with its config: what the model is built from, and what
 /// `legrad convert` writes.

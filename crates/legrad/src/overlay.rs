@@ -63,7 +63,7 @@ pub fn blend(image: &[u8], heat: &[u8], alpha: f32) -> Vec<u8> {
 /// map from its grid): values, not colours, so that the colours stay the colormap's. Clamped to
 /// [0, 1] (a min-max normalised map stays in range). The core's own bilinear rather than
 /// `fast_image_resize` (which the image path uses): its f32 path is more code in the web module,
-/// which must stay under 5 MB gzipped (BENCHMARKS.md §5), and it antialiases when shrinking,
+/// which must stay under 5 MB gzipped (docs/benchmarks-history.md §5), and it antialiases when shrinking,
 /// which the map's own upsampling does not.
 pub fn resize_map(map: &[f32], from: (usize, usize), to: (usize, usize)) -> crate::Result<Vec<f32>> {
     if map.len() != from.0 * from.1 || to.0 == 0 || to.1 == 0 || from.0 == 0 || from.1 == 0 {

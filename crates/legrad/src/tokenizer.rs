@@ -308,7 +308,7 @@ pub fn canonicalize(text: &str) -> String {
 /// Why not the `tokenizers` crate: `Tokenizer::from_str` deserialises every model, normaliser
 /// and pre-tokeniser the library has (BPE, WordPiece, byte-level regexes, Unicode script
 /// tables...), which LTO cannot drop: +348 KB gzipped in the web module (5.32 MB against the
-/// 5 MB budget of BENCHMARKS.md §5); with only its `Unigram` model taken, still +100 KB (its trie,
+/// 5 MB budget of docs/benchmarks-history.md §5); with only its `Unigram` model taken, still +100 KB (its trie,
 /// hashing and error types). What SigLIP's file needs is this much code; any other step in a file
 /// is refused by name, and the ids are checked against open_clip's on the committed cases
 /// (`crates/legrad/tests/siglip.rs`).

@@ -159,7 +159,7 @@ fn gptq_keeps_4_bit_embeddings_closer_than_rounding() {
     // vs 0.9835). This fixture's test images are not scenes and its maps are fragile noise
     // patterns, so its worst map only has to stay within the q4 bar above (measured 0.914 vs
     // 0.942 with rounding); on a ViT-B/16 with scene inputs GPTQ lifts the mean map r from
-    // 0.875 to 0.977 (BENCHMARKS.md §3).
+    // 0.875 to 0.977 (docs/benchmarks-history.md §3).
     assert!(cos_gptq > cos_rounded, "GPTQ {cos_gptq} vs rounding {cos_rounded}");
     assert!(r_gptq >= 0.90, "GPTQ {r_gptq} (rounding {r_rounded})");
 }
@@ -222,9 +222,9 @@ fn a_damaged_tensor_is_caught_by_the_checksum() {
 fn quantized_weights_stay_packed_on_a_gpu_and_are_dequantized_once_on_the_cpu() {
     let q8 = converted(Quant::Q8);
     for (name, device) in devices() {
-        let packed = legrad::model::keeps_quantized(&device);
+        let packed = legrad::ComputePolicy::for_device(&device).is_gpu();
         // Without the `wgpu` feature the core knows no GPU runtime and dequantizes everywhere.
-        assert_eq!(packed, cfg!(feature = "wgpu") && name == "wgpu", "{name}: keeps_quantized is {packed}");
+        assert_eq!(packed, cfg!(feature = "wgpu") && name == "wgpu", "{name}: is_gpu is {packed}");
         let (clip, _) = load_bytes(&q8, None, &device).unwrap();
         let w = clip.vision.weights.blocks[0].mlp.c_fc.weight.val();
         let is_q = matches!(w.dtype(), burn::tensor::DType::QFloat(_));

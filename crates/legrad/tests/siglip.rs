@@ -194,7 +194,7 @@ fn analytic_gradient_equals_autodiff() {
             let trace = engine.trace(exp.values(&format!("pixels/{key}")).to_vec(), size_of(key), &request).unwrap();
             let analytic = Method::LeGrad
                 .explainer(&ExplainOptions { layer_index: 0 })
-                .explain(&engine.model, &trace, texts.clone())
+                .explain(&engine.model, &trace, texts.clone(), engine.policy())
                 .unwrap();
             let auto = legrad_autodiff(&engine.model, &trace, texts.clone(), 0).unwrap();
             let a = pollster::block_on(legrad::engine::read_f32(analytic.per_layer.unwrap().1)).unwrap();

@@ -16,6 +16,7 @@
 use burn::tensor::Tensor;
 
 use super::{Explainer, GridMaps, Method};
+use crate::compute::ComputePolicy;
 use crate::error::{LegradError, Result};
 use crate::model::vision::l2_normalize;
 use crate::model::{Clip, ImageTrace, LayerTrace, TraceRequest};
@@ -57,7 +58,7 @@ impl Explainer for GradCam {
         Ok(TraceRequest { first_layer: depth - 1, mlp_backward: false, attention: false, tokens: true })
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, _: &ComputePolicy) -> Result<GridMaps> {
         let lt = last_layer(model, trace)?;
         let x = lt.input.clone().ok_or_else(|| needs("block inputs"))?.unsqueeze::<3>();
         let block = &model.vision.weights.blocks[lt.index];
@@ -93,7 +94,7 @@ impl Explainer for Rollout {
         Ok(TraceRequest { first_layer: 0, mlp_backward: false, attention: true, tokens: false })
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, _: &ComputePolicy) -> Result<GridMaps> {
         let depth = model.vision.depth();
         let mut joint: Option<Tensor<2>> = None;
         for l in 0..depth {
@@ -124,7 +125,7 @@ impl Explainer for RawAttention {
         Ok(TraceRequest { first_layer: depth - 1, mlp_backward: false, attention: true, tokens: false })
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, _: &ComputePolicy) -> Result<GridMaps> {
         let probs = last_layer(model, trace)?.probs.clone().ok_or_else(|| needs("attention probabilities"))?;
         let [_, n, _] = probs.dims();
         let row = probs.mean_dim(0).reshape([n, n]).slice([0..1, 1..n]);
@@ -141,7 +142,7 @@ impl Explainer for CheferCam {
         Ok(TraceRequest { first_layer: depth - 1, mlp_backward: false, attention: false, tokens: true })
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, _: &ComputePolicy) -> Result<GridMaps> {
         let lt = last_layer(model, trace)?;
         let x = lt.input.clone().ok_or_else(|| needs("block inputs"))?.unsqueeze::<3>();
         let block = &model.vision.weights.blocks[lt.index];

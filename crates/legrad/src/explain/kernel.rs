@@ -32,67 +32,11 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-/// Kernel shapes for one adapter: see the module documentation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tiling {
-    /// Units per cube.
-    pub units: u32,
-    /// Relevance: query rows by key tokens per unit.
-    pub query_rows: usize,
-    pub keys: usize,
-    /// Split the query rows into chunks (summed afterwards) until a launch has about this many
-    /// units (a GPU needs tens of thousands; a CPU's few cores do not).
-    pub target_units: usize,
-    /// Head gradient: rows by columns of `dc` per unit; `None`: `dc` by burn's matmul and
-    /// elementwise operations.
-    pub head_gradient: Option<(usize, usize)>,
-}
+pub use crate::compute::Tiling;
 
-impl Tiling {
-    /// A GPU: small tiles, many units, burn's matmul for `dc`.
-    pub const GPU: Tiling = Tiling { units: 64, query_rows: 4, keys: 4, target_units: 65_536, head_gradient: None };
-    /// A software adapter (a CPU running the shaders): the tiles measured fastest on lavapipe
-    /// (`examples/kernel_times.rs`, one ViT-B/16 layer at 224: 32 x 16 for `dc` took 239 ms
-    /// where burn's matmul took 689 ms; 32 x 32 was faster still, 182 ms, but took about 200 s
-    /// to compile; BENCHMARKS.md §5).
-    pub const SOFTWARE: Tiling =
-        Tiling { units: 8, query_rows: 32, keys: 16, target_units: 1, head_gradient: Some((32, 16)) };
-
-    /// The tiling for `device`: [`Tiling::SOFTWARE`] where the adapter is a software renderer
-    /// (by its name, or as [`assume_software_adapter`] was told), [`Tiling::GPU`] otherwise.
-    /// `LEGRAD_TILING=gpu|software` overrides both (for comparisons).
-    pub fn for_device(device: &burn::tensor::Device) -> Tiling {
-        match std::env::var("LEGRAD_TILING").as_deref() {
-            Ok("gpu") => return Tiling::GPU,
-            Ok("software") => return Tiling::SOFTWARE,
-            _ => {}
-        }
-        let named_software = match device.as_dispatch() {
-            burn::backend::DispatchDevice::Cube(d) => {
-                crate::model::is_software_adapter(&d.client().properties().identity.name)
-            }
-            _ => false,
-        };
-        if named_software || SOFTWARE_ADAPTER.load(std::sync::atomic::Ordering::Relaxed) {
-            Tiling::SOFTWARE
-        } else {
-            Tiling::GPU
-        }
-    }
-
-    /// How many chunks the query rows are split into for `units` units of one chunk each.
-    fn chunks_for(&self, units: usize) -> usize {
-        self.target_units.div_ceil(units.max(1)).clamp(1, MAX_CHUNKS)
-    }
-}
-
-/// Set where the runtime does not name its adapter but the caller knows it is software (a
-/// browser's WebGPU: the page reads `GPUAdapterInfo`, wgpu does not).
-static SOFTWARE_ADAPTER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Tell [`Tiling::for_device`] that this process's GPU adapter is a software renderer.
-pub fn assume_software_adapter(software: bool) {
-    SOFTWARE_ADAPTER.store(software, std::sync::atomic::Ordering::Relaxed);
+/// How many chunks the query rows are split into for `units` units of one chunk each.
+fn chunks_for(tiling: &Tiling, units: usize) -> usize {
+    tiling.target_units.div_ceil(units.max(1)).clamp(1, MAX_CHUNKS)
 }
 
 /// At most this many chunks of query rows.
@@ -440,7 +384,7 @@ pub fn relevance_fused(
 ) -> burn::tensor::Tensor<2> {
     let p = dc.dims()[0];
     let [h, n, _] = values.dims();
-    let chunks = tiling.chunks_for(p * h * n.div_ceil(tiling.keys));
+    let chunks = chunks_for(&tiling, p * h * n.div_ceil(tiling.keys));
     let out = Dispatch::legrad_relevance(
         dc.into_dispatch(),
         values.into_dispatch(),

@@ -10,9 +10,10 @@
 
 use burn::tensor::Tensor;
 
-#[cfg(feature = "wgpu")]
-use super::kernel::Tiling;
+pub use super::terms::LayerTerms;
+use super::terms::{finish_sums, relevance_sums_per_head};
 use super::{Explainer, GridMaps, Method, first_layer};
+use crate::compute::ComputePolicy;
 use crate::config::Family;
 use crate::error::{LegradError, Result};
 use crate::model::vision::l2_normalize;
@@ -36,13 +37,12 @@ impl Explainer for LeGrad {
         })
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, policy: &ComputePolicy) -> Result<GridMaps> {
         if model.config.family == Family::Siglip {
             return legrad_siglip(model, trace, texts, self.layer_index);
         }
         let (layers, terms) = layer_terms_for(model, trace, texts, self.layer_index)?;
-        let kernels = kernels_for(&model.vision.device());
-        let maps = terms.iter().map(|t| relevance(t, kernels)).collect();
+        let maps = terms.iter().map(|t| relevance(t, policy)).collect();
         Ok(stack(layers, maps))
     }
 }
@@ -70,38 +70,33 @@ pub fn layer_terms_for(
     Ok((layers, terms))
 }
 
-/// The GPU kernels' tiles for this device (a GPU runtime), or `None`: the plain tensor form
-/// (the CPU, or `LEGRAD_NO_FUSED_KERNEL` set).
-#[cfg(feature = "wgpu")]
-fn kernels_for(device: &burn::tensor::Device) -> Option<Tiling> {
-    (crate::model::keeps_quantized(device) && std::env::var_os("LEGRAD_NO_FUSED_KERNEL").is_none())
-        .then(|| Tiling::for_device(device))
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn kernels_for(_device: &burn::tensor::Device) -> Option<Tiling> {
-    None
-}
-
-/// Stands in for the kernels' tiling where the crate is built without GPU support.
-#[cfg(not(feature = "wgpu"))]
-#[derive(Clone, Copy)]
-pub enum Tiling {}
-
-/// One layer's relevance `[P, N - 1]`: by the GPU kernels where `kernels` says so, else by the
-/// plain tensor form.
-fn relevance(t: &LayerTerms, kernels: Option<Tiling>) -> Tensor<2> {
+/// One layer's relevance `[P, N - 1]`: by the GPU kernels where the policy has them, else from
+/// [`relevance_sums`].
+fn relevance(t: &LayerTerms, policy: &ComputePolicy) -> Tensor<2> {
     #[cfg(feature = "wgpu")]
-    if let Some(tiling) = kernels {
+    if let Some(tiling) = policy.kernels {
         let dc = match tiling.head_gradient {
             Some(tile) => t.head_gradient_fused(tile, tiling.units),
             None => t.head_gradient(),
         };
         return super::kernel::relevance_fused(dc, t.values.clone(), tiling);
     }
-    let _ = kernels;
     let [h, n, _] = t.values.dims();
-    finish_sums(t.relevance_sums(), h, n)
+    finish_sums(relevance_sums(t, policy), h, n)
+}
+
+/// `Σ_h Σ_i relu(dA_h)[:, i, :]` `[P, N]` over the terms' query rows, on the CPU: the share a
+/// thread computes when the rows are split ([`super::rows`]). By 16-bit integer products where
+/// the policy says so for the whole layer's size (the values hold every key, so every share of
+/// a layer takes the same path), else in f32 ([`LayerTerms::relevance_sums_plain`]).
+pub fn relevance_sums(t: &LayerTerms, policy: &ComputePolicy) -> Tensor<2> {
+    let ([_, n, _], [m, w]) = (t.values.dims(), t.k.dims());
+    if policy.int16_for(n, m, w)
+        && let Some(sums) = super::int16::relevance_sums(t)
+    {
+        return sums;
+    }
+    t.relevance_sums_plain()
 }
 
 fn missing(l: usize) -> LegradError {
@@ -152,32 +147,6 @@ fn score_gradients(model: &Clip, layers: &[&LayerTrace], n: usize, texts: Tensor
     ds_dm.div_scalar(n as f64)
 }
 
-/// What one layer's relevance is made from, for `P` prompts (LEGRAD.md section 5, with ln_2
-/// and `out_proj` folded as in [`crate::model::VisionTower::legrad_consts`]): the gradient at
-/// the attention's concatenated heads is
-/// `dc = (main - m₁ 1ᵀW_outᵀ - m₂ x̂W_outᵀ) ⊙ rstd + g W_outᵀ`, and `dA_h = dc_h V_hᵀ`.
-/// Pairs of per-prompt vectors come from one product each (one launch on a GPU, where launches
-/// are what a small model's prompt costs): `ag = [a | g W_outᵀ]`, `m = [m₁ | m₂]`.
-#[derive(Clone)]
-pub struct LayerTerms {
-    /// `act'(h)` `[N, M]`.
-    pub act_grad: Tensor<2>,
-    /// `[a | g W_outᵀ]` `[P, M + W]`, `a = g W_projᵀ`.
-    pub ag: Tensor<2>,
-    /// `K = W_fcᵀ diag(γ₂) W_outᵀ` `[M, W]`: `main = (act' ⊙ a) K` `[P, N, W]`.
-    pub k: Tensor<2>,
-    /// `[m₁ | m₂]` `[P, 2N]`: the LayerNorm's mean terms.
-    pub m: Tensor<2>,
-    /// `1ᵀ W_outᵀ` `[W]`.
-    pub ones_out: Tensor<1>,
-    /// `x̂ W_outᵀ` `[N, W]`.
-    pub xhat_out: Tensor<2>,
-    /// ln_2's `1/σ` `[N]`.
-    pub rstd: Tensor<1>,
-    /// The values `[H, N, d]`.
-    pub values: Tensor<3>,
-}
-
 /// The terms of layer `lt` for the score gradients `g` `[P, W]`.
 fn layer_terms(model: &Clip, lt: &LayerTrace, g: Tensor<2>) -> Result<LayerTerms> {
     let v = &model.vision;
@@ -209,88 +178,6 @@ fn layer_terms(model: &Clip, lt: &LayerTrace, g: Tensor<2>) -> Result<LayerTerms
     })
 }
 
-impl LayerTerms {
-    /// `dc` `[P, N, W]`, the gradient at the attention's concatenated heads.
-    pub fn head_gradient(&self) -> Tensor<3> {
-        let [n, m] = self.act_grad.dims();
-        let w = self.k.dims()[1];
-        let a = self.ag.clone().narrow(1, 0, m);
-        let g_out = self.ag.clone().narrow(1, m, w);
-        let m1 = self.m.clone().narrow(1, 0, n);
-        let m2 = self.m.clone().narrow(1, n, n);
-        let dh = self.act_grad.clone().unsqueeze::<3>() * a.unsqueeze_dim(1); // [P, N, M]
-        let main = dh.matmul(self.k.clone().unsqueeze()); // [P, N, W]
-        (main
-            - m1.unsqueeze_dim::<3>(2) * self.ones_out.clone().unsqueeze::<3>()
-            - m2.unsqueeze_dim::<3>(2) * self.xhat_out.clone().unsqueeze::<3>())
-            * self.rstd.clone().reshape([1, n, 1])
-            + g_out.unsqueeze_dim::<3>(1)
-    }
-
-    /// The same `dc` in one GPU launch of `tile` (rows, columns) tiles and `units` per cube
-    /// ([`super::kernel::head_gradient_fused`]).
-    #[cfg(feature = "wgpu")]
-    pub fn head_gradient_fused(&self, tile: (usize, usize), units: u32) -> Tensor<3> {
-        super::kernel::head_gradient_fused(
-            self.act_grad.clone(),
-            self.ag.clone(),
-            self.k.clone(),
-            self.m.clone(),
-            self.ones_out.clone(),
-            self.xhat_out.clone(),
-            self.rstd.clone(),
-            tile,
-            units,
-        )
-    }
-}
-
-impl LayerTerms {
-    /// The same terms for the query rows `start..start + len` only: `dc`'s rows are independent
-    /// (each its own LayerNorm statistics and mean terms), and every row sees all the keys.
-    pub fn rows(&self, start: usize, len: usize) -> LayerTerms {
-        let n = self.act_grad.dims()[0];
-        let m = Tensor::cat(vec![self.m.clone().narrow(1, start, len), self.m.clone().narrow(1, n + start, len)], 1);
-        LayerTerms {
-            act_grad: self.act_grad.clone().narrow(0, start, len),
-            ag: self.ag.clone(),
-            k: self.k.clone(),
-            m,
-            ones_out: self.ones_out.clone(),
-            xhat_out: self.xhat_out.clone().narrow(0, start, len),
-            rstd: self.rstd.clone().narrow(0, start, len),
-            values: self.values.clone(),
-        }
-    }
-
-    /// `Σ_h Σ_i relu(dA_h)[:, i, :]` `[P, N]` over these terms' query rows, on the CPU: the
-    /// share a thread computes when the rows are split ([`super::rows`]); [`finish_sums`] of
-    /// the sum over all rows is the layer's relevance. By 16-bit integer products where
-    /// [`super::int16::worth_it`] (the browser, large models), else in f32
-    /// ([`relevance_sums_plain`](Self::relevance_sums_plain)).
-    pub fn relevance_sums(&self) -> Tensor<2> {
-        // By the whole layer's size (the values hold every key), not this share's rows: every
-        // share of a layer takes the same path.
-        let ([_, n, _], [m, w]) = (self.values.dims(), self.k.dims());
-        if super::int16::worth_it(n, m, w)
-            && let Some(sums) = super::int16::relevance_sums(self)
-        {
-            return sums;
-        }
-        self.relevance_sums_plain()
-    }
-
-    /// [`relevance_sums`](Self::relevance_sums) in plain f32 tensor operations: the integer
-    /// kernel's twin.
-    pub fn relevance_sums_plain(&self) -> Tensor<2> {
-        let dc = self.head_gradient();
-        let [p, r, w] = dc.dims();
-        let [h, _, d] = self.values.dims();
-        debug_assert_eq!(w, h * d);
-        relevance_sums_per_head(dc.reshape([p, r, h, d]).swap_dims(1, 2), self.values.clone())
-    }
-}
-
 /// `R_l` `[P, N - 1]` from the gradient at the heads `dc` `[P, N, H·d]` and the values
 /// `[H, N, d]`, in plain tensor operations: the reference for the fused kernel
 /// ([`super::kernel`]) and the CPU path.
@@ -309,30 +196,6 @@ pub fn relevance_plain(dc: Tensor<3>, values: Tensor<3>) -> Tensor<2> {
 fn relevance_per_head(dc: Tensor<4>, values: Tensor<3>) -> Tensor<2> {
     let [_, h, n, _] = dc.dims();
     finish_sums(relevance_sums_per_head(dc, values), h, n)
-}
-
-/// `Σ_h Σ_i relu(dc_h V_hᵀ)[:, i, :]` `[P, N]` for the query rows `i` of `dc` `[P, H, R, d]`
-/// (all `N` rows, or a share of them: [`super::rows`]), the values `[H, N, d]` of every key.
-fn relevance_sums_per_head(dc: Tensor<4>, values: Tensor<3>) -> Tensor<2> {
-    let [p, h, _, _] = dc.dims();
-    let n = values.dims()[1];
-    let mut sum: Option<Tensor<3>> = None;
-    for k in 0..h {
-        let dc_k = dc.clone().narrow(1, k, 1).squeeze_dim::<3>(1); // [P, R, d]
-        let v_k = values.clone().narrow(0, k, 1).swap_dims(1, 2); // [1, d, N]
-        let r = dc_k.matmul(v_k).clamp_min(0.0).sum_dim(1); // [P, 1, N]
-        sum = Some(match sum {
-            None => r,
-            Some(s) => s + r,
-        });
-    }
-    sum.expect("at least one head").reshape([p, n])
-}
-
-/// The sums of [`relevance_sums_per_head`] over all `n` query rows → `R` `[P, N - 1]`: the mean
-/// over heads and rows, the class token's column dropped.
-pub(crate) fn finish_sums(sums: Tensor<2>, heads: usize, n: usize) -> Tensor<2> {
-    sums.div_scalar((heads * n) as f64).narrow(1, 1, n - 1)
 }
 
 /// `mean_h mean_i relu(G)[:, :, i, 1:]`: `[P, H, N, N]` → `[P, N - 1]`.

@@ -11,10 +11,12 @@ pub mod int16;
 pub mod kernel;
 pub mod legrad;
 pub mod rows;
+pub mod terms;
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::compute::ComputePolicy;
 use crate::config::Family;
 use crate::error::{LegradError, Result};
 use crate::model::pos_embed::upsample_bilinear;
@@ -146,7 +148,7 @@ pub trait Explainer: Send + Sync {
     /// What the image forward must keep for this method, for a tower of `depth` layers.
     fn trace_request(&self, depth: usize) -> Result<TraceRequest>;
     /// Maps for each text embedding (`[P, E]`, L2-normalised).
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps>;
+    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, policy: &ComputePolicy) -> Result<GridMaps>;
 }
 
 /// One prompt's map, on the host.

@@ -5,7 +5,7 @@
 //!
 //! A layer's `dc` rows are independent of each other (each query row has its own LayerNorm
 //! statistics and mean terms) and every row sees all the keys, so a share of the rows gives a
-//! share of `Σ_h Σ_i relu(dA_h)[:, i, :]` ([`LayerTerms::relevance_sums`]); the shares add up
+//! share of `Σ_h Σ_i relu(dA_h)[:, i, :]` ([`super::legrad::relevance_sums`]); the shares add up
 //! to the layer's sums. What a helper holds per trace (its rows of `act'`, `x̂ W_outᵀ`, `1/σ`,
 //! and the layer's `K`, `1ᵀ W_outᵀ` and values) travels once per image as [`HostTensor`]s;
 //! per prompt only `[a | g W_outᵀ]` and its rows' mean terms do (a few kB).
@@ -17,10 +17,12 @@ use std::pin::Pin;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::GridMaps;
-use super::legrad::{LayerTerms, finish_sums, layer_terms_for, stack};
-use crate::engine::read_f32;
+use super::legrad::{LayerTerms, layer_terms_for, relevance_sums, stack};
+use super::terms::finish_sums;
+use crate::compute::ComputePolicy;
 use crate::error::{LegradError, Result};
 use crate::model::{Clip, ImageTrace};
+use crate::readback::read_f32;
 
 /// A tensor's values on the host, row-major, with its shape: what crosses to a helper.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,11 +111,13 @@ pub async fn prompt_share(terms: &[LayerTerms], rows: Range<usize>) -> Result<Ve
 /// for the per-prompt `ag` and `m`, which [`sums`](Self::sums) brings).
 pub struct HeldRows {
     layers: Vec<LayerTerms>,
+    /// The helper's own policy (its device's: the CPU on the same platform as the engine's).
+    policy: ComputePolicy,
 }
 
 impl HeldRows {
-    /// From [`row_share`]'s tensors.
-    pub fn new(share: &[HostTensor], device: &Device) -> Result<Self> {
+    /// From [`row_share`]'s tensors, on `device`, computed as `policy` says.
+    pub fn new(share: &[HostTensor], device: &Device, policy: ComputePolicy) -> Result<Self> {
         if share.is_empty() || !share.len().is_multiple_of(6) {
             return Err(LegradError::Input(format!(
                 "a helper's rows came as {} tensors, not 6 per layer",
@@ -142,7 +146,7 @@ impl HeldRows {
                 if fits { Ok(t) } else { Err(LegradError::Input("a helper's rows do not fit together".into())) }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        Ok(Self { layers, policy })
     }
 
     /// The sums `[L, P, N]` of these rows for a prompt batch ([`prompt_share`]'s tensors).
@@ -163,7 +167,7 @@ impl HeldRows {
                 return Err(LegradError::Input("a helper's prompt terms do not fit the rows it holds".into()));
             }
             let terms = LayerTerms { ag, m, ..held.clone() };
-            sums.push(terms.relevance_sums());
+            sums.push(relevance_sums(&terms, &self.policy));
         }
         Ok(Tensor::stack(sums, 0))
     }
@@ -217,6 +221,7 @@ pub async fn explain_split(
     texts: Tensor<2>,
     layer_index: i64,
     helpers: &dyn RowHelpers,
+    policy: &ComputePolicy,
 ) -> Result<GridMaps> {
     let (layers, terms) = layer_terms_for(model, trace, texts, layer_index)?;
     let n = trace.tokens();
@@ -229,13 +234,17 @@ pub async fn explain_split(
         pending.push((rows.clone(), helpers.start(i - 1, key, prompt_share(&terms, rows).await?)));
     }
     let here = share_rows(n, parts, 0);
-    let mut sums: Vec<Tensor<2>> = terms.iter().map(|t| t.rows(here.start, here.len()).relevance_sums()).collect();
+    let mut sums: Vec<Tensor<2>> =
+        terms.iter().map(|t| relevance_sums(&t.rows(here.start, here.len()), policy)).collect();
     let device = model.vision.device();
     let [l, p] = [terms.len(), terms.first().map(|t| t.ag.dims()[0]).unwrap_or(0)];
     for (rows, job) in pending {
         let share: Tensor<3> = match job.await {
             Ok(v) if v.len() == l * p * n => Tensor::from_data(TensorData::new(v, [l, p, n]), &device),
-            _ => Tensor::stack(terms.iter().map(|t| t.rows(rows.start, rows.len()).relevance_sums()).collect(), 0),
+            _ => Tensor::stack(
+                terms.iter().map(|t| relevance_sums(&t.rows(rows.start, rows.len()), policy)).collect(),
+                0,
+            ),
         };
         for (k, s) in sums.iter_mut().enumerate() {
             *s = s.clone() + share.clone().narrow(0, k, 1).squeeze_dim(0);
@@ -246,9 +255,12 @@ pub async fn explain_split(
 
 /// In-thread helpers for tests: the same [`HeldRows`] code a helper worker runs, called at once,
 /// on `device`.
+#[cfg(any(test, feature = "test-support"))]
 pub struct LocalHelpers {
     pub helpers: usize,
     device: Device,
+    /// How the helpers compute (the device's policy unless a test forces a path).
+    pub policy: ComputePolicy,
     held: std::cell::RefCell<Vec<Option<(u64, HeldRows)>>>,
     /// Answer every job with an error (the engine then computes those rows itself).
     pub fail: bool,
@@ -256,13 +268,16 @@ pub struct LocalHelpers {
     pub answered: std::cell::Cell<usize>,
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl LocalHelpers {
     pub fn new(helpers: usize, device: &Device) -> Self {
         let held = std::cell::RefCell::new((0..helpers).map(|_| None).collect());
-        Self { helpers, device: device.clone(), held, fail: false, answered: Default::default() }
+        let policy = ComputePolicy::for_device(device);
+        Self { helpers, device: device.clone(), policy, held, fail: false, answered: Default::default() }
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl RowHelpers for LocalHelpers {
     fn count(&self) -> usize {
         self.helpers
@@ -271,7 +286,7 @@ impl RowHelpers for LocalHelpers {
         self.held.borrow()[i].as_ref().is_some_and(|(k, _)| *k == key)
     }
     fn hold(&self, i: usize, key: u64, share: Vec<HostTensor>) {
-        let held = HeldRows::new(&share, &self.device).ok().map(|h| (key, h));
+        let held = HeldRows::new(&share, &self.device, self.policy).ok().map(|h| (key, h));
         self.held.borrow_mut()[i] = held;
     }
     fn start(&self, i: usize, key: u64, prompts: Vec<HostTensor>) -> Pending {

@@ -9,7 +9,7 @@
 //! of f32 weights) for 8 rows, measured alone on this project's machine, nothing else running:
 //! in wasm 75 ms by gemm, 37 ms by this (explicit 128-bit SIMD; the portable loop 40 ms);
 //! natively 45 ms by gemm, 34 ms by this (the compiler's own vectors). In `legrad bench` (one
-//! thread, natively) the tower's encoding of a prompt went from 80 to 59 ms (BENCHMARKS.md §5).
+//! thread, natively) the tower's encoding of a prompt went from 80 to 59 ms (docs/benchmarks-history.md §5).
 //!
 //! [`linear`] takes this path on Flex for at most [`MAX_ROWS`] rows of f32 and leaves
 //! everything else, autodiff included, to burn's `Linear::forward`, its plain-tensor twin (the
@@ -169,11 +169,13 @@ mod simd128 {
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// The shapes [`check_against_burn`] runs: `(rows, in, out, bias)`, with and without
 /// remainders of four, one row and the most rows, with and without a bias.
 pub const CHECKED_SHAPES: [(usize, usize, usize, bool); 4] =
     [(1, 512, 1536, true), (7, 64, 36, true), (8, 30, 21, false), (MAX_ROWS, 96, 128, true)];
 
+#[cfg(any(test, feature = "test-support"))]
 /// For the tests, natively and in the browser (where the SIMD form runs): the kernel against
 /// burn's `Linear::forward` on Flex for `(rows, in, out, bias)`. The largest difference over
 /// the outputs, or why the kernel did not run.
@@ -198,10 +200,7 @@ pub fn check_against_burn(rows: usize, k: usize, n: usize, bias: bool) -> std::r
     let ours = few_rows(&lin, &x).ok_or_else(|| format!("the kernel did not take {rows} rows of {k}"))?;
     let read = |t: Tensor<3>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
     let (ours, burns) = (read(ours)?, read(lin.forward(x))?);
-    if ours.len() != burns.len() {
-        return Err(format!("{} outputs against burn's {}", ours.len(), burns.len()));
-    }
-    Ok(ours.iter().zip(&burns).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max))
+    Ok(crate::testing::compare_or_explain(&ours, &burns)?.max_abs)
 }
 
 #[cfg(test)]

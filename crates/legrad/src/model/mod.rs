@@ -16,12 +16,23 @@ use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype
 use burn::tensor::{Device, Tensor, TensorData};
 use few_rows::linear;
 
+use crate::compute::ComputePolicy;
 use crate::config::{Activation, ClipConfig, Family};
 use crate::error::Result;
 use crate::weights::{RawTensor, StoredDType, TensorMap};
 
 pub use text::TextTower;
 pub use vision::{ImageTrace, LayerTrace, TraceRequest, VisionTower};
+
+/// The score shown for an image and a prompt.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scoring {
+    /// CLIP: the cosine similarity itself.
+    Cosine,
+    /// SigLIP: `sigmoid(scale · cos + bias)`, with the checkpoint's `exp(logit_scale)` and
+    /// `logit_bias`.
+    Sigmoid { scale: f32, bias: f32 },
+}
 
 /// Both towers, and what goes with them.
 #[derive(Debug)]
@@ -32,8 +43,8 @@ pub struct Clip {
     /// The model's own tokenizer file (`tokenizer.json`), where its family needs one (SigLIP's
     /// SentencePiece vocabulary); CLIP's BPE vocabulary is built in.
     pub tokenizer_json: Option<std::sync::Arc<str>>,
-    /// SigLIP's `exp(logit_scale)` and `logit_bias`: its score is `sigmoid(scale cos + bias)`.
-    pub sigmoid_logit: Option<(f32, f32)>,
+    /// How an image-text cosine becomes the score shown.
+    pub scoring: Scoring,
     /// SigLIP's "a photo of a" embedding `[E]` on the vision tower's device, for LeGrad's
     /// correction (set by the engine, which holds the tokenizer).
     empty_embedding: std::sync::Mutex<Option<Tensor<1>>>,
@@ -46,8 +57,8 @@ impl Clip {
         config.validate()?;
         let vision = VisionTower::load(&config, &mut map, device)?;
         let text = TextTower::load(&config, &mut map, device)?;
-        let sigmoid_logit = match config.family {
-            Family::Clip => None,
+        let scoring = match config.family {
+            Family::Clip => Scoring::Cosine,
             Family::Siglip => {
                 let mut scalar = |name: &str| -> Result<f32> {
                     let t = map.remove(name).ok_or_else(|| crate::error::LegradError::MissingTensor {
@@ -63,10 +74,10 @@ impl Clip {
                     }
                     Ok(v[0])
                 };
-                Some((scalar("logit_scale")?.exp(), scalar("logit_bias")?))
+                Scoring::Sigmoid { scale: scalar("logit_scale")?.exp(), bias: scalar("logit_bias")? }
             }
         };
-        Ok(Self { config, vision, text, tokenizer_json: None, sigmoid_logit, empty_embedding: Default::default() })
+        Ok(Self { config, vision, text, tokenizer_json: None, scoring, empty_embedding: Default::default() })
     }
 
     /// Attach the model's tokenizer file.
@@ -79,9 +90,9 @@ impl Clip {
 
     /// The score shown for a cosine similarity: itself for CLIP, SigLIP's sigmoid probability.
     pub fn score(&self, cosine: f32) -> f32 {
-        match self.sigmoid_logit {
-            None => cosine,
-            Some((scale, bias)) => 1.0 / (1.0 + (-(scale * cosine + bias)).exp()),
+        match self.scoring {
+            Scoring::Cosine => cosine,
+            Scoring::Sigmoid { scale, bias } => 1.0 / (1.0 + (-(scale * cosine + bias)).exp()),
         }
     }
 
@@ -120,33 +131,9 @@ pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Is `device` a GPU runtime (CubeCL: WebGPU, Vulkan, Metal, ...), rather than burn's CPU
-/// backend? Such a device keeps quantized weights packed (its matmuls read 8 or 4 bits in the
-/// kernel), compiles kernels on first use, and runs LeGrad's fused kernel.
-pub fn keeps_quantized(device: &Device) -> bool {
-    #[cfg(feature = "wgpu")]
-    {
-        matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
-    }
-    #[cfg(not(feature = "wgpu"))]
-    {
-        let _ = device;
-        false
-    }
-}
-
-/// Adapters that are software renderers (a CPU running the shaders), by name: SwiftShader,
-/// llvmpipe/lavapipe, softpipe, WARP.
-pub fn is_software_adapter(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["swiftshader", "llvmpipe", "lavapipe", "softpipe", "microsoft basic render", "warp"]
-        .iter()
-        .any(|s| name.contains(s))
-}
-
 /// A weight matrix stored `[out, in]` (PyTorch) as burn's `[in, out]`.
 ///
-/// On a GPU ([`keeps_quantized`]) a quantized one stays quantized on the device: burn's
+/// On a GPU ([`ComputePolicy::is_gpu`]) a quantized one stays quantized on the device: burn's
 /// block-quantized tensor (blocks of output features become blocks along burn's last
 /// dimension), so matmuls read 8- or 4-bit weights and no f32 copy is kept. On the CPU it is
 /// dequantized here, once: burn's CPU backend has no quantized matmul and would dequantize the
@@ -162,7 +149,9 @@ pub(crate) fn weight_matrix(raw: RawTensor, d_in: usize, d_out: usize, device: &
     let values = raw.to_f32();
     let t = tensor2(transposed(&values, d_out, d_in), [d_in, d_out], device);
     match raw.dtype {
-        StoredDType::Q8 { block } | StoredDType::Q4 { block } if block <= 255 && keeps_quantized(device) => {
+        StoredDType::Q8 { block } | StoredDType::Q4 { block }
+            if block <= 255 && ComputePolicy::for_device(device).is_gpu() =>
+        {
             let value = if matches!(raw.dtype, StoredDType::Q8 { .. }) { QuantValue::Q8S } else { QuantValue::Q4S };
             let scheme = QuantScheme::default()
                 .with_value(value)
@@ -515,25 +504,5 @@ impl AttentionPool {
     pub fn forward(&self, x: Tensor<3>, act: Activation) -> PoolOutput {
         let (probs, values) = self.attention(x);
         self.from_probs(probs, values, act)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_software_adapter;
-
-    #[test]
-    fn software_adapters_are_told_from_gpus_by_name() {
-        for name in [
-            "llvmpipe (LLVM 15.0.6, 256 bits)",
-            "SwiftShader Device (Subzero)",
-            "google / swiftshader",
-            "Microsoft Basic Render Driver",
-        ] {
-            assert!(is_software_adapter(name), "{name}");
-        }
-        for name in ["NVIDIA H200", "AMD Radeon 8060S Graphics", "Apple M2", "Intel(R) UHD Graphics 620", ""] {
-            assert!(!is_software_adapter(name), "{name}");
-        }
     }
 }

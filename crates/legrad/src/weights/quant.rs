@@ -123,7 +123,7 @@ mod tests {
         for bits in [8u8, 4] {
             let q = quantize(&v, rows, cols, bits, 64);
             let d = dequantize(&q);
-            let worst = v.iter().zip(&d).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = crate::testing::max_abs_diff(&d, &v);
             // Clipping may cost a value up to half the range; the mean error is what drops.
             let mean: f32 = v.iter().zip(&d).map(|(a, b)| (a - b).abs()).sum::<f32>() / v.len() as f32;
             let step = if bits == 8 { 1.0 / 127.0 } else { 1.0 / 7.0 };

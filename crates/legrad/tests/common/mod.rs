@@ -69,10 +69,9 @@ pub fn size_of(key: &str) -> InputSize {
     InputSize { height: h.parse().unwrap(), width: w.parse().unwrap() }
 }
 
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
+/// The one comparison (`legrad::testing`): fails on NaN, infinity and a length mismatch.
+#[allow(unused_imports)]
+pub use legrad::testing::{assert_close, compare, max_abs_diff};
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();

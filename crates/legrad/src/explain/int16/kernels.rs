@@ -4,7 +4,7 @@
 //! ([`check_simd_against_portable`]).
 
 /// Rows of a tile (query rows) and 4-lane vectors of columns, in both products (2 x 4 was the
-/// fastest of 2x4, 3x3, 4x2, 4x3, 3x4, 2x6, 6x2 in V8: BENCHMARKS.md §5).
+/// fastest of 2x4, 3x3, 4x2, 4x3, 3x4, 2x6, 6x2 in V8: docs/benchmarks-history.md §5).
 pub const ROWS: usize = 2;
 const VECS: usize = 4;
 /// Columns (or keys) of a tile.
@@ -564,6 +564,7 @@ mod simd128 {
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// Pseudo-random values in `[lo, hi)` (for the checks).
 pub fn values(len: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
     let mut s = seed;
@@ -575,6 +576,7 @@ pub fn values(len: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// For the tests: every kernel of the form that runs here (SIMD in wasm) against the portable
 /// form, which must be equal to the last bit (the same arithmetic in the same order), with
 /// remainders of every vector, tile and pair, a NaN and an infinity. `Err` says which differs.

@@ -6,7 +6,7 @@
 //! browser, and a module that uses it does not validate where it is missing): `gemm` reaches
 //! about 10 G multiply-adds/s per thread there. `i32x4.dot_i16x8_s`, which every browser with
 //! SIMD has, does eight 16-bit multiply-adds in one instruction: the same products at about
-//! 25 G/s (BENCHMARKS.md §5).
+//! 25 G/s (docs/benchmarks-history.md §5).
 //!
 //! The factors are rounded to integers with one scale per row or column, which is where the
 //! precision goes: `act'` per query row and `diag(a) K` per output column at ±[`DC_LEVELS`]
@@ -15,47 +15,30 @@
 //! levels are chosen so that no sum can overflow: `main`'s are moved into f32 every
 //! [`kernels::DC_FLUSH`] pairs), so the integer arithmetic of the SIMD form and of the portable form
 //! used natively is the same, and so are their results. What the rounding costs the maps is
-//! measured in BENCHMARKS.md §5 (and bounded by the tests): far below what 8-bit weights cost.
+//! measured in docs/benchmarks-history.md §5 (and bounded by the tests): far below what 8-bit weights cost.
 //!
 //! [`relevance_sums`] is the kernel's launcher on burn's CPU tensors (in place, no copy of the
-//! trace); [`LayerTerms::relevance_sums_plain`] is its plain-tensor twin. It runs where
-//! [`worth_it`] says so: in wasm, for products of at least [`MIN_WORK`] multiply-adds per
-//! layer (a ViT-B/16 at any size; not the small default model, which stays exact). Natively
-//! the f32 products (`gemm` with the machine's own FMA) are left as they are.
+//! trace); [`LayerTerms::relevance_sums_plain`] is its plain-tensor twin. It runs where the
+//! engine's [`ComputePolicy`](crate::compute::ComputePolicy) says so: in wasm, for layers of at
+//! least [`INT16_MIN_WORK`](crate::compute::INT16_MIN_WORK) multiply-adds (a ViT-B/16 at any
+//! size; not the small default model, which stays exact). Natively the f32 products (`gemm`
+//! with the machine's own FMA) are left as they are unless the caller asks (the CLI's
+//! `--int16`, the tests).
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::tensor::{DType, Tensor, TensorData};
 
-use super::legrad::LayerTerms;
+use super::terms::LayerTerms;
 
 pub mod kernels;
 
+#[cfg(any(test, feature = "test-support"))]
+use kernels::values;
 use kernels::{
     COLS, DC_LEVELS, PackedValues, QuantRows, ROWS, RelevanceOperands, dc_product, pack_scaled, rel_levels,
-    relevance_product, values,
+    relevance_product,
 };
-
-/// The least work (`N · 4W · W` multiply-adds per layer) for which [`worth_it`] picks this
-/// kernel: a ViT-B/16 at 224 is 465 M, the default model at 448 far less.
-pub const MIN_WORK: usize = 200_000_000;
-
-/// Does the CPU path compute these terms' products here? In wasm for products of at least
-/// [`MIN_WORK`]. Natively when `LEGRAD_INT16=1` and the products are as large (to measure the
-/// browser's numbers with the CLI), or `LEGRAD_INT16=all` (every size: the tests).
-pub fn worth_it(tokens: usize, hidden: usize, width: usize) -> bool {
-    let big = tokens.saturating_mul(hidden).saturating_mul(width) >= MIN_WORK;
-    #[cfg(target_family = "wasm")]
-    {
-        big
-    }
-    #[cfg(not(target_family = "wasm"))]
-    match std::env::var("LEGRAD_INT16").as_deref() {
-        Ok("all") => true,
-        Ok("1") => big,
-        _ => false,
-    }
-}
 
 /// A CPU tensor's f32 values where they lie (contiguous, row-major), kept alive while read.
 struct Host {
@@ -176,14 +159,17 @@ fn relevance_of(s: &Shape, dc: &[f32], v: &PackedValues) -> Vec<f32> {
     out
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// The shapes [`check_against_plain`] runs: `(rows, hidden, heads, head width, keys, prompts)`,
 /// with remainders of every tile and pair, and one ViT-B/16-like layer's proportions.
 pub const CHECKED_SHAPES: [(usize, usize, usize, usize, usize, usize); 4] =
     [(7, 10, 3, 8, 9, 2), (1, 33, 1, 6, 2, 1), (40, 96, 4, 16, 40, 1), (65, 3072, 12, 64, 197, 1)];
 
+#[cfg(any(test, feature = "test-support"))]
 /// The largest difference [`check_against_plain`] allows, relative to the largest sum.
 pub const CHECKED_TOL: f32 = 5e-4;
 
+#[cfg(any(test, feature = "test-support"))]
 /// Random terms of one layer for `(rows, hidden, heads, head width, keys, prompts)` on the CPU
 /// (`act'` in GELU's derivative's range).
 pub fn random_terms(shape: (usize, usize, usize, usize, usize, usize), seed: u32) -> LayerTerms {
@@ -203,6 +189,7 @@ pub fn random_terms(shape: (usize, usize, usize, usize, usize, usize), seed: u32
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// For the tests, natively and in the browser (where the SIMD form runs): the kernel's sums
 /// against its twin's ([`LayerTerms::relevance_sums_plain`]) on random terms of `shape`. The
 /// largest difference relative to the twin's largest sum, or why the kernel did not run.
@@ -211,11 +198,10 @@ pub fn check_against_plain(shape: (usize, usize, usize, usize, usize, usize)) ->
     let ours = relevance_sums(&t).ok_or("the kernel did not take the terms")?;
     let read = |x: Tensor<2>| x.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
     let (ours, plain) = (read(ours)?, read(t.relevance_sums_plain())?);
-    if ours.len() != plain.len() {
-        return Err(format!("{} sums against the twin's {}", ours.len(), plain.len()));
-    }
+    let diff = crate::testing::compare_or_explain(&ours, &plain)?;
+    // Finite, as compare checked.
     let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    Ok(ours.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale)
+    Ok(diff.max_abs / scale)
 }
 
 #[cfg(test)]

@@ -1,0 +1,228 @@
+//! The compute policy: which path each step takes on this engine's device, decided once.
+//!
+//! [`ComputePolicy::for_device`] makes it from the device (a GPU runtime or burn's CPU backend,
+//! the adapter's name) and the platform (wasm or native); the engine holds it and passes it to
+//! the explainers. The caller may change it at the edge: the page, which knows from WebGPU's
+//! `GPUAdapterInfo` that its adapter is a software renderer ([`ComputePolicy::with_software_adapter`]);
+//! the CLI's flags and the tests ([`ComputePolicy::with_int16`], [`ComputePolicy::with_tiling`]).
+//! Nothing below reads an environment variable or a global flag.
+
+use burn::tensor::Device;
+
+/// Where the tensors live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Processor {
+    /// burn's CPU backend (Flex): nothing compiles, quantized weights are dequantized once at load.
+    Cpu,
+    /// A GPU runtime (CubeCL: WebGPU, Vulkan, Metal): kernels compile per shape, quantized
+    /// weights stay packed on the device. `software`: a CPU running the shaders (SwiftShader,
+    /// lavapipe), where every storage load costs and big tiles pay.
+    Gpu { software: bool },
+}
+
+/// When LeGrad's per-prompt products on the CPU run in 16-bit integers (`explain::int16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int16Products {
+    /// Always in f32.
+    Never,
+    /// For layers of at least [`INT16_MIN_WORK`] multiply-adds (a ViT-B/16 at any size; the
+    /// small default model stays exact): the browser's choice, where f32 products have no FMA.
+    LargeLayers,
+    /// At every size (the tests of the integer path on the small fixture models).
+    Always,
+}
+
+/// The least work (`N · 4W · W` multiply-adds per layer) for which [`Int16Products::LargeLayers`]
+/// takes the integer products: a ViT-B/16 at 224 is 465 M, the default model at 448 far less.
+pub const INT16_MIN_WORK: usize = 200_000_000;
+
+/// The tile shapes of LeGrad's GPU kernels for one adapter (`explain::kernel`'s module
+/// documentation says why they differ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiling {
+    /// Units per cube.
+    pub units: u32,
+    /// Relevance: query rows by key tokens per unit.
+    pub query_rows: usize,
+    pub keys: usize,
+    /// Split the query rows into chunks (summed afterwards) until a launch has about this many
+    /// units (a GPU needs tens of thousands; a CPU's few cores do not).
+    pub target_units: usize,
+    /// Head gradient: rows by columns of `dc` per unit; `None`: `dc` by burn's matmul and
+    /// elementwise operations.
+    pub head_gradient: Option<(usize, usize)>,
+}
+
+impl Tiling {
+    /// A GPU: small tiles, many units, burn's matmul for `dc`.
+    pub const GPU: Tiling = Tiling { units: 64, query_rows: 4, keys: 4, target_units: 65_536, head_gradient: None };
+    /// A software adapter (a CPU running the shaders): the tiles measured fastest on lavapipe
+    /// (`examples/kernel_times.rs`; docs/benchmarks-history.md §5).
+    pub const SOFTWARE: Tiling =
+        Tiling { units: 8, query_rows: 32, keys: 16, target_units: 1, head_gradient: Some((32, 16)) };
+
+    pub fn for_adapter(software: bool) -> Tiling {
+        if software { Tiling::SOFTWARE } else { Tiling::GPU }
+    }
+}
+
+/// One value that says which path every step takes: see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ComputePolicy {
+    pub processor: Processor,
+    /// LeGrad on a GPU: its fused kernels with these tiles, or `None` for plain tensor
+    /// operations (the kernels' twins). Always `None` on the CPU.
+    pub kernels: Option<Tiling>,
+    /// LeGrad's per-prompt products on the CPU.
+    pub int16: Int16Products,
+}
+
+impl ComputePolicy {
+    /// The policy for `device`: a GPU runtime gets the fused kernels with the tiles for its
+    /// adapter (software by its name); the CPU gets the integer products for large layers in
+    /// the browser (no FMA for f32 there) and exact f32 natively.
+    pub fn for_device(device: &Device) -> Self {
+        match gpu_adapter_name(device) {
+            Some(name) => Self::gpu(is_software_adapter(&name)),
+            None => Self::cpu(),
+        }
+    }
+
+    /// The CPU's policy on this platform.
+    pub fn cpu() -> Self {
+        let int16 = if cfg!(target_family = "wasm") { Int16Products::LargeLayers } else { Int16Products::Never };
+        Self { processor: Processor::Cpu, kernels: None, int16 }
+    }
+
+    fn gpu(software: bool) -> Self {
+        Self {
+            processor: Processor::Gpu { software },
+            kernels: Some(Tiling::for_adapter(software)),
+            int16: Int16Products::Never,
+        }
+    }
+
+    /// The caller knows the GPU adapter is a software renderer (or not) where the runtime does
+    /// not name it (a browser's WebGPU: the page reads `GPUAdapterInfo`, wgpu does not). No
+    /// effect on the CPU.
+    pub fn with_software_adapter(self, software: bool) -> Self {
+        match self.processor {
+            Processor::Gpu { .. } => Self {
+                processor: Processor::Gpu { software },
+                kernels: self.kernels.map(|_| Tiling::for_adapter(software)),
+                ..self
+            },
+            Processor::Cpu => self,
+        }
+    }
+
+    /// LeGrad's GPU kernels with `tiling`, or `None` for the plain tensor form (comparisons). No
+    /// effect on the CPU.
+    pub fn with_tiling(self, tiling: Option<Tiling>) -> Self {
+        match self.processor {
+            Processor::Gpu { .. } => Self { kernels: tiling, ..self },
+            Processor::Cpu => self,
+        }
+    }
+
+    pub fn with_int16(self, int16: Int16Products) -> Self {
+        Self { int16, ..self }
+    }
+
+    /// A GPU runtime: kernels compile on first use of a shape (so shapes are padded to buckets
+    /// and warmed up), quantized weights stay packed.
+    pub fn is_gpu(&self) -> bool {
+        matches!(self.processor, Processor::Gpu { .. })
+    }
+
+    pub fn is_software_adapter(&self) -> bool {
+        matches!(self.processor, Processor::Gpu { software: true })
+    }
+
+    /// Do a layer's per-prompt products of `tokens · hidden · width` multiply-adds run in 16-bit
+    /// integers? (Decided on the whole layer, so every row share of it takes the same path.)
+    pub fn int16_for(&self, tokens: usize, hidden: usize, width: usize) -> bool {
+        match (self.processor, self.int16) {
+            (Processor::Gpu { .. }, _) | (_, Int16Products::Never) => false,
+            (Processor::Cpu, Int16Products::Always) => true,
+            (Processor::Cpu, Int16Products::LargeLayers) => {
+                tokens.saturating_mul(hidden).saturating_mul(width) >= INT16_MIN_WORK
+            }
+        }
+    }
+}
+
+/// The adapter's name where `device` is a GPU runtime; `None` for burn's CPU backend.
+fn gpu_adapter_name(device: &Device) -> Option<String> {
+    #[cfg(feature = "wgpu")]
+    {
+        match device.as_dispatch() {
+            burn::backend::DispatchDevice::Cube(d) => Some(d.client().properties().identity.name.clone()),
+            _ => None,
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = device;
+        None
+    }
+}
+
+/// Adapters that are software renderers (a CPU running the shaders), by name: SwiftShader,
+/// llvmpipe/lavapipe, softpipe, WARP.
+pub fn is_software_adapter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["swiftshader", "llvmpipe", "lavapipe", "softpipe", "microsoft basic render", "warp"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn software_adapters_are_told_from_gpus_by_name() {
+        for name in [
+            "llvmpipe (LLVM 15.0.6, 256 bits)",
+            "SwiftShader Device (Subzero)",
+            "google / swiftshader",
+            "Microsoft Basic Render Driver",
+        ] {
+            assert!(is_software_adapter(name), "{name}");
+        }
+        for name in ["NVIDIA H200", "AMD Radeon 8060S Graphics", "Apple M2", "Intel(R) UHD Graphics 620", ""] {
+            assert!(!is_software_adapter(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_cpu_policy_takes_integer_products_by_its_setting() {
+        let cpu = ComputePolicy::for_device(&Device::flex());
+        assert_eq!(cpu.processor, Processor::Cpu);
+        assert_eq!(cpu.kernels, None);
+        assert_eq!(cpu.int16, Int16Products::Never, "natively the f32 products stay");
+        let big = (785, 3072, 768);
+        assert!(!cpu.int16_for(big.0, big.1, big.2));
+        let large = cpu.with_int16(Int16Products::LargeLayers);
+        assert!(large.int16_for(big.0, big.1, big.2));
+        assert!(!large.int16_for(50, 512, 128));
+        assert!(cpu.with_int16(Int16Products::Always).int16_for(1, 1, 1));
+        // GPU settings do not apply to the CPU.
+        assert_eq!(cpu.with_software_adapter(true), cpu);
+        assert_eq!(cpu.with_tiling(Some(Tiling::GPU)), cpu);
+    }
+
+    #[test]
+    fn a_gpu_policy_follows_its_adapter() {
+        let gpu = ComputePolicy::gpu(false);
+        assert!(gpu.is_gpu() && !gpu.is_software_adapter());
+        assert_eq!(gpu.kernels, Some(Tiling::GPU));
+        let soft = gpu.with_software_adapter(true);
+        assert_eq!(soft.kernels, Some(Tiling::SOFTWARE));
+        assert!(soft.is_software_adapter());
+        assert_eq!(soft.with_tiling(None).kernels, None);
+        assert_eq!(soft.with_tiling(None).with_software_adapter(false).kernels, None, "plain stays plain");
+        assert!(!soft.with_int16(Int16Products::Always).int16_for(1, 1, 1), "no integer products on a GPU");
+    }
+}
