@@ -11,6 +11,7 @@ use crate::bridge;
 use crate::components::{Controls, Header, ImagePanel, ModelPanel, PromptPanel, Results, StatusBar};
 use crate::protocol::*;
 use crate::share::Shared;
+pub use crate::view::{Original, Results, VIEW_MAX_SIDE};
 
 /// What the page shows for the model.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,91 +27,6 @@ pub enum ImageStatus {
     Decoding(String),
     Ready { id: u64, name: String, width: u32, height: u32 },
     Failed(String),
-}
-
-/// The maps of the latest answer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Results {
-    pub ready: MapsReady,
-    /// The image as the model saw it, RGB, `size.0 * size.1 * 3`.
-    pub rgb: Arc<Vec<u8>>,
-    /// Method-major, then prompt: `size.0 * size.1` values each.
-    pub maps: Arc<Vec<f32>>,
-    /// Raw per-layer grid maps (see `MapsReady`).
-    pub per_layer: Arc<Vec<f32>>,
-}
-
-impl Results {
-    pub fn map(&self, method: usize, prompt: usize) -> &[f32] {
-        let n = self.ready.size.0 * self.ready.size.1;
-        let p = self.ready.prompts.len();
-        &self.maps[(method * p + prompt) * n..][..n]
-    }
-
-    /// The raw grid map of the `layer`-th layer of the range, where the method has layers.
-    pub fn layer_grid(&self, method: usize, prompt: usize, layer: usize) -> Option<&[f32]> {
-        let r = &self.ready;
-        if !r.layer_methods.get(method).copied().unwrap_or(false) || layer >= r.layers.len() {
-            return None;
-        }
-        let cells = r.grid.0 * r.grid.1;
-        let per_method = r.prompts.len() * r.layers.len() * cells;
-        let before = r.layer_methods[..method].iter().filter(|h| **h).count() * per_method;
-        self.per_layer.get(before + (prompt * r.layers.len() + layer) * cells..).and_then(|s| s.get(..cells))
-    }
-
-    /// The map shown for a card and a layer of the strip (None: the range's sum): at the
-    /// maps' size, normalised as the summed map is (the core's `finish_maps`).
-    pub fn shown_map(&self, method: usize, prompt: usize, layer: Option<usize>) -> Option<Vec<f32>> {
-        let Some(layer) = layer else { return Some(self.map(method, prompt).to_vec()) };
-        let grid = self.ready.grid;
-        let raw = self.layer_grid(method, prompt, layer)?;
-        let patch = self.ready.size.0 / grid.0.max(1);
-        // A layer alone is upsampled then normalised (for SigLIP too: the strip is ours, not the reference's).
-        legrad::explain::finish_maps(raw, None, 1, grid, patch, legrad::explain::MapOrder::UpsampleThenNormalise)
-            .pop()
-            .map(|m| m.map)
-    }
-}
-
-/// The image maps are drawn over on the large view: the photo at its own resolution (or scaled
-/// down to `legrad::overlay::MAX_ORIGINAL_SIDE`), RGB.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Original {
-    pub id: u64,
-    pub width: usize,
-    pub height: usize,
-    pub rgb: Arc<Vec<u8>>,
-    /// The copy the large view draws: the photo, or scaled down to [`VIEW_MAX_SIDE`] (a screen
-    /// shows no more, and each new map is drawn again while typing); `(height, width)`.
-    pub view: Arc<Vec<u8>>,
-    pub view_size: (usize, usize),
-}
-
-/// The large view's long side at most, in pixels (exports use the photo's own size).
-pub const VIEW_MAX_SIDE: u32 = 1600;
-
-impl Original {
-    pub fn new(id: u64, width: usize, height: usize, rgb: Vec<u8>) -> Option<Self> {
-        if rgb.len() != width * height * 3 || width == 0 || height == 0 {
-            return None;
-        }
-        let rgb = Arc::new(rgb);
-        let (view, view_size) = if width.max(height) as u32 <= VIEW_MAX_SIDE {
-            (rgb.clone(), (height, width))
-        } else {
-            let img = legrad::preprocess::DecodedImage {
-                width: width as u32,
-                height: height as u32,
-                rgba: rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
-                has_alpha: false,
-                resize_mode: legrad::preprocess::ResizeMode::Bicubic,
-            };
-            let (w, h, small) = img.display_rgb(VIEW_MAX_SIDE).ok()?;
-            (Arc::new(small), (h as usize, w as usize))
-        };
-        Some(Self { id, width, height, rgb, view, view_size })
-    }
 }
 
 /// All the page's state, shared through context. Signals are `Copy`.

@@ -326,3 +326,41 @@ pub fn f32_to_buffer(values: &[f32]) -> js_sys::ArrayBuffer {
 pub fn buffer_to_f32(buffer: &js_sys::ArrayBuffer) -> Vec<f32> {
     js_sys::Float32Array::new(buffer).to_vec()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_picks_the_backend_and_threads() {
+        assert_eq!(BackendRequest::from_query("?backend=cpu"), BackendRequest::Cpu);
+        assert_eq!(BackendRequest::from_query("threads=2&backend=webgpu"), BackendRequest::WebGpu);
+        assert_eq!(BackendRequest::from_query("?backend=gpu"), BackendRequest::WebGpu);
+        assert_eq!(BackendRequest::from_query("?backend=tpu"), BackendRequest::Auto);
+        assert_eq!(BackendRequest::from_query(""), BackendRequest::Auto);
+        assert_eq!(threads_from_query("?backend=cpu&threads=3"), Some(3));
+        assert_eq!(threads_from_query("?threads=0"), None);
+        assert_eq!(threads_from_query("?threads=17"), None);
+        assert_eq!(threads_from_query("?threads=two"), None);
+    }
+
+    #[test]
+    fn messages_round_trip_through_their_envelope() {
+        let requests = [
+            Request::Init { backend: BackendRequest::Cpu, threads: Some(2) },
+            Request::LoadModel(ModelSource::url("https://example.org/m.safetensors")),
+            Request::Cancel,
+            Request::SetImage { id: 7, name: "a \"photo\".png".into() },
+            Request::SetFrame { id: 8, width: 640, height: 360 },
+        ];
+        for r in requests {
+            let back: Request = Envelope::new(&r, Vec::new()).decode().unwrap();
+            assert_eq!(back, r);
+        }
+        // An older page's Init without threads still decodes.
+        let old = Envelope { json: r#"{"Init":{"backend":"Auto"}}"#.into(), buffers: Vec::new() };
+        assert_eq!(old.decode::<Request>().unwrap(), Request::Init { backend: BackendRequest::Auto, threads: None });
+        let bad = Envelope { json: "{".into(), buffers: Vec::new() };
+        assert!(bad.decode::<Request>().unwrap_err().starts_with("malformed message"));
+    }
+}

@@ -88,3 +88,31 @@ impl Shared {
         *self == Self::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_links_round_trip_and_ignore_what_they_cannot_use() {
+        let s = Shared {
+            prompts: Some("a red ring\nsomething blue & more = 100%".into()),
+            template: Some(false),
+            method: Some(Method::GradCam),
+            compare: Some(true),
+            size: Some(336),
+            square: Some(true),
+            layers: Some(-3),
+            model_url: Some("https://example.org/m.safetensors?x=1#y".into()),
+        };
+        let fragment = s.to_fragment();
+        assert!(!fragment.contains('#') && !fragment.contains('\n'), "{fragment}");
+        assert_eq!(Shared::parse(&format!("#{fragment}")), s);
+        // Out of range, unknown or unsafe values are dropped, the rest kept.
+        let odd = Shared::parse(
+            "#size=99999&layers=5&method=nope&model=javascript:alert(1)&template=maybe&x=1&prompts=a%07b",
+        );
+        assert_eq!(odd, Shared { prompts: Some("ab".into()), ..Shared::default() });
+        assert!(Shared::parse("").is_empty());
+    }
+}

@@ -6,15 +6,15 @@
 //! newest runs (the last keystroke wins). `Cancel` acts at once on a running download.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use legrad::engine::{Engine, ExplainedPrompt};
-use legrad::explain::{ExplainOptions, Method};
-use legrad::model::ImageTrace;
+use legrad::engine::Engine;
+use legrad::explain::ExplainOptions;
+use legrad::model::Scoring;
 use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, ResizeMode, decode};
-use legrad::{ComputePolicy, LegradError, TraceRequest};
+use legrad::{ComputePolicy, ImageTrace, LegradError, TraceRequest};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -31,14 +31,7 @@ struct CachedTrace {
     request: TraceRequest,
     trace: ImageTrace,
     rgb: Vec<u8>,
-    /// Maps already computed on this trace, by method, layer index and templated text: a new
-    /// prompt next to N shown costs one prompt, not N + 1. A prompt's map does not depend on
-    /// the prompts beside it (each is normalised on its own; padding rows are dropped).
-    maps: RefCell<HashMap<(Method, i64, String), ExplainedPrompt>>,
 }
-
-/// Maps kept per trace (a 448 map is 0.8 MB); past it the cache starts again.
-const MAP_CACHE_CAPACITY: usize = 48;
 
 #[derive(Default)]
 struct State {
@@ -450,13 +443,17 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
             .clone()
             .into_iter()
             .chain(loaded.notes)
-            .chain((c.family == legrad::Family::Siglip).then(|| {
+            .chain(matches!(engine.model.scoring, Scoring::Sigmoid { .. }).then(|| {
                 "SigLIP: LeGrad only (the baselines read CLIP's class token, which SigLIP does not have); scores are SigLIP's sigmoid probabilities".to_string()
             }))
             .collect(),
         load_ms,
         warmup_ms,
-        score_name: if c.family == legrad::Family::Siglip { "probability" } else { "similarity" }.into(),
+        score_name: match engine.model.scoring {
+            Scoring::Sigmoid { .. } => "probability",
+            Scoring::Cosine => "similarity",
+        }
+        .into(),
     };
     STATE.with(|s| {
         let mut s = s.borrow_mut();
@@ -602,13 +599,13 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
     }
     // Methods this model's family does not run (the baselines on SigLIP) are left out; the
     // model's notes say so. Only those asked: the error says why.
-    let family = engine.model.config.family;
-    if let Some(err) = req.methods.iter().find_map(|m| m.supports(family).err())
-        && req.methods.iter().all(|m| m.supports(family).is_err())
+    let head = &engine.model.vision.weights.head;
+    if let Some(err) = req.methods.iter().find_map(|m| m.supports(head).err())
+        && req.methods.iter().all(|m| m.supports(head).is_err())
     {
         return Err((ErrorAbout::Explain, err));
     }
-    req.methods.retain(|m| m.supports(family).is_ok());
+    req.methods.retain(|m| m.supports(head).is_ok());
     let options = ExplainOptions { layer_index: req.layer_index };
     let e = |about| move |err: LegradError| (about, err);
     let prompts = engine.prepare(&req.prompts, req.template.as_deref()).map_err(e(ErrorAbout::Prompt))?;
@@ -638,14 +635,7 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
                     engine.prime_helpers(&trace, *method, &options, h).await.map_err(e(ErrorAbout::Explain))?;
                 }
             }
-            let c = Rc::new(CachedTrace {
-                image_id,
-                size: input,
-                request: request.clone(),
-                trace,
-                rgb,
-                maps: RefCell::default(),
-            });
+            let c = Rc::new(CachedTrace { image_id, size: input, request: request.clone(), trace, rgb });
             STATE.with(|s| s.borrow_mut().trace = Some(c.clone()));
             c
         }
@@ -658,46 +648,11 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
     let mut grid = (0, 0);
     let (mut layers, mut layer_methods, mut per_layer) = (Vec::new(), Vec::new(), Vec::new());
     for method in &req.methods {
-        let key = |p: &legrad::engine::PreparedPrompt| (*method, options.layer_index, p.text.clone());
-        let missing: Vec<legrad::engine::PreparedPrompt> = {
-            let known = cached.maps.borrow();
-            let mut missing: Vec<legrad::engine::PreparedPrompt> = Vec::new();
-            for p in &prompts {
-                if !known.contains_key(&key(p)) && !missing.iter().any(|m| m.text == p.text) {
-                    missing.push(p.clone());
-                }
-            }
-            missing
-        };
-        let fresh = if missing.is_empty() {
-            Vec::new()
-        } else {
-            engine
-                .explain_with(&cached.trace, &missing, *method, &options, helpers)
-                .await
-                .map_err(e(ErrorAbout::Explain))?
-        };
-        let mut known = cached.maps.borrow_mut();
-        let fresh: HashMap<&str, ExplainedPrompt> = missing.iter().map(|p| p.text.as_str()).zip(fresh).collect();
-        let out: Vec<ExplainedPrompt> = prompts
-            .iter()
-            .filter_map(|p| {
-                fresh
-                    .get(p.text.as_str())
-                    .or_else(|| known.get(&key(p)))
-                    .map(|r| ExplainedPrompt { prompt: p.prompt.clone(), ..r.clone() })
-            })
-            .collect();
-        if out.len() != prompts.len() {
-            return Err((ErrorAbout::Explain, LegradError::Input("a prompt's map went missing; type it again".into())));
-        }
-        if known.len() + fresh.len() > MAP_CACHE_CAPACITY {
-            known.clear();
-        }
-        for (text, r) in fresh {
-            known.insert((*method, options.layer_index, text.to_string()), r);
-        }
-        drop(known);
+        // The engine keeps each prompt's map with the trace: only new lines are computed.
+        let out = engine
+            .explain_cached(&cached.trace, &prompts, *method, &options, helpers)
+            .await
+            .map_err(e(ErrorAbout::Explain))?;
         for r in &out {
             size = r.map.size;
             grid = r.map.grid;

@@ -266,29 +266,6 @@ fn decoding_errors_are_errors_in_the_browser() {
     assert_eq!(tok.tokenize("a photo of a cat.", 77).ids, vec![49406, 320, 1125, 539, 320, 2368, 269, 49407]);
 }
 
-#[wasm_bindgen_test]
-fn shared_links_round_trip_and_ignore_what_they_cannot_use() {
-    use legrad_web::share::Shared;
-    let s = Shared {
-        prompts: Some("a red ring\nsomething blue & more = 100%".into()),
-        template: Some(false),
-        method: Some(Method::GradCam),
-        compare: Some(true),
-        size: Some(336),
-        square: Some(true),
-        layers: Some(-3),
-        model_url: Some("https://example.org/m.safetensors?x=1#y".into()),
-    };
-    let fragment = s.to_fragment();
-    assert!(!fragment.contains('#') && !fragment.contains('\n'), "{fragment}");
-    assert_eq!(Shared::parse(&format!("#{fragment}")), s);
-    // Out of range, unknown or unsafe values are dropped, the rest kept.
-    let odd =
-        Shared::parse("#size=99999&layers=5&method=nope&model=javascript:alert(1)&template=maybe&x=1&prompts=a%07b");
-    assert_eq!(odd, Shared { prompts: Some("ab".into()), ..Shared::default() });
-    assert!(Shared::parse("").is_empty());
-}
-
 /// A SigLIP fixture: name, weights, config, the reference's outputs, layer_index, sizes
 /// (key, height, width).
 type SiglipCase =

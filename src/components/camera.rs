@@ -140,8 +140,7 @@ pub fn Camera() -> impl IntoView {
         if v.ready_state() < 2 || vw == 0 || vh == 0 {
             return;
         }
-        let scale = (MAX_FRAME_SIDE as f64 / vw.max(vh) as f64).min(1.0);
-        let (w, h) = (((vw as f64 * scale).round() as u32).max(1), ((vh as f64 * scale).round() as u32).max(1));
+        let (w, h) = crate::view::frame_size(vw, vh, MAX_FRAME_SIDE);
         if grab.get_value().is_none() {
             let c = document().create_element("canvas").ok().and_then(|c| c.dyn_into().ok());
             grab.set_value(c);

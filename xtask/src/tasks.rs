@@ -151,6 +151,13 @@ fn report_sizes(dir: &Path) -> Result {
     Ok(())
 }
 
+/// The `legrad` binary, built with the features the workspace's native tests resolve to (the
+/// app's dependencies included), so that burn is built once natively: `-p legrad-cli` alone
+/// resolves shared crates' features differently and builds the whole tree again.
+fn build_cli() -> Result {
+    run(cargo().args(["build", "--release", "--workspace", "--exclude", "xtask", "--bins"]))
+}
+
 /// Every test. `--native` runs only the native ones.
 pub fn test(args: &[String]) -> Result {
     let xdg = std::env::temp_dir().join("legrad-xdg");
@@ -158,10 +165,9 @@ pub fn test(args: &[String]) -> Result {
     // 0. House rules: formatting, and clippy with warnings as errors, natively and for the
     //    browser's target (the core's integration tests are native-only: its library there).
     house_rules()?;
-    // 1. Native: the core on burn's CPU backend and on wgpu (Vulkan; lavapipe without a GPU).
-    run(cargo()
-        .args(["test", "--release", "--workspace", "--exclude", "xtask", "--exclude", "legrad-web"])
-        .env("XDG_RUNTIME_DIR", &xdg))?;
+    // 1. Native: the core on burn's CPU backend and on wgpu (Vulkan; lavapipe without a GPU),
+    //    the CLI, and the app's logic that needs no browser (its `view`, `share`, `protocol`).
+    run(cargo().args(["test", "--release", "--workspace", "--exclude", "xtask"]).env("XDG_RUNTIME_DIR", &xdg))?;
     // 2. The core builds for the browser's target (with the browser's profile, so that the
     //    build is shared with the steps below).
     run(cargo().args(["build", "--profile", WASM_PROFILE, "--target", "wasm32-unknown-unknown", "-p", "legrad"]))?;
@@ -196,7 +202,7 @@ fn web_tests(args: &[String]) -> Result {
         .env("WASM_BINDGEN_TEST_TIMEOUT", "1200"))?;
     // 4. End to end: the built page in Playwright.
     run(trunk().args(["build", "--release"]))?;
-    run(cargo().args(["build", "--release", "-p", "legrad-cli"]))?;
+    build_cli()?;
     run(Command::new("node")
         .args(["run.mjs"])
         .current_dir(root().join("tests/e2e"))
@@ -224,7 +230,7 @@ pub fn bench(args: &[String]) -> Result {
         .ok_or("pass --python PATH (a venv with tools/reference/requirements.txt)")?;
     let threads = value(args, "--threads").unwrap_or("2");
     let runs = value(args, "--runs").unwrap_or("5");
-    run(cargo().args(["build", "--release", "-p", "legrad-cli"]))?;
+    build_cli()?;
     let legrad = target_dir().join("release/legrad");
     println!("| size | prompts | step | legrad-web (Rust, burn CPU) | reference (PyTorch) |");
     println!("|---|---|---|---|---|");
@@ -291,7 +297,7 @@ pub fn bench(args: &[String]) -> Result {
 /// `--backends pick,webgpu,cpu`, `--sizes 224,448`). `--dist DIR` measures another build.
 pub fn bench_web(args: &[String]) -> Result {
     setup(args)?;
-    run(cargo().args(["build", "--release", "-p", "legrad-cli"]))?;
+    build_cli()?;
     let dist = match value(args, "--dist") {
         Some(d) => PathBuf::from(d),
         None => {

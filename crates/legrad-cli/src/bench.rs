@@ -6,11 +6,11 @@
 use std::time::Instant;
 
 use clap::Args;
+use legrad::ImageTrace;
 use legrad::LegradError;
 use legrad::device_stats::{self, Counts};
 use legrad::engine::{DEFAULT_TEMPLATE, Engine};
 use legrad::explain::{ExplainOptions, Method};
-use legrad::model::ImageTrace;
 use legrad::preprocess::InputSize;
 use serde_json::{Value, json};
 

@@ -42,10 +42,10 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<(), LegradError> {
     let engine = load_engine(&args.model)?;
-    let family = engine.model.config.family;
+    let head = &engine.model.vision.weights.head;
     let methods = if args.method.is_empty() {
-        // Every method this model's family runs (SigLIP: LeGrad; the baselines read a class token).
-        Method::ALL.into_iter().filter(|m| m.supports(family).is_ok()).collect()
+        // Every method this model's head runs (SigLIP: LeGrad; the baselines read a class token).
+        Method::ALL.into_iter().filter(|m| m.supports(head).is_ok()).collect()
     } else {
         args.method.clone()
     };

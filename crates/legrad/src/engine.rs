@@ -14,10 +14,14 @@ use serde::Serialize;
 
 use crate::compute::ComputePolicy;
 use crate::error::{LegradError, Result};
+pub use crate::explain::ExplainedPrompt;
+use crate::explain::legrad::{LegradModel, LegradTrace, score_jacobians};
 use crate::explain::rows::RowHelpers;
-use crate::explain::{ExplainOptions, Method, PromptMap, finish_maps};
+use crate::explain::trace::{MAP_CACHE_CAPACITY, placeholder_trace, trace_image};
+use crate::explain::{Context, ExplainOptions, ImageTrace, Method, TraceRequest, finish_maps};
 use crate::load::ModelInfo;
-use crate::model::{Clip, ImageTrace, TraceRequest};
+use crate::model::Clip;
+use crate::model::vision::VisionHead;
 use crate::preprocess::InputSize;
 pub use crate::readback::read_f32;
 use crate::tokenizer::{TextTokenizer, Tokens};
@@ -68,20 +72,6 @@ pub struct Speed {
     pub text_s: f64,
 }
 
-/// One prompt's explanation.
-#[derive(Clone, Debug, Serialize)]
-pub struct ExplainedPrompt {
-    pub prompt: String,
-    pub text: String,
-    /// The prompt was cut to the context length.
-    pub truncated: bool,
-    /// Cosine similarity of the image and text embeddings (CLIP); SigLIP's sigmoid
-    /// probability `sigmoid(exp(logit_scale) cos + logit_bias)`.
-    pub score: f32,
-    #[serde(skip)]
-    pub map: PromptMap,
-}
-
 pub struct Engine {
     pub model: Clip,
     pub info: ModelInfo,
@@ -89,6 +79,8 @@ pub struct Engine {
     text_cache: Mutex<HashMap<String, Tensor<1>>>,
     /// Which path each step takes on the vision tower's device ([`crate::compute`]).
     policy: ComputePolicy,
+    /// What LeGrad keeps per model (its folded weights; SigLIP's "a photo of a" embedding).
+    legrad: LegradModel,
     /// The text tower on another device (the CPU), when it encodes faster there than next to
     /// the vision tower ([`Engine::with_text_tower`]); its embeddings are moved to the vision
     /// tower's device.
@@ -124,14 +116,9 @@ pub fn apply_template(template: Option<&str>, prompt: &str) -> Result<String> {
 impl Engine {
     pub fn new(model: Clip, info: ModelInfo) -> Result<Self> {
         let tokenizer = TextTokenizer::for_model(&model.config, model.tokenizer_json.as_deref())?;
-        if model.config.family == crate::config::Family::Siglip {
-            // LeGrad's SigLIP correction: the map of "a photo of a" (the reference's
-            // `_init_empty_embedding`), encoded once.
-            let ids = tokenizer.tokenize("a photo of a", model.config.text.context_length)?.ids;
-            let e = model.text.encode(&[ids])?.to_device(&model.vision.device());
-            model.set_empty_embedding(e.squeeze_dim(0));
-        }
+        let legrad = LegradModel::new(&model, &tokenizer)?;
         Ok(Self {
+            legrad,
             policy: ComputePolicy::for_device(&model.vision.device()),
             tokenizer,
             text_cache: Mutex::new(HashMap::new()),
@@ -163,6 +150,11 @@ impl Engine {
 
     pub fn policy(&self) -> &ComputePolicy {
         &self.policy
+    }
+
+    /// What the explainers are given: the model, LeGrad's per-model values, the policy.
+    pub fn context(&self) -> Context<'_> {
+        Context { model: &self.model, legrad: &self.legrad, policy: &self.policy }
     }
 
     /// Encode text with `tower` (on another device, typically the CPU) instead of the model's
@@ -260,11 +252,9 @@ impl Engine {
             )));
         }
         let t: Tensor<3> = Tensor::from_data(TensorData::new(pixels, [3, size.height, size.width]), &self.device());
-        let trace = self.model.vision.forward_with_trace(t, request)?;
-        if request.mlp_backward && self.model.config.family == crate::config::Family::Clip && !trace.layers.is_empty() {
-            // With the image, where the user waits anyway, not with the first prompt.
-            crate::explain::legrad::score_jacobians(&self.model, &trace);
-        }
+        let trace = trace_image(&self.model, &self.legrad, t, request)?;
+        // With the image, where the user waits anyway, not with the first prompt.
+        self.score_jacobians(&trace)?;
         Ok(trace)
     }
 
@@ -273,7 +263,7 @@ impl Engine {
         let depth = self.model.vision.depth();
         let mut request: Option<TraceRequest> = None;
         for m in methods {
-            m.supports(self.model.config.family)?;
+            m.supports(self.head())?;
             let r = m.explainer(options).trace_request(depth)?;
             request = Some(match request {
                 Some(q) => q.merge(&r),
@@ -304,7 +294,7 @@ impl Engine {
         options: &ExplainOptions,
         helpers: Option<&dyn RowHelpers>,
     ) -> Result<Vec<ExplainedPrompt>> {
-        method.supports(self.model.config.family)?;
+        method.supports(self.head())?;
         let explainer = method.explainer(options);
         let request = explainer.trace_request(self.model.vision.depth())?;
         if !trace.request.covers(&request) {
@@ -322,7 +312,7 @@ impl Engine {
             prompts.len(),
             trace.grid,
             trace.patch_size,
-            method.map_order(self.model.config.family),
+            method.map_order(self.head()),
         );
         Ok(prompts
             .iter()
@@ -338,11 +328,63 @@ impl Engine {
             .collect())
     }
 
+    /// [`explain_with`](Self::explain_with), keeping each prompt's map in `trace` (by method,
+    /// layer index and templated text, up to [`MAP_CACHE_CAPACITY`]): only the prompts not
+    /// explained on this trace before are computed, so typing a line next to N shown explains
+    /// that line alone. The page's path; the plain forms always compute (the tests compare
+    /// paths on one trace).
+    pub async fn explain_cached(
+        &self,
+        trace: &ImageTrace,
+        prompts: &[PreparedPrompt],
+        method: Method,
+        options: &ExplainOptions,
+        helpers: Option<&dyn RowHelpers>,
+    ) -> Result<Vec<ExplainedPrompt>> {
+        let key = |p: &PreparedPrompt| (method, options.layer_index, p.text.clone());
+        let missing: Vec<PreparedPrompt> = {
+            let known = trace.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let mut missing: Vec<PreparedPrompt> = Vec::new();
+            for p in prompts {
+                if !known.contains_key(&key(p)) && !missing.iter().any(|m| m.text == p.text) {
+                    missing.push(p.clone());
+                }
+            }
+            missing
+        };
+        let fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.explain_with(trace, &missing, method, options, helpers).await?
+        };
+        let mut known = trace.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh: HashMap<&str, ExplainedPrompt> = missing.iter().map(|p| p.text.as_str()).zip(fresh).collect();
+        let out: Vec<ExplainedPrompt> = prompts
+            .iter()
+            .filter_map(|p| {
+                fresh
+                    .get(p.text.as_str())
+                    .or_else(|| known.get(&key(p)))
+                    .map(|r| ExplainedPrompt { prompt: p.prompt.clone(), ..r.clone() })
+            })
+            .collect();
+        if out.len() != prompts.len() {
+            return Err(LegradError::Input("a prompt's map went missing; type it again".into()));
+        }
+        if known.len() + fresh.len() > MAP_CACHE_CAPACITY {
+            known.clear();
+        }
+        for (text, r) in fresh {
+            known.insert((method, options.layer_index, text.to_string()), r);
+        }
+        Ok(out)
+    }
+
     /// Does `method` share its rows with `helpers` here (CLIP's LeGrad on the CPU)?
     fn shares_rows(&self, method: Method, helpers: &dyn RowHelpers) -> bool {
         helpers.count() > 0
             && method == Method::LeGrad
-            && self.model.config.family == crate::config::Family::Clip
+            && matches!(self.head(), VisionHead::ClassToken(_))
             && !self.compiles_kernels()
     }
 
@@ -358,7 +400,7 @@ impl Engine {
         if !self.shares_rows(method, helpers) {
             return Ok(());
         }
-        crate::explain::rows::prime(&self.model, trace, options.layer_index, helpers).await
+        crate::explain::rows::prime(&self.context(), trace, options.layer_index, helpers).await
     }
 
     /// Maps and scores for text embeddings `[P, E]`, read back: summed grid maps `[P, cells]`,
@@ -394,10 +436,9 @@ impl Engine {
             let part_scores = part.clone().matmul(trace.embedding.clone().unsqueeze_dim(1)); // [Pb, 1]
             let grid_maps = match split {
                 Some((helpers, layer_index)) => {
-                    crate::explain::rows::explain_split(&self.model, trace, part, layer_index, helpers, &self.policy)
-                        .await?
+                    crate::explain::rows::explain_split(&self.context(), trace, part, layer_index, helpers).await?
                 }
-                None => explainer.explain(&self.model, trace, part, &self.policy)?,
+                None => explainer.explain(&self.context(), trace, part)?,
             };
             // One read for the chunk (each read waits for the device: a round trip that costs
             // more than a kernel on some adapters): the summed maps, the scores, the layers.
@@ -429,8 +470,8 @@ impl Engine {
     /// first prompt.
     pub async fn warm_up_prompts(&self, trace: &ImageTrace, method: Method, options: &ExplainOptions) -> Result<()> {
         if !self.policy.is_gpu() {
-            if method == Method::LeGrad && self.model.config.family == crate::config::Family::Clip {
-                crate::explain::legrad::score_jacobians(&self.model, trace);
+            if method == Method::LeGrad {
+                self.score_jacobians(trace)?;
             }
             return Ok(());
         }
@@ -471,11 +512,26 @@ impl Engine {
             trace
         } else {
             let grid = self.model.vision.grid_for(size.height, size.width)?;
-            self.model.vision.placeholder_trace(grid, &request)
+            placeholder_trace(&self.model, &self.legrad, grid, &request)?
         };
         self.warm_up_prompts(&trace, Method::LeGrad, options).await?;
         let prompts = self.prepare(&["warm up".to_string()], None)?;
         self.explain(&trace, &prompts, Method::LeGrad, options).await?;
+        Ok(())
+    }
+
+    fn head(&self) -> &VisionHead {
+        &self.model.vision.weights.head
+    }
+
+    /// CLIP's LeGrad starts each prompt from the score's Jacobian of the image: made once per
+    /// trace (kept in it), here with the image rather than with its first prompt.
+    fn score_jacobians(&self, trace: &ImageTrace) -> Result<()> {
+        if let Ok(LegradTrace::ClassToken(t)) = trace.legrad()
+            && !t.layers.is_empty()
+        {
+            score_jacobians(&self.model, t, trace.tokens())?;
+        }
         Ok(())
     }
 
@@ -494,7 +550,7 @@ impl Engine {
         let grid = self.model.vision.grid_for(native, native)?;
         let options = ExplainOptions::default();
         let request = self.request_for(&[Method::LeGrad], &options)?;
-        let trace = self.model.vision.placeholder_trace(grid, &request);
+        let trace = placeholder_trace(&self.model, &self.legrad, grid, &request)?;
         let mut times = Vec::with_capacity(runs);
         for r in 0..=runs {
             let prompts = self.prepare(&[format!("timing run {r}")], None)?;

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use legrad::engine::DEFAULT_TEMPLATE;
 use legrad::engine::read_f32;
 use legrad::explain::kernel::{Tiling, relevance_fused};
-use legrad::explain::legrad::{LayerTerms, layer_terms_for, relevance_plain};
+use legrad::explain::legrad::{LayerTerms, LegradTrace, layer_terms_for, relevance_plain};
 use legrad::explain::{ExplainOptions, Method};
 
 use common::*;
@@ -94,7 +94,9 @@ fn fused_relevance_equals_the_plain_tensor_form_on_the_fixture_model() {
             let options = ExplainOptions { layer_index };
             let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
             let trace = engine.trace(exp.values(&format!("pixels/{key}")).to_vec(), size_of(key), &request).unwrap();
-            let (layers, terms) = layer_terms_for(&engine.model, &trace, texts.clone(), layer_index).unwrap();
+            let LegradTrace::ClassToken(clip) = trace.legrad().unwrap() else { panic!("a CLIP model") };
+            let (layers, terms) =
+                layer_terms_for(&engine.context(), clip, trace.tokens(), texts.clone(), layer_index).unwrap();
             for (l, t) in layers.iter().zip(&terms) {
                 let dc = t.head_gradient();
                 let plain = relevance_plain(dc.clone(), t.values.clone());

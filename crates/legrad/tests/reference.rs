@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use legrad::engine::DEFAULT_TEMPLATE;
 use legrad::explain::legrad::legrad_autodiff;
-use legrad::explain::{ExplainOptions, Method};
+use legrad::explain::{ExplainOptions, Method, Reads};
 use legrad::preprocess::{DecodeLimits, decode};
 use legrad::{InputSize, TraceRequest};
 
@@ -247,13 +247,13 @@ fn analytic_gradient_equals_autodiff() {
         let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
         let texts = engine.encode(&prepared).unwrap();
         for key in ["64x64", "64x96"] {
-            let request = TraceRequest { first_layer: 0, mlp_backward: true, attention: false, tokens: true };
+            let request = TraceRequest::new(Reads::LeGrad, 0).with(Reads::Tokens, 0);
             let trace = engine.trace(exp.values(&format!("pixels/{key}")).to_vec(), size_of(key), &request).unwrap();
             let analytic = Method::LeGrad
                 .explainer(&ExplainOptions { layer_index: 0 })
-                .explain(&engine.model, &trace, texts.clone(), engine.policy())
+                .explain(&engine.context(), &trace, texts.clone())
                 .unwrap();
-            let auto = legrad_autodiff(&engine.model, &trace, texts.clone(), 0).unwrap();
+            let auto = legrad_autodiff(&engine.context(), &trace, texts.clone(), 0).unwrap();
             let a = pollster::block_on(legrad::engine::read_f32(analytic.per_layer.unwrap().1)).unwrap();
             let b = pollster::block_on(legrad::engine::read_f32(auto.per_layer.unwrap().1)).unwrap();
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -368,4 +368,35 @@ fn baselines_match_their_references() {
             }
         }
     }
+}
+
+/// The trace keeps each prompt's map (`Engine::explain_cached`, the page's path): a prompt seen
+/// before on the trace is served from it, a new one computed, and every map equals the one
+/// computed without the cache; another layer index is another map.
+#[test]
+fn a_traces_map_cache_serves_known_prompts_and_computes_new_ones() {
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let device = burn::tensor::Device::flex();
+    let engine = tiny_b16(&device);
+    let options = ExplainOptions::default();
+    let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+    let trace = engine.trace(exp.values("pixels/64x64").to_vec(), size_of("64x64"), &request).unwrap();
+    let prepare = |p: &[&str]| engine.prepare(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), None).unwrap();
+    let first = prepare(&["cat", "the remote control"]);
+    pollster::block_on(engine.explain_cached(&trace, &first, Method::LeGrad, &options, None)).unwrap();
+    assert_eq!(trace.cached_maps(), 2);
+    // Typed again with other spacing, next to a new line: one new map.
+    let second = prepare(&["  the remote control ", "something red"]);
+    let cached = pollster::block_on(engine.explain_cached(&trace, &second, Method::LeGrad, &options, None)).unwrap();
+    assert_eq!(trace.cached_maps(), 3);
+    assert_eq!(cached[0].prompt, "the remote control");
+    let plain = pollster::block_on(engine.explain(&trace, &second, Method::LeGrad, &options)).unwrap();
+    for (c, p) in cached.iter().zip(&plain) {
+        let d = max_abs_diff(&c.map.map, &p.map.map);
+        assert!(d <= 1e-5, "{}: the cached map differs by {d}", c.prompt);
+        assert_eq!(c.text, p.text);
+    }
+    let other = ExplainOptions { layer_index: -1 };
+    pollster::block_on(engine.explain_cached(&trace, &second, Method::LeGrad, &other, None)).unwrap();
+    assert_eq!(trace.cached_maps(), 5, "another layer index is another map");
 }

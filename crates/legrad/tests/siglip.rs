@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use legrad::engine::DEFAULT_TEMPLATE;
 use legrad::explain::legrad::legrad_autodiff;
-use legrad::explain::{ExplainOptions, Method};
+use legrad::explain::{ExplainOptions, Method, Reads};
 use legrad::load::{ConfigSource, prepare_path};
 use legrad::{Engine, Family, TraceRequest};
 
@@ -190,13 +190,13 @@ fn analytic_gradient_equals_autodiff() {
         let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
         let texts = engine.encode(&prepared).unwrap();
         for key in ["64x64", "64x96"] {
-            let request = TraceRequest { first_layer: 0, mlp_backward: true, attention: false, tokens: true };
+            let request = TraceRequest::new(Reads::LeGrad, 0).with(Reads::Tokens, 0);
             let trace = engine.trace(exp.values(&format!("pixels/{key}")).to_vec(), size_of(key), &request).unwrap();
             let analytic = Method::LeGrad
                 .explainer(&ExplainOptions { layer_index: 0 })
-                .explain(&engine.model, &trace, texts.clone(), engine.policy())
+                .explain(&engine.context(), &trace, texts.clone())
                 .unwrap();
-            let auto = legrad_autodiff(&engine.model, &trace, texts.clone(), 0).unwrap();
+            let auto = legrad_autodiff(&engine.context(), &trace, texts.clone(), 0).unwrap();
             let a = pollster::block_on(legrad::engine::read_f32(analytic.per_layer.unwrap().1)).unwrap();
             let b = pollster::block_on(legrad::engine::read_f32(auto.per_layer.unwrap().1)).unwrap();
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));

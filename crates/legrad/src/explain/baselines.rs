@@ -15,24 +15,20 @@
 
 use burn::tensor::Tensor;
 
-use super::{Explainer, GridMaps, Method};
-use crate::compute::ComputePolicy;
+use super::trace::{ImageTrace, Reads, TraceRequest};
+use super::{Context, Explainer, GridMaps, Method};
 use crate::error::{LegradError, Result};
+use crate::model::Clip;
 use crate::model::vision::l2_normalize;
-use crate::model::{Clip, ImageTrace, LayerTrace, TraceRequest};
 
 pub struct GradCam;
 pub struct Rollout;
 pub struct RawAttention;
 pub struct CheferCam;
 
-fn last_layer<'a>(model: &Clip, trace: &'a ImageTrace) -> Result<&'a LayerTrace> {
-    let l = model.vision.depth() - 1;
-    trace.layer(l).ok_or_else(|| LegradError::Input(format!("the image trace does not hold layer {l}")))
-}
-
-fn needs(what: &str) -> LegradError {
-    LegradError::Input(format!("the image trace lacks {what}: trace the image with this method's request"))
+/// The last block's input tokens `[1, N, W]`.
+fn last_input(model: &Clip, trace: &ImageTrace) -> Result<Tensor<3>> {
+    Ok(trace.token_trace()?.input(model.vision.depth() - 1)?.clone().unsqueeze())
 }
 
 /// `t · normalize(ln_post(out[CLS]) @ proj)` for a block output `[1, N, W]` and a text `[1, E]`.
@@ -55,13 +51,13 @@ impl Explainer for GradCam {
     }
 
     fn trace_request(&self, depth: usize) -> Result<TraceRequest> {
-        Ok(TraceRequest { first_layer: depth - 1, mlp_backward: false, attention: false, tokens: true })
+        Ok(TraceRequest::new(Reads::Tokens, depth - 1))
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, _: &ComputePolicy) -> Result<GridMaps> {
-        let lt = last_layer(model, trace)?;
-        let x = lt.input.clone().ok_or_else(|| needs("block inputs"))?.unsqueeze::<3>();
-        let block = &model.vision.weights.blocks[lt.index];
+    fn explain(&self, cx: &Context<'_>, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+        let model = cx.model;
+        let x = last_input(model, trace)?;
+        let block = &model.vision.weights.blocks[model.vision.depth() - 1];
         let act = block.ln_1.forward(x.clone()); // [1, N, W]: pytorch-grad-cam's activations
         let [_, n, _] = act.dims();
         let [p, _] = texts.dims();
@@ -91,15 +87,15 @@ impl Explainer for Rollout {
     }
 
     fn trace_request(&self, _depth: usize) -> Result<TraceRequest> {
-        Ok(TraceRequest { first_layer: 0, mlp_backward: false, attention: true, tokens: false })
+        Ok(TraceRequest::new(Reads::Attention, 0))
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, _: &ComputePolicy) -> Result<GridMaps> {
-        let depth = model.vision.depth();
+    fn explain(&self, cx: &Context<'_>, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+        let depth = cx.model.vision.depth();
+        let attention = trace.attention()?;
         let mut joint: Option<Tensor<2>> = None;
         for l in 0..depth {
-            let lt = trace.layer(l).ok_or_else(|| needs(&format!("layer {l}")))?;
-            let probs = lt.probs.clone().ok_or_else(|| needs("attention probabilities"))?;
+            let probs = attention.layer(l)?.clone();
             let [_, n, _] = probs.dims();
             let eye: Tensor<2> = Tensor::eye(n, &probs.device());
             let a = probs.mean_dim(0).reshape([n, n]) + eye;
@@ -109,7 +105,7 @@ impl Explainer for Rollout {
                 Some(j) => a.matmul(j),
             });
         }
-        let joint = joint.ok_or_else(|| needs("layers"))?;
+        let joint = joint.ok_or_else(|| LegradError::Input("the vision tower has no layers".into()))?;
         let [n, _] = joint.dims();
         let row = joint.slice([0..1, 1..n]);
         Ok(grid_maps(repeat_rows(row, texts.dims()[0])))
@@ -122,11 +118,11 @@ impl Explainer for RawAttention {
     }
 
     fn trace_request(&self, depth: usize) -> Result<TraceRequest> {
-        Ok(TraceRequest { first_layer: depth - 1, mlp_backward: false, attention: true, tokens: false })
+        Ok(TraceRequest::new(Reads::Attention, depth - 1))
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, _: &ComputePolicy) -> Result<GridMaps> {
-        let probs = last_layer(model, trace)?.probs.clone().ok_or_else(|| needs("attention probabilities"))?;
+    fn explain(&self, cx: &Context<'_>, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+        let probs = trace.attention()?.layer(cx.model.vision.depth() - 1)?.clone();
         let [_, n, _] = probs.dims();
         let row = probs.mean_dim(0).reshape([n, n]).slice([0..1, 1..n]);
         Ok(grid_maps(repeat_rows(row, texts.dims()[0])))
@@ -139,13 +135,13 @@ impl Explainer for CheferCam {
     }
 
     fn trace_request(&self, depth: usize) -> Result<TraceRequest> {
-        Ok(TraceRequest { first_layer: depth - 1, mlp_backward: false, attention: false, tokens: true })
+        Ok(TraceRequest::new(Reads::Tokens, depth - 1))
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, _: &ComputePolicy) -> Result<GridMaps> {
-        let lt = last_layer(model, trace)?;
-        let x = lt.input.clone().ok_or_else(|| needs("block inputs"))?.unsqueeze::<3>();
-        let block = &model.vision.weights.blocks[lt.index];
+    fn explain(&self, cx: &Context<'_>, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+        let model = cx.model;
+        let x = last_input(model, trace)?;
+        let block = &model.vision.weights.blocks[model.vision.depth() - 1];
         let att = block.attn.forward(block.ln_1.forward(x.clone()), None);
         let probs = att.probs.clone(); // [1, H, N, N]
         let [_, _, n, _] = probs.dims();

@@ -10,14 +10,17 @@
 
 use burn::tensor::Tensor;
 
+pub use super::legrad_trace::{
+    ClassTokenLayer, ClassTokenTrace, LegradConsts, LegradModel, LegradTrace, PoolLayer, PoolTrace,
+};
 pub use super::terms::LayerTerms;
 use super::terms::{finish_sums, relevance_sums_per_head};
-use super::{Explainer, GridMaps, Method, first_layer};
+use super::trace::{ImageTrace, Reads, TraceRequest};
+use super::{Context, Explainer, GridMaps, Method, first_layer};
 use crate::compute::ComputePolicy;
-use crate::config::Family;
 use crate::error::{LegradError, Result};
-use crate::model::vision::l2_normalize;
-use crate::model::{Clip, ImageTrace, LayerTrace, TraceRequest};
+use crate::model::vision::{VisionHead, l2_normalize};
+use crate::model::{Clip, LayerNormStats};
 
 pub struct LeGrad {
     pub layer_index: i64,
@@ -29,43 +32,42 @@ impl Explainer for LeGrad {
     }
 
     fn trace_request(&self, depth: usize) -> Result<TraceRequest> {
-        Ok(TraceRequest {
-            first_layer: first_layer(self.layer_index, depth)?,
-            mlp_backward: true,
-            attention: false,
-            tokens: false,
-        })
+        Ok(TraceRequest::new(Reads::LeGrad, first_layer(self.layer_index, depth)?))
     }
 
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, policy: &ComputePolicy) -> Result<GridMaps> {
-        if model.config.family == Family::Siglip {
-            return legrad_siglip(model, trace, texts, self.layer_index);
+    fn explain(&self, cx: &Context<'_>, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps> {
+        match trace.legrad()? {
+            LegradTrace::AttentionPool(pool) => legrad_siglip(cx, pool, texts, self.layer_index),
+            LegradTrace::ClassToken(t) => {
+                let (layers, terms) = layer_terms_for(cx, t, trace.tokens(), texts, self.layer_index)?;
+                let maps = terms.iter().map(|t| relevance(t, cx.policy)).collect();
+                Ok(stack(layers, maps))
+            }
         }
-        let (layers, terms) = layer_terms_for(model, trace, texts, self.layer_index)?;
-        let maps = terms.iter().map(|t| relevance(t, policy)).collect();
-        Ok(stack(layers, maps))
     }
 }
 
 /// The closed form's terms of every layer LeGrad sums, from `layer_index` on, for the text
-/// embeddings `texts` `[P, E]`; and those layers' indices.
+/// embeddings `texts` `[P, E]` on an image of `tokens` tokens; and those layers' indices.
 pub fn layer_terms_for(
-    model: &Clip,
-    trace: &ImageTrace,
+    cx: &Context<'_>,
+    trace: &ClassTokenTrace,
+    tokens: usize,
     texts: Tensor<2>,
     layer_index: i64,
 ) -> Result<(Vec<usize>, Vec<LayerTerms>)> {
+    let model = cx.model;
     let l0 = first_layer(layer_index, model.vision.depth())?;
     let layers: Vec<usize> = (l0..model.vision.depth()).collect();
-    let traced = layers.iter().map(|&l| trace.layer(l).ok_or_else(|| missing(l))).collect::<Result<Vec<_>>>()?;
-    // The traced layers run from the request's first layer to the last, in order.
-    let offset = l0 - trace.layers[0].index;
-    let jac = score_jacobians(model, trace).narrow(0, offset, layers.len()); // [L, E, W]
+    let traced = layers.iter().map(|&l| trace.layer(l)).collect::<Result<Vec<_>>>()?;
+    // The traced layers run from the trace's first layer to the last, in order.
+    let offset = l0 - trace.first_layer;
+    let jac = score_jacobians(model, trace, tokens)?.narrow(0, offset, layers.len()); // [L, E, W]
     let g = texts.unsqueeze::<3>().matmul(jac); // [L, P, W]
     let terms = traced
         .iter()
         .enumerate()
-        .map(|(k, lt)| layer_terms(model, lt, g.clone().narrow(0, k, 1).squeeze_dim(0)))
+        .map(|(k, lt)| layer_terms(cx.legrad.consts(model, lt.index)?, lt, g.clone().narrow(0, k, 1).squeeze_dim(0)))
         .collect::<Result<Vec<_>>>()?;
     Ok((layers, terms))
 }
@@ -99,10 +101,6 @@ pub fn relevance_sums(t: &LayerTerms, policy: &ComputePolicy) -> Tensor<2> {
     t.relevance_sums_plain()
 }
 
-fn missing(l: usize) -> LegradError {
-    LegradError::Input(format!("the image trace does not hold layer {l}: trace the image with this method's request"))
-}
-
 pub(crate) fn stack(layers: Vec<usize>, maps: Vec<Tensor<2>>) -> GridMaps {
     let per_layer: Tensor<3> = Tensor::stack(maps, 0);
     let summed = per_layer.clone().sum_dim(0).squeeze_dim(0);
@@ -114,67 +112,76 @@ pub(crate) fn stack(layers: Vec<usize>, maps: Vec<Tensor<2>>) -> GridMaps {
 /// embedding `t` (`ds/dz = (t - (t·e) e) / |z|`, then linear maps), so a prompt's `g` is one
 /// product with it, where the chain from `t` is some thirty small operations: thirty launches
 /// per prompt on a GPU, where launches, not arithmetic, are what a prompt on a small model costs.
-pub fn score_jacobians(model: &Clip, trace: &ImageTrace) -> Tensor<3> {
-    trace
+pub fn score_jacobians(model: &Clip, trace: &ClassTokenTrace, tokens: usize) -> Result<Tensor<3>> {
+    let proj = clip_proj(model)?;
+    Ok(trace
         .score_jacobian
         .get_or_init(|| {
-            let layers: Vec<&LayerTrace> = trace.layers.iter().collect();
             let e = model.vision.embed_dim();
-            score_gradients(model, &layers, trace.tokens(), Tensor::eye(e, &model.vision.device()))
+            Box::new(score_gradients(model, &proj, &trace.layers, tokens, Tensor::eye(e, &model.vision.device())))
         })
-        .clone()
+        .as_ref()
+        .clone())
+}
+
+/// CLIP's projection `[W, E]`; an error for another head.
+fn clip_proj(model: &Clip) -> Result<Tensor<2>> {
+    match &model.vision.weights.head {
+        VisionHead::ClassToken(h) => Ok(h.proj.val()),
+        VisionHead::AttentionPool(_) => Err(LegradError::Unsupported(
+            "this step needs CLIP's class-token projection; this is a SigLIP model".into(),
+        )),
+    }
 }
 
 /// `g = ds/dx_l[i]` `[L, P, W]` for every traced layer and prompt at once: the score
 /// `s = t · normalize(ln_post(m) @ proj)` of the mean token `m` of each layer, differentiated
 /// back to `m` and shared by every token (each is `1/N` of the mean). The chain is the same for
 /// every layer, so it runs once with the layers as a batch dimension.
-fn score_gradients(model: &Clip, layers: &[&LayerTrace], n: usize, texts: Tensor<2>) -> Tensor<3> {
+fn score_gradients(
+    model: &Clip,
+    proj: &Tensor<2>,
+    layers: &[ClassTokenLayer],
+    n: usize,
+    texts: Tensor<2>,
+) -> Tensor<3> {
     let v = &model.vision;
     let means: Vec<Tensor<1>> = layers.iter().map(|lt| lt.output_mean.clone()).collect();
     let m: Tensor<2> = Tensor::stack(means, 0); // [L, W]
     let [l, w] = m.dims();
     let (y, stats) = v.weights.ln_post.forward_with_stats(m.reshape([l, 1, w])); // [L, 1, W]
-    let proj = v.clip_proj().expect("CLIP's LeGrad runs on a CLIP tower"); // [W, E]
     let z = y.matmul(proj.clone().unsqueeze()); // [L, 1, E]
     let z_norm = z.clone().powi_scalar(2).sum_dim(2).sqrt(); // [L, 1, 1]
     let e = z / z_norm.clone(); // [L, 1, E]
     let texts = texts.unsqueeze::<3>(); // [1, P, E]
     let s = e.clone().matmul(texts.clone().swap_dims(1, 2)).swap_dims(1, 2); // [L, P, 1]
     let ds_dz = (texts - s * e) / z_norm; // [L, P, E]
-    let ds_dy = ds_dz.matmul(proj.transpose().unsqueeze()); // [L, P, W]
+    let ds_dy = ds_dz.matmul(proj.clone().transpose().unsqueeze()); // [L, P, W]
     let ds_dm = v.weights.ln_post.backward(ds_dy, &stats); // [L, P, W]
     ds_dm.div_scalar(n as f64)
 }
 
 /// The terms of layer `lt` for the score gradients `g` `[P, W]`.
-fn layer_terms(model: &Clip, lt: &LayerTrace, g: Tensor<2>) -> Result<LayerTerms> {
-    let v = &model.vision;
-    let (Some(values), Some(rstd), Some(xhat_out), Some(act_grad), Some(mean_rows)) =
-        (&lt.values, &lt.ln_2_rstd, &lt.xhat_out, &lt.act_grad, &lt.mean_rows)
-    else {
-        return Err(missing(lt.index));
-    };
-    let consts = v.legrad_consts(lt.index)?;
-    let [_, n, d] = values.dims();
-    let [_, m] = act_grad.dims();
-    let w = xhat_out.dims()[1];
+fn layer_terms(consts: &LegradConsts, lt: &ClassTokenLayer, g: Tensor<2>) -> Result<LayerTerms> {
+    let [_, n, d] = lt.values.dims();
+    let [_, m] = lt.act_grad.dims();
+    let w = lt.xhat_out.dims()[1];
     debug_assert_eq!(w % d, 0);
     // Through the MLP, ln_2 and out_proj at once. With a = g W_projᵀ and dh = act' ⊙ a, the
     // gradient at the attention's concatenated heads is (LayerNorm's backward, pushed through
     // out_proj): dc = rstd ⊙ (dh K - (dh·κ) 1ᵀW_outᵀ - (dh·B/W) x̂W_outᵀ) + g W_outᵀ; the two
     // mean terms are a's products with the trace's mean rows.
-    let ag = g.matmul(consts.g_weights); // [P, M + W]
-    let mm = ag.clone().narrow(1, 0, m).matmul(mean_rows.clone().transpose()); // [P, 2N]
+    let ag = g.matmul(consts.g_weights.clone()); // [P, M + W]
+    let mm = ag.clone().narrow(1, 0, m).matmul(lt.mean_rows.clone().transpose()); // [P, 2N]
     Ok(LayerTerms {
-        act_grad: act_grad.clone(),
+        act_grad: lt.act_grad.clone(),
         ag,
-        k: consts.k,
+        k: consts.k.clone(),
         m: mm,
-        ones_out: consts.ones_out,
-        xhat_out: xhat_out.clone(),
-        rstd: rstd.clone().reshape([n]),
-        values: values.clone(),
+        ones_out: consts.ones_out.clone(),
+        xhat_out: lt.xhat_out.clone(),
+        rstd: lt.ln_2_rstd.clone().reshape([n]),
+        values: lt.values.clone(),
     })
 }
 
@@ -205,19 +212,22 @@ pub(crate) fn relevance_from_grad(grad: Tensor<4>) -> Tensor<2> {
 }
 
 /// LeGrad's `G` by burn's autodiff, one backward per layer and prompt: each block's input is a
-/// constant, its attention probabilities a leaf. Needs a trace with `tokens`.
-pub fn legrad_autodiff(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer_index: i64) -> Result<GridMaps> {
+/// constant, its attention probabilities a leaf. Needs a trace with [`Reads::Tokens`] (SigLIP's
+/// also the model's "a photo of a" embedding, from `cx`).
+pub fn legrad_autodiff(cx: &Context<'_>, trace: &ImageTrace, texts: Tensor<2>, layer_index: i64) -> Result<GridMaps> {
+    let model = cx.model;
     let v = &model.vision;
-    if model.config.family == Family::Siglip {
-        return legrad_siglip_autodiff(model, trace, texts, layer_index);
+    if let LegradModel::AttentionPool { empty } = cx.legrad {
+        return legrad_siglip_autodiff(model, empty, trace, texts, layer_index);
     }
+    let proj = clip_proj(model)?;
+    let tokens = trace.token_trace()?;
     let l0 = first_layer(layer_index, v.depth())?;
     let [p, _] = texts.dims();
     let mut layers = Vec::new();
     let mut maps = Vec::new();
     for l in l0..v.depth() {
-        let lt = trace.layer(l).ok_or_else(|| missing(l))?;
-        let input = lt.input.clone().ok_or_else(|| missing(l))?.unsqueeze::<3>();
+        let input = tokens.input(l)?.clone().unsqueeze::<3>();
         let block = &v.weights.blocks[l];
         let att = block.attn.forward(block.ln_1.forward(input.clone()), None);
         let mut rows = Vec::with_capacity(p);
@@ -226,7 +236,7 @@ pub fn legrad_autodiff(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer
             let out = block.forward_from_probs(input.clone(), probs.clone(), att.values.clone(), v.activation);
             let [_, _, w] = out.dims();
             let mean = out.mean_dim(1).reshape([1, w]);
-            let e = l2_normalize(v.weights.ln_post.forward(mean).matmul(v.clip_proj()?));
+            let e = l2_normalize(v.weights.ln_post.forward(mean).matmul(proj.clone()));
             let t = texts.clone().narrow(0, i, 1);
             let s = (e * t).sum();
             let grads = s.backward();
@@ -254,24 +264,25 @@ pub fn legrad_autodiff(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer
 /// The reference sums the scores of all prompts before differentiating (one map for a batch);
 /// here each prompt's map is what it gives alone, as for CLIP.
 ///
-/// `G` in closed form from the cached [`PoolTrace`](crate::model::vision::PoolTrace), with
+/// `G` in closed form from the cached [`PoolTrace`], with
 /// `o` the pool's output, `y` the MLP's residual input, `h` its pre-activation:
 /// `ds/do = (t - s e) / |o|`, `ds/dy = ds/do + LN_backward(W_fc1ᵀ (act'(h) ⊙ W_fc2ᵀ ds/do))`,
 /// `ds/dc = W_projᵀ ds/dy` (c: the heads' context), `G_h[j] = ds/dc_h · v_h[j]`. A few
 /// mat-vecs per layer and prompt; [`legrad_siglip_autodiff`] checks it.
-pub fn legrad_siglip(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer_index: i64) -> Result<GridMaps> {
-    let v = &model.vision;
-    let pool = v.attn_pool()?;
+pub fn legrad_siglip(cx: &Context<'_>, trace: &PoolTrace, texts: Tensor<2>, layer_index: i64) -> Result<GridMaps> {
+    let v = &cx.model.vision;
+    let (pool, empty) = match (&v.weights.head, cx.legrad) {
+        (VisionHead::AttentionPool(h), LegradModel::AttentionPool { empty }) => (&h.pool, empty),
+        _ => return Err(LegradError::Unsupported("SigLIP's LeGrad runs on a SigLIP model".into())),
+    };
     let l0 = first_layer(layer_index, v.depth())?;
     let [p, e] = texts.dims();
     // The empty prompt rides along as one more row.
-    let empty = model.empty_embedding()?.reshape([1, e]);
-    let all = Tensor::cat(vec![texts, empty], 0); // [P + 1, E]
+    let all = Tensor::cat(vec![texts, empty.clone().reshape([1, e])], 0); // [P + 1, E]
     let mut layers = Vec::new();
     let mut maps = Vec::new();
     for l in l0..v.depth() {
-        let lt = trace.layer(l).ok_or_else(|| missing(l))?;
-        let pt = lt.pool.as_ref().ok_or_else(|| missing(l))?;
+        let pt = trace.layer(l)?;
         let o = pt.output.clone().unsqueeze::<2>(); // [1, W]
         let o_norm = o.clone().powi_scalar(2).sum_dim(1).sqrt(); // [1, 1]
         let unit = o / o_norm.clone();
@@ -279,7 +290,7 @@ pub fn legrad_siglip(model: &Clip, trace: &ImageTrace, texts: Tensor<2>, layer_i
         let d_o = (all.clone() - s * unit) / o_norm; // [P+1, W]
         let a = d_o.clone().matmul(pool.mlp.c_proj.weight.val().transpose()) * pt.act_grad.clone(); // [P+1, M]
         let d_norm = a.matmul(pool.mlp.c_fc.weight.val().transpose()); // [P+1, W]
-        let stats = crate::model::LayerNormStats { x_hat: pt.x_hat.clone(), rstd: pt.rstd.clone() };
+        let stats = LayerNormStats { x_hat: pt.x_hat.clone(), rstd: pt.rstd.clone() };
         let d_y = d_o + pool.norm.backward(d_norm, &stats);
         let d_c = d_y.matmul(pool.proj.weight.val().transpose()); // [P+1, W]
         maps.push(pool_relevance(d_c, pt.values.clone()));
@@ -318,23 +329,27 @@ pub fn siglip_correction(maps: Tensor<2>, empty: Tensor<2>) -> Tensor<2> {
 }
 
 /// [`legrad_siglip`]'s `G` by burn's autodiff: the pool's attention on each traced block's
-/// output is a leaf, one backward per layer and prompt. Needs a trace with `tokens`.
-pub fn legrad_siglip_autodiff(
+/// output is a leaf, one backward per layer and prompt. Needs a trace with [`Reads::Tokens`].
+fn legrad_siglip_autodiff(
     model: &Clip,
+    empty: &Tensor<1>,
     trace: &ImageTrace,
     texts: Tensor<2>,
     layer_index: i64,
 ) -> Result<GridMaps> {
     let v = &model.vision;
-    let pool = v.attn_pool()?;
+    let VisionHead::AttentionPool(head) = &v.weights.head else {
+        return Err(LegradError::Unsupported("SigLIP's LeGrad runs on a SigLIP model".into()));
+    };
+    let pool = &head.pool;
+    let tokens = trace.token_trace()?;
     let l0 = first_layer(layer_index, v.depth())?;
     let [p, e] = texts.dims();
-    let all = Tensor::cat(vec![texts, model.empty_embedding()?.reshape([1, e])], 0);
+    let all = Tensor::cat(vec![texts, empty.clone().reshape([1, e])], 0);
     let mut layers = Vec::new();
     let mut maps = Vec::new();
     for l in l0..v.depth() {
-        let lt = trace.layer(l).ok_or_else(|| missing(l))?;
-        let x = lt.output.clone().ok_or_else(|| missing(l))?.unsqueeze::<3>(); // [1, N, W]
+        let x = tokens.output(l)?.clone().unsqueeze::<3>(); // [1, N, W]
         let (probs, values) = pool.attention(x);
         let mut rows = Vec::with_capacity(p + 1);
         for i in 0..p + 1 {

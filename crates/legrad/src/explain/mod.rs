@@ -10,17 +10,22 @@ pub mod int16;
 #[cfg(feature = "wgpu")]
 pub mod kernel;
 pub mod legrad;
+pub mod legrad_trace;
 pub mod rows;
 pub mod terms;
+pub mod trace;
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+pub use trace::{ImageTrace, Reads, TraceRequest};
+
 use crate::compute::ComputePolicy;
-use crate::config::Family;
 use crate::error::{LegradError, Result};
+use crate::model::Clip;
 use crate::model::pos_embed::upsample_bilinear;
-use crate::model::{Clip, ImageTrace, TraceRequest};
+use crate::model::vision::VisionHead;
+use legrad_trace::LegradModel;
 
 /// The explanation methods the app offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,25 +63,25 @@ impl Method {
         !matches!(self, Method::Rollout | Method::RawAttention)
     }
 
-    /// Does this method run on a model of `family`? The baselines are defined through CLIP's
-    /// class token (GradCAM and CheferCAM differentiate the class token's score, Rollout and
-    /// RawAttention read its attention row), which SigLIP does not have; the reference's
+    /// Does this method run on a vision tower with `head`? The baselines are defined through
+    /// CLIP's class token (GradCAM and CheferCAM differentiate the class token's score, Rollout
+    /// and RawAttention read its attention row), which SigLIP does not have; the reference's
     /// baselines (pytorch-grad-cam on CLIP, `tools/reference/baselines.py`) define none for
     /// SigLIP's attention pool, so there is nothing to check a SigLIP variant against.
-    pub fn supports(self, family: Family) -> Result<()> {
-        match (self, family) {
-            (_, Family::Clip) | (Method::LeGrad, Family::Siglip) => Ok(()),
-            (m, Family::Siglip) => Err(LegradError::Unsupported(format!(
+    pub fn supports(self, head: &VisionHead) -> Result<()> {
+        match (self, head) {
+            (_, VisionHead::ClassToken(_)) | (Method::LeGrad, VisionHead::AttentionPool(_)) => Ok(()),
+            (m, VisionHead::AttentionPool(_)) => Err(LegradError::Unsupported(format!(
                 "{} on a SigLIP model: it reads CLIP's class token, which SigLIP does not have; use LeGrad",
                 m.name()
             ))),
         }
     }
 
-    /// How [`finish_maps`] orders normalisation and upsampling for this method on `family`.
-    pub fn map_order(self, family: Family) -> MapOrder {
-        match (self, family) {
-            (Method::LeGrad, Family::Siglip) => MapOrder::NormaliseThenUpsample,
+    /// How [`finish_maps`] orders normalisation and upsampling for this method on `head`.
+    pub fn map_order(self, head: &VisionHead) -> MapOrder {
+        match (self, head) {
+            (Method::LeGrad, VisionHead::AttentionPool(_)) => MapOrder::NormaliseThenUpsample,
             _ => MapOrder::UpsampleThenNormalise,
         }
     }
@@ -143,12 +148,35 @@ pub struct GridMaps {
     pub per_layer: Option<(Vec<usize>, Tensor<3>)>,
 }
 
+/// What every explainer is given besides the trace and the texts: the model, what LeGrad keeps
+/// per model, and the engine's compute policy.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub model: &'a Clip,
+    pub legrad: &'a LegradModel,
+    pub policy: &'a ComputePolicy,
+}
+
 pub trait Explainer: Send + Sync {
     fn method(&self) -> Method;
     /// What the image forward must keep for this method, for a tower of `depth` layers.
     fn trace_request(&self, depth: usize) -> Result<TraceRequest>;
     /// Maps for each text embedding (`[P, E]`, L2-normalised).
-    fn explain(&self, model: &Clip, trace: &ImageTrace, texts: Tensor<2>, policy: &ComputePolicy) -> Result<GridMaps>;
+    fn explain(&self, cx: &Context<'_>, trace: &ImageTrace, texts: Tensor<2>) -> Result<GridMaps>;
+}
+
+/// One prompt's explanation.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExplainedPrompt {
+    pub prompt: String,
+    pub text: String,
+    /// The prompt was cut to the context length.
+    pub truncated: bool,
+    /// Cosine similarity of the image and text embeddings (CLIP); SigLIP's sigmoid
+    /// probability `sigmoid(exp(logit_scale) cos + logit_bias)`.
+    pub score: f32,
+    #[serde(skip)]
+    pub map: PromptMap,
 }
 
 /// One prompt's map, on the host.

@@ -16,12 +16,14 @@ use std::pin::Pin;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::Context;
 use super::GridMaps;
 use super::legrad::{LayerTerms, layer_terms_for, relevance_sums, stack};
+use super::legrad_trace::{ClassTokenTrace, LegradTrace};
 use super::terms::finish_sums;
+use super::trace::ImageTrace;
 use crate::compute::ComputePolicy;
 use crate::error::{LegradError, Result};
-use crate::model::{Clip, ImageTrace};
 use crate::readback::read_f32;
 
 /// A tensor's values on the host, row-major, with its shape: what crosses to a helper.
@@ -204,11 +206,21 @@ async fn hold_rows(
     Ok(parts)
 }
 
+/// CLIP's LeGrad terms of `trace`: the rows split only there.
+fn clip_trace(trace: &ImageTrace) -> Result<&ClassTokenTrace> {
+    match trace.legrad()? {
+        LegradTrace::ClassToken(t) => Ok(t),
+        LegradTrace::AttentionPool(_) => {
+            Err(LegradError::Unsupported("the per-prompt rows split for CLIP's LeGrad; this is a SigLIP model".into()))
+        }
+    }
+}
+
 /// Hand the helpers their rows of a new trace now (with the image, where the user waits
 /// anyway) rather than with its first prompt: the rows do not depend on the prompt.
-pub async fn prime(model: &Clip, trace: &ImageTrace, layer_index: i64, helpers: &dyn RowHelpers) -> Result<()> {
-    let texts = Tensor::zeros([1, model.config.embed_dim], &model.vision.device());
-    let (layers, terms) = layer_terms_for(model, trace, texts, layer_index)?;
+pub async fn prime(cx: &Context<'_>, trace: &ImageTrace, layer_index: i64, helpers: &dyn RowHelpers) -> Result<()> {
+    let texts = Tensor::zeros([1, cx.model.config.embed_dim], &cx.model.vision.device());
+    let (layers, terms) = layer_terms_for(cx, clip_trace(trace)?, trace.tokens(), texts, layer_index)?;
     hold_rows(&terms, trace, &layers, helpers).await.map(|_| ())
 }
 
@@ -216,14 +228,14 @@ pub async fn prime(model: &Clip, trace: &ImageTrace, layer_index: i64, helpers: 
 /// and `helpers`: the same maps, up to summation order. A helper that fails has its rows
 /// computed here instead.
 pub async fn explain_split(
-    model: &Clip,
+    cx: &Context<'_>,
     trace: &ImageTrace,
     texts: Tensor<2>,
     layer_index: i64,
     helpers: &dyn RowHelpers,
-    policy: &ComputePolicy,
 ) -> Result<GridMaps> {
-    let (layers, terms) = layer_terms_for(model, trace, texts, layer_index)?;
+    let policy = cx.policy;
+    let (layers, terms) = layer_terms_for(cx, clip_trace(trace)?, trace.tokens(), texts, layer_index)?;
     let n = trace.tokens();
     let heads = terms.first().map(|t| t.values.dims()[0]).unwrap_or(1);
     let parts = hold_rows(&terms, trace, &layers, helpers).await?;
@@ -236,7 +248,7 @@ pub async fn explain_split(
     let here = share_rows(n, parts, 0);
     let mut sums: Vec<Tensor<2>> =
         terms.iter().map(|t| relevance_sums(&t.rows(here.start, here.len()), policy)).collect();
-    let device = model.vision.device();
+    let device = cx.model.vision.device();
     let [l, p] = [terms.len(), terms.first().map(|t| t.ag.dims()[0]).unwrap_or(0)];
     for (rows, job) in pending {
         let share: Tensor<3> = match job.await {

@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::weights::{RawTensor, StoredDType, TensorMap};
 
 pub use text::TextTower;
-pub use vision::{ImageTrace, LayerTrace, TraceRequest, VisionTower};
+pub use vision::VisionTower;
 
 /// The score shown for an image and a prompt.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -45,9 +45,6 @@ pub struct Clip {
     pub tokenizer_json: Option<std::sync::Arc<str>>,
     /// How an image-text cosine becomes the score shown.
     pub scoring: Scoring,
-    /// SigLIP's "a photo of a" embedding `[E]` on the vision tower's device, for LeGrad's
-    /// correction (set by the engine, which holds the tokenizer).
-    empty_embedding: std::sync::Mutex<Option<Tensor<1>>>,
 }
 
 impl Clip {
@@ -77,7 +74,7 @@ impl Clip {
                 Scoring::Sigmoid { scale: scalar("logit_scale")?.exp(), bias: scalar("logit_bias")? }
             }
         };
-        Ok(Self { config, vision, text, tokenizer_json: None, scoring, empty_embedding: Default::default() })
+        Ok(Self { config, vision, text, tokenizer_json: None, scoring })
     }
 
     /// Attach the model's tokenizer file.
@@ -94,20 +91,6 @@ impl Clip {
             Scoring::Cosine => cosine,
             Scoring::Sigmoid { scale, bias } => 1.0 / (1.0 + (-(scale * cosine + bias)).exp()),
         }
-    }
-
-    pub(crate) fn set_empty_embedding(&self, e: Tensor<1>) {
-        *self.empty_embedding.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-    }
-
-    /// SigLIP's "a photo of a" embedding (LeGrad's correction), once an engine has set it.
-    pub fn empty_embedding(&self) -> Result<Tensor<1>> {
-        self.empty_embedding.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
-            crate::error::LegradError::Input(
-                "SigLIP's LeGrad needs the embedding of \"a photo of a\": explain through an Engine, which sets it"
-                    .into(),
-            )
-        })
     }
 }
 

@@ -35,8 +35,17 @@ pub struct TextTower {
     pub width: usize,
     pub context_length: usize,
     pub activation: Activation,
-    /// CLIP: causal, pooled at end-of-text. SigLIP: bidirectional, pooled at the last position.
-    pub family: Family,
+    pub pooling: TextPooling,
+}
+
+/// How the text tower reads a prompt: the one place the two families' towers differ besides
+/// SigLIP's projection bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextPooling {
+    /// CLIP: a causal mask, the feature at the end-of-text token (the largest id).
+    CausalEndOfText,
+    /// SigLIP: no mask, the whole padded context, the feature at the last position.
+    BidirectionalLast,
 }
 
 impl TextTower {
@@ -52,11 +61,15 @@ impl TextTower {
             .collect::<Result<Vec<_>>>()?;
         let ln_final = LayerNorm::load(map, "ln_final", t.width, eps, device)?;
         let proj = map.take("text_projection", &[t.width, config.embed_dim])?;
-        let proj_bias = match config.family {
-            Family::Clip => None,
-            Family::Siglip => {
-                Some(Param::from_tensor(super::tensor1(map.take("text_projection_bias", &[config.embed_dim])?, device)))
-            }
+        let (pooling, proj_bias) = match config.family {
+            Family::Clip => (TextPooling::CausalEndOfText, None),
+            Family::Siglip => (
+                TextPooling::BidirectionalLast,
+                Some(Param::from_tensor(super::tensor1(
+                    map.take("text_projection_bias", &[config.embed_dim])?,
+                    device,
+                ))),
+            ),
         };
         Ok(Self {
             weights: TextWeights {
@@ -71,7 +84,7 @@ impl TextTower {
             width: t.width,
             context_length: t.context_length,
             activation: config.activation,
-            family: config.family,
+            pooling,
         })
     }
 
@@ -160,7 +173,7 @@ impl TextTower {
     /// is read. SigLIP: the whole context (the tokenizer pads to it), no mask, the last position.
     fn embed(&self, sequences: &[Vec<u32>], min_len: usize) -> Result<(Tensor<3>, Option<Tensor<2>>, Vec<usize>)> {
         let device = self.weights.text_projection.val().device();
-        let siglip = self.family == Family::Siglip;
+        let siglip = self.pooling == TextPooling::BidirectionalLast;
         if siglip && let Some(seq) = sequences.iter().find(|s| s.len() != self.context_length) {
             return Err(LegradError::Input(format!(
                 "a SigLIP token sequence must fill the context ({} tokens, padded by the tokenizer); this one has {}",

@@ -1,0 +1,180 @@
+//! What the page shows, computed from the engine's answers: plain data and arithmetic, no
+//! browser types, so that it compiles and is unit-tested natively (`cargo test -p legrad-web`).
+
+use std::sync::Arc;
+
+use crate::protocol::MapsReady;
+
+/// The maps of the latest answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Results {
+    pub ready: MapsReady,
+    /// The image as the model saw it, RGB, `size.0 * size.1 * 3`.
+    pub rgb: Arc<Vec<u8>>,
+    /// Method-major, then prompt: `size.0 * size.1` values each.
+    pub maps: Arc<Vec<f32>>,
+    /// Raw per-layer grid maps (see `MapsReady`).
+    pub per_layer: Arc<Vec<f32>>,
+}
+
+impl Results {
+    pub fn map(&self, method: usize, prompt: usize) -> &[f32] {
+        let n = self.ready.size.0 * self.ready.size.1;
+        let p = self.ready.prompts.len();
+        &self.maps[(method * p + prompt) * n..][..n]
+    }
+
+    /// The raw grid map of the `layer`-th layer of the range, where the method has layers.
+    pub fn layer_grid(&self, method: usize, prompt: usize, layer: usize) -> Option<&[f32]> {
+        let r = &self.ready;
+        if !r.layer_methods.get(method).copied().unwrap_or(false) || layer >= r.layers.len() {
+            return None;
+        }
+        let cells = r.grid.0 * r.grid.1;
+        let per_method = r.prompts.len() * r.layers.len() * cells;
+        let before = r.layer_methods[..method].iter().filter(|h| **h).count() * per_method;
+        self.per_layer.get(before + (prompt * r.layers.len() + layer) * cells..).and_then(|s| s.get(..cells))
+    }
+
+    /// The map shown for a card and a layer of the strip (None: the range's sum): at the
+    /// maps' size, normalised as the summed map is (the core's `finish_maps`).
+    pub fn shown_map(&self, method: usize, prompt: usize, layer: Option<usize>) -> Option<Vec<f32>> {
+        let Some(layer) = layer else { return Some(self.map(method, prompt).to_vec()) };
+        let grid = self.ready.grid;
+        let raw = self.layer_grid(method, prompt, layer)?;
+        let patch = self.ready.size.0 / grid.0.max(1);
+        // A layer alone is upsampled then normalised (for SigLIP too: the strip is ours, not the reference's).
+        legrad::explain::finish_maps(raw, None, 1, grid, patch, legrad::explain::MapOrder::UpsampleThenNormalise)
+            .pop()
+            .map(|m| m.map)
+    }
+}
+
+/// The image maps are drawn over on the large view: the photo at its own resolution (or scaled
+/// down to `legrad::overlay::MAX_ORIGINAL_SIDE`), RGB.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Original {
+    pub id: u64,
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Arc<Vec<u8>>,
+    /// The copy the large view draws: the photo, or scaled down to [`VIEW_MAX_SIDE`] (a screen
+    /// shows no more, and each new map is drawn again while typing); `(height, width)`.
+    pub view: Arc<Vec<u8>>,
+    pub view_size: (usize, usize),
+}
+
+/// The large view's long side at most, in pixels (exports use the photo's own size).
+pub const VIEW_MAX_SIDE: u32 = 1600;
+
+impl Original {
+    pub fn new(id: u64, width: usize, height: usize, rgb: Vec<u8>) -> Option<Self> {
+        if rgb.len() != width * height * 3 || width == 0 || height == 0 {
+            return None;
+        }
+        let rgb = Arc::new(rgb);
+        let (view, view_size) = if width.max(height) as u32 <= VIEW_MAX_SIDE {
+            (rgb.clone(), (height, width))
+        } else {
+            let img = legrad::preprocess::DecodedImage {
+                width: width as u32,
+                height: height as u32,
+                rgba: rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+                has_alpha: false,
+                resize_mode: legrad::preprocess::ResizeMode::Bicubic,
+            };
+            let (w, h, small) = img.display_rgb(VIEW_MAX_SIDE).ok()?;
+            (Arc::new(small), (h as usize, w as usize))
+        };
+        Some(Self { id, width, height, rgb, view, view_size })
+    }
+}
+
+/// A camera frame's size `(width, height)` for a video of `width` x `height`: the long side at
+/// most `max_side`, the shape kept, every side at least 1 pixel.
+pub fn frame_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
+    let scale = (max_side as f64 / width.max(height).max(1) as f64).min(1.0);
+    (((width as f64 * scale).round() as u32).max(1), ((height as f64 * scale).round() as u32).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EngineMemory, PromptResult};
+
+    fn prompt(p: &str) -> PromptResult {
+        PromptResult { prompt: p.into(), text: p.into(), score: 0.5, truncated: false, constant: false }
+    }
+
+    /// Two methods, the first with layers: two prompts on a 2x3 grid of 4-pixel patches.
+    fn results() -> Results {
+        let (grid, size) = ((2, 3), (8, 12));
+        let cells = 6;
+        let ready = MapsReady {
+            seq: 1,
+            image_id: 1,
+            size,
+            input: size,
+            grid,
+            layers: vec![9, 10, 11],
+            layer_methods: vec![true, false],
+            methods: vec![legrad::Method::LeGrad, legrad::Method::GradCam],
+            prompts: vec![prompt("a"), prompt("b")],
+            image_ms: 0.0,
+            explain_ms: 0.0,
+            traced: false,
+            memory: EngineMemory::default(),
+        };
+        let n = size.0 * size.1;
+        let maps: Vec<f32> = (0..2 * 2 * n).map(|i| i as f32).collect();
+        // Method 0: prompt-major, then layer, then cell; its value says where it is.
+        let per_layer: Vec<f32> = (0..2 * 3 * cells).map(|i| i as f32).collect();
+        Results { ready, rgb: Arc::new(vec![0; n * 3]), maps: Arc::new(maps), per_layer: Arc::new(per_layer) }
+    }
+
+    #[test]
+    fn a_cards_map_is_its_slice() {
+        let r = results();
+        let n = 96;
+        assert_eq!(r.map(0, 0)[0], 0.0);
+        assert_eq!(r.map(0, 1)[0], n as f32);
+        assert_eq!(r.map(1, 0)[0], 2.0 * n as f32);
+        assert_eq!(r.map(1, 1).len(), n);
+    }
+
+    #[test]
+    fn the_layer_strip_reads_its_layer_of_its_prompt() {
+        let r = results();
+        // Prompt 1, layer 2: (1 * 3 + 2) * 6 = 30.
+        assert_eq!(r.layer_grid(0, 1, 2).unwrap(), &[30.0, 31.0, 32.0, 33.0, 34.0, 35.0]);
+        assert_eq!(r.layer_grid(0, 0, 0).unwrap()[0], 0.0);
+        assert!(r.layer_grid(0, 0, 3).is_none(), "three layers");
+        assert!(r.layer_grid(1, 0, 0).is_none(), "the second method has no layers");
+        // A layer alone is shown at the maps' size, normalised.
+        let shown = r.shown_map(0, 1, Some(2)).unwrap();
+        assert_eq!(shown.len(), 96);
+        let (lo, hi) = shown.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        assert_eq!((lo, hi), (0.0, 1.0));
+        assert_eq!(r.shown_map(1, 1, None).unwrap(), r.map(1, 1).to_vec());
+        assert!(r.shown_map(1, 1, Some(0)).is_none());
+    }
+
+    #[test]
+    fn camera_frames_keep_their_shape_within_the_side() {
+        assert_eq!(frame_size(1280, 720, 640), (640, 360));
+        assert_eq!(frame_size(720, 1280, 640), (360, 640));
+        assert_eq!(frame_size(320, 240, 640), (320, 240), "never enlarged");
+        assert_eq!(frame_size(5000, 1, 640), (640, 1), "at least one pixel");
+        assert_eq!(frame_size(0, 0, 640), (1, 1));
+    }
+
+    #[test]
+    fn the_view_copy_is_scaled_to_its_long_side() {
+        let small = Original::new(1, 30, 20, vec![7; 30 * 20 * 3]).unwrap();
+        assert_eq!(small.view_size, (20, 30));
+        let big = Original::new(2, 3200, 100, vec![7; 3200 * 100 * 3]).unwrap();
+        assert_eq!(big.view_size, (50, 1600));
+        assert_eq!(big.view.len(), 50 * 1600 * 3);
+        assert!(Original::new(3, 10, 10, vec![0; 5]).is_none(), "a wrong length is refused");
+    }
+}
