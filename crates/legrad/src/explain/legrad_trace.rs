@@ -142,13 +142,13 @@ pub struct PoolLayer {
 
 impl ClassTokenTrace {
     pub fn layer(&self, index: usize) -> Result<&ClassTokenLayer> {
-        self.layers.iter().find(|l| l.index == index).ok_or_else(|| super::trace::missing_layer(index))
+        self.layers.iter().find(|l| l.index == index).ok_or_else(|| missing_layer(index))
     }
 }
 
 impl PoolTrace {
     pub fn layer(&self, index: usize) -> Result<&PoolLayer> {
-        self.layers.iter().find(|l| l.index == index).ok_or_else(|| super::trace::missing_layer(index))
+        self.layers.iter().find(|l| l.index == index).ok_or_else(|| missing_layer(index))
     }
 }
 
@@ -286,4 +286,9 @@ impl LegradTrace {
             }
         })
     }
+}
+
+/// A layer a trace does not hold.
+pub(crate) fn missing_layer(l: usize) -> LegradError {
+    LegradError::Input(format!("the image trace does not hold layer {l}: trace the image with this method's request"))
 }

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use burn::tensor::{Distribution, Tensor};
 
 use super::Method;
-use super::legrad_trace::{LegradModel, LegradTrace, LegradTraceBuilder};
+use super::legrad_trace::{LegradModel, LegradTrace, LegradTraceBuilder, missing_layer};
 use crate::error::{LegradError, Result};
 use crate::model::Clip;
 use crate::model::vision::{TracedBlock, l2_normalize};
@@ -93,10 +93,6 @@ fn layer_of<T>(list: &[T], first_layer: usize, index: usize) -> Result<&T> {
     index.checked_sub(first_layer).and_then(|i| list.get(i)).ok_or_else(|| missing_layer(index))
 }
 
-pub(crate) fn missing_layer(l: usize) -> LegradError {
-    LegradError::Input(format!("the image trace does not hold layer {l}: trace the image with this method's request"))
-}
-
 impl AttentionTrace {
     pub fn layer(&self, index: usize) -> Result<&Tensor<3>> {
         layer_of(&self.probs, self.first_layer, index)
@@ -147,7 +143,7 @@ pub struct ImageTrace {
     /// Maps explained on this trace, by method, layer index and text: a new prompt next to N
     /// shown costs one prompt, not N + 1 (a prompt's map does not depend on the prompts beside
     /// it). Filled by [`crate::Engine::explain_with`].
-    pub(crate) maps: Mutex<HashMap<MapKey, crate::engine::ExplainedPrompt>>,
+    pub(crate) maps: Mutex<HashMap<MapKey, super::ExplainedPrompt>>,
 }
 
 fn next_trace_id() -> u64 {
