@@ -13,6 +13,7 @@ use burn::tensor::Device;
 use legrad::engine::Engine;
 use legrad::explain::ExplainOptions;
 use legrad::model::Scoring;
+use legrad::model::vision::VisionHead;
 use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, ResizeMode, decode};
 use legrad::{ComputePolicy, ImageTrace, LegradError, TraceRequest};
 use wasm_bindgen::JsCast;
@@ -443,7 +444,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
             .clone()
             .into_iter()
             .chain(loaded.notes)
-            .chain(matches!(engine.model.scoring, Scoring::Sigmoid { .. }).then(|| {
+            .chain(matches!(engine.model.vision.weights.head, VisionHead::AttentionPool(_)).then(|| {
                 "SigLIP: LeGrad only (the baselines read CLIP's class token, which SigLIP does not have); scores are SigLIP's sigmoid probabilities".to_string()
             }))
             .collect(),

@@ -512,7 +512,7 @@ impl Engine {
             trace
         } else {
             let grid = self.model.vision.grid_for(size.height, size.width)?;
-            placeholder_trace(&self.model, &self.legrad, grid, &request)?
+            placeholder_trace(&self.model, grid, &request)
         };
         self.warm_up_prompts(&trace, Method::LeGrad, options).await?;
         let prompts = self.prepare(&["warm up".to_string()], None)?;
@@ -550,7 +550,7 @@ impl Engine {
         let grid = self.model.vision.grid_for(native, native)?;
         let options = ExplainOptions::default();
         let request = self.request_for(&[Method::LeGrad], &options)?;
-        let trace = placeholder_trace(&self.model, &self.legrad, grid, &request)?;
+        let trace = placeholder_trace(&self.model, grid, &request);
         let mut times = Vec::with_capacity(runs);
         for r in 0..=runs {
             let prompts = self.prepare(&[format!("timing run {r}")], None)?;

@@ -67,7 +67,9 @@ pub fn layer_terms_for(
     let terms = traced
         .iter()
         .enumerate()
-        .map(|(k, lt)| layer_terms(cx.legrad.consts(model, lt.index)?, lt, g.clone().narrow(0, k, 1).squeeze_dim(0)))
+        .map(|(k, lt)| {
+            Ok(layer_terms(cx.legrad.consts(model, lt.index)?, lt, g.clone().narrow(0, k, 1).squeeze_dim(0)))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((layers, terms))
 }
@@ -162,7 +164,7 @@ fn score_gradients(
 }
 
 /// The terms of layer `lt` for the score gradients `g` `[P, W]`.
-fn layer_terms(consts: &LegradConsts, lt: &ClassTokenLayer, g: Tensor<2>) -> Result<LayerTerms> {
+fn layer_terms(consts: &LegradConsts, lt: &ClassTokenLayer, g: Tensor<2>) -> LayerTerms {
     let [_, n, d] = lt.values.dims();
     let [_, m] = lt.act_grad.dims();
     let w = lt.xhat_out.dims()[1];
@@ -173,7 +175,7 @@ fn layer_terms(consts: &LegradConsts, lt: &ClassTokenLayer, g: Tensor<2>) -> Res
     // mean terms are a's products with the trace's mean rows.
     let ag = g.matmul(consts.g_weights.clone()); // [P, M + W]
     let mm = ag.clone().narrow(1, 0, m).matmul(lt.mean_rows.clone().transpose()); // [P, 2N]
-    Ok(LayerTerms {
+    LayerTerms {
         act_grad: lt.act_grad.clone(),
         ag,
         k: consts.k.clone(),
@@ -182,7 +184,7 @@ fn layer_terms(consts: &LegradConsts, lt: &ClassTokenLayer, g: Tensor<2>) -> Res
         xhat_out: lt.xhat_out.clone(),
         rstd: lt.ln_2_rstd.clone().reshape([n]),
         values: lt.values.clone(),
-    })
+    }
 }
 
 /// `R_l` `[P, N - 1]` from the gradient at the heads `dc` `[P, N, H·d]` and the values

@@ -159,7 +159,7 @@ pub(crate) enum LegradTraceBuilder {
 }
 
 impl LegradTraceBuilder {
-    pub(crate) fn new(model: &Clip, _legrad: &LegradModel, first_layer: usize) -> Self {
+    pub(crate) fn new(model: &Clip, first_layer: usize) -> Self {
         match &model.vision.weights.head {
             VisionHead::ClassToken(_) => LegradTraceBuilder::ClassToken(ClassTokenTrace {
                 first_layer,
@@ -233,12 +233,7 @@ impl LegradTraceBuilder {
 
 impl LegradTrace {
     /// Noise of the right shapes for `grid` (see [`super::trace::placeholder_trace`]).
-    pub(crate) fn placeholder(
-        model: &Clip,
-        _legrad: &LegradModel,
-        grid: (usize, usize),
-        first_layer: usize,
-    ) -> Result<Self> {
+    pub(crate) fn placeholder(model: &Clip, grid: (usize, usize), first_layer: usize) -> Self {
         let v = &model.vision;
         let device = v.device();
         let n = grid.0 * grid.1 + v.prefix_tokens();
@@ -249,7 +244,7 @@ impl LegradTrace {
         let noise3 =
             |shape: [usize; 3]| -> Tensor<3> { Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device) };
         let layers = first_layer..v.depth();
-        Ok(match &v.weights.head {
+        match &v.weights.head {
             VisionHead::ClassToken(_) => LegradTrace::ClassToken(ClassTokenTrace {
                 first_layer,
                 layers: layers
@@ -284,7 +279,7 @@ impl LegradTrace {
                         .collect(),
                 })
             }
-        })
+        }
     }
 }
 

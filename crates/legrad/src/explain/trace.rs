@@ -142,7 +142,7 @@ pub struct ImageTrace {
     readers: Vec<ReaderTrace>,
     /// Maps explained on this trace, by method, layer index and text: a new prompt next to N
     /// shown costs one prompt, not N + 1 (a prompt's map does not depend on the prompts beside
-    /// it). Filled by [`crate::Engine::explain_with`].
+    /// it). Filled by [`crate::Engine::explain_cached`].
     pub(crate) maps: Mutex<HashMap<MapKey, super::ExplainedPrompt>>,
 }
 
@@ -158,24 +158,22 @@ impl ImageTrace {
     }
 
     pub fn legrad(&self) -> Result<&LegradTrace> {
-        self.readers
-            .iter()
-            .find_map(|r| if let ReaderTrace::LeGrad(t) = r { Some(t) } else { None })
-            .ok_or_else(|| not_traced("LeGrad's terms"))
+        self.reader("LeGrad's terms", |r| if let ReaderTrace::LeGrad(t) = r { Some(t) } else { None })
     }
 
     pub fn attention(&self) -> Result<&AttentionTrace> {
-        self.readers
-            .iter()
-            .find_map(|r| if let ReaderTrace::Attention(t) = r { Some(t) } else { None })
-            .ok_or_else(|| not_traced("attention probabilities"))
+        self.reader("attention probabilities", |r| if let ReaderTrace::Attention(t) = r { Some(t) } else { None })
     }
 
     pub fn token_trace(&self) -> Result<&TokenTrace> {
-        self.readers
-            .iter()
-            .find_map(|r| if let ReaderTrace::Tokens(t) = r { Some(t) } else { None })
-            .ok_or_else(|| not_traced("block inputs and outputs"))
+        self.reader("block inputs and outputs", |r| if let ReaderTrace::Tokens(t) = r { Some(t) } else { None })
+    }
+
+    /// The reader's trace `pick` finds, or an error saying the trace lacks `what`.
+    fn reader<'a, T>(&'a self, what: &str, pick: impl Fn(&'a ReaderTrace) -> Option<&'a T>) -> Result<&'a T> {
+        self.readers.iter().find_map(pick).ok_or_else(|| {
+            LegradError::Input(format!("the image trace lacks {what}: trace the image with this method's request"))
+        })
     }
 
     /// How many maps this trace keeps.
@@ -203,10 +201,6 @@ impl ImageTrace {
     }
 }
 
-fn not_traced(what: &str) -> LegradError {
-    LegradError::Input(format!("the image trace lacks {what}: trace the image with this method's request"))
-}
-
 /// A reader's trace while the blocks run.
 enum Building {
     LeGrad(LegradTraceBuilder),
@@ -215,9 +209,9 @@ enum Building {
 }
 
 impl Building {
-    fn new(reads: Reads, first_layer: usize, model: &Clip, legrad: &LegradModel) -> Self {
+    fn new(reads: Reads, first_layer: usize, model: &Clip) -> Self {
         match reads {
-            Reads::LeGrad => Building::LeGrad(LegradTraceBuilder::new(model, legrad, first_layer)),
+            Reads::LeGrad => Building::LeGrad(LegradTraceBuilder::new(model, first_layer)),
             Reads::Attention => Building::Attention(AttentionTrace { first_layer, probs: Vec::new() }),
             Reads::Tokens => Building::Tokens(TokenTrace { first_layer, inputs: Vec::new(), outputs: Vec::new() }),
         }
@@ -259,7 +253,7 @@ pub fn trace_image(
         return Err(LegradError::Input(format!("layer {l} does not exist: the vision tower has {depth} layers")));
     }
     let mut run = model.vision.run(pixels)?;
-    let mut building: Vec<Building> = request.reads().map(|(r, l)| Building::new(r, l, model, legrad)).collect();
+    let mut building: Vec<Building> = request.reads().map(|(r, l)| Building::new(r, l, model)).collect();
     run.skip_to(request.first_layer());
     while let Some(block) = run.next_block() {
         for b in &mut building {
@@ -274,12 +268,7 @@ pub fn trace_image(
 /// A trace of the right shapes for a `grid`, filled with seeded noise instead of an image's
 /// values: what timing the per-prompt path needs (its cost does not depend on the values)
 /// without paying for an image forward (seconds for a ViT-B/16 on a CPU).
-pub fn placeholder_trace(
-    model: &Clip,
-    legrad: &LegradModel,
-    grid: (usize, usize),
-    request: &TraceRequest,
-) -> Result<ImageTrace> {
+pub fn placeholder_trace(model: &Clip, grid: (usize, usize), request: &TraceRequest) -> ImageTrace {
     let v = &model.vision;
     let device = v.device();
     let n = grid.0 * grid.1 + v.prefix_tokens();
@@ -287,10 +276,10 @@ pub fn placeholder_trace(
     let noise2 = |shape: [usize; 2]| -> Tensor<2> { Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device) };
     let readers = request
         .reads()
-        .map(|(reads, first_layer)| -> Result<ReaderTrace> {
+        .map(|(reads, first_layer)| {
             let layers = first_layer..depth;
-            Ok(match reads {
-                Reads::LeGrad => ReaderTrace::LeGrad(LegradTrace::placeholder(model, legrad, grid, first_layer)?),
+            match reads {
+                Reads::LeGrad => ReaderTrace::LeGrad(LegradTrace::placeholder(model, grid, first_layer)),
                 Reads::Attention => ReaderTrace::Attention(AttentionTrace {
                     first_layer,
                     probs: layers
@@ -302,11 +291,11 @@ pub fn placeholder_trace(
                     inputs: layers.clone().map(|_| noise2([n, w])).collect(),
                     outputs: layers.map(|_| noise2([n, w])).collect(),
                 }),
-            })
+            }
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
     let embedding = l2_normalize(Tensor::random([v.embed_dim()], Distribution::Uniform(-1.0, 1.0), &device));
-    Ok(ImageTrace::new(model, grid, embedding, request, readers))
+    ImageTrace::new(model, grid, embedding, request, readers)
 }
 
 #[cfg(test)]
