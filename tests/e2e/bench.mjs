@@ -15,18 +15,14 @@
 // on 2026-11-26): without --full it is measured at 224 only, for page open, image encode and
 // the first prompt, and the other cells say "skipped". Run by `cargo xtask bench-web`.
 
-import { chromium } from "playwright-core";
-import { createServer } from "node:http";
-import { readFileSync, existsSync, statSync, mkdirSync } from "node:fs";
+import { chromium } from "@playwright/test";
+import { startServer } from "./support/server.mjs";
+import { chromiumArgs, chromiumPath, cli, dist, root } from "./support/env.mjs";
+import { readFileSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
-import { join, extname, resolve, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { tmpdir } from "node:os";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "../..");
-const dist = resolve(process.env.LEGRAD_DIST ?? join(root, "dist"));
-const cli = resolve(process.env.LEGRAD_CLI ?? join(root, "target/release/legrad"));
 const work = join(tmpdir(), "legrad-bench");
 mkdirSync(work, { recursive: true });
 const arg = (name, fallback) => {
@@ -38,24 +34,9 @@ const only = arg("--only", null);
 const backends = arg("--backends", "pick,webgpu,cpu").split(",");
 const sizes = arg("--sizes", "224,448").split(",").map(Number);
 
-const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css",
-  ".png": "image/png", ".json": "application/json", ".webmanifest": "application/manifest+json" };
-const server = createServer((req, res) => {
-  const url = decodeURIComponent(req.url.split("?")[0]);
-  let path = url.startsWith("/app/") ? join(dist, url.slice(5) || "index.html") : url.startsWith("/files/") ? join(work, url.slice(7)) : null;
-  if (path && existsSync(path) && statSync(path).isDirectory()) path = join(path, "index.html");
-  if (!path || !existsSync(path)) { res.writeHead(404); res.end(); return; }
-  const body = readFileSync(path);
-  res.writeHead(200, { "content-type": types[extname(path)] ?? "application/octet-stream", "content-length": body.length });
-  res.end(body);
-});
-await new Promise((r) => server.listen(0, "127.0.0.1", r));
-const base = `http://127.0.0.1:${server.address().port}`;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage", "--disable-sync"],
-});
+const server = await startServer({ dist, work, sub: "/app/" });
+const base = server.base;
+const browser = await chromium.launch({ executablePath: chromiumPath, args: chromiumArgs });
 const T = +(process.env.LEGRAD_BENCH_TIMEOUT_MS ?? 3_600_000);
 const PROMPTS = ["a red circle", "a blue circle", "something green", "a yellow star", "an orange ring",
   "a purple cross", "a green square", "a blue triangle", "a red star", "a yellow ring", "an orange square", "a purple circle"];
@@ -136,7 +117,6 @@ async function measure(model, backend) {
 
 // The module itself: download, compile, instantiate (the page and the worker each do this).
 {
-  const { writeFileSync } = await import("node:fs");
   writeFileSync(join(work, "blank.html"), "<!DOCTYPE html><html><body></body></html>");
   const samples = [];
   for (let run = 0; run < 3; run++) {
@@ -171,4 +151,4 @@ if (only !== "default") {
 }
 for (const model of models) for (const backend of backends) await measure(model, backend);
 await browser.close();
-server.close();
+await server.close();

@@ -6,6 +6,7 @@
 //! | `serve` | `setup`, then serves the app on http://127.0.0.1:8080 |
 //! | `dist` | `setup`, then `trunk build --release` into `dist/` (works from any sub-path) |
 //! | `test` | every test: the house rules, native (CPU and wgpu), the wasm32 build, the browser suites |
+//! | `e2e` | the browser end-to-end suite alone (`tests/e2e/`, `@playwright/test`); `-g TEXT` picks tests by name |
 //! | `lint` | the house rules alone: `cargo fmt --check`, `cargo clippy -D warnings` (native and wasm32) |
 //! | `fuzz` | the parsers' fuzz targets for `--minutes N` (default 5), fresh seeds; failing inputs kept in `crates/legrad/tests/fuzz-corpus/` |
 //! | `bench` | `legrad bench` next to the reference's `tools/reference/bench.py`, same machine and threads |
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         "serve" => tasks::serve(&rest),
         "dist" => tasks::dist(&rest),
         "test" => tasks::test(&rest),
+        "e2e" => tasks::e2e(&rest),
         "lint" => tasks::house_rules(),
         "fuzz" => tasks::fuzz(&rest),
         "bench" => tasks::bench(&rest),
@@ -36,7 +38,7 @@ fn main() -> ExitCode {
         "fetch-model" => tasks::fetch_model(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  setup        install the wasm target, trunk, wasm-bindgen-cli, npm packages\n  serve        run the app on http://127.0.0.1:8080\n  dist         build the static site into dist/\n  test         run every test (house rules, native, wasm32 build, browser)\n  lint         cargo fmt --check and cargo clippy -D warnings, native and wasm32\n  fuzz         fuzz the parsers for --minutes N (default 5) [--only TARGET]\n  bench        native benchmark next to the Python reference\n  bench-web    browser benchmark (headless Chromium) and dist/ sizes\n  reference    regenerate tests/fixtures (needs the Python reference venv)\n  fetch-model  download OpenCLIP ViT-B/16 (needs a network)"
+                "usage: cargo xtask <task>\n\n  setup        install the wasm target, trunk, wasm-bindgen-cli, npm packages\n  serve        run the app on http://127.0.0.1:8080\n  dist         build the static site into dist/\n  test         run every test (house rules, native, wasm32 build, browser)\n  e2e          the browser end-to-end suite alone [-g NAME]\n  lint         cargo fmt --check and cargo clippy -D warnings, native and wasm32\n  fuzz         fuzz the parsers for --minutes N (default 5) [--only TARGET]\n  bench        native benchmark next to the Python reference\n  bench-web    browser benchmark (headless Chromium) and dist/ sizes\n  reference    regenerate tests/fixtures (needs the Python reference venv)\n  fetch-model  download OpenCLIP ViT-B/16 (needs a network)"
             );
             return if task == "help" { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }

@@ -105,7 +105,7 @@ pub fn setup(_args: &[String]) -> Result {
     }
     // npm packages, pinned by their lock files: the browser tests' Playwright and axe-core, and binaryen's
     // wasm-opt (a JavaScript build) for trunk.
-    for (dir, marker) in [("tests/e2e", "axe-core"), ("tools/web", "binaryen")] {
+    for (dir, marker) in [("tests/e2e", "@playwright/test"), ("tools/web", "binaryen")] {
         let dir = root().join(dir);
         if dir.join("package.json").exists() && !dir.join("node_modules").join(marker).exists() {
             run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))?;
@@ -201,13 +201,26 @@ fn web_tests(args: &[String]) -> Result {
         .env("CHROMEDRIVER", "/usr/bin/chromedriver")
         .env("WASM_BINDGEN_TEST_TIMEOUT", "1200"))?;
     // 4. End to end: the built page in Playwright.
+    e2e_suite(args)
+}
+
+/// The end-to-end suite alone (`tests/e2e/`, `@playwright/test`): builds the site and the CLI,
+/// then runs the suite; `-g TEXT` runs the tests whose names match.
+pub fn e2e(args: &[String]) -> Result {
+    setup(args)?;
+    e2e_suite(args)
+}
+
+fn e2e_suite(args: &[String]) -> Result {
     run(trunk().args(["build", "--release"]))?;
     build_cli()?;
-    run(Command::new("node")
-        .args(["run.mjs"])
-        .current_dir(root().join("tests/e2e"))
-        .env("LEGRAD_DIST", root().join("dist"))
-        .env("LEGRAD_CLI", target_dir().join("release/legrad")))
+    let dir = root().join("tests/e2e");
+    let mut cmd = Command::new(dir.join("node_modules/.bin/playwright"));
+    cmd.arg("test").current_dir(&dir);
+    if let Some(grep) = value(args, "-g") {
+        cmd.args(["-g", grep]);
+    }
+    run(cmd.env("LEGRAD_DIST", root().join("dist")).env("LEGRAD_CLI", target_dir().join("release/legrad")))
 }
 
 /// The fuzz targets (`crates/legrad/tests/fuzz.rs`) for `--minutes N` in all, one after the

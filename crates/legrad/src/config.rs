@@ -62,13 +62,84 @@ pub enum Family {
 }
 
 impl Family {
-    /// LayerNorm's eps in both towers.
-    pub fn ln_eps(self) -> f64 {
+    /// How this family's towers are built, aspect by aspect: the one place the families are
+    /// told apart. Loaders, writers and generators match on the aspect they need (a third
+    /// family is a new row here, and new variants only where one of its aspects is new).
+    pub const fn anatomy(self) -> Anatomy {
         match self {
-            Family::Clip => 1e-5,
-            Family::Siglip => 1e-6,
+            Family::Clip => Anatomy {
+                vision_head: HeadKind::ClassToken,
+                text_pooling: TextPooling::CausalEndOfText,
+                text_projection_bias: false,
+                scoring: ScoringKind::Cosine,
+                tokenizer: TokenizerKind::ClipBpe,
+                ln_eps: 1e-5,
+                whole_patches: true,
+            },
+            Family::Siglip => Anatomy {
+                vision_head: HeadKind::AttentionPool,
+                text_pooling: TextPooling::BidirectionalLast,
+                text_projection_bias: true,
+                scoring: ScoringKind::Sigmoid,
+                tokenizer: TokenizerKind::SentencePiece,
+                ln_eps: 1e-6,
+                // timm's patch embedding drops a partial last patch (So400m/14 at 384 px: a
+                // 27 x 27 grid of 378 px).
+                whole_patches: false,
+            },
         }
     }
+}
+
+/// What a family is made of (see `anatomy` on [`Family`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Anatomy {
+    pub vision_head: HeadKind,
+    pub text_pooling: TextPooling,
+    /// Whether the text projection has a bias (`text_projection_bias`).
+    pub text_projection_bias: bool,
+    pub scoring: ScoringKind,
+    pub tokenizer: TokenizerKind,
+    /// LayerNorm's eps in both towers.
+    pub ln_eps: f64,
+    /// Whether the image size must be a whole number of patches (else a typo in a config).
+    pub whole_patches: bool,
+}
+
+/// How the vision tower ends (the weights of each: `model::vision::VisionHead`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    /// A class token with `ln_pre`, pooled at the class token through `proj`.
+    ClassToken,
+    /// A patch embedding with a bias, a final LayerNorm, the attention-pooling head, no projection.
+    AttentionPool,
+}
+
+/// How the text tower reads a prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextPooling {
+    /// CLIP: a causal mask, the feature at the end-of-text token (the largest id).
+    CausalEndOfText,
+    /// SigLIP: no mask, the whole padded context, the feature at the last position.
+    BidirectionalLast,
+}
+
+/// How an image-text cosine becomes the score (the values of each: `model::Scoring`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoringKind {
+    /// The cosine itself.
+    Cosine,
+    /// `sigmoid(exp(logit_scale) cos + logit_bias)`, from the checkpoint's two scalars.
+    Sigmoid,
+}
+
+/// The tokenizer a family's text tower reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// CLIP's byte-pair encoding, built into the program.
+    ClipBpe,
+    /// A SentencePiece vocabulary: the model's `tokenizer.json`, needed beside its weights.
+    SentencePiece,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -543,9 +614,8 @@ impl ClipConfig {
         if !v.width.is_multiple_of(v.heads) {
             return bad(format!("vision width {} is not divisible by {} heads", v.width, v.heads));
         }
-        // timm's patch embedding drops a partial last patch (So400m/14 at 384 px: a 27 x 27 grid
-        // of 378 px); open_clip's CLIP configs are whole multiples, and a CLIP that is not is a typo.
-        if self.family == Family::Clip && !v.image_size.is_multiple_of(v.patch_size) {
+        // open_clip's CLIP configs are whole multiples, and a CLIP that is not is a typo.
+        if self.family.anatomy().whole_patches && !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "vision image size {} is not a multiple of the patch size {}",
                 v.image_size, v.patch_size

@@ -130,13 +130,13 @@ pub fn write_calibrated(
         format_version: FORMAT_VERSION,
         quant,
         config: config.clone(),
-        tokenizer: match config.family {
-            crate::config::Family::Clip => TokenizerSettings {
+        tokenizer: match config.family.anatomy().tokenizer {
+            crate::config::TokenizerKind::ClipBpe => TokenizerSettings {
                 kind: "clip-bpe-16e6".into(),
                 context_length: config.text.context_length,
                 json: None,
             },
-            crate::config::Family::Siglip => TokenizerSettings {
+            crate::config::TokenizerKind::SentencePiece => TokenizerSettings {
                 kind: "sentencepiece".into(),
                 context_length: config.text.context_length,
                 json: Some(

@@ -688,9 +688,9 @@ pub enum TextTokenizer {
 impl TextTokenizer {
     /// The tokenizer for a model of `config`'s family; a SigLIP model needs its `tokenizer.json`.
     pub fn for_model(config: &crate::config::ClipConfig, json: Option<&str>) -> Result<Self> {
-        match config.family {
-            crate::config::Family::Clip => Ok(Self::Clip(Box::new(Tokenizer::new()?))),
-            crate::config::Family::Siglip => {
+        match config.family.anatomy().tokenizer {
+            crate::config::TokenizerKind::ClipBpe => Ok(Self::Clip(Box::new(Tokenizer::new()?))),
+            crate::config::TokenizerKind::SentencePiece => {
                 let json = json.ok_or_else(|| {
                     LegradError::Config(
                         "a SigLIP model needs its tokenizer: give its tokenizer.json (next to the weights, or --tokenizer; in the app, by URL beside the weights or dropped with them)".into(),

@@ -17,7 +17,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use few_rows::linear;
 
 use crate::compute::ComputePolicy;
-use crate::config::{Activation, ClipConfig, Family};
+use crate::config::{Activation, ClipConfig, ScoringKind};
 use crate::error::Result;
 use crate::weights::{RawTensor, StoredDType, TensorMap};
 
@@ -54,9 +54,9 @@ impl Clip {
         config.validate()?;
         let vision = VisionTower::load(&config, &mut map, device)?;
         let text = TextTower::load(&config, &mut map, device)?;
-        let scoring = match config.family {
-            Family::Clip => Scoring::Cosine,
-            Family::Siglip => {
+        let scoring = match config.family.anatomy().scoring {
+            ScoringKind::Cosine => Scoring::Cosine,
+            ScoringKind::Sigmoid => {
                 let mut scalar = |name: &str| -> Result<f32> {
                     let t = map.remove(name).ok_or_else(|| crate::error::LegradError::MissingTensor {
                         key: name.to_string(),

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::vision::l2_normalize;
 use super::{Block, LayerNorm, tensor2};
-use crate::config::{Activation, ClipConfig, Family};
+use crate::config::{Activation, ClipConfig};
 use crate::error::{LegradError, Result};
 use crate::weights::{RawTensor, StoredDType, TensorMap, quant};
 
@@ -38,20 +38,13 @@ pub struct TextTower {
     pub pooling: TextPooling,
 }
 
-/// How the text tower reads a prompt: the one place the two families' towers differ besides
-/// SigLIP's projection bias.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TextPooling {
-    /// CLIP: a causal mask, the feature at the end-of-text token (the largest id).
-    CausalEndOfText,
-    /// SigLIP: no mask, the whole padded context, the feature at the last position.
-    BidirectionalLast,
-}
+/// How the text tower reads a prompt (one of a family's aspects: `anatomy` on [`crate::config::Family`]).
+pub use crate::config::TextPooling;
 
 impl TextTower {
     pub(crate) fn load(config: &ClipConfig, map: &mut TensorMap, device: &Device) -> Result<Self> {
         let t = &config.text;
-        let eps = config.family.ln_eps();
+        let eps = config.family.anatomy().ln_eps;
         let token_embedding = map.take_raw("token_embedding.weight", &[t.vocab_size, t.width])?;
         let pos = map.take("positional_embedding", &[t.context_length, t.width])?;
         let blocks = (0..t.layers)
@@ -61,15 +54,12 @@ impl TextTower {
             .collect::<Result<Vec<_>>>()?;
         let ln_final = LayerNorm::load(map, "ln_final", t.width, eps, device)?;
         let proj = map.take("text_projection", &[t.width, config.embed_dim])?;
-        let (pooling, proj_bias) = match config.family {
-            Family::Clip => (TextPooling::CausalEndOfText, None),
-            Family::Siglip => (
-                TextPooling::BidirectionalLast,
-                Some(Param::from_tensor(super::tensor1(
-                    map.take("text_projection_bias", &[config.embed_dim])?,
-                    device,
-                ))),
-            ),
+        let anatomy = config.family.anatomy();
+        let pooling = anatomy.text_pooling;
+        let proj_bias = if anatomy.text_projection_bias {
+            Some(Param::from_tensor(super::tensor1(map.take("text_projection_bias", &[config.embed_dim])?, device)))
+        } else {
+            None
         };
         Ok(Self {
             weights: TextWeights {

@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::pos_embed::resample_bicubic_aa;
 use super::{AttentionPool, Block, BlockOutput, LayerNorm, tensor1, tensor2, transposed};
-use crate::config::{Activation, ClipConfig, Family};
+use crate::config::{Activation, ClipConfig, HeadKind};
 use crate::error::{LegradError, Result};
 use crate::weights::TensorMap;
 
@@ -135,12 +135,12 @@ impl VisionTower {
         let v = &config.vision;
         let (w, p) = (v.width, v.patch_size);
         let grid = v.grid();
-        let eps = config.family.ln_eps();
+        let eps = config.family.anatomy().ln_eps;
         let conv = map.take("visual.conv1.weight", &[w, 3, p, p])?;
         let patch_embed = tensor2(transposed(&conv, w, 3 * p * p), [3 * p * p, w], device);
         // Each family's own tensors, in the order the checkpoint's keys are checked.
-        let head = match config.family {
-            Family::Clip => VisionHead::ClassToken(ClassTokenHead {
+        let head = match config.family.anatomy().vision_head {
+            HeadKind::ClassToken => VisionHead::ClassToken(ClassTokenHead {
                 class_embedding: Param::from_tensor(tensor1(map.take("visual.class_embedding", &[w])?, device)),
                 ln_pre: LayerNorm::load(map, "visual.ln_pre", w, eps, device)?,
                 proj: Param::from_tensor(tensor2(
@@ -149,7 +149,7 @@ impl VisionTower {
                     device,
                 )),
             }),
-            Family::Siglip => VisionHead::AttentionPool(PoolHead {
+            HeadKind::AttentionPool => VisionHead::AttentionPool(PoolHead {
                 patch_bias: Param::from_tensor(tensor1(map.take("visual.conv1.bias", &[w])?, device)),
                 pool: AttentionPool::load(map, "visual.attn_pool", w, v.heads, v.mlp_width, eps, device)?,
             }),

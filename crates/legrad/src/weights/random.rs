@@ -37,10 +37,11 @@ pub fn random_openclip(config: &ClipConfig, seed: u64) -> TensorMap {
     let v = &config.vision;
     let t = &config.text;
     let g = v.grid();
-    let siglip = config.family == crate::config::Family::Siglip;
+    let anatomy = config.family.anatomy();
+    let pool = anatomy.vision_head == crate::config::HeadKind::AttentionPool;
     let w = v.width;
     put("visual.conv1.weight".into(), vec![w, 3, v.patch_size, v.patch_size], 0.0, 0.02, &mut rng);
-    if siglip {
+    if pool {
         put("visual.conv1.bias".into(), vec![w], 0.0, 0.02, &mut rng);
         put("visual.positional_embedding".into(), vec![g * g, w], 0.0, (w as f32).powf(-0.5), &mut rng);
     } else {
@@ -52,7 +53,7 @@ pub fn random_openclip(config: &ClipConfig, seed: u64) -> TensorMap {
     blocks("visual.transformer.resblocks.", v.layers, w, v.mlp_width, &mut put, &mut rng);
     put("visual.ln_post.weight".into(), vec![w], 1.0, 0.02, &mut rng);
     put("visual.ln_post.bias".into(), vec![w], 0.0, 0.02, &mut rng);
-    if siglip {
+    if pool {
         let p = "visual.attn_pool";
         put(format!("{p}.latent"), vec![1, 1, w], 0.0, (w as f32).powf(-0.5), &mut rng);
         for (name, out) in [("q", w), ("kv", 2 * w), ("proj", w)] {
@@ -74,13 +75,18 @@ pub fn random_openclip(config: &ClipConfig, seed: u64) -> TensorMap {
     put("ln_final.weight".into(), vec![t.width], 1.0, 0.02, &mut rng);
     put("ln_final.bias".into(), vec![t.width], 0.0, 0.02, &mut rng);
     put("text_projection".into(), vec![t.width, config.embed_dim], 0.0, (t.width as f32).powf(-0.5), &mut rng);
-    if siglip {
+    if anatomy.text_projection_bias {
         put("text_projection_bias".into(), vec![config.embed_dim], 0.0, 0.02, &mut rng);
+    }
+    match anatomy.scoring {
+        crate::config::ScoringKind::Cosine => {
+            map.insert("logit_scale", RawTensor::from_f32(vec![], &[(1.0f32 / 0.07).ln()]));
+        }
         // SigLIP's initial values (open_clip: log 10 and init_logit_bias -10).
-        map.insert("logit_scale", RawTensor::from_f32(vec![1], &[10f32.ln()]));
-        map.insert("logit_bias", RawTensor::from_f32(vec![1], &[-10.0]));
-    } else {
-        map.insert("logit_scale", RawTensor::from_f32(vec![], &[(1.0f32 / 0.07).ln()]));
+        crate::config::ScoringKind::Sigmoid => {
+            map.insert("logit_scale", RawTensor::from_f32(vec![1], &[10f32.ln()]));
+            map.insert("logit_bias", RawTensor::from_f32(vec![1], &[-10.0]));
+        }
     }
     map
 }
