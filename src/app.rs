@@ -21,12 +21,22 @@ pub enum ModelStatus {
     Failed(String),
 }
 
+/// The image maps are computed for. A file that cannot be read leaves the one before in place
+/// (`AppState::image_error` says why beside it).
 #[derive(Clone, Debug, PartialEq)]
 pub enum ImageStatus {
     Empty,
-    Decoding(String),
-    Ready { id: u64, name: String, width: u32, height: u32 },
-    Failed(String),
+    /// A new image is being read; `before` comes back if it cannot be.
+    Decoding {
+        name: String,
+        before: Box<ImageStatus>,
+    },
+    Ready {
+        id: u64,
+        name: String,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// All the page's state, shared through context. Signals are `Copy`.
@@ -36,6 +46,8 @@ pub struct AppState {
     pub model: RwSignal<ModelStatus>,
     pub progress: RwSignal<Option<(Stage, u64, Option<u64>)>>,
     pub image: RwSignal<ImageStatus>,
+    /// Why the last file dropped, picked, pasted or asked for could not be the image.
+    pub image_error: RwSignal<Option<String>>,
     /// The images maps are drawn over, newest last: the current one and the one before (a
     /// camera's next frame arrives while the maps shown are still the last frame's).
     pub originals: RwSignal<Vec<Original>>,
@@ -89,6 +101,7 @@ impl AppState {
             model: RwSignal::new(ModelStatus::Loading(crate::models::DEFAULT_MODEL_NAME.into())),
             progress: RwSignal::new(None),
             image: RwSignal::new(ImageStatus::Empty),
+            image_error: RwSignal::new(None),
             originals: RwSignal::new(Vec::new()),
             prompts_text: RwSignal::new(String::new()),
             template_on: RwSignal::new(true),
@@ -195,9 +208,13 @@ impl AppState {
             self.camera_stopped();
         }
         self.awaited_image.set_value(Some(id));
-        self.image.set(ImageStatus::Decoding(name.clone()));
-        self.originals.set(Vec::new());
-        self.results.set(None);
+        // The image and its maps stay until the new one is ready (or back, if it cannot be read).
+        let before = match self.image.get_untracked() {
+            ImageStatus::Decoding { before, .. } => before,
+            other => Box::new(other),
+        };
+        self.image.set(ImageStatus::Decoding { name: name.clone(), before });
+        self.image_error.set(None);
         bridge::send(&Request::SetImage { id, name }, vec![bytes]);
     }
 
@@ -308,7 +325,12 @@ impl AppState {
                 let name = match self.image.get_untracked() {
                     _ if frame => Some("camera".to_string()),
                     // The image asked for last (not a camera frame that was still on its way).
-                    ImageStatus::Decoding(name) if self.awaited_image.get_value() == Some(id) => Some(name),
+                    ImageStatus::Decoding { name, .. } if self.awaited_image.get_value() == Some(id) => {
+                        // A new image: the maps and pictures of the one before go.
+                        self.originals.set(Vec::new());
+                        self.results.set(None);
+                        Some(name)
+                    }
                     // A frame that arrived after the camera stopped: the worker explains it
                     // from now on, so the page must too.
                     ImageStatus::Ready { id: current, name, .. } if name == "camera" && id > current => Some(name),
@@ -379,7 +401,12 @@ impl AppState {
             }
             ErrorAbout::Image => {
                 self.pending.set(false);
-                self.image.set(ImageStatus::Failed(message));
+                // The image before stays, with its maps; prompts typed meanwhile are explained on it.
+                if let ImageStatus::Decoding { before, .. } = self.image.get_untracked() {
+                    self.image.set(*before);
+                    self.schedule_explain();
+                }
+                self.image_error.set(Some(message));
             }
             ErrorAbout::Prompt | ErrorAbout::Explain => {
                 self.pending.set(false);

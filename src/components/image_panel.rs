@@ -46,9 +46,9 @@ pub fn take_files(state: AppState, files: Vec<web_sys::File>) {
                 state.set_image(image.name(), bytes);
             }
         } else if !configs.is_empty() {
-            state.image.set(ImageStatus::Failed(
-                "a config.json alone is not a model: drop it together with the weights file".into(),
-            ));
+            state
+                .image_error
+                .set(Some("a config.json alone is not a model: drop it together with the weights file".into()));
         }
     });
 }
@@ -98,16 +98,19 @@ pub fn ImagePanel() -> impl IntoView {
         spawn_local(async move {
             match fetch_bytes(url).await {
                 Some(bytes) => state.set_image(name.to_string(), bytes),
-                None => state.image.set(ImageStatus::Failed(format!("the sample {url} could not be loaded"))),
+                None => state.image_error.set(Some(format!("the sample {url} could not be loaded"))),
             }
         });
     };
-    let status = move || {
-        match state.image.get() {
-        ImageStatus::Empty => view! { <p class="hint">"Drop an image anywhere on the page, paste one, pick a file, or try a sample."</p> }.into_any(),
-        ImageStatus::Decoding(name) => view! { <p class="hint">{format!("Reading {name}…")}</p> }.into_any(),
+    let status = move || match state.image.get() {
+        ImageStatus::Empty => {
+            view! { <p class="hint">"Drop an image anywhere on the page, paste one, pick a file, or try a sample."</p> }
+                .into_any()
+        }
+        ImageStatus::Decoding { name, .. } => view! { <p class="hint">{format!("Reading {name}…")}</p> }.into_any(),
         ImageStatus::Ready { name, width, height, .. } => {
-            let on_default = matches!(state.model.get(), ModelStatus::Ready(m) if m.name == crate::models::DEFAULT_MODEL_NAME);
+            let on_default =
+                matches!(state.model.get(), ModelStatus::Ready(m) if m.name == crate::models::DEFAULT_MODEL_NAME);
             view! {
                 <p class="ok" data-testid="image-ready">{format!("{name} ({width}×{height})")}</p>
                 <Show when=move || on_default>
@@ -117,10 +120,20 @@ pub fn ImagePanel() -> impl IntoView {
                 </Show>
             }.into_any()
         }
-        ImageStatus::Failed(msg) => view! {
-            <p class="error" role="alert" data-testid="image-error">{msg}" Try another file: PNG, JPEG, GIF, WebP, BMP, ICO."</p>
-        }.into_any(),
-    }
+    };
+    // Beside the image kept (a file that cannot be read replaces nothing).
+    let error = move || {
+        state.image_error.get().map(|msg| {
+            let kept = if matches!(state.image.get(), ImageStatus::Ready { .. }) {
+                " The image before is still in use."
+            } else {
+                ""
+            };
+            // The decoder's own message already lists the formats it reads.
+            let formats = if msg.contains("PNG") { "" } else { ": PNG, JPEG, GIF, WebP, BMP, ICO" };
+            let text = format!("{}. Try another file{formats}.{kept}", msg.trim_end_matches('.'));
+            view! { <p class="error" role="alert" data-testid="image-error">{text}</p> }
+        })
     };
     view! {
         <div class=move || overlay_class(dragging.get()) aria-hidden="true">"Drop an image or a model file"</div>
@@ -132,6 +145,7 @@ pub fn ImagePanel() -> impl IntoView {
                 <input type="file" data-testid="image-input" accept="image/*,.safetensors,.bin,.pt,.pth,.json" multiple=true on:change=on_pick />
             </label>
             <div role="status" aria-live="polite">{status}</div>
+            {error}
             <div class="samples" role="group" aria-label="Sample images">
                 {SAMPLES.iter().map(|&(url, name)| view! {
                     <button class="sample" title=name aria-label=format!("Sample: {name}") on:click=move |_| load_sample(url, name)>

@@ -45,7 +45,7 @@ pub fn StatusBar() -> impl IntoView {
     };
     let busy = move || {
         let model_loading = matches!(state.model.get(), ModelStatus::Loading(_));
-        let decoding = matches!(state.image.get(), ImageStatus::Decoding(_));
+        let decoding = matches!(state.image.get(), ImageStatus::Decoding { .. });
         model_loading || decoding || state.pending.get()
     };
     view! {

@@ -19,6 +19,27 @@ test("a corrupt file gives a message, and the next image still works", async ({ 
   await app.screenshot(join(shots, "08-recovered.png"));
 });
 
+test("a file that cannot be decoded leaves the image and its maps in place, the error beside them", async ({ app }) => {
+  await app.openWithScene();
+  await app.prompts.fill("a blue circle");
+  await app.results.waitForCard("a blue circle");
+  const before = await app.results.mainPixels();
+  // An HTML page saved as .jpg.
+  const page = join(work, "page-saved-as.jpg");
+  writeFileSync(page, "<!DOCTYPE html><html><body>not a picture</body></html>");
+  await app.image.drop(page, "page-saved-as.jpg", "image/jpeg");
+  const msg = await app.image.error();
+  expect(msg.includes("page-saved-as.jpg") && msg.includes("still in use"), `message: ${msg}`).toBe(true);
+  await app.image.waitReady("scene-1.png");
+  expect(await app.results.prompts(), "the cards after the bad drop").toEqual(["a blue circle"]);
+  expect(await app.results.mainPixels(), "the large view after the bad drop").toEqual(before);
+  // The image kept is the one explained: a new prompt is answered on it.
+  await app.prompts.fill("a blue circle\na red ring");
+  await app.results.waitForCard("a red ring");
+  expect(await app.results.prompts()).toEqual(["a blue circle", "a red ring"]);
+  await app.screenshot(join(shots, "08b-bad-drop-kept.png"));
+});
+
 test("a 12000x9000 JPEG is refused in words, and the page goes on", async ({ app }) => {
   await app.open("?backend=cpu");
   await app.image.dropDrawn({ name: "huge.jpg", width: 12000, height: 9000, type: "image/jpeg", quality: 0.8, fill: "#3a7",
