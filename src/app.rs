@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use legrad::explain::Method;
+use legrad::Method;
 use legrad::overlay::Colormap;
 use leptos::prelude::*;
 
 use crate::bridge;
-use crate::components::{Controls, Header, ImagePanel, ModelPanel, PromptPanel, Results, StatusBar};
+use crate::components::{Controls, Disclosure, Header, ImagePanel, ModelPanel, PromptPanel, Results, StatusBar};
 use crate::protocol::*;
 use crate::share::Shared;
 pub use crate::view::{Original, Results, VIEW_MAX_SIDE};
@@ -43,6 +43,9 @@ pub enum ImageStatus {
 #[derive(Clone, Copy)]
 pub struct AppState {
     pub backend: RwSignal<Option<BackendChoice>>,
+    /// The engine's module has arrived and answers (until then the page takes an image and
+    /// prompts, and says what it waits for).
+    pub engine_ready: RwSignal<bool>,
     pub model: RwSignal<ModelStatus>,
     pub progress: RwSignal<Option<(Stage, u64, Option<u64>)>>,
     pub image: RwSignal<ImageStatus>,
@@ -92,13 +95,14 @@ pub struct AppState {
     timer: StoredValue<Option<TimeoutHandle>>,
 }
 
-pub const TEMPLATE: &str = legrad::engine::DEFAULT_TEMPLATE;
+pub const TEMPLATE: &str = legrad::config::DEFAULT_TEMPLATE;
 
 impl AppState {
     fn new() -> Self {
         Self {
             backend: RwSignal::new(None),
-            model: RwSignal::new(ModelStatus::Loading(crate::models::DEFAULT_MODEL_NAME.into())),
+            engine_ready: RwSignal::new(false),
+            model: RwSignal::new(ModelStatus::Loading(crate::protocol::DEFAULT_MODEL_NAME.into())),
             progress: RwSignal::new(None),
             image: RwSignal::new(ImageStatus::Empty),
             image_error: RwSignal::new(None),
@@ -308,6 +312,12 @@ impl AppState {
     }
 
     fn on_response(&self, response: Response, buffers: Vec<js_sys::ArrayBuffer>) {
+        if !matches!(response, Response::Progress { stage: Stage::Engine, .. }) && !self.engine_ready.get_untracked() {
+            self.engine_ready.set(true);
+            if self.progress.get_untracked().is_some_and(|(stage, ..)| stage == Stage::Engine) {
+                self.progress.set(None);
+            }
+        }
         match response {
             Response::Backend(choice) => self.backend.set(Some(choice)),
             Response::Progress { stage, done, total } => self.progress.set(Some((stage, done, total))),
@@ -320,7 +330,7 @@ impl AppState {
                 self.model.set(ModelStatus::Ready(summary));
                 self.schedule_explain();
             }
-            Response::ImageReady { id, width, height, display } => {
+            Response::ImageReady { id, width, height, display, view } => {
                 let frame = self.frame.get_value().is_some_and(|(f, _)| f == id);
                 let name = match self.image.get_untracked() {
                     _ if frame => Some("camera".to_string()),
@@ -338,8 +348,9 @@ impl AppState {
                 };
                 if let Some(name) = name {
                     let rgb = buffers.first().map(buffer_to_bytes).unwrap_or_default();
-                    let (w, h) = (display.0 as usize, display.1 as usize);
-                    if let Some(o) = Original::new(id, w, h, rgb) {
+                    let view_rgb = buffers.get(1).map(buffer_to_bytes).unwrap_or_default();
+                    let size = |(w, h): (u32, u32)| (w as usize, h as usize);
+                    if let Some(o) = Original::new(id, size(display), rgb, size(view), view_rgb) {
                         self.originals.update(|v| {
                             v.push(o);
                             let extra = v.len().saturating_sub(2);
@@ -480,8 +491,8 @@ pub fn App() -> impl IntoView {
             <section class="column inputs" aria-label="Inputs">
                 <ImagePanel />
                 <PromptPanel />
-                <Controls />
-                <ModelPanel />
+                <Disclosure label="Settings" testid="settings-disclosure"><Controls /></Disclosure>
+                <Disclosure label="Model" testid="model-disclosure"><ModelPanel /></Disclosure>
             </section>
             <section class="column outputs" aria-label="Heatmaps">
                 <Results />

@@ -6,13 +6,15 @@ use std::cell::RefCell;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
-use crate::protocol::{Envelope, ErrorAbout, Request, Response};
+use crate::protocol::{Envelope, ErrorAbout, Request, Response, engine_load_progress};
 
 thread_local! {
     static WORKER: RefCell<Option<web_sys::Worker>> = const { RefCell::new(None) };
 }
 
-/// Start the engine worker (`worker.js`, next to the page). `on_response` gets every answer.
+/// Start the engine worker (`worker.js`, next to the page; it loads the engine's own module and
+/// keeps what is sent before that has arrived). `on_response` gets every answer, and the
+/// module's download progress as [`Response::Progress`] with [`crate::protocol::Stage::Engine`].
 pub fn start(on_response: impl Fn(Response, Vec<js_sys::ArrayBuffer>) + 'static) -> Result<(), String> {
     let options = web_sys::WorkerOptions::new();
     options.set_type(web_sys::WorkerType::Module);
@@ -21,6 +23,9 @@ pub fn start(on_response: impl Fn(Response, Vec<js_sys::ArrayBuffer>) + 'static)
     let on_response = std::rc::Rc::new(on_response);
     let handler = on_response.clone();
     let onmessage = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+        if let Some(progress) = engine_load_progress(&ev.data()) {
+            return handler(progress, vec![]);
+        }
         match Envelope::from_js(&ev.data()).and_then(|env| env.decode::<Response>().map(|r| (r, env.buffers))) {
             Ok((response, buffers)) => handler(response, buffers),
             Err(e) => handler(Response::Error { about: ErrorAbout::Backend, message: e }, vec![]),

@@ -1,9 +1,10 @@
-//! LeGrad Web: the browser app. The UI (leptos, main thread) talks to the engine (a Web
-//! Worker running the `legrad` core on WebGPU, or on the CPU when WebGPU is missing) through
-//! the typed messages of [`protocol`]. The browser's code builds for wasm only; what the page
-//! computes without the browser (share links, the protocol's encoding, the maps' index maths,
-//! frame sizes: [`share`], [`protocol`], [`view`]) builds natively too, where `cargo test -p
-//! legrad-web` runs its unit tests.
+//! LeGrad Web: the page. The UI (leptos, main thread) talks to the engine (a Web Worker running
+//! the `legrad` core on WebGPU, or on the CPU when WebGPU is missing; its own wasm module,
+//! `crates/legrad-web-engine`) through the typed messages of [`protocol`]. This module holds no
+//! engine: it draws, takes an image and prompts while the engine's module is still on its way.
+//! The browser's code builds for wasm only; what the page computes without the browser (share
+//! links, the maps' index maths, frame sizes: [`share`], [`view`]) builds natively too, where
+//! `cargo test -p legrad-web` runs its unit tests.
 
 #[cfg(target_family = "wasm")]
 pub mod app;
@@ -12,31 +13,22 @@ pub mod bridge;
 #[cfg(target_family = "wasm")]
 pub mod components;
 #[cfg(target_family = "wasm")]
-pub mod helpers;
-#[cfg(target_family = "wasm")]
-pub mod models;
-pub mod protocol;
-#[cfg(target_family = "wasm")]
 pub mod render;
 pub mod share;
 pub mod view;
-#[cfg(target_family = "wasm")]
-pub mod worker;
+
+pub use legrad_web_protocol as protocol;
 
 #[cfg(target_family = "wasm")]
 use wasm_bindgen::prelude::*;
 
-/// The module's entry in its homes: in the page it mounts the UI, in the engine's worker it
-/// installs the engine's message handler, in a helper worker ([`helpers::HELPER_NAME`]) the
-/// helper's.
+/// The page's entry: mount the UI in place of the static shell `index.html` draws first.
 #[cfg(target_family = "wasm")]
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
-    let worker = js_sys::global().dyn_into::<web_sys::DedicatedWorkerGlobalScope>().ok();
-    if let Some(scope) = worker {
-        if scope.name() == helpers::HELPER_NAME { helpers::install_helper() } else { worker::install() }
-    } else {
-        leptos::mount::mount_to_body(app::App);
+    if let Some(shell) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("shell")) {
+        shell.remove();
     }
+    leptos::mount::mount_to_body(app::App);
 }

@@ -3,7 +3,7 @@
 //! up to date as they change; opening such a link restores them. The fragment never leaves the
 //! browser (HTTP requests carry no fragment), and it never holds the image.
 
-use legrad::explain::Method;
+use legrad::Method;
 
 /// What a link carries. `None`: not in the link (the page's own default applies).
 #[derive(Clone, Debug, Default, PartialEq)]

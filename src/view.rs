@@ -44,7 +44,7 @@ impl Results {
         let raw = self.layer_grid(method, prompt, layer)?;
         let patch = self.ready.size.0 / grid.0.max(1);
         // A layer alone is upsampled then normalised (for SigLIP too: the strip is ours, not the reference's).
-        legrad::explain::finish_maps(raw, None, 1, grid, patch, legrad::explain::MapOrder::UpsampleThenNormalise)
+        legrad::maps::finish_maps(raw, None, 1, grid, patch, legrad::maps::MapOrder::UpsampleThenNormalise)
             .pop()
             .map(|m| m.map)
     }
@@ -64,27 +64,29 @@ pub struct Original {
     pub view_size: (usize, usize),
 }
 
-/// The large view's long side at most, in pixels (exports use the photo's own size).
-pub const VIEW_MAX_SIDE: u32 = 1600;
+pub use crate::protocol::VIEW_MAX_SIDE;
 
 impl Original {
-    pub fn new(id: u64, width: usize, height: usize, rgb: Vec<u8>) -> Option<Self> {
+    /// The image `rgb` of `width x height` and its large view's copy `view_rgb` of `view_size`
+    /// `(width, height)` (empty: the image itself), as `ImageReady` brings them; None when a
+    /// length does not match its size.
+    pub fn new(
+        id: u64,
+        (width, height): (usize, usize),
+        rgb: Vec<u8>,
+        (view_w, view_h): (usize, usize),
+        view_rgb: Vec<u8>,
+    ) -> Option<Self> {
         if rgb.len() != width * height * 3 || width == 0 || height == 0 {
             return None;
         }
         let rgb = Arc::new(rgb);
-        let (view, view_size) = if width.max(height) as u32 <= VIEW_MAX_SIDE {
+        let (view, view_size) = if view_rgb.is_empty() {
             (rgb.clone(), (height, width))
+        } else if view_rgb.len() == view_w * view_h * 3 && view_w > 0 && view_h > 0 {
+            (Arc::new(view_rgb), (view_h, view_w))
         } else {
-            let img = legrad::preprocess::DecodedImage {
-                width: width as u32,
-                height: height as u32,
-                rgba: rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
-                has_alpha: false,
-                resize_mode: legrad::preprocess::ResizeMode::Bicubic,
-            };
-            let (w, h, small) = img.display_rgb(VIEW_MAX_SIDE).ok()?;
-            (Arc::new(small), (h as usize, w as usize))
+            return None;
         };
         Some(Self { id, width, height, rgb, view, view_size })
     }
@@ -169,12 +171,14 @@ mod tests {
     }
 
     #[test]
-    fn the_view_copy_is_scaled_to_its_long_side() {
-        let small = Original::new(1, 30, 20, vec![7; 30 * 20 * 3]).unwrap();
+    fn the_view_copy_is_the_image_or_the_one_sent() {
+        let small = Original::new(1, (30, 20), vec![7; 30 * 20 * 3], (30, 20), vec![]).unwrap();
         assert_eq!(small.view_size, (20, 30));
-        let big = Original::new(2, 3200, 100, vec![7; 3200 * 100 * 3]).unwrap();
+        assert!(Arc::ptr_eq(&small.view, &small.rgb), "the image itself, not a copy");
+        let big = Original::new(2, (3200, 100), vec![7; 3200 * 100 * 3], (1600, 50), vec![8; 1600 * 50 * 3]).unwrap();
         assert_eq!(big.view_size, (50, 1600));
-        assert_eq!(big.view.len(), 50 * 1600 * 3);
-        assert!(Original::new(3, 10, 10, vec![0; 5]).is_none(), "a wrong length is refused");
+        assert_eq!(big.view[0], 8);
+        assert!(Original::new(3, (10, 10), vec![0; 5], (10, 10), vec![]).is_none(), "a wrong length is refused");
+        assert!(Original::new(4, (10, 10), vec![0; 300], (5, 5), vec![0; 7]).is_none(), "so is a view's");
     }
 }

@@ -26,7 +26,7 @@ fn camera_error(e: &JsValue) -> String {
         }
         "NotFoundError" | "OverconstrainedError" => "No camera was found on this machine.".into(),
         "NotReadableError" | "AbortError" => "The camera could not be started: another program may be using it.".into(),
-        _ => format!("The camera could not be started ({}).", crate::models::js_message(e)),
+        _ => format!("The camera could not be started ({}).", crate::protocol::js_message(e)),
     }
 }
 
@@ -73,6 +73,11 @@ pub fn Camera() -> impl IntoView {
                 let exact = js_sys::Object::new();
                 let _ = js_sys::Reflect::set(&exact, &"exact".into(), &device_id.clone().into());
                 let _ = js_sys::Reflect::set(&video_c, &"deviceId".into(), &exact);
+            } else {
+                // The rear camera where there is one (a phone's): a preference, never a refusal.
+                let ideal = js_sys::Object::new();
+                let _ = js_sys::Reflect::set(&ideal, &"ideal".into(), &"environment".into());
+                let _ = js_sys::Reflect::set(&video_c, &"facingMode".into(), &ideal);
             }
             constraints.set_video(&video_c);
             constraints.set_audio(&false.into());

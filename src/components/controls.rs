@@ -1,4 +1,4 @@
-use legrad::explain::Method;
+use legrad::Method;
 use legrad::overlay::Colormap;
 use leptos::prelude::*;
 

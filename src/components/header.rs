@@ -2,6 +2,10 @@ use leptos::prelude::*;
 
 use crate::app::{AppState, ModelStatus};
 
+/// The backend line until the engine has chosen (index.html's shell shows the same words).
+pub const ENGINE_COMING: &str =
+    "The engine is on its way: it runs on your GPU through WebGPU, or on the CPU where that is faster.";
+
 #[component]
 pub fn Header() -> impl IntoView {
     let state = expect_context::<AppState>();
@@ -23,11 +27,12 @@ pub fn Header() -> impl IntoView {
                 <span class="badge" data-testid="backend" title="compute backend and adapter">{backend}</span>
                 <span class="badge" data-testid="model-name" title="model">{model}</span>
             </div>
-            <Show when=move || reason().is_some()>
-                <p class=move || if reason().is_some_and(|r| r.0) { "notice small" } else { "small" } role="status" data-testid="backend-reason" data-on-cpu=move || reason().is_some_and(|r| r.0).to_string()>
-                    {move || reason().map(|r| r.1).unwrap_or_default()}
-                </p>
-            </Show>
+            // There from the first paint (index.html draws the same line before any script), its
+            // words replaced when the engine has chosen: nothing moves when they arrive.
+            <p class=move || if reason().is_some_and(|r| r.0) { "notice small reason" } else { "small reason" } role="status"
+                data-testid="backend-reason" data-on-cpu=move || reason().is_some_and(|r| r.0).to_string()>
+                {move || reason().map(|r| r.1).unwrap_or_else(|| ENGINE_COMING.into())}
+            </p>
         </header>
     }
 }

@@ -53,6 +53,12 @@ pub fn take_files(state: AppState, files: Vec<web_sys::File>) {
     });
 }
 
+/// A sample's small picture for its button (www/samples/thumbs/, made by
+/// tools/web/make-thumbs.mjs): the sample itself is fetched when it is picked.
+fn thumb(url: &str) -> String {
+    url.replace("samples/", "samples/thumbs/").replace(".png", ".webp")
+}
+
 fn file_list(list: Option<web_sys::FileList>) -> Vec<web_sys::File> {
     let Some(list) = list else { return vec![] };
     (0..list.length()).filter_map(|i| list.get(i)).collect()
@@ -102,15 +108,20 @@ pub fn ImagePanel() -> impl IntoView {
             }
         });
     };
-    let status = move || match state.image.get() {
+    let status = move || {
+        match state.image.get() {
         ImageStatus::Empty => {
             view! { <p class="hint">"Drop an image anywhere on the page, paste one, pick a file, or try a sample."</p> }
+                .into_any()
+        }
+        ImageStatus::Decoding { name, .. } if !state.engine_ready.get() => {
+            view! { <p class="hint" data-testid="image-waiting">{format!("{name}: taken; it is read as soon as the engine has arrived.")}</p> }
                 .into_any()
         }
         ImageStatus::Decoding { name, .. } => view! { <p class="hint">{format!("Reading {name}…")}</p> }.into_any(),
         ImageStatus::Ready { name, width, height, .. } => {
             let on_default =
-                matches!(state.model.get(), ModelStatus::Ready(m) if m.name == crate::models::DEFAULT_MODEL_NAME);
+                matches!(state.model.get(), ModelStatus::Ready(m) if m.name == crate::protocol::DEFAULT_MODEL_NAME);
             view! {
                 <p class="ok" data-testid="image-ready">{format!("{name} ({width}×{height})")}</p>
                 <Show when=move || on_default>
@@ -120,6 +131,7 @@ pub fn ImagePanel() -> impl IntoView {
                 </Show>
             }.into_any()
         }
+    }
     };
     // Beside the image kept (a file that cannot be read replaces nothing).
     let error = move || {
@@ -137,7 +149,7 @@ pub fn ImagePanel() -> impl IntoView {
     };
     view! {
         <div class=move || overlay_class(dragging.get()) aria-hidden="true">"Drop an image or a model file"</div>
-        <fieldset class="panel" aria-describedby="drop-help">
+        <fieldset class="panel image-panel" aria-describedby="drop-help">
             <legend>"Image"</legend>
             <p class="sr-only" id="drop-help">"Drop an image file anywhere on the page, paste one, or choose a file or a sample below."</p>
             <label class="file">
@@ -149,7 +161,7 @@ pub fn ImagePanel() -> impl IntoView {
             <div class="samples" role="group" aria-label="Sample images">
                 {SAMPLES.iter().map(|&(url, name)| view! {
                     <button class="sample" title=name aria-label=format!("Sample: {name}") on:click=move |_| load_sample(url, name)>
-                        <img src=url alt="" width="56" height="56" />
+                        <img src=thumb(url) alt="" width="56" height="56" loading="lazy" decoding="async" />
                     </button>
                 }).collect_view()}
             </div>

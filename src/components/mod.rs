@@ -3,6 +3,7 @@
 
 mod camera;
 mod controls;
+mod disclosure;
 mod header;
 mod image_panel;
 mod model_panel;
@@ -12,6 +13,7 @@ mod status;
 
 pub use camera::Camera;
 pub use controls::Controls;
+pub use disclosure::{Disclosure, narrow};
 pub use header::Header;
 pub use image_panel::ImagePanel;
 pub use model_panel::ModelPanel;
@@ -49,5 +51,33 @@ pub fn human_bytes(n: u64) -> String {
         n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / 1e6),
         n if n >= 1 << 10 => format!("{:.0} kB", n as f64 / 1e3),
         n => format!("{n} B"),
+    }
+}
+
+/// On a phone, while the prompt box has focus, the large view is pinned at the top (sticky,
+/// www/style.css) and must not cover the box: scroll so that the view sits at the top with the
+/// prompts right under it. Called when the box gets focus and when new maps arrive.
+pub fn keep_view_in_sight() {
+    if !narrow() {
+        return;
+    }
+    let Some(window) = web_sys::window() else { return };
+    let Some(doc) = window.document() else { return };
+    let (Some(view), Some(panel), Some(prompts)) = (
+        doc.query_selector(".main-view").ok().flatten(),
+        doc.query_selector(".prompt-panel").ok().flatten(),
+        doc.get_element_by_id("prompts"),
+    ) else {
+        return;
+    };
+    if doc.active_element().as_ref() != Some(&prompts) {
+        return;
+    }
+    let view = view.get_bounding_client_rect();
+    let panel = panel.get_bounding_client_rect();
+    // The panel follows the view in the phone's order, a gap apart.
+    let shift = panel.top() - (view.height() + 12.0);
+    if shift.abs() > 2.0 {
+        window.scroll_by_with_x_and_y(0.0, shift);
     }
 }

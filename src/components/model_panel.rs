@@ -54,7 +54,7 @@ pub fn ModelPanel() -> impl IntoView {
         <fieldset class="panel">
             <legend>"Model"</legend>
             {info}
-            <details>
+            <details data-testid="other-model">
                 <summary>"Use another model"</summary>
                 <p class="small">"OpenCLIP ViT checkpoints (.safetensors with open_clip's names, or a transformers CLIPModel with its config.json) and open_clip SigLIP checkpoints (with their open_clip_config.json and tokenizer.json) are converted to 8-bit here, in the browser, and kept for the next visit."</p>
                 <button data-testid="load-hf" on:click=move |_| load_url(HF_VIT_B16.to_string())>
@@ -78,7 +78,7 @@ pub fn ModelPanel() -> impl IntoView {
                     } />
                 </label>
                 <button class="secondary" on:click=move |_| {
-                    state.load_model(ModelSource::Default, vec![], crate::models::DEFAULT_MODEL_NAME.into())
+                    state.load_model(ModelSource::Default, vec![], crate::protocol::DEFAULT_MODEL_NAME.into())
                 }>"Back to the default model"</button>
             </details>
         </fieldset>

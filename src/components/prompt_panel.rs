@@ -19,7 +19,7 @@ pub fn PromptPanel() -> impl IntoView {
         _ => 77,
     };
     view! {
-        <fieldset class="panel">
+        <fieldset class="panel prompt-panel">
             <legend>"Prompts"</legend>
             <label for="prompts">"What to look for, one prompt per line"</label>
             <textarea
@@ -29,6 +29,7 @@ pub fn PromptPanel() -> impl IntoView {
                 placeholder="a red circle\nsomething blue"
                 prop:value=move || state.prompts_text.get()
                 on:input=move |ev| state.prompts_text.set(event_target_value(&ev))
+                on:focus=move |_| crate::components::keep_view_in_sight()
             ></textarea>
             <label class="check">
                 <input type="checkbox" data-testid="template" prop:checked=move || state.template_on.get()

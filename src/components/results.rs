@@ -152,8 +152,14 @@ fn MainView() -> impl IntoView {
         let peak = v.values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
         let _ = c.set_attribute("data-peak", &format!("{},{}", peak % v.region.1.max(1), peak / v.region.1.max(1)));
         let _ = c.set_attribute("data-image", &v.image_id.to_string());
+        crate::components::keep_view_in_sight();
     });
-    let on_move = move |ev: leptos::ev::MouseEvent| {
+    // Mouse, pen and touch alike: pointing, a tap or a drag reads the value under it (the
+    // canvas takes touches for itself, `touch-action: none`, so a drag on it does not scroll).
+    let on_move = move |ev: leptos::ev::PointerEvent| {
+        if ev.pointer_type() != "mouse" && ev.buttons() == 0 && ev.type_() == "pointermove" {
+            return;
+        }
         let (Some(v), Some(c)) = (shown.get_untracked(), canvas.get_untracked()) else { return };
         let rect = c.get_bounding_client_rect();
         let x = ((ev.client_x() as f64 - rect.left()) / rect.width() * v.to.1 as f64).floor();
@@ -241,18 +247,21 @@ fn MainView() -> impl IntoView {
     view! {
         <figure class="main-view" data-testid="main-view" data-size=size data-input=input>
             <canvas node_ref=canvas data-testid="main-canvas" tabindex="0"
-                style=move || shown.get().map(|v| format!("max-width: min(100%, calc(70vh * {} / {}))", v.to.1, v.to.0.max(1)))
+                style=move || shown.get().map(|v| format!("--ratio: {} / {}", v.to.1, v.to.0.max(1)))
                 aria-label=move || format!("Heatmap for {} over the image", label())
                 aria-describedby="cursor-value"
-                on:mousemove=on_move on:mouseleave=move |_| hover.set(None) on:keydown=on_key></canvas>
+                on:pointermove=on_move on:pointerdown=on_move
+                on:pointerleave=move |ev: leptos::ev::PointerEvent| if ev.pointer_type() == "mouse" { hover.set(None) }
+                on:keydown=on_key></canvas>
             <figcaption>
                 <span class="prompt" data-testid="main-label">{label}</span>
                 <span class="score">{score}</span>
                 <span class="value" id="cursor-value" data-testid="cursor-value" aria-live="polite"
                     data-x=move || hover.get().map(|h| on_photo(h.1, h.2).0.to_string())
                     data-y=move || hover.get().map(|h| on_photo(h.1, h.2).1.to_string())>
-                    {move || hover.get().map(|(v, x, y)| { let (x, y) = on_photo(x, y); format!("value {v:.3} at ({x}, {y})") }).unwrap_or_else(|| "point at the map (or use the arrow keys) for its value".into())}
+                    {move || hover.get().map(|(v, x, y)| { let (x, y) = on_photo(x, y); format!("value {v:.3} at ({x}, {y})") }).unwrap_or_else(|| "point at or tap the map (or use the arrow keys) for its value".into())}
                 </span>
+                <Legend />
                 <span class="buttons">
                     <button class="secondary" on:click=export_overlay>"Overlay PNG"</button>
                     <button class="secondary" on:click=export_map>"Map PNG"</button>
@@ -282,6 +291,27 @@ fn LayerStrip() -> impl IntoView {
                     .map(|(i, _)| view! { <LayerButton layer=Some(i) /> }).collect_view()}
             </div>
         </Show>
+    }
+}
+
+/// The colour scale: what a colour on the maps means (drawn with the colormap in use, on any
+/// background: it has its own frame and its words follow the page's colours).
+#[component]
+fn Legend() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let canvas = NodeRef::<Canvas>::new();
+    Effect::new(move |_| {
+        let Some(c) = canvas.get() else { return };
+        let ramp: Vec<f32> = (0..128).map(|i| i as f32 / 127.0).collect();
+        draw_rgb(&c, &legrad::overlay::colorize(&ramp, state.colormap.get()), (1, 128));
+    });
+    view! {
+        <span class="legend" data-testid="legend" role="img"
+            aria-label=move || format!("Colour scale ({:?}): from 0, least relevant, to 1, most relevant", state.colormap.get())>
+            <span aria-hidden="true">"0"</span>
+            <canvas node_ref=canvas width="128" height="1" aria-hidden="true"></canvas>
+            <span aria-hidden="true">"1 (most relevant)"</span>
+        </span>
     }
 }
 

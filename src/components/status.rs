@@ -11,7 +11,7 @@ pub fn StatusBar() -> impl IntoView {
     let progress = move || {
         state.progress.get().map(|(stage, done, total)| {
             let text = match total {
-                Some(t) if t > 0 && stage == crate::protocol::Stage::Download => {
+                Some(t) if t > 0 && matches!(stage, Stage::Download | Stage::Engine) => {
                     format!("{}: {} of {}", stage.label(), human_bytes(done), human_bytes(t))
                 }
                 Some(t) if t > 0 => format!("{}: {done} of {t}", stage.label()),

@@ -3,7 +3,9 @@
 // random ViT-B/16 (8-bit, loaded by URL), on each backend (`?backend=webgpu`, `?backend=cpu`)
 // and on the app's own pick (no parameter), at 224 and 448:
 //
-//   * page open to model ready (a fresh browser context: nothing cached),
+//   * page open to ready for an image (the page's interface drawn: it takes an image and prompts
+//     while the engine's module is still on its way) and to model ready (a fresh browser
+//     context: nothing cached),
 //   * image encode (the page's timing of the trace),
 //   * one new prompt with 0, 2 and 7 prompts already shown (the page's timing of the update),
 //   * one prompt replaced by another, median of 4 (the page's timing).
@@ -64,10 +66,12 @@ async function measure(model, backend) {
   // "cpu1": the CPU on one thread (no helper workers), for comparison.
   const query = backend === "pick" ? "" : backend === "cpu1" ? "?backend=cpu&threads=1" : `?backend=${backend}`;
   const t0 = Date.now();
-  await page.goto(`${base}/app/${query}`);
+  await page.goto(`${base}/app/${query}`, { waitUntil: "commit" });
+  await page.waitForSelector('[data-testid="image-input"]', { state: "attached", timeout: T });
+  const ready = Date.now() - t0;
   await page.waitForSelector('[data-testid="model-info"]', { timeout: T });
   if (model.url) {
-    await page.click("details summary");
+    await page.click('[data-testid="other-model"] summary');
     await page.fill('[data-testid="model-url"]', model.url);
     await page.click('[data-testid="load-url"]');
     await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, model.url, { timeout: T });
@@ -75,13 +79,13 @@ async function measure(model, backend) {
   const open = Date.now() - t0;
   const badge = (await page.textContent('[data-testid="backend"]')).trim();
   const info = await page.$eval('[data-testid="model-info"]', (e) => ({ load: +e.dataset.loadMs, warm: +e.dataset.warmupMs }));
-  console.error(`# ${model.label} / ${backend}: ${badge}; page open to model ready ${open} ms (model load ${Math.round(info.load)} ms, warm-up ${Math.round(info.warm)} ms)`);
+  console.error(`# ${model.label} / ${backend}: ${badge}; page open to ready for an image ${ready} ms, to model ready ${open} ms (model load ${Math.round(info.load)} ms, warm-up ${Math.round(info.warm)} ms)`);
   const reason = await page.$eval('[data-testid="backend-reason"]', (e) => e.textContent.trim()).catch(() => "");
   if (reason) console.error(`#   why: ${reason}`);
   const software = /swiftshader|llvmpipe|lavapipe|warp/i.test(badge) && badge.startsWith("WebGPU");
   const rows = [];
   for (const size of sizes) {
-    const row = { size, open, badge, image: NaN, p0: NaN, p2: NaN, p7: NaN, replace: NaN, note: "" };
+    const row = { size, ready, open, badge, image: NaN, p0: NaN, p2: NaN, p7: NaN, replace: NaN, note: "" };
     rows.push(row);
     if (software && model.slowOnSoftware && !full && size !== 224) { row.note = "skipped (ViT-B/16 on SwiftShader; --full)"; continue; }
     await page.fill('[data-testid="prompts"]', "");
@@ -111,37 +115,39 @@ async function measure(model, backend) {
   }
   await context.close();
   for (const r of rows) {
-    console.log(`| ${model.label} | ${backend} | ${r.badge} | ${r.size} | ${ms(r.open)} | ${ms(r.image)} | ${ms(r.p0)} | ${ms(r.p2)} | ${ms(r.p7)} | ${ms(r.replace)} | ${r.note} |`);
+    console.log(`| ${model.label} | ${backend} | ${r.badge} | ${r.size} | ${ms(r.ready)} | ${ms(r.open)} | ${ms(r.image)} | ${ms(r.p0)} | ${ms(r.p2)} | ${ms(r.p7)} | ${ms(r.replace)} | ${r.note} |`);
   }
 }
 
-// The module itself: download, compile, instantiate (the page and the worker each do this).
-{
+// The modules themselves: download, compile, instantiate and start (the page's own in the page;
+// the engine's in the engine's worker and each helper).
+for (const name of ["legrad-web", "legrad-web-engine"]) {
   writeFileSync(join(work, "blank.html"), "<!DOCTYPE html><html><body></body></html>");
   const samples = [];
   for (let run = 0; run < 3; run++) {
     const context = await browser.newContext();
     const page = await context.newPage();
     await page.goto(`${base}/files/blank.html`);
-    samples.push(await page.evaluate(async () => {
+    samples.push(await page.evaluate(async (name) => {
       const t0 = performance.now();
-      const bytes = await (await fetch("/app/legrad-web_bg.wasm")).arrayBuffer();
+      const bytes = await (await fetch(`/app/${name}_bg.wasm`)).arrayBuffer();
       const t1 = performance.now();
       const module = await WebAssembly.compile(bytes);
       const t2 = performance.now();
-      const glue = await import("/app/legrad-web.js");
+      const glue = await import(`/app/${name}.js`);
       await glue.default({ module_or_path: module });
       const t3 = performance.now();
       return { fetch: t1 - t0, compile: t2 - t1, instantiate: t3 - t2, bytes: bytes.byteLength };
-    }));
+    }, name));
     await context.close();
   }
   const m = (k) => median(samples.map((s) => s[k]));
-  console.log(`wasm module: ${samples[0].bytes} bytes; fetch ${ms(m("fetch"))}, compile ${ms(m("compile"))}, instantiate and start ${ms(m("instantiate"))} (median of 3, fresh contexts)\n`);
+  console.log(`${name}_bg.wasm: ${samples[0].bytes} bytes; fetch ${ms(m("fetch"))}, compile ${ms(m("compile"))}, instantiate and start ${ms(m("instantiate"))} (median of 3, fresh contexts)`);
 }
+console.log("");
 
-console.log("| model | asked | backend used | size | page open to model ready | image encode | new prompt, 0 shown | 2 shown | 7 shown | one replaced (median of 4) | note |");
-console.log("|---|---|---|---|---|---|---|---|---|---|---|");
+console.log("| model | asked | backend used | size | page open to ready for an image | to model ready | image encode | new prompt, 0 shown | 2 shown | 7 shown | one replaced (median of 4) | note |");
+console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");
 const models = [];
 if (only !== "vit") models.push({ label: "default (q8)", url: null });
 if (only !== "default") {

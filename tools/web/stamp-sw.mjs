@@ -1,4 +1,5 @@
-// trunk post-build hook (Trunk.toml): write the build's version and file list into sw.js.
+// trunk post-build hook (Trunk.toml): write the engine module's size into worker.js (its
+// download progress), then the build's version and file list into sw.js.
 //
 // VERSION is the first 16 hex digits of a SHA-256 over every file's path and bytes (sw.js
 // itself left out), so that any change to the build is a new service worker (www/sw.js).
@@ -17,6 +18,12 @@ const walk = (d) => {
   }
 };
 walk(dir);
+const engine = join(dir, "legrad-web-engine_bg.wasm");
+const worker = join(dir, "worker.js");
+const workerSrc = readFileSync(worker, "utf8");
+const stamped = workerSrc.replace(/^const ENGINE_BYTES = .*;$/m, `const ENGINE_BYTES = ${statSync(engine).size};`);
+if (stamped === workerSrc) throw new Error("worker.js has no ENGINE_BYTES line to fill in");
+writeFileSync(worker, stamped);
 const shipped = files.filter((f) => f !== "sw.js");
 const hash = createHash("sha256");
 for (const f of shipped) {

@@ -105,7 +105,7 @@ pub fn setup(_args: &[String]) -> Result {
     }
     // npm packages, pinned by their lock files: the browser tests' Playwright and axe-core, and binaryen's
     // wasm-opt (a JavaScript build) for trunk.
-    for (dir, marker) in [("tests/e2e", "@playwright/test"), ("tools/web", "binaryen")] {
+    for (dir, marker) in [("tests/e2e", "lighthouse"), ("tools/web", "binaryen")] {
         let dir = root().join(dir);
         if dir.join("package.json").exists() && !dir.join("node_modules").join(marker).exists() {
             run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))?;
@@ -136,7 +136,14 @@ pub fn serve(args: &[String]) -> Result {
 pub fn dist(args: &[String]) -> Result {
     setup(args)?;
     run(trunk().args(["build", "--release"]))?;
+    compress(&root().join("dist"))?;
     report_sizes(&root().join("dist"))
+}
+
+/// Precompressed `.br` and `.gz` copies beside the site's files (tools/web/compress.mjs), for
+/// hosts that serve them.
+fn compress(dir: &Path) -> Result {
+    run(Command::new("node").arg(root().join("tools/web/compress.mjs")).arg(dir))
 }
 
 fn report_sizes(dir: &Path) -> Result {
@@ -187,7 +194,7 @@ pub fn house_rules() -> Result {
     };
     clippy(&[], &["--workspace", "--all-targets"])?;
     let wasm = ["--target", "wasm32-unknown-unknown"];
-    clippy(&wasm, &["-p", "legrad-web", "--all-targets"])?;
+    clippy(&wasm, &["-p", "legrad-web", "-p", "legrad-web-engine", "-p", "legrad-web-protocol", "--all-targets"])?;
     clippy(&wasm, &["-p", "legrad", "--lib"])
 }
 
@@ -305,9 +312,12 @@ pub fn bench(args: &[String]) -> Result {
     Ok(())
 }
 
-/// The browser benchmark: builds the CLI and `dist/`, prints the module's sizes (raw and gzip),
-/// then runs `tests/e2e/bench.mjs` (every argument is passed on: `--full`, `--only default|vit`,
-/// `--backends pick,webgpu,cpu`, `--sizes 224,448`). `--dist DIR` measures another build.
+/// The browser benchmark: builds the CLI and `dist/` (with its precompressed copies), prints the
+/// modules' sizes (raw, gzip, brotli), runs Lighthouse on `dist/` served with compression
+/// (`tests/e2e/lighthouse.mjs`, mobile and desktop; `--before DIR` first on an older build, for
+/// before and after in one run; `--lighthouse-runs N`), then `tests/e2e/bench.mjs` (every other
+/// argument is passed on: `--full`, `--only default|vit`, `--backends pick,webgpu,cpu`, `--sizes
+/// 224,448`). `--dist DIR` measures another build; `--lighthouse-only` stops after Lighthouse.
 pub fn bench_web(args: &[String]) -> Result {
     setup(args)?;
     build_cli()?;
@@ -315,24 +325,42 @@ pub fn bench_web(args: &[String]) -> Result {
         Some(d) => PathBuf::from(d),
         None => {
             run(trunk().args(["build", "--release"]))?;
+            compress(&root().join("dist"))?;
             root().join("dist")
         }
     };
     report_sizes(&dist)?;
-    for f in ["legrad-web_bg.wasm", "legrad-web.js"] {
+    for f in ["legrad-web_bg.wasm", "legrad-web.js", "legrad-web-engine_bg.wasm", "legrad-web-engine.js"] {
         let path = dist.join(f);
-        if let Some(gz) = output(Command::new("sh").arg("-c").arg(format!("gzip -9 -c '{}' | wc -c", path.display()))) {
-            eprintln!("{f}: gzip -9 {gz} bytes");
+        if !path.exists() {
+            continue;
         }
+        let size = |cmd: &str| output(Command::new("sh").arg("-c").arg(format!("{cmd} '{}' | wc -c", path.display())));
+        let gz = size("gzip -9 -c").unwrap_or_default();
+        let br = std::fs::metadata(dist.join(format!("{f}.br"))).map(|m| m.len().to_string()).unwrap_or("-".into());
+        eprintln!("{f}: gzip -9 {gz} bytes, brotli {br} bytes");
+    }
+    let lighthouse = |dir: &Path, label: &str| {
+        let mut cmd = Command::new("node");
+        cmd.arg("lighthouse.mjs").current_dir(root().join("tests/e2e")).env("LEGRAD_DIST", dir);
+        cmd.args(["--label", label, "--runs", value(args, "--lighthouse-runs").unwrap_or("3")]);
+        run(&mut cmd)
+    };
+    if let Some(before) = value(args, "--before") {
+        lighthouse(Path::new(before), "before")?;
+    }
+    lighthouse(&dist, "after")?;
+    if flag(args, "--lighthouse-only") {
+        return Ok(());
     }
     let mut cmd = Command::new("node");
     cmd.arg("bench.mjs").current_dir(root().join("tests/e2e"));
     cmd.env("LEGRAD_DIST", &dist).env("LEGRAD_CLI", target_dir().join("release/legrad"));
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
-        if a == "--dist" {
+        if ["--dist", "--before", "--lighthouse-runs"].contains(&a.as_str()) {
             rest.next();
-        } else {
+        } else if a != "--lighthouse-only" {
             cmd.arg(a);
         }
     }

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LegradError;
 
+/// The reference demo's prompt template.
+pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
 /// Is a timm model name one of the SigLIP ViTs (`vit_base_patch16_siglip_224`, ...)?
 fn is_timm_siglip(name: &str) -> bool {
     name.contains("siglip")

@@ -26,8 +26,7 @@ use crate::preprocess::InputSize;
 pub use crate::readback::read_f32;
 use crate::tokenizer::{TextTokenizer, Tokens};
 
-/// The reference demo's prompt template.
-pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+pub use crate::config::DEFAULT_TEMPLATE;
 
 const TEXT_CACHE_CAPACITY: usize = 512;
 

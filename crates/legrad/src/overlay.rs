@@ -77,7 +77,7 @@ pub fn resize_map(map: &[f32], from: (usize, usize), to: (usize, usize)) -> crat
     if from == to {
         return Ok(map.to_vec());
     }
-    let mut out = crate::model::pos_embed::resize_bilinear(map, 1, from, to);
+    let mut out = crate::resample::resize_bilinear(map, 1, from, to);
     out.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
     Ok(out)
 }

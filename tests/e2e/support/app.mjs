@@ -117,7 +117,7 @@ export class Settings {
 export class ModelPanel {
   constructor(page) { this.page = page; }
   /// Open the disclosure (a click on its summary would close it if open).
-  async open() { await this.page.evaluate(() => { document.querySelector("details").open = true; }); }
+  async open() { await this.page.evaluate(() => { document.querySelector('[data-testid="other-model"]').open = true; }); }
   async loadUrl(url) {
     await this.open();
     await this.page.fill(id("model-url"), url);
@@ -312,7 +312,8 @@ export class App {
     await this.ready();
     return this;
   }
-  async ready() { await this.page.waitForSelector(id("model-info"), { timeout: TIMEOUT }); }
+  /// The model is ready (its panel may be closed: a phone keeps it behind a disclosure).
+  async ready() { await this.page.waitForSelector(id("model-info"), { state: "attached", timeout: TIMEOUT }); }
   /// Open the site and drop the first sample scene.
   async openWithScene(query = "") {
     await this.open(query);

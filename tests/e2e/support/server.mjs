@@ -6,15 +6,20 @@
 import { createServer } from "node:http";
 import { readFileSync, existsSync, statSync } from "node:fs";
 import { join, extname } from "node:path";
+import { gzipSync } from "node:zlib";
 
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css",
   ".png": "image/png", ".json": "application/json", ".safetensors": "application/octet-stream",
   ".webmanifest": "application/manifest+json" };
 
+const compressible = new Set([".html", ".js", ".wasm", ".css", ".json", ".webmanifest", ".svg"]);
+
 /// Serves `dist` under `sub` and `work` under /files/. Returns { base, served, setSwVersion, close }:
 /// `served` records every request that reached the server; `setSwVersion(v)` serves the service
-/// worker with another version, as a new build's (null: as built).
-export async function startServer({ dist, work, sub }) {
+/// worker with another version, as a new build's (null: as built). With `compress`, the site is
+/// served as a compressing host serves it: a precompressed `.br` or `.gz` beside a file when the
+/// browser accepts it (`cargo xtask dist` writes them), otherwise text and wasm gzipped on the fly.
+export async function startServer({ dist, work, sub, compress = false }) {
   const served = [];
   let swVersion = null;
   const server = createServer((req, res) => {
@@ -30,7 +35,20 @@ export async function startServer({ dist, work, sub }) {
     }
     let body = readFileSync(path);
     if (swVersion && url === sub + "sw.js") body = Buffer.from(body.toString().replace(/^const VERSION = .*;$/m, `const VERSION = "${swVersion}";`));
-    res.writeHead(200, { "content-type": types[extname(path)] ?? "application/octet-stream", "content-length": body.length });
+    const headers = { "content-type": types[extname(path)] ?? "application/octet-stream" };
+    if (compress && url.startsWith(sub) && compressible.has(extname(path))) {
+      const accepts = String(req.headers["accept-encoding"] ?? "");
+      headers["vary"] = "Accept-Encoding";
+      if (/\bbr\b/.test(accepts) && existsSync(path + ".br")) {
+        body = readFileSync(path + ".br");
+        headers["content-encoding"] = "br";
+      } else if (/\bgzip\b/.test(accepts)) {
+        body = existsSync(path + ".gz") ? readFileSync(path + ".gz") : gzipSync(body, { level: 9 });
+        headers["content-encoding"] = "gzip";
+      }
+    }
+    headers["content-length"] = body.length;
+    res.writeHead(200, headers);
     if (!url.startsWith("/files/slow/")) { res.end(body); return; }
     let at = 0;
     const tick = setInterval(() => {

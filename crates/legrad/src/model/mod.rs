@@ -5,7 +5,7 @@
 //! the loader transposes PyTorch's `[out, in]`.
 
 pub mod few_rows;
-pub mod pos_embed;
+pub use crate::resample as pos_embed;
 pub mod text;
 pub mod vision;
 

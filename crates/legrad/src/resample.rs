@@ -1,4 +1,5 @@
-//! Positional embedding resampling for other grids (LEGRAD.md section 2).
+//! Resampling of f32 grids: positional embeddings for other grids (LEGRAD.md section 2), and
+//! maps to image sizes (bilinear, as `F.interpolate`). No tensors: the page uses it too.
 //!
 //! timm's `resample_abs_pos_embed` calls `F.interpolate(mode='bicubic', antialias=True,
 //! align_corners=False)`: PyTorch's antialiased bicubic, which is PIL's filter (a = -0.5,

@@ -2,9 +2,16 @@
 //! and responses, sent as JSON with their binary payloads (image and model bytes, maps)
 //! transferred as `ArrayBuffer`s. No tensors cross it.
 
-use legrad::explain::Method;
+use legrad::Method;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
+
+/// The large view's long side at most, in pixels (a screen shows no more, and each new map is
+/// drawn again while typing; exports use the photo's own size).
+pub const VIEW_MAX_SIDE: u32 = 1600;
+
+/// The name the page shows for [`ModelSource::Default`].
+pub const DEFAULT_MODEL_NAME: &str = "Synthetic-scenes CLIP (default, offline)";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum ModelSource {
@@ -121,6 +128,9 @@ pub enum Request {
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Stage {
+    /// The engine's own wasm module is on its way (reported by `www/worker.js` before the
+    /// engine runs; the page's bridge turns it into this stage).
+    Engine,
     Download,
     Convert,
     Store,
@@ -131,6 +141,7 @@ pub enum Stage {
 impl Stage {
     pub fn label(self) -> &'static str {
         match self {
+            Stage::Engine => "Downloading the engine",
             Stage::Download => "Downloading",
             Stage::Convert => "Converting to 8-bit",
             Stage::Store => "Storing in the browser",
@@ -220,12 +231,15 @@ pub enum Response {
     },
     ModelReady(ModelSummary),
     /// Payload: the image to draw maps over (RGB bytes of `display`: its own size, or scaled
-    /// down to `legrad::overlay::MAX_ORIGINAL_SIDE`).
+    /// down to `legrad::overlay::MAX_ORIGINAL_SIDE`), then the large view's copy (RGB bytes of
+    /// `view`, the display copy scaled down to [`VIEW_MAX_SIDE`]; empty when `view` is
+    /// `display`). The engine scales it: the page's module has no resampler.
     ImageReady {
         id: u64,
         width: u32,
         height: u32,
         display: (u32, u32),
+        view: (u32, u32),
     },
     /// Payload: the image as the model saw it (RGB bytes), then the maps (f32, method-major,
     /// then prompt, then pixels), then the raw per-layer grid maps of the methods in
@@ -270,6 +284,16 @@ pub enum ErrorAbout {
     Explain,
 }
 
+/// `www/worker.js`'s progress while the engine's module downloads, `{ legradEngineLoad: {
+/// done, total } }` (bytes; `total` 0 when unknown), as a [`Response::Progress`]. `None`: the
+/// message is not one of these.
+pub fn engine_load_progress(value: &JsValue) -> Option<Response> {
+    let load = js_sys::Reflect::get(value, &"legradEngineLoad".into()).ok().filter(|l| l.is_object())?;
+    let number = |key: &str| js_sys::Reflect::get(&load, &key.into()).ok().and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let total = number("total") as u64;
+    Some(Response::Progress { stage: Stage::Engine, done: number("done") as u64, total: (total > 0).then_some(total) })
+}
+
 /// A message as it travels: JSON text and transferred buffers.
 pub struct Envelope {
     pub json: String,
@@ -309,6 +333,15 @@ impl Envelope {
             .unwrap_or_default();
         Ok(Self { json, buffers })
     }
+}
+
+/// A JavaScript error's message (an `Error`'s or a `DOMException`'s, or the value as text).
+pub fn js_message(e: &wasm_bindgen::JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.dyn_ref::<web_sys::DomException>().map(|d| d.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 pub fn bytes_to_buffer(bytes: &[u8]) -> js_sys::ArrayBuffer {

@@ -563,15 +563,34 @@ const RACE_RUNS: usize = 3;
 const PROMPTS_PER_IMAGE: f64 = 5.0;
 
 /// The image explanations use from now on; the page gets what to draw maps over (the image
-/// itself, or scaled down to 4096 px).
+/// itself, or scaled down to 4096 px) and the large view's copy of that (scaled down to
+/// [`VIEW_MAX_SIDE`]).
 fn take_image(id: u64, name: &str, img: DecodedImage) {
     let (w, h) = (img.width, img.height);
-    let display = match img.display_rgb(legrad::overlay::MAX_ORIGINAL_SIDE) {
-        Ok(d) => d,
+    let copies = img.display_rgb(legrad::overlay::MAX_ORIGINAL_SIDE).and_then(|display| {
+        if display.0.max(display.1) <= VIEW_MAX_SIDE {
+            return Ok((display, None));
+        }
+        let shown = DecodedImage {
+            width: display.0,
+            height: display.1,
+            rgba: display.2.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+            has_alpha: false,
+            resize_mode: ResizeMode::Bicubic,
+        };
+        let view = shown.display_rgb(VIEW_MAX_SIDE)?;
+        Ok((display, Some(view)))
+    });
+    let (display, view) = match copies {
+        Ok(c) => c,
         Err(e) => {
             post_error(ErrorAbout::Image, format!("{name}: {e}"));
             return;
         }
+    };
+    let (view_size, view_rgb) = match view {
+        Some((vw, vh, rgb)) => ((vw, vh), rgb),
+        None => ((display.0, display.1), Vec::new()),
     };
     STATE.with(|s| {
         let mut s = s.borrow_mut();
@@ -579,8 +598,8 @@ fn take_image(id: u64, name: &str, img: DecodedImage) {
         s.trace = None;
     });
     post(
-        &Response::ImageReady { id, width: w, height: h, display: (display.0, display.1) },
-        vec![bytes_to_buffer(&display.2)],
+        &Response::ImageReady { id, width: w, height: h, display: (display.0, display.1), view: view_size },
+        vec![bytes_to_buffer(&display.2), bytes_to_buffer(&view_rgb)],
     );
 }
 

@@ -8,10 +8,10 @@ use legrad::load::{ConfigSource, prepare_bytes};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::protocol::{ExtraFile, ModelSource, Stage, buffer_to_bytes};
+use crate::protocol::{ExtraFile, ModelSource, Stage, buffer_to_bytes, js_message};
 
 pub const DEFAULT_MODEL_URL: &str = "./models/default.safetensors";
-pub const DEFAULT_MODEL_NAME: &str = "Synthetic-scenes CLIP (default, offline)";
+pub use crate::protocol::DEFAULT_MODEL_NAME;
 const CACHE_NAME: &str = "legrad-web-models-v1";
 
 pub struct Obtained {
@@ -24,15 +24,6 @@ pub struct Obtained {
 
 fn js_err(context: &str, e: wasm_bindgen::JsValue) -> LegradError {
     LegradError::Input(format!("{context}: {}", js_message(&e)))
-}
-
-/// A JavaScript error's message (an `Error`'s or a `DOMException`'s, or the value as text).
-pub fn js_message(e: &wasm_bindgen::JsValue) -> String {
-    e.dyn_ref::<js_sys::Error>()
-        .map(|e| String::from(e.message()))
-        .or_else(|| e.dyn_ref::<web_sys::DomException>().map(|d| d.message()))
-        .or_else(|| e.as_string())
-        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 fn global() -> web_sys::WorkerGlobalScope {
