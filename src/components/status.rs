@@ -49,7 +49,7 @@ pub fn StatusBar() -> impl IntoView {
         model_loading || decoding || state.pending.get()
     };
     view! {
-        <footer class="status" role="status" aria-live="polite" aria-busy=move || busy().to_string()>
+        <div class="status" role="status" aria-live="polite" aria-busy=move || busy().to_string()>
             {progress}
             <span data-testid="timing"
                 data-image-ms=move || state.results.get().map(|r| r.ready.image_ms.to_string()).unwrap_or_default()
@@ -63,6 +63,6 @@ pub fn StatusBar() -> impl IntoView {
             <Show when=move || state.engine_error.get().is_some()>
                 <p class="error" role="alert" data-testid="engine-error">{move || state.engine_error.get().unwrap_or_default()}</p>
             </Show>
-        </footer>
+        </div>
     }
 }
