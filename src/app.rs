@@ -103,7 +103,9 @@ impl AppState {
             backend: RwSignal::new(None),
             engine_ready: RwSignal::new(false),
             model: RwSignal::new(ModelStatus::Loading(crate::protocol::DEFAULT_MODEL_NAME.into())),
-            progress: RwSignal::new(None),
+            // The engine's module is the first thing the page waits for (`worker.js` reports
+            // its bytes once they come).
+            progress: RwSignal::new(Some((Stage::Engine, 0, None))),
             image: RwSignal::new(ImageStatus::Empty),
             image_error: RwSignal::new(None),
             originals: RwSignal::new(Vec::new()),

@@ -28,6 +28,7 @@ if (self.GPUAdapter) {
 
 /// The module's response, its bytes counted as they arrive (and still compiled as they stream).
 async function counted(url) {
+  if (!helper) self.postMessage({ legradEngineLoad: { done: 0, total: ENGINE_BYTES } });
   const response = await fetch(url);
   if (!response.ok || !response.body || helper) return response;
   let done = 0;

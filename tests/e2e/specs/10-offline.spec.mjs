@@ -15,7 +15,7 @@ test("after one visit the page opens and explains offline; installable; a new bu
   });
   const oldShell = cached.keys[0];
   expect(cached.keys.length === 1 && /^legrad-shell-[0-9a-f]{16}$/.test(oldShell), `shell caches: ${cached.keys}`).toBe(true);
-  for (const f of ["index.html", "legrad-web.js", "legrad-web_bg.wasm", "worker.js", "models/default.safetensors", "samples/scene-1.png", "manifest.webmanifest", "icons/icon-512.png"]) {
+  for (const f of ["index.html", "legrad-web.js", "legrad-web_bg.wasm", "legrad-web-engine.js", "legrad-web-engine_bg.wasm", "worker.js", "models/default.safetensors", "samples/scene-1.png", "manifest.webmanifest", "icons/icon-512.png"]) {
     expect(cached.files, `${f} is cached`).toContain(SUB + f);
   }
   // Installable: a manifest with a name, a start URL, standalone display and icons that load.

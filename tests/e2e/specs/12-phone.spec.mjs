@@ -62,12 +62,16 @@ test.describe("on a phone", () => {
     await app.openWithScene();
     await app.prompts.fill("a blue circle");
     await app.results.waitForCard("a blue circle");
-    const c = await app.results.mainCanvas().boundingBox();
+    // Out of the prompt box first: with it focused the view is pinned and the page scrolls under it.
+    await page.evaluate(() => document.activeElement?.blur());
+    await page.waitForTimeout(300);
+    let c = await app.results.mainCanvas().boundingBox();
     await page.tap('[data-testid="main-canvas"]', { position: { x: c.width * 0.25, y: c.height * 0.5 } });
     const tapped = await app.results.cursorValue();
     expect(tapped.text.trim(), "a tap reads the value").toMatch(/^value \d\.\d{3} at \(\d+, \d+\)$/);
     // A drag: touch points moved across the canvas (CDP's touch events, as a finger's).
     const cdp = await page.context().newCDPSession(page);
+    c = await app.results.mainCanvas().boundingBox();
     const at = (fx) => [{ x: c.x + c.width * fx, y: c.y + c.height * 0.5 }];
     await cdp.send("Input.dispatchTouchEvent", { type: "touchStart", touchPoints: at(0.2) });
     for (const fx of [0.3, 0.5, 0.7]) await cdp.send("Input.dispatchTouchEvent", { type: "touchMove", touchPoints: at(fx) });

@@ -17,8 +17,8 @@ test("the page takes an image and prompts while the engine's module is still on 
   await page.goto(app.site.url());
   // The interface is up (its own module) while the engine's is held.
   await page.waitForSelector('[data-testid="image-input"]', { state: "attached", timeout: 60_000 });
+  await expect.poll(() => held, { message: "the engine's module was asked for", timeout: 60_000 }).toBeGreaterThan(0);
   await page.waitForFunction(() => document.querySelector('[data-testid="progress"]')?.dataset.stage === "Engine", null, { timeout: 60_000 });
-  expect(held, "the engine's module was asked for").toBeGreaterThan(0);
   const progress = await page.textContent('[data-testid="progress"]');
   expect(progress, "the status line says what the page waits for").toContain("Downloading the engine");
   await app.image.drop(scene, "scene-1.png");
