@@ -331,10 +331,6 @@ impl AppState {
                 }
                 self.model.set(ModelStatus::Ready(summary));
                 self.schedule_explain();
-                // index.html registers the service worker on the first of these.
-                if let (Some(w), Ok(ev)) = (web_sys::window(), web_sys::Event::new("legrad-model-ready")) {
-                    let _ = w.dispatch_event(&ev);
-                }
             }
             Response::ImageReady { id, width, height, display, view } => {
                 let frame = self.frame.get_value().is_some_and(|(f, _)| f == id);
