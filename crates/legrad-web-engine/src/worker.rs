@@ -563,23 +563,14 @@ const RACE_RUNS: usize = 3;
 const PROMPTS_PER_IMAGE: f64 = 5.0;
 
 /// The image explanations use from now on; the page gets what to draw maps over (the image
-/// itself, or scaled down to 4096 px) and the large view's copy of that (scaled down to
-/// [`VIEW_MAX_SIDE`]).
+/// itself, or scaled down to 4096 px) and the large view's copy (the image scaled down to
+/// [`VIEW_MAX_SIDE`], when that is smaller).
 fn take_image(id: u64, name: &str, img: DecodedImage) {
     let (w, h) = (img.width, img.height);
     let copies = img.display_rgb(legrad::overlay::MAX_ORIGINAL_SIDE).and_then(|display| {
-        if display.0.max(display.1) <= VIEW_MAX_SIDE {
-            return Ok((display, None));
-        }
-        let shown = DecodedImage {
-            width: display.0,
-            height: display.1,
-            rgba: display.2.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
-            has_alpha: false,
-            resize_mode: ResizeMode::Bicubic,
-        };
-        let view = shown.display_rgb(VIEW_MAX_SIDE)?;
-        Ok((display, Some(view)))
+        // From the image itself: one resize, and no RGBA copy of the display copy to resize.
+        let view = if display.0.max(display.1) <= VIEW_MAX_SIDE { None } else { Some(img.display_rgb(VIEW_MAX_SIDE)?) };
+        Ok((display, view))
     });
     let (display, view) = match copies {
         Ok(c) => c,

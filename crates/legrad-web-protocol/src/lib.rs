@@ -232,7 +232,7 @@ pub enum Response {
     ModelReady(ModelSummary),
     /// Payload: the image to draw maps over (RGB bytes of `display`: its own size, or scaled
     /// down to `legrad::overlay::MAX_ORIGINAL_SIDE`), then the large view's copy (RGB bytes of
-    /// `view`, the display copy scaled down to [`VIEW_MAX_SIDE`]; empty when `view` is
+    /// `view`, the image scaled down to [`VIEW_MAX_SIDE`]; empty when `view` is
     /// `display`). The engine scales it: the page's module has no resampler.
     ImageReady {
         id: u64,
