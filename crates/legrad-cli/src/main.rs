@@ -56,6 +56,11 @@ pub(crate) struct ModelArgs {
     /// (exact f32 natively).
     #[arg(long, value_enum)]
     pub(crate) int16: Option<Int16Choice>,
+    /// On the CPU: the vision tower's linear layers in 16-bit integer products. `large`
+    /// (default): towers of at least 1 M `width · mlp width` (a ViT-B/16, not the default
+    /// model); `never`: f32 products by burn.
+    #[arg(long, value_enum)]
+    pub(crate) int_linear: Option<Int16Choice>,
     /// On a GPU: the tiles of LeGrad's fused kernels (`auto`: by the adapter), or `plain` for
     /// their plain tensor twins.
     #[arg(long, value_enum, default_value_t = TilingChoice::Auto)]
@@ -77,10 +82,32 @@ pub(crate) enum TilingChoice {
     Plain,
 }
 
+impl Int16Choice {
+    fn products(self) -> Int16Products {
+        match self {
+            Int16Choice::Never => Int16Products::Never,
+            Int16Choice::Large => Int16Products::LargeLayers,
+            Int16Choice::Always => Int16Products::Always,
+        }
+    }
+}
+
 impl ModelArgs {
+    /// The policy a model is built with on `device` (`--int-linear`).
+    fn build_policy(&self, device: &Device) -> ComputePolicy {
+        let policy = ComputePolicy::for_device(device);
+        match self.int_linear {
+            Some(c) => policy.with_int_linear(c.products()),
+            None => policy,
+        }
+    }
+
     /// The engine's compute policy from its device, with these flags applied.
     fn policy(&self, engine: &Engine) -> ComputePolicy {
         let mut policy = *engine.policy();
+        if let Some(c) = self.int_linear {
+            policy = policy.with_int_linear(c.products());
+        }
         if let Some(int16) = self.int16 {
             policy = policy.with_int16(match int16 {
                 Int16Choice::Never => Int16Products::Never,
@@ -221,6 +248,7 @@ impl ModelArgs {
             tokenizer: None,
             backend: BackendChoice::Cpu,
             int16: None,
+            int_linear: None,
             tiling: TilingChoice::Auto,
         }
     }
@@ -296,14 +324,16 @@ fn load_engine_on_device(args: &ModelArgs) -> CliResult<Engine> {
         // random:<preset or config.json>[:seed], e.g. random:ViT-B-16:0, for benchmarks.
         let mut p = convert::random_model(spec, config.as_ref())?;
         p.tokenizer = tokenizer_file(&args.tokenizer)?;
-        let (clip, info) = p.build(&device(args.backend))?;
+        let d = device(args.backend);
+        let (clip, info) = p.build_with(&d, &args.build_policy(&d))?;
         return Engine::new(clip, info);
     }
     let mut p = legrad::load::prepare_path(model, config)?;
     if let Some(t) = tokenizer_file(&args.tokenizer)? {
         p.tokenizer = Some(t);
     }
-    let (clip, info) = p.build(&device(args.backend))?;
+    let d = device(args.backend);
+    let (clip, info) = p.build_with(&d, &args.build_policy(&d))?;
     for note in &info.notes {
         eprintln!("note: {note}");
     }

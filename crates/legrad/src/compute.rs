@@ -9,6 +9,8 @@
 
 use burn::tensor::Device;
 
+pub use crate::model::int_linear::IntKernel;
+
 /// Where the tensors live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Processor {
@@ -35,6 +37,20 @@ pub enum Int16Products {
 /// The least work (`N · 4W · W` multiply-adds per layer) for which [`Int16Products::LargeLayers`]
 /// takes the integer products: a ViT-B/16 at 224 is 465 M, the default model at 448 far less.
 pub const INT16_MIN_WORK: usize = 200_000_000;
+
+/// The least `width · mlp width` of a tower whose linear layers the CPU path multiplies in
+/// integers under [`Int16Products::LargeLayers`] (`model::int_linear`): a ViT-B/16's 2.4 M; the
+/// default model's 65 K stays exact.
+pub const INT_LINEAR_MIN: usize = 1_000_000;
+
+/// How a tower's linear layers multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearProducts {
+    /// burn's own: f32 on the CPU, packed quantized weights on a GPU.
+    Burn,
+    /// 16-bit integer products on the CPU by this form of the kernel (`model::int_linear`).
+    Integer(IntKernel),
+}
 
 /// The tile shapes of LeGrad's GPU kernels for one adapter (`explain::kernel`'s module
 /// documentation says why they differ).
@@ -75,6 +91,10 @@ pub struct ComputePolicy {
     pub kernels: Option<Tiling>,
     /// LeGrad's per-prompt products on the CPU.
     pub int16: Int16Products,
+    /// The vision tower's linear layers on the CPU (decided when a model is built).
+    pub linear: Int16Products,
+    /// The form of the integer kernels this CPU runs best (found once, here).
+    pub int_kernel: IntKernel,
 }
 
 impl ComputePolicy {
@@ -91,7 +111,13 @@ impl ComputePolicy {
     /// The CPU's policy on this platform.
     pub fn cpu() -> Self {
         let int16 = if cfg!(target_family = "wasm") { Int16Products::LargeLayers } else { Int16Products::Never };
-        Self { processor: Processor::Cpu, kernels: None, int16 }
+        Self {
+            processor: Processor::Cpu,
+            kernels: None,
+            int16,
+            linear: Int16Products::LargeLayers,
+            int_kernel: IntKernel::best(),
+        }
     }
 
     fn gpu(software: bool) -> Self {
@@ -99,6 +125,8 @@ impl ComputePolicy {
             processor: Processor::Gpu { software },
             kernels: Some(Tiling::for_adapter(software)),
             int16: Int16Products::Never,
+            linear: Int16Products::Never,
+            int_kernel: IntKernel::Portable,
         }
     }
 
@@ -127,6 +155,22 @@ impl ComputePolicy {
 
     pub fn with_int16(self, int16: Int16Products) -> Self {
         Self { int16, ..self }
+    }
+
+    /// The vision tower's linear layers in integers: never, for large towers, always (no effect
+    /// on a GPU).
+    pub fn with_int_linear(self, linear: Int16Products) -> Self {
+        Self { linear, ..self }
+    }
+
+    /// How a tower of `width` and `mlp_width` multiplies its linear layers.
+    pub fn linear_products(&self, width: usize, mlp_width: usize) -> LinearProducts {
+        let integer = match (self.processor, self.linear) {
+            (Processor::Gpu { .. }, _) | (_, Int16Products::Never) => false,
+            (Processor::Cpu, Int16Products::Always) => true,
+            (Processor::Cpu, Int16Products::LargeLayers) => width.saturating_mul(mlp_width) >= INT_LINEAR_MIN,
+        };
+        if integer { LinearProducts::Integer(self.int_kernel) } else { LinearProducts::Burn }
     }
 
     /// A GPU runtime: kernels compile on first use of a shape (so shapes are padded to buckets

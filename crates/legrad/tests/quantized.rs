@@ -226,7 +226,7 @@ fn quantized_weights_stay_packed_on_a_gpu_and_are_dequantized_once_on_the_cpu() 
         // Without the `wgpu` feature the core knows no GPU runtime and dequantizes everywhere.
         assert_eq!(packed, cfg!(feature = "wgpu") && name == "wgpu", "{name}: is_gpu is {packed}");
         let (clip, _) = load_bytes(&q8, None, &device).unwrap();
-        let w = clip.vision.weights.blocks[0].mlp.c_fc.weight.val();
+        let w = clip.vision.weights.blocks[0].mlp.c_fc.weight();
         let is_q = matches!(w.dtype(), burn::tensor::DType::QFloat(_));
         assert_eq!(is_q, packed, "{name}: c_fc is {:?}", w.dtype());
         let ln = clip.vision.weights.blocks[0].ln_1.weight.val();

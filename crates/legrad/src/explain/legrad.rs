@@ -290,11 +290,11 @@ pub fn legrad_siglip(cx: &Context<'_>, trace: &PoolTrace, texts: Tensor<2>, laye
         let unit = o / o_norm.clone();
         let s = all.clone().matmul(unit.clone().transpose()); // [P+1, 1]
         let d_o = (all.clone() - s * unit) / o_norm; // [P+1, W]
-        let a = d_o.clone().matmul(pool.mlp.c_proj.weight.val().transpose()) * pt.act_grad.clone(); // [P+1, M]
-        let d_norm = a.matmul(pool.mlp.c_fc.weight.val().transpose()); // [P+1, W]
+        let a = d_o.clone().matmul(pool.mlp.c_proj.weight().transpose()) * pt.act_grad.clone(); // [P+1, M]
+        let d_norm = a.matmul(pool.mlp.c_fc.weight().transpose()); // [P+1, W]
         let stats = LayerNormStats { x_hat: pt.x_hat.clone(), rstd: pt.rstd.clone() };
         let d_y = d_o + pool.norm.backward(d_norm, &stats);
-        let d_c = d_y.matmul(pool.proj.weight.val().transpose()); // [P+1, W]
+        let d_c = d_y.matmul(pool.proj.weight().transpose()); // [P+1, W]
         maps.push(pool_relevance(d_c, pt.values.clone()));
         layers.push(l);
     }

@@ -72,12 +72,12 @@ impl LegradModel {
 fn fold(model: &Clip, layer: usize) -> LegradConsts {
     let block = &model.vision.weights.blocks[layer];
     let w = model.vision.width;
-    let out_t = block.attn.out_proj.weight.val().dequantize().transpose(); // [W, W]
+    let out_t = block.attn.out_proj.weight().dequantize().transpose(); // [W, W]
     let gamma = block.ln_2.weight.val().unsqueeze::<2>(); // [1, W]
-    let fc_t_gamma = block.mlp.c_fc.weight.val().dequantize().transpose() * gamma; // [M, W]
+    let fc_t_gamma = block.mlp.c_fc.weight().dequantize().transpose() * gamma; // [M, W]
     let kappa = fc_t_gamma.clone().sum_dim(1).div_scalar(w as f64).squeeze_dim::<1>(1); // [M]
     let ones_out = out_t.clone().sum_dim(0).squeeze_dim::<1>(0); // [W]
-    let proj_t = block.mlp.c_proj.weight.val().dequantize().transpose(); // [W, M]
+    let proj_t = block.mlp.c_proj.weight().dequantize().transpose(); // [W, M]
     let g_weights = Tensor::cat(vec![proj_t, out_t.clone()], 1); // [W, M + W]
     LegradConsts { k: fc_t_gamma.matmul(out_t), kappa, ones_out, g_weights }
 }
@@ -187,12 +187,12 @@ impl LegradTraceBuilder {
                 let act_grad = activate_grad(act, h.clone());
                 // x̂ diag(γ) W_fc = h - b_fc - β W_fc: no second [N, W] x [W, M] product.
                 let fc = &block.mlp.c_fc;
-                let beta_fc = block.ln_2.bias.val().unsqueeze::<2>().matmul(fc.weight.val()); // [1, M]
+                let beta_fc = block.ln_2.bias.val().unsqueeze::<2>().matmul(fc.weight()); // [1, M]
                 let mut bb = h - beta_fc;
-                if let Some(bias) = &fc.bias {
-                    bb = bb - bias.val().unsqueeze::<2>();
+                if let Some(bias) = fc.bias() {
+                    bb = bb - bias.unsqueeze::<2>();
                 }
-                let xhat_out = x_hat.matmul(block.attn.out_proj.weight.val().transpose());
+                let xhat_out = x_hat.matmul(block.attn.out_proj.weight().transpose());
                 let mean_rows = Tensor::cat(
                     vec![act_grad.clone() * kappa.unsqueeze(), (act_grad.clone() * bb).div_scalar(w as f64)],
                     0,
@@ -249,7 +249,7 @@ impl LegradTrace {
                 first_layer,
                 layers: layers
                     .map(|index| {
-                        let m = v.weights.blocks[index].mlp.c_fc.weight.val().dims()[1];
+                        let m = v.weights.blocks[index].mlp.c_fc.weight().dims()[1];
                         ClassTokenLayer {
                             index,
                             output_mean: noise1(w),
@@ -264,7 +264,7 @@ impl LegradTrace {
                 score_jacobian: OnceLock::new(),
             }),
             VisionHead::AttentionPool(head) => {
-                let m = head.pool.mlp.c_fc.weight.val().dims()[1];
+                let m = head.pool.mlp.c_fc.weight().dims()[1];
                 LegradTrace::AttentionPool(PoolTrace {
                     first_layer,
                     layers: layers

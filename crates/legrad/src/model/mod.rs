@@ -5,6 +5,7 @@
 //! the loader transposes PyTorch's `[out, in]`.
 
 pub mod few_rows;
+pub mod int_linear;
 pub use crate::resample as pos_embed;
 pub mod text;
 pub mod vision;
@@ -15,8 +16,9 @@ use burn::tensor::activation;
 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{Device, Tensor, TensorData};
 use few_rows::linear;
+use int_linear::IntLinear;
 
-use crate::compute::ComputePolicy;
+use crate::compute::{ComputePolicy, LinearProducts};
 use crate::config::{Activation, ClipConfig, ScoringKind};
 use crate::error::Result;
 use crate::weights::{RawTensor, StoredDType, TensorMap};
@@ -50,9 +52,21 @@ pub struct Clip {
 impl Clip {
     /// Build from a tensor map in open_clip's names (SigLIP's renamed by
     /// [`crate::weights::keys::siglip_to_internal`]), checking every shape against `config`.
-    pub fn from_tensors(config: ClipConfig, mut map: TensorMap, device: &Device) -> Result<Self> {
+    pub fn from_tensors(config: ClipConfig, map: TensorMap, device: &Device) -> Result<Self> {
+        Self::from_tensors_with(config, map, device, &ComputePolicy::for_device(device))
+    }
+
+    /// As [`from_tensors`](Self::from_tensors), the linear layers as `policy` says (the tests
+    /// build one model both ways).
+    pub fn from_tensors_with(
+        config: ClipConfig,
+        mut map: TensorMap,
+        device: &Device,
+        policy: &ComputePolicy,
+    ) -> Result<Self> {
         config.validate()?;
-        let vision = VisionTower::load(&config, &mut map, device)?;
+        let products = policy.linear_products(config.vision.width, config.vision.mlp_width);
+        let vision = VisionTower::load(&config, &mut map, products, device)?;
         let text = TextTower::load(&config, &mut map, device)?;
         let scoring = match config.family.anatomy().scoring {
             ScoringKind::Cosine => Scoring::Cosine,
@@ -146,20 +160,70 @@ pub(crate) fn weight_matrix(raw: RawTensor, d_in: usize, d_out: usize, device: &
     }
 }
 
-/// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as burn's `Linear` (`[in, out]`).
+/// A linear layer as the compute policy has it: burn's (f32 on the CPU, packed quantized
+/// weights on a GPU) or on the integer grid ([`int_linear`], the CPU path of large towers).
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer
+pub enum Dense {
+    Burn(Linear),
+    Integer(IntLinear),
+}
+
+impl Dense {
+    /// `x W + b`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Dense::Burn(l) => linear(l, x),
+            Dense::Integer(l) => l.forward(x),
+        }
+    }
+
+    /// The weight `[in, out]` (a GPU's stays packed: `dequantize()` where f32 is needed; the
+    /// integer grid's is dequantized here).
+    pub fn weight(&self) -> Tensor<2> {
+        match self {
+            Dense::Burn(l) => l.weight.val(),
+            Dense::Integer(l) => l.weight(),
+        }
+    }
+
+    pub fn bias(&self) -> Option<Tensor<1>> {
+        match self {
+            Dense::Burn(l) => l.bias.as_ref().map(|b| b.val()),
+            Dense::Integer(l) => Some(l.bias.val()),
+        }
+    }
+}
+
+/// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as burn's `Linear` (`[in, out]`),
+/// or on the integer grid where `products` says so and the shape fits.
 pub(crate) fn load_linear(
     map: &mut TensorMap,
     prefix: &str,
     d_in: usize,
     d_out: usize,
+    products: LinearProducts,
     device: &Device,
-) -> Result<Linear> {
+) -> Result<Dense> {
     let w = map.take_raw(&format!("{prefix}.weight"), &[d_out, d_in])?;
     let b = map.take(&format!("{prefix}.bias"), &[d_out])?;
-    Ok(Linear {
-        weight: Param::from_tensor(weight_matrix(w, d_in, d_out, device)),
-        bias: Some(Param::from_tensor(tensor1(b, device))),
-    })
+    Ok(dense(w, b, d_in, d_out, products, device))
+}
+
+/// A layer from its raw weight `[out, in]` and bias.
+fn dense(w: RawTensor, b: Vec<f32>, d_in: usize, d_out: usize, products: LinearProducts, device: &Device) -> Dense {
+    match products {
+        // 4-bit weights keep burn's path (their grid is coarser than any gain here).
+        LinearProducts::Integer(kernel)
+            if int_linear::IntMatrix::fits(d_in, d_out) && !matches!(w.dtype, StoredDType::Q4 { .. }) =>
+        {
+            Dense::Integer(int_linear::int_linear(&w.to_f32(), b, d_in, d_out, kernel, device))
+        }
+        _ => Dense::Burn(Linear {
+            weight: Param::from_tensor(weight_matrix(w, d_in, d_out, device)),
+            bias: Some(Param::from_tensor(tensor1(b, device))),
+        }),
+    }
 }
 
 /// LayerNorm over the last dimension (eps 1e-5, biased variance, as torch).
@@ -236,8 +300,8 @@ pub(crate) fn activate_grad<const D: usize>(act: Activation, x: Tensor<D>) -> Te
 /// Multi-head self-attention with open_clip's fused `in_proj` (q, k, v stacked).
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub in_proj: Linear,
-    pub out_proj: Linear,
+    pub in_proj: Dense,
+    pub out_proj: Dense,
     pub heads: usize,
 }
 
@@ -254,10 +318,63 @@ pub struct AttentionOutput {
 
 impl Attention {
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> AttentionOutput {
+        if mask.is_none()
+            && let Some((context, Some((probs, values)))) = self.integer(&x, true)
+        {
+            return AttentionOutput { output: self.out_proj.forward(context), probs, values };
+        }
+        self.forward_burn(x, mask)
+    }
+
+    /// The output alone (a block whose values nobody reads).
+    pub fn output(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<3> {
+        if mask.is_none()
+            && let Some((context, _)) = self.integer(&x, false)
+        {
+            return self.out_proj.forward(context);
+        }
+        self.forward_burn(x, mask).output
+    }
+
+    /// On the integer path (`in_proj` on the integer grid, one image of plain CPU tensors,
+    /// heads in whole tiles): the context `[1, N, W]` by [`int_linear::attention`], and where
+    /// `keep`, the probabilities `[1, H, N, N]` and values `[1, H, N, d]`.
+    #[allow(clippy::type_complexity)]
+    fn integer(&self, x: &Tensor<3>, keep: bool) -> Option<(Tensor<3>, Option<(Tensor<4>, Tensor<4>)>)> {
+        let Dense::Integer(in_proj) = &self.in_proj else { return None };
+        let [b, n, w] = x.dims();
+        let (h, d) = (self.heads, w / self.heads);
+        if b != 1 || h * d != w || !int_linear::attention::fits(d) || in_proj.matrix.d_out() != 3 * w {
+            return None;
+        }
+        let data = int_linear::host_f32(x)?;
+        let bias = in_proj.bias.val().into_data().try_into_vec::<f32>().ok()?;
+        let qkv = in_proj.matrix.forward(&data, n, &bias);
+        let device = x.device();
+        let out = int_linear::attention::attention(&qkv, n, h, d, in_proj.matrix.kernel(), keep);
+        let context = Tensor::from_data(TensorData::new(out.context, [1, n, w]), &device);
+        if !keep {
+            return Some((context, None));
+        }
+        let mut values = vec![0f32; h * n * d];
+        for i in 0..n {
+            for hh in 0..h {
+                let src = &qkv[i * 3 * w + 2 * w + hh * d..][..d];
+                values[(hh * n + i) * d..][..d].copy_from_slice(src);
+            }
+        }
+        let probs = Tensor::from_data(TensorData::new(out.probs, [1, h, n, n]), &device);
+        let values = Tensor::from_data(TensorData::new(values, [1, h, n, d]), &device);
+        Some((context, Some((probs, values))))
+    }
+
+    /// burn's tensor operations (the GPU, f32 towers, autodiff, masks): the twin of the
+    /// integer path.
+    pub fn forward_burn(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> AttentionOutput {
         let [b, n, w] = x.dims();
         let h = self.heads;
         let d = w / h;
-        let qkv = linear(&self.in_proj, x);
+        let qkv = self.in_proj.forward(x);
         let split = |i: usize| qkv.clone().narrow(2, i * w, w).reshape([b, n, h, d]).swap_dims(1, 2);
         // torch scales q before the product (F.multi_head_attention_forward).
         let q = split(0).mul_scalar((d as f64).powf(-0.5));
@@ -274,7 +391,7 @@ impl Attention {
 
     /// `out_proj(probs @ v)` with heads merged: the part of attention after the softmax.
     pub fn attend(&self, probs: Tensor<4>, values: Tensor<4>) -> Tensor<3> {
-        linear(&self.out_proj, Self::context(probs, values))
+        self.out_proj.forward(Self::context(probs, values))
     }
 
     /// `probs @ v` with heads merged `[B, N, W]`: `out_proj`'s input.
@@ -287,8 +404,27 @@ impl Attention {
 /// `mlp = c_proj(act(c_fc(.)))`.
 #[derive(Module, Debug)]
 pub struct Mlp {
-    pub c_fc: Linear,
-    pub c_proj: Linear,
+    pub c_fc: Dense,
+    pub c_proj: Dense,
+}
+
+impl Mlp {
+    /// The activation between the layers: the integer path's own where `c_proj` is on the
+    /// integer grid ([`int_linear::activate`]), burn's otherwise.
+    pub fn activate<const D: usize>(&self, act: Activation, h: Tensor<D>) -> Tensor<D> {
+        match self.c_proj {
+            Dense::Integer(_) => int_linear::activate(act, h),
+            Dense::Burn(_) => activate(act, h),
+        }
+    }
+
+    /// `c_proj(act(h))`: on the integer path the activation is fused into `c_proj`'s rounding.
+    pub fn project<const D: usize>(&self, act: Activation, h: Tensor<D>) -> Tensor<D> {
+        match &self.c_proj {
+            Dense::Integer(l) => l.forward_after(act, h),
+            Dense::Burn(_) => self.c_proj.forward(activate(act, h)),
+        }
+    }
 }
 
 /// The linear weights of a block, in open_clip's names (after `...resblocks.{i}.`).
@@ -324,6 +460,7 @@ impl Block {
         heads: usize,
         mlp_width: usize,
         eps: f64,
+        products: LinearProducts,
         device: &Device,
     ) -> Result<Self> {
         Ok(Self {
@@ -332,31 +469,28 @@ impl Block {
                 in_proj: {
                     let w = map.take_raw(&format!("{prefix}.attn.in_proj_weight"), &[3 * width, width])?;
                     let b = map.take(&format!("{prefix}.attn.in_proj_bias"), &[3 * width])?;
-                    Linear {
-                        weight: Param::from_tensor(weight_matrix(w, width, 3 * width, device)),
-                        bias: Some(Param::from_tensor(tensor1(b, device))),
-                    }
+                    dense(w, b, width, 3 * width, products, device)
                 },
-                out_proj: load_linear(map, &format!("{prefix}.attn.out_proj"), width, width, device)?,
+                out_proj: load_linear(map, &format!("{prefix}.attn.out_proj"), width, width, products, device)?,
                 heads,
             },
             ln_2: LayerNorm::load(map, &format!("{prefix}.ln_2"), width, eps, device)?,
             mlp: Mlp {
-                c_fc: load_linear(map, &format!("{prefix}.mlp.c_fc"), width, mlp_width, device)?,
-                c_proj: load_linear(map, &format!("{prefix}.mlp.c_proj"), mlp_width, width, device)?,
+                c_fc: load_linear(map, &format!("{prefix}.mlp.c_fc"), width, mlp_width, products, device)?,
+                c_proj: load_linear(map, &format!("{prefix}.mlp.c_proj"), mlp_width, width, products, device)?,
             },
         })
     }
 
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>, act: Activation) -> Tensor<3> {
-        let u = x.clone() + self.attn.forward(self.ln_1.forward(x), mask).output;
+        let u = x.clone() + self.attn.output(self.ln_1.forward(x), mask);
         self.mlp_residual(u, act)
     }
 
     /// The second half of the block: `u + mlp(ln_2(u))`.
     pub fn mlp_residual(&self, u: Tensor<3>, act: Activation) -> Tensor<3> {
-        let h = linear(&self.mlp.c_fc, self.ln_2.forward(u.clone()));
-        u + linear(&self.mlp.c_proj, activate(act, h))
+        let h = self.mlp.c_fc.forward(self.ln_2.forward(u.clone()));
+        u + self.mlp.project(act, h)
     }
 
     /// The block's output and the inputs of its linear layers, in the order of
@@ -372,8 +506,8 @@ impl Block {
         let ctx = Attention::context(attention.probs, attention.values);
         let u = x + attention.output;
         let n2 = self.ln_2.forward(u.clone());
-        let g = activate(act, linear(&self.mlp.c_fc, n2.clone()));
-        let out = u + linear(&self.mlp.c_proj, g.clone());
+        let g = self.mlp.activate(act, self.mlp.c_fc.forward(n2.clone()));
+        let out = u + self.mlp.c_proj.forward(g.clone());
         (out, [a, ctx, n2, g])
     }
 
@@ -391,8 +525,8 @@ impl Block {
 
     fn finish(&self, u: Tensor<3>, attention: AttentionOutput, act: Activation) -> BlockOutput {
         let (n2, ln_2) = self.ln_2.forward_with_stats(u.clone());
-        let h = linear(&self.mlp.c_fc, n2);
-        let output = u.clone() + linear(&self.mlp.c_proj, activate(act, h.clone()));
+        let h = self.mlp.c_fc.forward(n2);
+        let output = u.clone() + self.mlp.project(act, h.clone());
         BlockOutput { output, attention, post_attn: u, ln_2, mlp_pre: h }
     }
 }
@@ -404,9 +538,9 @@ impl Block {
 pub struct AttentionPool {
     /// The query token `[W]`.
     pub latent: Param<Tensor<1>>,
-    pub q: Linear,
-    pub kv: Linear,
-    pub proj: Linear,
+    pub q: Dense,
+    pub kv: Dense,
+    pub proj: Dense,
     pub norm: LayerNorm,
     pub mlp: Mlp,
     pub heads: usize,
@@ -439,15 +573,17 @@ impl AttentionPool {
         device: &Device,
     ) -> Result<Self> {
         let latent = map.take(&format!("{prefix}.latent"), &[1, 1, width])?;
+        // The pool runs once per image on one query: burn's products.
+        let burn = LinearProducts::Burn;
         Ok(Self {
             latent: Param::from_tensor(tensor1(latent, device)),
-            q: load_linear(map, &format!("{prefix}.q"), width, width, device)?,
-            kv: load_linear(map, &format!("{prefix}.kv"), width, 2 * width, device)?,
-            proj: load_linear(map, &format!("{prefix}.proj"), width, width, device)?,
+            q: load_linear(map, &format!("{prefix}.q"), width, width, burn, device)?,
+            kv: load_linear(map, &format!("{prefix}.kv"), width, 2 * width, burn, device)?,
+            proj: load_linear(map, &format!("{prefix}.proj"), width, width, burn, device)?,
             norm: LayerNorm::load(map, &format!("{prefix}.norm"), width, eps, device)?,
             mlp: Mlp {
-                c_fc: load_linear(map, &format!("{prefix}.mlp.fc1"), width, mlp_width, device)?,
-                c_proj: load_linear(map, &format!("{prefix}.mlp.fc2"), mlp_width, width, device)?,
+                c_fc: load_linear(map, &format!("{prefix}.mlp.fc1"), width, mlp_width, burn, device)?,
+                c_proj: load_linear(map, &format!("{prefix}.mlp.fc2"), mlp_width, width, burn, device)?,
             },
             heads,
         })
@@ -467,7 +603,7 @@ impl AttentionPool {
         let [b, n, w] = x.dims();
         let (h, d) = (self.heads, w / self.heads);
         let (k, v) = self.keys_values(x);
-        let q = linear(&self.q, self.latent.val().reshape([1, w])).reshape([1, h, 1, d]).expand([b, h, 1, d]);
+        let q = self.q.forward(self.latent.val().reshape([1, w])).reshape([1, h, 1, d]).expand([b, h, 1, d]);
         let scores = q.mul_scalar((d as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)); // [B, H, 1, N]
         (activation::softmax(scores, 3).reshape([b, h, n]), v)
     }
@@ -477,10 +613,10 @@ impl AttentionPool {
         let [b, h, n] = probs.dims();
         let d = values.dims()[3];
         let ctx = probs.clone().reshape([b, h, 1, n]).matmul(values.clone()).reshape([b, h * d]);
-        let attended = linear(&self.proj, ctx);
+        let attended = self.proj.forward(ctx);
         let (normed, norm) = self.norm.forward_with_stats(attended.clone());
-        let mlp_pre = linear(&self.mlp.c_fc, normed);
-        let output = attended.clone() + linear(&self.mlp.c_proj, activate(act, mlp_pre.clone()));
+        let mlp_pre = self.mlp.c_fc.forward(normed);
+        let output = attended.clone() + self.mlp.c_proj.forward(activate(act, mlp_pre.clone()));
         PoolOutput { output, probs, values, attended, norm, mlp_pre }
     }
 

@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::vision::l2_normalize;
 use super::{Block, LayerNorm, tensor2};
+use crate::compute::LinearProducts;
 use crate::config::{Activation, ClipConfig};
 use crate::error::{LegradError, Result};
 use crate::weights::{RawTensor, StoredDType, TensorMap, quant};
@@ -49,7 +50,9 @@ impl TextTower {
         let pos = map.take("positional_embedding", &[t.context_length, t.width])?;
         let blocks = (0..t.layers)
             .map(|i| {
-                Block::load(map, &format!("transformer.resblocks.{i}"), t.width, t.heads, t.mlp_width, eps, device)
+                // A prompt's few rows: `few_rows`' f32 products (the integer grid is the image's).
+                let prefix = format!("transformer.resblocks.{i}");
+                Block::load(map, &prefix, t.width, t.heads, t.mlp_width, eps, LinearProducts::Burn, device)
             })
             .collect::<Result<Vec<_>>>()?;
         let ln_final = LayerNorm::load(map, "ln_final", t.width, eps, device)?;

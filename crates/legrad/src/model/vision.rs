@@ -14,6 +14,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::pos_embed::resample_bicubic_aa;
 use super::{AttentionPool, Block, BlockOutput, LayerNorm, tensor1, tensor2, transposed};
+use crate::compute::LinearProducts;
 use crate::config::{Activation, ClipConfig, HeadKind};
 use crate::error::{LegradError, Result};
 use crate::weights::TensorMap;
@@ -131,7 +132,12 @@ impl<'a> BlockRun<'a> {
 }
 
 impl VisionTower {
-    pub(crate) fn load(config: &ClipConfig, map: &mut TensorMap, device: &Device) -> Result<Self> {
+    pub(crate) fn load(
+        config: &ClipConfig,
+        map: &mut TensorMap,
+        products: LinearProducts,
+        device: &Device,
+    ) -> Result<Self> {
         let v = &config.vision;
         let (w, p) = (v.width, v.patch_size);
         let grid = v.grid();
@@ -158,7 +164,8 @@ impl VisionTower {
         let native_pos = map.take("visual.positional_embedding", &[grid * grid + prefix_tokens, w])?;
         let blocks = (0..v.layers)
             .map(|i| {
-                Block::load(map, &format!("visual.transformer.resblocks.{i}"), w, v.heads, v.mlp_width, eps, device)
+                let prefix = format!("visual.transformer.resblocks.{i}");
+                Block::load(map, &prefix, w, v.heads, v.mlp_width, eps, products, device)
             })
             .collect::<Result<Vec<_>>>()?;
         if map.get(&format!("visual.transformer.resblocks.{}.attn.in_proj_weight", v.layers)).is_some() {

@@ -90,3 +90,71 @@ pub fn random_openclip(config: &ClipConfig, seed: u64) -> TensorMap {
     }
     map
 }
+
+/// A CLIP ViT's vision tower with massive activations, from any open_clip CLIP checkpoint in
+/// f32 (the issue-28 test model; pretrained CLIPs carry a few residual channels hundreds of
+/// times larger than the rest, which random weights lack). For each of `channels`:
+///
+/// - every writer of the residual stream scales the channel by `alpha`: `ln_pre`'s weight and
+///   bias (the stream starts there), each block's `out_proj` and `c_proj` rows and biases;
+/// - every reader of a LayerNorm of it takes the channel at `1/alpha`: each block's `in_proj`
+///   and `c_fc` columns, and `visual.proj`'s row.
+///
+/// The stream then carries the channels `alpha` times larger at every token; each LayerNorm's
+/// output has them far above the rest (their variance dominates the row's) while the weights
+/// that read them are small, as in pretrained models. The function stays a CLIP's (the other
+/// channels are normalised by a larger variance: the embeddings move, they do not break).
+/// A tensor the recipe needs that is missing or quantized is an error.
+pub fn with_outlier_channels(
+    map: &mut TensorMap,
+    layers: usize,
+    channels: &[usize],
+    alpha: f32,
+) -> crate::error::Result<()> {
+    use crate::error::LegradError;
+    let mut edit = |name: &str, f: &dyn Fn(&[usize], &mut [f32])| -> crate::error::Result<()> {
+        let t = map.remove(name).ok_or_else(|| LegradError::MissingTensor { key: name.into(), expected: vec![] })?;
+        if t.dtype.is_quantized() {
+            return Err(LegradError::Checkpoint(format!(
+                "'{name}' is quantized: the outlier recipe needs f32 weights"
+            )));
+        }
+        let mut v = t.to_f32();
+        f(&t.shape, &mut v);
+        map.insert(name, RawTensor::from_f32(t.shape, &v));
+        Ok(())
+    };
+    // Rows `c` of `[out, in]` (or entries of a vector) times `k`.
+    let rows = |k: f32| {
+        move |shape: &[usize], v: &mut [f32]| {
+            let cols: usize = shape[1..].iter().product();
+            for &c in channels {
+                v[c * cols..(c + 1) * cols].iter_mut().for_each(|x| *x *= k);
+            }
+        }
+    };
+    // Columns `c` of `[out, in]` times `k`.
+    let cols = |k: f32| {
+        move |shape: &[usize], v: &mut [f32]| {
+            let n = shape[1];
+            for row in v.chunks_exact_mut(n) {
+                for &c in channels {
+                    row[c] *= k;
+                }
+            }
+        }
+    };
+    for name in ["visual.ln_pre.weight", "visual.ln_pre.bias"] {
+        edit(name, &rows(alpha))?;
+    }
+    for i in 0..layers {
+        let p = format!("visual.transformer.resblocks.{i}");
+        for w in ["attn.out_proj.weight", "attn.out_proj.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"] {
+            edit(&format!("{p}.{w}"), &rows(alpha))?;
+        }
+        for w in ["attn.in_proj_weight", "mlp.c_fc.weight"] {
+            edit(&format!("{p}.{w}"), &cols(1.0 / alpha))?;
+        }
+    }
+    edit("visual.proj", &rows(1.0 / alpha))
+}

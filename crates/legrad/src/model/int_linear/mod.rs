@@ -1,0 +1,442 @@
+//! The vision tower's linear layers on the CPU in 16-bit integer products.
+//!
+//! burn's CPU backend multiplies in f32 (`gemm`): in wasm without fused multiply-add, about
+//! 10 G multiply-adds/s per thread; natively about the reference's PyTorch per core at best.
+//! Integer dot products do more per instruction (`i32x4.dot_i16x8_s` in wasm: eight; AVX-512
+//! VNNI's `vpdpwssd`: thirty-two), and 16-bit weights take half the memory of f32 ones.
+//!
+//! **Weights.** `w[o, i] ≈ q[o, i] · s[i]`: one scale per input (over all outputs), `q` at
+//! ±[`W_LEVELS`](kernels::W_LEVELS). A scale per input folds into the activations (`x ⊙ s`),
+//! which are rounded per row anyway, so the product needs no scale inside its sums. A q8
+//! checkpoint's values (`weights::quant`: a scale per block of 64 outputs and input) are
+//! regridded onto this grid at load, one matrix at a time (no f32 copy is kept): the new step
+//! is at most 1/4095 of the input's largest weight, a small fraction of the 8-bit step (1/127
+//! of the block's largest); f32 weights are rounded to it the same way. Why not the 8-bit
+//! values as stored: their scale varies along the sum (per block of outputs *and* input), so
+//! the activations would be rounded once per block of outputs (36 times per row for a qkv
+//! layer), which costs more than the products gain.
+//!
+//! **Activations.** Each row of `x ⊙ s` is rounded to ±[`X_LEVELS`](kernels::X_LEVELS) with
+//! its own scale ([`kernels::quantize_row`]).
+//!
+//! [`IntLinear::forward`] is the launcher on burn's CPU tensors (natively the rows are split
+//! over rayon's threads); under autodiff or off the CPU it multiplies by the dequantized weight
+//! instead: [`IntLinear::forward_plain`], its twin, which the tests compare it with.
+
+pub mod attention;
+pub mod kernels;
+
+use std::sync::Arc;
+
+use burn::backend::{DispatchDevice, Flex};
+use burn::module::{Module, Param};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use crate::config::Activation;
+
+pub use kernels::IntKernel;
+use kernels::{Operands, ROWS, TILE, W_LEVELS, flush_pairs, product, quantize_row};
+
+/// A weight matrix on the integer grid, packed for [`kernels::product`].
+#[derive(Debug)]
+pub struct IntMatrix {
+    /// Per tile of [`TILE`] outputs, per pair of inputs, each output's two weights.
+    q: Vec<i16>,
+    /// Per input.
+    scale: Vec<f32>,
+    d_in: usize,
+    d_out: usize,
+    pairs: usize,
+    kernel: IntKernel,
+}
+
+impl IntMatrix {
+    /// Does a `[d_out, d_in]` matrix fit the packing (whole tiles of outputs)?
+    pub fn fits(d_in: usize, d_out: usize) -> bool {
+        d_in > 0 && d_out > 0 && d_out.is_multiple_of(TILE)
+    }
+
+    /// From PyTorch's layout `[d_out, d_in]`, row-major (see the module documentation).
+    pub fn new(w: &[f32], d_in: usize, d_out: usize, kernel: IntKernel) -> Self {
+        assert!(Self::fits(d_in, d_out) && w.len() == d_in * d_out, "IntMatrix: {d_out}x{d_in} does not fit");
+        let mut max = vec![0f32; d_in];
+        for row in w.chunks_exact(d_in) {
+            for (m, v) in max.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+        Self::packed(d_in, d_out, kernel, max, |o, i| w[o * d_in + i])
+    }
+
+    /// From burn's layout `[d_in, d_out]`, row-major (the attention's values, keys by dimensions).
+    pub fn from_in_out(w: &[f32], d_in: usize, d_out: usize, kernel: IntKernel) -> Self {
+        assert!(Self::fits(d_in, d_out) && w.len() == d_in * d_out, "IntMatrix: {d_in}x{d_out} does not fit");
+        let max = w.chunks_exact(d_out).map(|row| row.iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
+        Self::packed(d_in, d_out, kernel, max, |o, i| w[i * d_out + o])
+    }
+
+    /// Pack `w(o, i)` with one scale per input from its largest magnitude `max[i]`.
+    fn packed(d_in: usize, d_out: usize, kernel: IntKernel, max: Vec<f32>, w: impl Fn(usize, usize) -> f32) -> Self {
+        let scale: Vec<f32> =
+            max.iter().map(|&m| if m > 0.0 && m.is_finite() { m / W_LEVELS as f32 } else { 0.0 }).collect();
+        let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
+        let pairs = d_in.div_ceil(2);
+        let tiles = d_out / TILE;
+        let mut q = vec![0i16; tiles * pairs * 2 * TILE];
+        // Output tile by tile, input pair by pair: the packed order, written in sequence.
+        for t in 0..tiles {
+            for p in 0..pairs {
+                let dst = &mut q[(t * pairs + p) * 2 * TILE..(t * pairs + p + 1) * 2 * TILE];
+                for lane in 0..TILE {
+                    for half in 0..2 {
+                        let i = 2 * p + half;
+                        if i < d_in {
+                            let v = w(t * TILE + lane, i) * inv[i];
+                            dst[lane * 2 + half] = kernels::round_half_even(v).clamp(-4095.0, 4095.0) as i16;
+                        }
+                    }
+                }
+            }
+        }
+        Self { q, scale, d_in, d_out, pairs, kernel }
+    }
+
+    /// The same matrix run by another form of the kernel (the tests).
+    pub fn with_kernel(mut self, kernel: IntKernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// The weights it multiplies by, in burn's layout `[d_in, d_out]`.
+    pub fn dequantized(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.d_in * self.d_out];
+        for i in 0..self.d_in {
+            let (p, half) = (i / 2, i % 2);
+            for o in 0..self.d_out {
+                let (t, lane) = (o / TILE, o % TILE);
+                w[i * self.d_out + o] = self.q[((t * self.pairs + p) * TILE + lane) * 2 + half] as f32 * self.scale[i];
+            }
+        }
+        w
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        2 * self.q.len() + 4 * self.scale.len()
+    }
+
+    /// `y [rows, d_out] = x [rows, d_in] · Wᵀ + bias`, the rows over rayon's threads natively.
+    pub fn forward(&self, x: &[f32], rows: usize, bias: &[f32]) -> Vec<f32> {
+        self.forward_after(x, rows, bias, None)
+    }
+
+    /// `act(x) · Wᵀ + bias` where `act` is given: the activation applied to each row as it is
+    /// rounded (no activated copy of `x` is made).
+    pub fn forward_after(&self, x: &[f32], rows: usize, bias: &[f32], act: Option<Activation>) -> Vec<f32> {
+        assert!(x.len() == rows * self.d_in && bias.len() == self.d_out, "IntMatrix::forward: operands do not fit");
+        let mut y = vec![0f32; rows * self.d_out];
+        let part = |x: &[f32], y: &mut [f32]| self.rows_into(x, y, bias, act);
+        #[cfg(not(target_family = "wasm"))]
+        {
+            use rayon::prelude::*;
+            // Shares of whole steps, a few per thread (the rows are independent).
+            let per = rows.div_ceil(4 * rayon::current_num_threads()).next_multiple_of(ROWS).max(ROWS);
+            x.par_chunks(per * self.d_in).zip(y.par_chunks_mut(per * self.d_out)).for_each(|(x, y)| part(x, y));
+        }
+        #[cfg(target_family = "wasm")]
+        part(x, &mut y);
+        y
+    }
+
+    /// Rows `x` into `y` on this thread (`act`: applied to each row first).
+    pub fn rows_into(&self, x: &[f32], y: &mut [f32], bias: &[f32], act: Option<Activation>) {
+        let rows = x.len() / self.d_in;
+        let padded = rows.next_multiple_of(ROWS);
+        let len = 2 * self.pairs;
+        let mut xq = vec![0i16; padded * len];
+        let mut sx = vec![0f32; padded];
+        let mut activated = vec![0f32; if act.is_some() { self.d_in } else { 0 }];
+        for r in 0..rows {
+            let row = &x[r * self.d_in..(r + 1) * self.d_in];
+            let row = match act {
+                Some(act) => {
+                    activated.copy_from_slice(row);
+                    activate_in_place(act, &mut activated);
+                    &activated[..]
+                }
+                None => row,
+            };
+            sx[r] = quantize_row(row, &self.scale, &mut xq[r * len..r * len + self.d_in]);
+        }
+        let o = Operands {
+            xq: &xq,
+            sx: &sx,
+            rows: padded,
+            pairs: self.pairs,
+            w: &self.q,
+            tiles: self.d_out / TILE,
+            bias,
+            flush: flush_pairs(W_LEVELS),
+        };
+        if padded == rows {
+            product(self.kernel, &o, y);
+        } else {
+            let mut out = vec![0f32; padded * self.d_out];
+            product(self.kernel, &o, &mut out);
+            y.copy_from_slice(&out[..rows * self.d_out]);
+        }
+    }
+
+    pub fn kernel(&self) -> IntKernel {
+        self.kernel
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.d_out
+    }
+}
+
+/// A linear layer with its weight on the integer grid (the CPU path of large towers).
+#[derive(Module, Debug)]
+pub struct IntLinear {
+    #[module(skip)]
+    pub matrix: Arc<IntMatrix>,
+    pub bias: Param<Tensor<1>>,
+}
+
+impl IntLinear {
+    /// The weight it multiplies by, `[d_in, d_out]` on the bias's device.
+    pub fn weight(&self) -> Tensor<2> {
+        let m = &self.matrix;
+        Tensor::from_data(TensorData::new(m.dequantized(), [m.d_in, m.d_out]), &self.bias.val().device())
+    }
+
+    /// `x W + b` by the integer kernel on plain CPU tensors, else by [`forward_plain`](Self::forward_plain).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self.integer(&x) {
+            Some(y) => y,
+            None => self.forward_plain(x),
+        }
+    }
+
+    /// The twin: burn's matmul by the dequantized weight (autodiff, other devices).
+    pub fn forward_plain<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let w = self.weight().to_device(&x.device());
+        x.matmul(w.unsqueeze()) + self.bias.val().unsqueeze()
+    }
+
+    /// `act(x) W + b`: the activation fused into the integer path's rounding of the rows;
+    /// else `forward_plain(act(x))` with burn's activation.
+    pub fn forward_after<const D: usize>(&self, act: Activation, x: Tensor<D>) -> Tensor<D> {
+        match self.integer_after(&x, Some(act)) {
+            Some(y) => y,
+            None => self.forward_plain(super::activate(act, x)),
+        }
+    }
+
+    fn integer<const D: usize>(&self, x: &Tensor<D>) -> Option<Tensor<D>> {
+        self.integer_after(x, None)
+    }
+
+    fn integer_after<const D: usize>(&self, x: &Tensor<D>, act: Option<Activation>) -> Option<Tensor<D>> {
+        let dims = x.dims();
+        let device = x.device();
+        let data = host_f32(x)?;
+        if dims[D - 1] != self.matrix.d_in {
+            return None;
+        }
+        let bias = self.bias.val().into_data().try_into_vec::<f32>().ok()?;
+        let rows = data.len() / self.matrix.d_in;
+        let y = self.matrix.forward_after(&data, rows, &bias, act);
+        let mut out = dims;
+        out[D - 1] = self.matrix.d_out;
+        Some(Tensor::from_data(TensorData::new(y, out), &device))
+    }
+}
+
+/// A plain CPU tensor's values (f32 on burn's CPU backend, not under autodiff); `None` else.
+pub(crate) fn host_f32<const D: usize>(x: &Tensor<D>) -> Option<Vec<f32>> {
+    if !matches!(x.device().as_dispatch(), DispatchDevice::Flex(_)) {
+        return None;
+    }
+    // An autodiff tensor is not a plain Flex one: the conversion fails and burn keeps the graph.
+    let t = x.clone().try_into_primitive::<Flex>().ok()?;
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    t.into_data().try_into_vec::<f32>().ok()
+}
+
+/// The activation between the integer `c_fc` and `c_proj` where the caller needs its values
+/// (the integer path otherwise fuses it into `c_proj`, [`IntLinear::forward_after`]): on plain
+/// CPU tensors on the host in vectorizable f32 (burn's CPU GELU calls a scalar `erf` per value:
+/// on a ViT-B/16 at 224 px that took half as long as the integer products themselves); else
+/// burn's.
+pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    let Some(mut v) = host_f32(&x) else { return super::activate(act, x) };
+    activate_in_place(act, &mut v);
+    Tensor::from_data(TensorData::new(v, x.dims()), &x.device())
+}
+
+/// GELU or QuickGELU in place. GELU's `erf` is a rational approximation (Eigen's and XLA's
+/// `erf` for f32, absolute error below 5e-7 over the line: GELU within 8e-7 of the exact one,
+/// far below what the 14-bit activations of `c_proj` keep).
+pub fn activate_in_place(act: Activation, v: &mut [f32]) {
+    match act {
+        Activation::Gelu => {
+            v.iter_mut().for_each(|x| *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2)))
+        }
+        Activation::QuickGelu => v.iter_mut().for_each(|x| *x /= 1.0 + exp(-1.702 * *x)),
+    }
+}
+
+/// `e^x` in f32, vectorizable: `2^n · p(r)` with `r = x - n ln 2` and a degree-6 polynomial
+/// (relative error below 2e-7 over `[-87, 88]`; 0 below, infinity above; NaN stays NaN).
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let c = x.clamp(-87.0, 88.0);
+    let n = kernels::round_half_even(c * LOG2E);
+    let r = (c - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // 2^n from its bits (n in -126..=127 after the clamp; a NaN's n gives any finite scale).
+    let scale = f32::from_bits(((kernels::round_to_int(c * LOG2E) + 127) as u32 & 0xFF) << 23);
+    let y = p * scale;
+    if x < -87.0 {
+        0.0
+    } else if x > 88.0 {
+        f32::INFINITY
+    } else {
+        y
+    }
+}
+
+/// `erf(x)` in f32 by a rational function of degree 13/8 (see [`activate_in_place`]).
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    for c in [2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906e-4, -2.954_600_1e-3, -1.609_603_3e-2] {
+        p = p * x2 + c;
+    }
+    let mut q = -1.456_607_2e-5_f32;
+    for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2] {
+        q = q * x2 + c;
+    }
+    x * p / q
+}
+
+/// Where the integer path is taken, and the matrix's device for its bias.
+pub fn int_linear(w: &[f32], b: Vec<f32>, d_in: usize, d_out: usize, kernel: IntKernel, device: &Device) -> IntLinear {
+    let n = b.len();
+    IntLinear {
+        matrix: Arc::new(IntMatrix::new(w, d_in, d_out, kernel)),
+        bias: Param::from_tensor(Tensor::from_data(TensorData::new(b, [n]), device)),
+    }
+}
+
+#[cfg(any(test, feature = "test-support"))]
+/// The shapes [`check_against_plain`] runs: `(rows, in, out)`: a remainder of a step, an odd
+/// input, a ViT-B/16 layer's proportions.
+pub const CHECKED_SHAPES: [(usize, usize, usize); 3] = [(7, 33, 48), (1, 64, 16), (197, 768, 2304)];
+
+#[cfg(any(test, feature = "test-support"))]
+/// For the tests, natively and in the browser: the kernel against the f32 product by the
+/// original weights on random operands of `(rows, in, out)`. The largest difference relative
+/// to the largest output, or why it did not run.
+pub fn check_against_plain(rows: usize, k: usize, n: usize) -> Result<f32, String> {
+    let device = Device::flex();
+    let values = |len: usize, seed: u32, amp: f32| {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / 16_777_216.0 - 0.5) * amp
+            })
+            .collect::<Vec<f32>>()
+    };
+    let w = values(n * k, 1, 0.2);
+    let lin = int_linear(&w, values(n, 2, 0.1), k, n, IntKernel::best(), &device);
+    let x: Tensor<3> = Tensor::from_data(TensorData::new(values(rows * k, 3, 4.0), [1, rows, k]), &device);
+    let ours = lin.integer(&x).ok_or("the kernel did not take the input")?;
+    // The reference: f32 by the original weights (transposed to [in, out]).
+    let wt = crate::model::transposed(&w, n, k);
+    let plain =
+        x.matmul(Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device).unsqueeze()) + lin.bias.val().unsqueeze();
+    let read = |t: Tensor<3>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
+    let (ours, plain) = (read(ours)?, read(plain)?);
+    let diff = crate::testing::compare_or_explain(&ours, &plain)?;
+    let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    Ok(diff.max_abs / scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_agrees_with_the_f32_product() {
+        for (rows, k, n) in CHECKED_SHAPES {
+            let rel = check_against_plain(rows, k, n).unwrap();
+            eprintln!("{rows}x{k}x{n}: largest difference {rel:.2e} of the largest output");
+            assert!(rel < 2e-3, "{rows}x{k}x{n}: {rel}");
+        }
+    }
+
+    #[test]
+    fn every_form_agrees_with_the_portable_one_to_the_bit() {
+        let forms = kernels::check_forms_agree().unwrap();
+        eprintln!("forms compared: {forms:?}");
+    }
+
+    #[test]
+    fn no_sum_can_overflow() {
+        let f = flush_pairs(W_LEVELS) as i64;
+        assert!(f * 2 * kernels::X_LEVELS as i64 * W_LEVELS as i64 <= i32::MAX as i64);
+        assert!(f >= 16);
+    }
+
+    #[test]
+    fn the_twin_and_the_dequantized_weight_agree() {
+        let device = Device::flex();
+        let w: Vec<f32> = (0..32 * 10).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let lin = int_linear(&w, vec![0.5; 32], 10, 32, IntKernel::best(), &device);
+        let x: Tensor<2> =
+            Tensor::from_data(TensorData::new((0..30).map(|i| i as f32 / 7.0).collect::<Vec<_>>(), [3, 10]), &device);
+        let a = lin.forward(x.clone()).into_data().try_into_vec::<f32>().unwrap();
+        let b = lin.forward_plain(x).into_data().try_into_vec::<f32>().unwrap();
+        let d = crate::testing::compare_or_explain(&a, &b).unwrap();
+        assert!(d.max_abs < 2e-3, "{}", d.max_abs);
+    }
+
+    #[test]
+    fn fast_activations_agree_with_burns() {
+        let device = Device::flex();
+        let xs: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) / 250.0).collect();
+        for act in [Activation::Gelu, Activation::QuickGelu] {
+            let x: Tensor<1> = Tensor::from_data(TensorData::new(xs.clone(), [xs.len()]), &device);
+            let ours = activate(act, x.clone()).into_data().try_into_vec::<f32>().unwrap();
+            let burns = super::super::activate(act, x).into_data().try_into_vec::<f32>().unwrap();
+            let d = crate::testing::compare_or_explain(&ours, &burns).unwrap();
+            let worst = (0..xs.len())
+                .max_by(|&a, &b| (ours[a] - burns[a]).abs().total_cmp(&(ours[b] - burns[b]).abs()))
+                .unwrap();
+            assert!(d.max_abs < 2e-6, "{act:?}: {} at {}: {} vs {}", d.max_abs, xs[worst], ours[worst], burns[worst]);
+        }
+        assert!(erf(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn nan_input_gives_nan_rows() {
+        let device = Device::flex();
+        let lin = int_linear(&[0.1; 16 * 4], vec![0.0; 16], 4, 16, IntKernel::best(), &device);
+        let y = lin.matrix.forward(&[1.0, f32::NAN, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], 2, &[0.0; 16]);
+        assert!(y[..16].iter().all(|v| v.is_nan()));
+        assert!(y[16..].iter().all(|v| (v - 0.4).abs() < 1e-3));
+    }
+}

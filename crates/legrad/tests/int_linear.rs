@@ -1,0 +1,170 @@
+//! The vision tower's linear layers and attention in 16-bit integer products
+//! (`model::int_linear`: the CPU path of large towers) against the f32 path and the reference:
+//! issue 28's fidelity bars, on the fixture model (every size forced onto the integer path), on
+//! a random ViT-B/16 and on the same model with massive activations
+//! (`weights::random::with_outlier_channels`).
+
+mod common;
+
+use burn::tensor::Device;
+use common::*;
+use legrad::compute::Int16Products;
+use legrad::engine::DEFAULT_TEMPLATE;
+use legrad::explain::{ExplainOptions, Method};
+use legrad::load::{ConfigSource, Prepared, prepare_path};
+use legrad::{ClipConfig, ComputePolicy, Engine, InputSize};
+
+fn build(p: Prepared, linear: Int16Products) -> Engine {
+    let device = Device::flex();
+    let policy = ComputePolicy::for_device(&device).with_int_linear(linear);
+    let (clip, info) = p.build_with(&device, &policy).expect("build");
+    Engine::new(clip, info).unwrap()
+}
+
+fn tiny(linear: Int16Products) -> Engine {
+    let config = ConfigSource::from_json(std::fs::read_to_string(fixtures().join("tiny-vit-b16.json")).unwrap());
+    build(prepare_path(&fixtures().join("tiny-vit-b16.safetensors"), Some(config)).unwrap(), linear)
+}
+
+fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().map(|&v| v as f64).sum::<f64>() / n, b.iter().map(|&v| v as f64).sum::<f64>() / n);
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (*x as f64 - ma, *y as f64 - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// The share of `b`'s top 10 % of pixels that are in `a`'s top 10 %.
+fn top_overlap(a: &[f32], b: &[f32]) -> f64 {
+    let k = a.len().div_ceil(10);
+    let top = |m: &[f32]| {
+        let mut idx: Vec<usize> = (0..m.len()).collect();
+        idx.sort_by(|&i, &j| m[j].total_cmp(&m[i]));
+        let mut set = vec![false; m.len()];
+        idx[..k].iter().for_each(|&i| set[i] = true);
+        set
+    };
+    let (ta, tb) = (top(a), top(b));
+    (0..a.len()).filter(|&i| ta[i] && tb[i]).count() as f64 / k as f64
+}
+
+/// The worst of each bar's number over `images` and `prompts` at `size`: embedding cosine,
+/// map Pearson r, top-10 % overlap, and the largest map difference.
+fn fidelity(
+    int: &Engine,
+    exact: &Engine,
+    images: &[Vec<f32>],
+    size: InputSize,
+    prompts: &[String],
+) -> (f64, f64, f64, f32) {
+    let options = ExplainOptions::default();
+    let request = exact.request_for(&[Method::LeGrad], &options).unwrap();
+    let (mut cos, mut r, mut overlap, mut diff) = (1f64, 1f64, 1f64, 0f32);
+    for pixels in images {
+        let a = int.trace(pixels.clone(), size, &request).unwrap();
+        let b = exact.trace(pixels.clone(), size, &request).unwrap();
+        let read = |t: &legrad::explain::trace::ImageTrace| {
+            pollster::block_on(legrad::engine::read_f32(t.embedding.clone())).unwrap()
+        };
+        cos = cos.min(cosine(&read(&a), &read(&b)));
+        let pa = int.prepare(prompts, Some(DEFAULT_TEMPLATE)).unwrap();
+        let pb = exact.prepare(prompts, Some(DEFAULT_TEMPLATE)).unwrap();
+        let ma = pollster::block_on(int.explain(&a, &pa, Method::LeGrad, &options)).unwrap();
+        let mb = pollster::block_on(exact.explain(&b, &pb, Method::LeGrad, &options)).unwrap();
+        for (x, y) in ma.iter().zip(&mb) {
+            diff = diff.max(compare(&x.map.map, &y.map.map).unwrap().max_abs);
+            r = r.min(pearson(&x.map.map, &y.map.map));
+            overlap = overlap.min(top_overlap(&x.map.map, &y.map.map));
+        }
+    }
+    (cos, r, overlap, diff)
+}
+
+#[test]
+fn integer_path_matches_the_reference_on_the_fixture() {
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let int = tiny(Int16Products::Always);
+    let exact = tiny(Int16Products::Never);
+    assert!(matches!(int.model.vision.weights.blocks[0].attn.in_proj, legrad::model::Dense::Integer(_)));
+    assert!(matches!(exact.model.vision.weights.blocks[0].attn.in_proj, legrad::model::Dense::Burn(_)));
+    let options = ExplainOptions { layer_index: -2 };
+    let request = int.request_for(&[Method::LeGrad], &options).unwrap();
+    let prepared = int.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+    let (mut cos, mut worst, mut moved) = (1f64, 0f32, 0f32);
+    for key in ["64x64", "96x96", "64x96"] {
+        let size = size_of(key);
+        let pixels = exp.values(&format!("pixels/{key}")).to_vec();
+        let trace = int.trace(pixels.clone(), size, &request).unwrap();
+        let emb = pollster::block_on(legrad::engine::read_f32(trace.embedding.clone())).unwrap();
+        cos = cos.min(cosine(&emb, exp.values(&format!("image_emb/{key}"))));
+        let maps = pollster::block_on(int.explain(&trace, &prepared, Method::LeGrad, &options)).unwrap();
+        let f32_trace = exact.trace(pixels, size, &request).unwrap();
+        let f32_maps = pollster::block_on(exact.explain(&f32_trace, &prepared, Method::LeGrad, &options)).unwrap();
+        let want = exp.values(&format!("legrad/{key}/layer-2/final"));
+        let n = size.width * size.height;
+        for (i, (m, e)) in maps.iter().zip(&f32_maps).enumerate() {
+            worst = worst.max(compare(&m.map.map, &want[i * n..][..n]).unwrap().max_abs);
+            moved = moved.max(compare(&m.map.map, &e.map.map).unwrap().max_abs);
+        }
+    }
+    eprintln!("fixture, integer path: image embedding cosine >= {cos:.7}, maps within {worst:.2e} of the reference");
+    assert!(cos >= 0.9995, "image embedding cosine {cos}");
+    assert!(worst <= 1e-2, "maps differ from the reference by {worst}");
+    assert!(moved > 0.0, "the maps equal the f32 path's: the integer products did not run");
+}
+
+/// Issue 28's bars on a random ViT-B/16 at 448 (four images, three prompts), and on the same
+/// model with three massive channels (x100).
+#[test]
+fn integer_path_keeps_the_bars_on_vit_b16_with_and_without_outliers() {
+    let config = ClipConfig::preset("ViT-B-16").unwrap();
+    let size = InputSize::square(448);
+    let images: Vec<Vec<f32>> = (0..4u64)
+        .map(|s| {
+            let mut rng = legrad::rng::Rng::new(100 + s);
+            // Smooth blobs plus noise, not white noise: maps with structure.
+            (0..3 * 448 * 448)
+                .map(|i| {
+                    let (y, x) = ((i / 448) % 448, i % 448);
+                    let f = 0.01 * (1.0 + s as f32);
+                    (x as f32 * f).sin() * (y as f32 * f * 0.7).cos() + 0.3 * rng.normal()
+                })
+                .collect()
+        })
+        .collect();
+    let prompts: Vec<String> = ["a cat", "a red circle", "the remote control"].map(String::from).to_vec();
+    for outliers in [false, true] {
+        let prepared = |linear| {
+            let mut map = legrad::weights::random::random_openclip(&config, 0);
+            if outliers {
+                legrad::weights::random::with_outlier_channels(&mut map, config.vision.layers, &[17, 300, 611], 100.0)
+                    .unwrap();
+            }
+            build(
+                Prepared {
+                    map,
+                    config: config.clone(),
+                    source_format: "random".into(),
+                    notes: vec![],
+                    tokenizer: None,
+                },
+                linear,
+            )
+        };
+        let (int, exact) = (prepared(Int16Products::LargeLayers), prepared(Int16Products::Never));
+        assert!(matches!(int.model.vision.weights.blocks[0].mlp.c_fc, legrad::model::Dense::Integer(_)));
+        let (cos, r, overlap, diff) = fidelity(&int, &exact, &images, size, &prompts);
+        eprintln!(
+            "ViT-B/16 at 448{}: embedding cosine >= {cos:.6}, maps Pearson r >= {r:.6}, top-10% overlap >= {overlap:.4}, max difference {diff:.2e}",
+            if outliers { " with outliers" } else { "" }
+        );
+        assert!(cos >= 0.9995, "embedding cosine {cos}");
+        assert!(r >= 0.999, "maps Pearson r {r}");
+        assert!(overlap >= 0.98, "top-10% overlap {overlap}");
+    }
+}
