@@ -135,6 +135,23 @@ fn cpu_int16_kernel_matches_its_twins() {
     }
 }
 
+/// The image step's integer kernels in wasm's SIMD form (`model::int_linear`): equal to the bit
+/// to the portable form, and within their bounds of the f32 products (the tolerances of the
+/// native tests).
+#[wasm_bindgen_test]
+fn cpu_int_linear_kernels_match_their_twins() {
+    let forms = legrad::model::int_linear::kernels::check_forms_agree().unwrap();
+    assert!(forms.contains(&legrad::model::int_linear::IntKernel::Simd128), "forms compared: {forms:?}");
+    for (rows, k, n) in legrad::model::int_linear::CHECKED_SHAPES {
+        let rel = legrad::model::int_linear::check_against_plain(rows, k, n).unwrap();
+        assert!(rel < 2e-3, "{rows}x{k}x{n}: {rel}");
+    }
+    for (n, h, d) in [(197, 12, 64), (50, 3, 32)] {
+        let (out, probs) = legrad::model::int_linear::attention::check_against_burn(n, h, d).unwrap();
+        assert!(out < 2e-3 && probs < 5e-3, "{n}x{h}x{d}: output {out}, probabilities {probs}");
+    }
+}
+
 #[wasm_bindgen_test]
 async fn cpu_fallback_matches_reference() {
     check_against_reference(&Device::flex(), "cpu").await;

@@ -9,7 +9,11 @@
 //     nothing cached),
 //   * image encode (the page's timing of the trace),
 //   * one new prompt with 0, 2 and 7 prompts already shown (the page's timing of the update),
-//   * one prompt replaced by another, median of 4 (the page's timing).
+//   * one prompt replaced by another, median of 4 (the page's timing),
+//   * for the ViT-B/16 on the page's pick (issue 28): the camera's frames/s at 224 (Chromium's
+//     fake camera, the page's own count), and the resident memory of all the browser's
+//     processes with the ViT-B/16 loaded from the browser's cache (a second visit) and one image
+//     explained, minus the same with the default model.
 //
 //   LEGRAD_DIST=dist LEGRAD_CLI=target/release/legrad node tests/e2e/bench.mjs [--full] [--only default|vit]
 //       [--backends pick,webgpu,cpu,cpu1] [--sizes 224,448]     (cpu1: ?backend=cpu&threads=1)
@@ -21,7 +25,7 @@
 import { chromium } from "@playwright/test";
 import { startServer } from "./support/server.mjs";
 import { chromiumArgs, chromiumPath, cli, dist, root } from "./support/env.mjs";
-import { readFileSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { readFileSync, readdirSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { tmpdir } from "node:os";
@@ -39,7 +43,10 @@ const sizes = arg("--sizes", "224,448").split(",").map(Number);
 
 const server = await startServer({ dist, work, sub: "/app/" });
 const base = server.base;
-const browser = await chromium.launch({ executablePath: chromiumPath, args: chromiumArgs });
+const browser = await chromium.launch({
+  executablePath: chromiumPath,
+  args: [...chromiumArgs, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
+});
 const T = +(process.env.LEGRAD_BENCH_TIMEOUT_MS ?? 3_600_000);
 const PROMPTS = ["a red circle", "a blue circle", "something green", "a yellow star", "an orange ring",
   "a purple cross", "a green square", "a blue triangle", "a red star", "a yellow ring", "an orange square", "a purple circle"];
@@ -120,6 +127,78 @@ async function measure(model, backend) {
   }
 }
 
+/// Resident memory (MiB) of every process under this one: the browser's (`VmRSS`, summed).
+function browserRssMiB() {
+  const children = new Map();
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, "utf8");
+      const ppid = +stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1];
+      if (!children.has(ppid)) children.set(ppid, []);
+      children.get(ppid).push(+d);
+    } catch { /* gone */ }
+  }
+  let kb = 0;
+  const todo = [...(children.get(process.pid) ?? [])];
+  while (todo.length) {
+    const pid = todo.pop();
+    try {
+      const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/VmRSS:\s+(\d+) kB/);
+      if (m) kb += +m[1];
+    } catch { /* gone */ }
+    todo.push(...(children.get(pid) ?? []));
+  }
+  return kb / 1024;
+}
+
+/// Issue 28's other page numbers for a model loaded by URL, on the page's pick, at 224: the
+/// camera's frames/s, and the browser's resident memory against the default model's (one
+/// context: the first page fills the browser's cache, the later ones read it).
+async function cameraAndMemory(model) {
+  const context = await browser.newContext({ permissions: ["camera"] });
+  const visit = async (withModel, camera) => {
+    const page = await context.newPage();
+    await page.goto(`${base}/app/`, { waitUntil: "commit" });
+    await page.waitForSelector('[data-testid="model-info"]', { timeout: T });
+    if (withModel) {
+      await page.click('[data-testid="other-model"] summary');
+      await page.fill('[data-testid="model-url"]', model.url);
+      await page.click('[data-testid="load-url"]');
+      await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, model.url, { timeout: T });
+    }
+    await page.selectOption('[data-testid="size"]', "224");
+    const bytes = Array.from(readFileSync(join(root, "www/samples/scene-1.png")));
+    await page.evaluate(({ bytes }) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([new Uint8Array(bytes)], "scene-1.png", { type: "image/png" }));
+      document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, { bytes });
+    await page.waitForSelector('[data-testid="image-ready"]', { timeout: T });
+    await show(page, PROMPTS.slice(0, 1));
+    await page.waitForTimeout(2000);
+    const rss = browserRssMiB();
+    let fps = NaN;
+    if (camera) {
+      await page.click('[data-testid="camera"]');
+      const frames = async () => +(await page.getAttribute('[data-testid="camera-stats"]', "data-frames").catch(() => "0"));
+      await page.waitForFunction(() => +(document.querySelector('[data-testid="camera-stats"]')?.dataset.frames ?? 0) >= 3, null, { timeout: T });
+      const [f0, t0] = [await frames(), Date.now()];
+      await page.waitForFunction((f) => +(document.querySelector('[data-testid="camera-stats"]')?.dataset.frames ?? 0) >= f + 8, f0, { timeout: T });
+      fps = (await frames() - f0) / ((Date.now() - t0) / 1000);
+      console.error(`#   camera at 224: ${fps.toFixed(2)} frames/s by the test's clock; the page says "${(await page.textContent('[data-testid="camera-stats"]')).trim()}"`);
+      await page.click('[data-testid="camera"]');
+    }
+    await page.close();
+    return { rss, fps };
+  };
+  await visit(true, false); // fills the cache
+  const plain = await visit(false, false);
+  const cached = await visit(true, true);
+  await context.close();
+  console.log(`${model.label}, the page's pick, 224: camera ${cached.fps.toFixed(2)} frames/s; the browser's processes resident ${Math.round(cached.rss)} MiB with it (from the cache, one image explained) against ${Math.round(plain.rss)} MiB with the default model: ${Math.round(cached.rss - plain.rss)} MiB more`);
+}
+
 // The modules themselves: download, compile, instantiate and start (the page's own in the page;
 // the engine's in the engine's worker and each helper).
 for (const name of ["legrad-web", "legrad-web-engine"].filter((n) => existsSync(join(dist, `${n}_bg.wasm`)))) {
@@ -157,5 +236,6 @@ if (only !== "default") {
   models.push({ label: "random ViT-B/16 (q8)", url: `${base}/files/vit-b16-random-q8.safetensors`, slowOnSoftware: true });
 }
 for (const model of models) for (const backend of backends) await measure(model, backend);
+for (const model of models.filter((m) => m.url)) if (backends.includes("pick")) await cameraAndMemory(model);
 await browser.close();
 await server.close();

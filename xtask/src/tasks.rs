@@ -252,13 +252,24 @@ pub fn bench(args: &[String]) -> Result {
     let runs = value(args, "--runs").unwrap_or("5");
     build_cli()?;
     let legrad = target_dir().join("release/legrad");
-    println!("| size | prompts | step | legrad-web (Rust, burn CPU) | reference (PyTorch) |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| size | prompts | step | legrad-web (Rust, CPU: integer image step) | the same, f32 image step (`--int-linear never`: before issue 28) | reference (PyTorch) |"
+    );
+    println!("|---|---|---|---|---|---|");
     for size in value(args, "--sizes").unwrap_or("224,448").split(',') {
         for prompts in value(args, "--prompts").unwrap_or("1,8").split(',') {
             let common = ["--size", size, "--prompts", prompts, "--threads", threads, "--runs", runs, "--json"];
-            let ours = output(Command::new(&legrad).args(["bench", "--model", "random:ViT-B-16:0"]).args(common))
-                .ok_or("legrad bench failed")?;
+            let ours_run = |linear: &str| {
+                output(
+                    Command::new(&legrad)
+                        .args(["bench", "--model", "random:ViT-B-16:0", "--int-linear", linear])
+                        .args(common),
+                )
+                .map(|o| o.lines().last().unwrap_or_default().to_string())
+                .ok_or("legrad bench failed")
+            };
+            let ours = ours_run("large")?;
+            let before = ours_run("never")?;
             let theirs = output(
                 Command::new(&python)
                     .args(["-W", "ignore", "tools/reference/bench.py"])
@@ -266,7 +277,6 @@ pub fn bench(args: &[String]) -> Result {
                     .current_dir(root()),
             )
             .ok_or("tools/reference/bench.py failed")?;
-            let ours = ours.lines().last().unwrap_or_default().to_string();
             let theirs = theirs.lines().last().unwrap_or_default().to_string();
             let get = |json: &str, key: &str| -> f64 {
                 json.split(&format!("\"{key}\":"))
@@ -275,36 +285,50 @@ pub fn bench(args: &[String]) -> Result {
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(f64::NAN)
             };
-            let ms = |v: f64| format!("{:.1} ms", v * 1e3);
+            let ms = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{:.1} ms", v * 1e3) };
             let mb = |v: f64| format!("{:.0} MiB", v / (1 << 20) as f64);
-            for (step, a, b) in [
+            let trace = "image_forward_with_trace_s";
+            let both = |json: &str| get(json, trace) + get(json, "explain_cached_text_s");
+            let rows: [(&str, f64, f64, f64); 5] = [
                 (
                     "image forward (ours: with trace; ref: no grad)",
-                    get(&ours, "image_forward_with_trace_s"),
+                    get(&ours, trace),
+                    get(&before, trace),
                     get(&theirs, "image_forward_s"),
                 ),
                 (
                     "explain on cached image (ref: compute_legrad_clip(image=None))",
                     get(&ours, "explain_cached_text_s"),
+                    get(&before, "explain_cached_text_s"),
                     get(&theirs, "legrad_cached_s"),
                 ),
-                ("new prompt incl. text encoding (ours)", get(&ours, "explain_new_prompts_s"), f64::NAN),
+                (
+                    "new prompt incl. text encoding (ours)",
+                    get(&ours, "explain_new_prompts_s"),
+                    get(&before, "explain_new_prompts_s"),
+                    f64::NAN,
+                ),
                 (
                     "image forward + LeGrad (ref: compute_legrad_clip(image))",
-                    get(&ours, "image_forward_with_trace_s") + get(&ours, "explain_cached_text_s"),
+                    both(&ours),
+                    both(&before),
                     get(&theirs, "legrad_full_s"),
                 ),
-                ("text encoding", get(&ours, "text_encode_s"), get(&theirs, "text_encode_s")),
-            ] {
-                println!(
-                    "| {size} | {prompts} | {step} | {} | {} |",
-                    ms(a),
-                    if b.is_nan() { "-".into() } else { ms(b) }
-                );
+                (
+                    "text encoding",
+                    get(&ours, "text_encode_s"),
+                    get(&before, "text_encode_s"),
+                    get(&theirs, "text_encode_s"),
+                ),
+            ];
+            for (step, a, b, r) in rows {
+                let ratio = |v: f64| if r.is_nan() { String::new() } else { format!(" ({:.2}x)", v / r) };
+                println!("| {size} | {prompts} | {step} | {}{} | {}{} | {} |", ms(a), ratio(a), ms(b), ratio(b), ms(r));
             }
             println!(
-                "| {size} | {prompts} | peak RSS | {} | {} |",
+                "| {size} | {prompts} | peak RSS | {} | {} | {} |",
                 mb(get(&ours, "peak_rss_bytes")),
+                mb(get(&before, "peak_rss_bytes")),
                 mb(get(&theirs, "peak_rss_bytes"))
             );
         }

@@ -110,14 +110,12 @@ impl ComputePolicy {
 
     /// The CPU's policy on this platform.
     pub fn cpu() -> Self {
+        // Natively the per-prompt products stay f32 (`gemm` with the machine's FMA): the integer
+        // path's other steps (packing, the relevance's product) have no x86 forms, and with only
+        // `main` on AVX-512 VNNI a prompt took four times as long (BENCHMARKS.md, "The image step").
         let int16 = if cfg!(target_family = "wasm") { Int16Products::LargeLayers } else { Int16Products::Never };
-        Self {
-            processor: Processor::Cpu,
-            kernels: None,
-            int16,
-            linear: Int16Products::LargeLayers,
-            int_kernel: IntKernel::best(),
-        }
+        let int_kernel = IntKernel::best();
+        Self { processor: Processor::Cpu, kernels: None, int16, linear: Int16Products::LargeLayers, int_kernel }
     }
 
     fn gpu(software: bool) -> Self {

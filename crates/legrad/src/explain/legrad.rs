@@ -96,7 +96,7 @@ fn relevance(t: &LayerTerms, policy: &ComputePolicy) -> Tensor<2> {
 pub fn relevance_sums(t: &LayerTerms, policy: &ComputePolicy) -> Tensor<2> {
     let ([_, n, _], [m, w]) = (t.values.dims(), t.k.dims());
     if policy.int16_for(n, m, w)
-        && let Some(sums) = super::int16::relevance_sums(t)
+        && let Some(sums) = super::int16::relevance_sums(t, policy.int_kernel)
     {
         return sums;
     }

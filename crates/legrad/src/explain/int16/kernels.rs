@@ -3,6 +3,8 @@
 //! arithmetic in the same order, so their results are equal to the last bit
 //! ([`check_simd_against_portable`]).
 
+use crate::model::int_linear::IntKernel;
+
 /// Rows of a tile (query rows) and 4-lane vectors of columns, in both products (2 x 4 was the
 /// fastest of 2x4, 3x3, 4x2, 4x3, 3x4, 2x6, 6x2 in V8: docs/benchmarks-history.md §5).
 pub const ROWS: usize = 2;
@@ -149,7 +151,10 @@ fn pack_pair(r0: Option<(f32, &[f32])>, r1: Option<(f32, &[f32])>, inv: &[f32], 
 
 /// `out [rows, cols] = a [rows, 2·pairs] · b` (`b` packed by [`pack_scaled`]), the integer sums
 /// moved into f32 every [`DC_FLUSH`] pairs; `rows` a multiple of [`ROWS`], `cols` of [`COLS`].
-pub fn dc_product(a: &[i16], b: &[i16], rows: usize, pairs: usize, cols: usize, out: &mut [f32]) {
+/// Natively on x86 with AVX2 or AVX-512 VNNI (`kernel`) by the image step's kernel
+/// (`model::int_linear::kernels`: the same packing, sums and order, so the same result to the
+/// bit); else by this module's own forms.
+pub fn dc_product(kernel: IntKernel, a: &[i16], b: &[i16], rows: usize, pairs: usize, cols: usize, out: &mut [f32]) {
     assert!(
         rows.is_multiple_of(ROWS)
             && cols.is_multiple_of(COLS)
@@ -158,6 +163,9 @@ pub fn dc_product(a: &[i16], b: &[i16], rows: usize, pairs: usize, cols: usize, 
             && out.len() >= rows * cols,
         "dc_product: operands do not fit"
     );
+    if matches!(kernel, IntKernel::Avx2 | IntKernel::Avx512Vnni) {
+        return by_int_linear(kernel, a, b, rows, pairs, cols, out);
+    }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     // SAFETY: the operands' lengths are asserted above; the kernel reads and writes within them.
     unsafe {
@@ -165,6 +173,25 @@ pub fn dc_product(a: &[i16], b: &[i16], rows: usize, pairs: usize, cols: usize, 
     };
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     portable::dc_product(a, b, rows, pairs, cols, out);
+}
+
+/// [`dc_product`] by `model::int_linear`'s kernel: a scale of 1 and no bias, rows padded to its
+/// step.
+fn by_int_linear(kernel: IntKernel, a: &[i16], b: &[i16], rows: usize, pairs: usize, cols: usize, out: &mut [f32]) {
+    use crate::model::int_linear::kernels::{Operands, ROWS as STEP, product};
+    let padded = rows.next_multiple_of(STEP);
+    let (ones, zeros) = (vec![1f32; padded], vec![0f32; cols]);
+    let mut xq = a[..rows * pairs * 2].to_vec();
+    xq.resize(padded * pairs * 2, 0);
+    let o =
+        Operands { xq: &xq, sx: &ones, rows: padded, pairs, w: b, tiles: cols / COLS, bias: &zeros, flush: DC_FLUSH };
+    if padded == rows {
+        product(kernel, &o, &mut out[..rows * cols]);
+    } else {
+        let mut y = vec![0f32; padded * cols];
+        product(kernel, &o, &mut y);
+        out[..rows * cols].copy_from_slice(&y[..rows * cols]);
+    }
 }
 
 /// The operands of [`relevance_product`]: `q` `[rows, H, 2·pairs]` with one scale per row and
@@ -623,9 +650,11 @@ pub fn check_simd_against_portable() -> Result<(), String> {
     let (rows, pairs, cols, h) = (6, 37, 2 * COLS, 3);
     let (a, b) = (ints(rows * pairs * 2, 1, DC_LEVELS), ints(cols * pairs * 2, 2, DC_LEVELS));
     let (mut here, mut there) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
-    dc_product(&a, &b, rows, pairs, cols, &mut here);
-    portable::dc_product(&a, &b, rows, pairs, cols, &mut there);
-    same("dc_product", &here, &there)?;
+    for kernel in IntKernel::available() {
+        dc_product(kernel, &a, &b, rows, pairs, cols, &mut here);
+        portable::dc_product(&a, &b, rows, pairs, cols, &mut there);
+        same(&format!("dc_product ({kernel:?})"), &here, &there)?;
+    }
     let d = 2 * pairs;
     let levels = rel_levels(d);
     let packed = PackedValues::new(&values(h * 40 * d, 4, -1.0, 1.0), h, 40, d);

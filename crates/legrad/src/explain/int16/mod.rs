@@ -30,6 +30,7 @@ use burn::backend::{DispatchDevice, Flex};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::terms::LayerTerms;
+use crate::model::int_linear::IntKernel;
 
 pub mod kernels;
 
@@ -64,7 +65,7 @@ impl Host {
 /// `Σ_h Σ_i relu(dA_h)[:, i, :]` `[P, N]` over the terms' query rows, as
 /// [`LayerTerms::relevance_sums_plain`], by 16-bit integer products. `None` where the terms are
 /// not f32 tensors of burn's CPU backend (the caller then takes the plain form).
-pub fn relevance_sums(t: &LayerTerms) -> Option<Tensor<2>> {
+pub fn relevance_sums(t: &LayerTerms, kernel: IntKernel) -> Option<Tensor<2>> {
     let device = t.act_grad.device();
     if !matches!(device.as_dispatch(), DispatchDevice::Flex(_)) {
         return None;
@@ -81,7 +82,7 @@ pub fn relevance_sums(t: &LayerTerms) -> Option<Tensor<2>> {
     let xhat_out = Host::of(&t.xhat_out)?;
     let rstd = Host::of(&t.rstd)?;
     let values = Host::of(&t.values)?;
-    let shape = Shape { r, m, w, h, n, d };
+    let shape = Shape { r, m, w, h, n, d, kernel };
     let a = QuantRows::new(act.data(), r, m, DC_LEVELS);
     let v = PackedValues::new(values.data(), h, n, d);
     let mut sums = Vec::with_capacity(p * n);
@@ -101,6 +102,8 @@ pub fn relevance_sums(t: &LayerTerms) -> Option<Tensor<2>> {
 
 /// The dimensions: `r` query rows, `m` hidden (4W), `w` width, `h` heads of `d`, `n` keys.
 struct Shape {
+    /// The form of `main`'s product.
+    kernel: IntKernel,
     r: usize,
     m: usize,
     w: usize,
@@ -131,7 +134,7 @@ fn head_gradient(
     let (bq, bscale) = pack_scaled(t.a, k, s.m, s.w);
     let cols = s.w.next_multiple_of(COLS);
     let mut main = vec![0f32; act.rows * cols];
-    dc_product(&act.q, &bq, act.rows, act.len / 2, cols, &mut main);
+    dc_product(s.kernel, &act.q, &bq, act.rows, act.len / 2, cols, &mut main);
     let mut dc = vec![0f32; s.r * s.w];
     for i in 0..s.r {
         let (sa, m1, m2, rs) = (act.scale[i], t.m1[i], t.m2[i], rstd[i]);
@@ -195,7 +198,7 @@ pub fn random_terms(shape: (usize, usize, usize, usize, usize, usize), seed: u32
 /// largest difference relative to the twin's largest sum, or why the kernel did not run.
 pub fn check_against_plain(shape: (usize, usize, usize, usize, usize, usize)) -> Result<f32, String> {
     let t = random_terms(shape, 11);
-    let ours = relevance_sums(&t).ok_or("the kernel did not take the terms")?;
+    let ours = relevance_sums(&t, IntKernel::best()).ok_or("the kernel did not take the terms")?;
     let read = |x: Tensor<2>| x.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
     let (ours, plain) = (read(ours)?, read(t.relevance_sums_plain())?);
     let diff = crate::testing::compare_or_explain(&ours, &plain)?;

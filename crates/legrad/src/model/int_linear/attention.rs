@@ -145,10 +145,9 @@ pub fn check_against_burn(n: usize, heads: usize, d: usize) -> Result<(f32, f32)
     let x: Tensor<3> = Tensor::from_data(TensorData::new(values(n * w, 5, 4.0), [1, n, w]), &device);
     let ours = attn.forward(x.clone(), None);
     let plain = attn.forward_burn(x.clone(), None);
-    let read = |t: Vec<f32>| t;
     let get = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
     let get4 = |t: burn::tensor::Tensor<4>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
-    let (o, p) = (read(get(ours.output)?), read(get(plain.output)?));
+    let (o, p) = (get(ours.output)?, get(plain.output)?);
     let out = crate::testing::compare_or_explain(&o, &p)?;
     let scale = p.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
     let probs = crate::testing::compare_or_explain(&get4(ours.probs)?, &get4(plain.probs)?)?;
