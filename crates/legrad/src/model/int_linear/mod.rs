@@ -62,7 +62,7 @@ impl IntMatrix {
         let mut max = vec![0f32; d_in];
         for row in w.chunks_exact(d_in) {
             for (m, v) in max.iter_mut().zip(row) {
-                *m = m.max(v.abs());
+                *m = nan_max(*m, *v);
             }
         }
         Self::packed(d_in, d_out, kernel, max, |o, i| w[o * d_in + i])
@@ -71,14 +71,15 @@ impl IntMatrix {
     /// From burn's layout `[d_in, d_out]`, row-major (the attention's values, keys by dimensions).
     pub fn from_in_out(w: &[f32], d_in: usize, d_out: usize, kernel: IntKernel) -> Self {
         assert!(Self::fits(d_in, d_out) && w.len() == d_in * d_out, "IntMatrix: {d_in}x{d_out} does not fit");
-        let max = w.chunks_exact(d_out).map(|row| row.iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
+        let max = w.chunks_exact(d_out).map(|row| row.iter().fold(0f32, |m, &v| nan_max(m, v))).collect();
         Self::packed(d_in, d_out, kernel, max, |o, i| w[i * d_out + o])
     }
 
     /// Pack `w(o, i)` with one scale per input from its largest magnitude `max[i]`.
     fn packed(d_in: usize, d_out: usize, kernel: IntKernel, max: Vec<f32>, w: impl Fn(usize, usize) -> f32) -> Self {
-        let scale: Vec<f32> =
-            max.iter().map(|&m| if m > 0.0 && m.is_finite() { m / W_LEVELS as f32 } else { 0.0 }).collect();
+        // A weight that is NaN or infinite makes its input's scale NaN (`nan_max`), so that the
+        // outputs it reaches are NaN, as in f32 (never a zero in its place).
+        let scale: Vec<f32> = max.iter().map(|&m| if m.is_finite() { m / W_LEVELS as f32 } else { f32::NAN }).collect();
         let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
         let pairs = d_in.div_ceil(2);
         let tiles = d_out / TILE;
@@ -198,6 +199,11 @@ impl IntMatrix {
     pub fn d_out(&self) -> usize {
         self.d_out
     }
+}
+
+/// `max(m, |v|)`, NaN once `v` is not finite.
+fn nan_max(m: f32, v: f32) -> f32 {
+    if v.is_finite() && !m.is_nan() { m.max(v.abs()) } else { f32::NAN }
 }
 
 /// A linear layer with its weight on the integer grid (the CPU path of large towers).
@@ -429,6 +435,15 @@ mod tests {
             assert!(d.max_abs < 2e-6, "{act:?}: {} at {}: {} vs {}", d.max_abs, xs[worst], ours[worst], burns[worst]);
         }
         assert!(erf(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn a_nan_weight_gives_nan_outputs() {
+        let mut w = vec![0.1f32; 16 * 4];
+        w[5] = f32::NAN;
+        let m = IntMatrix::new(&w, 4, 16, IntKernel::best());
+        let y = m.forward(&[1.0, 1.0, 1.0, 1.0], 1, &[0.0; 16]);
+        assert!(y.iter().all(|v| v.is_nan()), "{y:?}");
     }
 
     #[test]
