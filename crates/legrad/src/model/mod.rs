@@ -453,6 +453,8 @@ pub struct BlockOutput {
 }
 
 impl Block {
+    // The block's shape, its products and where it goes: one call per block, in two towers.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn load(
         map: &mut TensorMap,
         prefix: &str,

@@ -103,13 +103,13 @@ pub fn max_abs_scaled(x: &[f32], s: &[f32]) -> f32 {
     for (a, b) in xc.zip(sc) {
         for l in 0..8 {
             let v = (a[l] * b[l]).abs();
-            bad[l] |= !(v <= f32::MAX);
+            bad[l] |= !v.is_finite();
             max[l] = max[l].max(v);
         }
     }
     for (a, b) in xr.iter().zip(sr) {
         let v = (a * b).abs();
-        bad[0] |= !(v <= f32::MAX);
+        bad[0] |= !v.is_finite();
         max[0] = max[0].max(v);
     }
     if bad.iter().any(|&b| b) { f32::NAN } else { max.into_iter().fold(0.0, f32::max) }
@@ -340,24 +340,24 @@ mod simd128 {
                             for (r, a) in acc.iter_mut().enumerate() {
                                 let pair = (xp.add((r0 + r) * len + 2 * pp) as *const i32).read_unaligned();
                                 let x = i32x4_splat(pair);
-                                for v in 0..4 {
-                                    a[v] = i32x4_add(a[v], i32x4_dot_i16x8(x, wv[v]));
+                                for (a, w) in a.iter_mut().zip(wv) {
+                                    *a = i32x4_add(*a, i32x4_dot_i16x8(x, w));
                                 }
                             }
                         }
                         for (f, a) in accf.iter_mut().zip(acc) {
-                            for v in 0..4 {
-                                f[v] = f32x4_add(f[v], f32x4_convert_i32x4(a[v]));
+                            for (f, a) in f.iter_mut().zip(a) {
+                                *f = f32x4_add(*f, f32x4_convert_i32x4(a));
                             }
                         }
                         p = end;
                     }
                     for (r, f) in accf.into_iter().enumerate() {
                         let s = f32x4_splat(o.sx[r0 + r]);
-                        for v in 0..4 {
+                        for (v, f) in f.into_iter().enumerate() {
                             let b = v128_load(o.bias.as_ptr().add(t * TILE + 4 * v) as *const v128);
                             let y = op.add((r0 + r) * cols + t * TILE + 4 * v) as *mut v128;
-                            v128_store(y, f32x4_add(f32x4_mul(f[v], s), b));
+                            v128_store(y, f32x4_add(f32x4_mul(f, s), b));
                         }
                     }
                 }
