@@ -147,7 +147,7 @@ fn cpu_int_linear_kernels_match_their_twins() {
         assert!(rel < 2e-3, "{rows}x{k}x{n}: {rel}");
     }
     for (n, h, d) in [(197, 12, 64), (50, 3, 32)] {
-        let (out, probs) = legrad::model::int_linear::attention::check_against_burn(n, h, d).unwrap();
+        let (out, probs) = legrad::model::check_attention_against_burn(n, h, d).unwrap();
         assert!(out < 2e-3 && probs < 5e-3, "{n}x{h}x{d}: output {out}, probabilities {probs}");
     }
 }

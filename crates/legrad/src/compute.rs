@@ -9,8 +9,6 @@
 
 use burn::tensor::Device;
 
-pub use crate::model::int_linear::IntKernel;
-
 /// Where the tensors live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Processor {
@@ -37,6 +35,59 @@ pub enum Int16Products {
 /// The least work (`N · 4W · W` multiply-adds per layer) for which [`Int16Products::LargeLayers`]
 /// takes the integer products: a ViT-B/16 at 224 is 465 M, the default model at 448 far less.
 pub const INT16_MIN_WORK: usize = 200_000_000;
+
+/// Which form runs the CPU's integer products (`model::int_linear::kernels`, and `main` of
+/// `explain::int16`): the CPU's best, found once where the policy is made
+/// ([`IntKernel::best`]), or a named one (the tests compare them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntKernel {
+    Portable,
+    /// wasm's 128-bit SIMD (every browser with wasm SIMD).
+    Simd128,
+    /// x86-64 with AVX2.
+    Avx2,
+    /// x86-64 with AVX-512 (F, BW) and VNNI.
+    Avx512Vnni,
+}
+
+impl IntKernel {
+    /// The fastest form this CPU runs.
+    pub fn best() -> Self {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return IntKernel::Simd128;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return IntKernel::Avx512Vnni;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return IntKernel::Avx2;
+            }
+        }
+        #[allow(unreachable_code)]
+        IntKernel::Portable
+    }
+
+    /// Every form this CPU can run (the portable one first).
+    pub fn available() -> Vec<Self> {
+        let mut all = vec![IntKernel::Portable];
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        all.push(IntKernel::Simd128);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                all.push(IntKernel::Avx2);
+            }
+            if IntKernel::best() == IntKernel::Avx512Vnni {
+                all.push(IntKernel::Avx512Vnni);
+            }
+        }
+        all
+    }
+}
 
 /// The least `width · mlp width` of a tower whose linear layers the CPU path multiplies in
 /// integers under [`Int16Products::LargeLayers`] (`model::int_linear`): a ViT-B/16's 2.4 M; the

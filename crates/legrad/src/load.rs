@@ -58,13 +58,13 @@ pub struct Prepared {
 impl Prepared {
     /// Build the model, its tokenizer file attached.
     pub fn build(self, device: &Device) -> Result<(Clip, ModelInfo)> {
-        let policy = crate::ComputePolicy::for_device(device);
+        let policy = crate::compute::ComputePolicy::for_device(device);
         self.build_with(device, &policy)
     }
 
     /// Build the model with its linear layers as `policy` says
-    /// ([`ComputePolicy::linear_products`](crate::ComputePolicy::linear_products)).
-    pub fn build_with(self, device: &Device, policy: &crate::ComputePolicy) -> Result<(Clip, ModelInfo)> {
+    /// ([`ComputePolicy::linear_products`](crate::compute::ComputePolicy::linear_products)).
+    pub fn build_with(self, device: &Device, policy: &crate::compute::ComputePolicy) -> Result<(Clip, ModelInfo)> {
         let clip = Clip::from_tensors_with(self.config.clone(), self.map, device, policy)?
             .with_tokenizer(self.tokenizer.as_deref().map(std::sync::Arc::from));
         Ok((clip, ModelInfo { config: self.config, source_format: self.source_format, notes: self.notes }))

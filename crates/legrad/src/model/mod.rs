@@ -4,15 +4,17 @@
 //! loader's key table maps one to one. Weights are stored as burn's `Linear` does, `[in, out]`;
 //! the loader transposes PyTorch's `[out, in]`.
 
+pub mod activation;
 pub mod few_rows;
 pub mod int_linear;
 pub use crate::resample as pos_embed;
 pub mod text;
 pub mod vision;
 
+pub(crate) use activation::{activate, activate_grad};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation;
+use burn::tensor::activation::softmax;
 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{Device, Tensor, TensorData};
 use few_rows::linear;
@@ -272,31 +274,6 @@ impl LayerNorm {
     }
 }
 
-/// `act(x)` and, for the analytic backward, `act'(x)`.
-pub(crate) fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
-    match act {
-        Activation::Gelu => activation::gelu(x),
-        Activation::QuickGelu => x.clone() * activation::sigmoid(x.mul_scalar(1.702)),
-    }
-}
-
-pub(crate) fn activate_grad<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
-    match act {
-        // d/dx x Φ(x) = Φ(x) + x φ(x)
-        Activation::Gelu => {
-            let cdf = x.clone().div_scalar(std::f64::consts::SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
-            let pdf =
-                x.clone().powi_scalar(2).mul_scalar(-0.5).exp().mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt());
-            cdf + x * pdf
-        }
-        // d/dx x σ(ax) = σ(ax) + a x σ(ax)(1 - σ(ax))
-        Activation::QuickGelu => {
-            let s = activation::sigmoid(x.clone().mul_scalar(1.702));
-            s.clone() + x.mul_scalar(1.702) * s.clone() * s.neg().add_scalar(1.0)
-        }
-    }
-}
-
 /// Multi-head self-attention with open_clip's fused `in_proj` (q, k, v stacked).
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -384,7 +361,7 @@ impl Attention {
         if let Some(mask) = mask {
             scores = scores + mask.unsqueeze::<4>();
         }
-        let probs = activation::softmax(scores, 3);
+        let probs = softmax(scores, 3);
         let out = self.attend(probs.clone(), v.clone());
         AttentionOutput { output: out, probs, values: v }
     }
@@ -607,7 +584,7 @@ impl AttentionPool {
         let (k, v) = self.keys_values(x);
         let q = self.q.forward(self.latent.val().reshape([1, w])).reshape([1, h, 1, d]).expand([b, h, 1, d]);
         let scores = q.mul_scalar((d as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)); // [B, H, 1, N]
-        (activation::softmax(scores, 3).reshape([b, h, n]), v)
+        (softmax(scores, 3).reshape([b, h, n]), v)
     }
 
     /// The rest of the head from the attention on: `proj(A v)`, then `x + mlp(norm(x))`.
@@ -625,5 +602,71 @@ impl AttentionPool {
     pub fn forward(&self, x: Tensor<3>, act: Activation) -> PoolOutput {
         let (probs, values) = self.attention(x);
         self.from_probs(probs, values, act)
+    }
+}
+
+#[cfg(any(test, feature = "test-support"))]
+/// For the tests, natively and in the browser: one attention layer of `(tokens, heads, head
+/// width)` with random weights on the integer grid, its integer path (`int_linear::attention`)
+/// against burn's operations on the same weights ([`Attention::forward_burn`], the twin). The largest
+/// differences of the output (relative to its largest value) and of the probabilities.
+pub fn check_attention_against_burn(n: usize, heads: usize, d: usize) -> Result<(f32, f32), String> {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    let device = Device::flex();
+    let w = heads * d;
+    let values = |len: usize, seed: u32, amp: f32| {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / 16_777_216.0 - 0.5) * amp
+            })
+            .collect::<Vec<f32>>()
+    };
+    let layer = |seed: u32, d_out: usize| {
+        let lin = int_linear::int_linear(
+            &values(d_out * w, seed, 0.3),
+            values(d_out, seed + 1, 0.1),
+            w,
+            d_out,
+            crate::compute::IntKernel::best(),
+            &device,
+        );
+        Dense::Integer(lin)
+    };
+    let attn = Attention { in_proj: layer(1, 3 * w), out_proj: layer(3, w), heads };
+    let x: Tensor<3> = Tensor::from_data(TensorData::new(values(n * w, 5, 4.0), [1, n, w]), &device);
+    let ours = attn.forward(x.clone(), None);
+    let plain = attn.forward_burn(x.clone(), None);
+    let get = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
+    let get4 = |t: burn::tensor::Tensor<4>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
+    let (o, p) = (get(ours.output)?, get(plain.output)?);
+    let out = crate::testing::compare_or_explain(&o, &p)?;
+    let scale = p.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let probs = crate::testing::compare_or_explain(&get4(ours.probs)?, &get4(plain.probs)?)?;
+    let values_diff = crate::testing::compare_or_explain(&get4(ours.values)?, &get4(plain.values)?)?;
+    if values_diff.max_abs > 1e-6 {
+        return Err(format!("the values differ by {}", values_diff.max_abs));
+    }
+    // The untraced output is the traced one's.
+    let alone = get(attn.output(x, None))?;
+    if alone != o {
+        return Err("the output alone differs from the traced output".into());
+    }
+    Ok((out.max_abs / scale, probs.max_abs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_attention_agrees_with_burns() {
+        for (n, h, d) in [(197, 12, 64), (5, 2, 16), (50, 3, 32)] {
+            let (out, probs) = check_attention_against_burn(n, h, d).unwrap();
+            eprintln!("{n} tokens, {h} heads of {d}: output {out:.2e} of its largest, probabilities {probs:.2e}");
+            assert!(out < 2e-3 && probs < 5e-3, "{n}x{h}x{d}: output {out}, probabilities {probs}");
+        }
     }
 }

@@ -110,71 +110,9 @@ fn max_nan(a: f32, b: f32) -> f32 {
     if b > a || b.is_nan() { b } else { a }
 }
 
-#[cfg(any(test, feature = "test-support"))]
-/// For the tests, natively and in the browser: one attention layer of `(tokens, heads, head
-/// width)` with random weights on the integer grid, its integer path against burn's operations
-/// on the same weights ([`crate::model::Attention::forward_burn`], the twin). The largest
-/// differences of the output (relative to its largest value) and of the probabilities.
-pub fn check_against_burn(n: usize, heads: usize, d: usize) -> Result<(f32, f32), String> {
-    use burn::tensor::{Device, Tensor, TensorData};
-
-    use crate::model::{Attention, Dense};
-    let device = Device::flex();
-    let w = heads * d;
-    let values = |len: usize, seed: u32, amp: f32| {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / 16_777_216.0 - 0.5) * amp
-            })
-            .collect::<Vec<f32>>()
-    };
-    let layer = |seed: u32, d_out: usize| {
-        let lin = super::int_linear(
-            &values(d_out * w, seed, 0.3),
-            values(d_out, seed + 1, 0.1),
-            w,
-            d_out,
-            IntKernel::best(),
-            &device,
-        );
-        Dense::Integer(lin)
-    };
-    let attn = Attention { in_proj: layer(1, 3 * w), out_proj: layer(3, w), heads };
-    let x: Tensor<3> = Tensor::from_data(TensorData::new(values(n * w, 5, 4.0), [1, n, w]), &device);
-    let ours = attn.forward(x.clone(), None);
-    let plain = attn.forward_burn(x.clone(), None);
-    let get = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
-    let get4 = |t: burn::tensor::Tensor<4>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
-    let (o, p) = (get(ours.output)?, get(plain.output)?);
-    let out = crate::testing::compare_or_explain(&o, &p)?;
-    let scale = p.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    let probs = crate::testing::compare_or_explain(&get4(ours.probs)?, &get4(plain.probs)?)?;
-    let values_diff = crate::testing::compare_or_explain(&get4(ours.values)?, &get4(plain.values)?)?;
-    if values_diff.max_abs > 1e-6 {
-        return Err(format!("the values differ by {}", values_diff.max_abs));
-    }
-    // The untraced output is the traced one's.
-    let alone = get(attn.output(x, None))?;
-    if alone != o {
-        return Err("the output alone differs from the traced output".into());
-    }
-    Ok((out.max_abs / scale, probs.max_abs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn integer_attention_agrees_with_burns() {
-        for (n, h, d) in [(197, 12, 64), (5, 2, 16), (50, 3, 32)] {
-            let (out, probs) = check_against_burn(n, h, d).unwrap();
-            eprintln!("{n} tokens, {h} heads of {d}: output {out:.2e} of its largest, probabilities {probs:.2e}");
-            assert!(out < 2e-3 && probs < 5e-3, "{n}x{h}x{d}: output {out}, probabilities {probs}");
-        }
-    }
 
     #[test]
     fn softmax_sums_to_one_and_keeps_nan() {

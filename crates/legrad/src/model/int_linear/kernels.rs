@@ -25,57 +25,7 @@ pub fn flush_pairs(w_levels: i32) -> usize {
     ((i32::MAX as i64 / pair) as usize).max(1)
 }
 
-/// Which form runs the product: the CPU's best, found once where the policy is made
-/// ([`IntKernel::best`]), or a named one (the tests compare them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IntKernel {
-    Portable,
-    /// wasm's 128-bit SIMD (every browser with wasm SIMD).
-    Simd128,
-    /// x86-64 with AVX2.
-    Avx2,
-    /// x86-64 with AVX-512 (F, BW) and VNNI.
-    Avx512Vnni,
-}
-
-impl IntKernel {
-    /// The fastest form this CPU runs.
-    pub fn best() -> Self {
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return IntKernel::Simd128;
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
-                return IntKernel::Avx512Vnni;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return IntKernel::Avx2;
-            }
-        }
-        #[allow(unreachable_code)]
-        IntKernel::Portable
-    }
-
-    /// Every form this CPU can run (the portable one first).
-    pub fn available() -> Vec<Self> {
-        let mut all = vec![IntKernel::Portable];
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        all.push(IntKernel::Simd128);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                all.push(IntKernel::Avx2);
-            }
-            if IntKernel::best() == IntKernel::Avx512Vnni {
-                all.push(IntKernel::Avx512Vnni);
-            }
-        }
-        all
-    }
-}
+pub use crate::compute::IntKernel;
 
 /// Round `x ⊙ s` to `±X_LEVELS` into `out` (same length); the row's scale (0 for a zero row, NaN
 /// where a value is not finite: the outputs are then NaN, as in f32). Portable, and written so

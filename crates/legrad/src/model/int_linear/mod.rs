@@ -240,7 +240,7 @@ impl IntLinear {
     pub fn forward_after<const D: usize>(&self, act: Activation, x: Tensor<D>) -> Tensor<D> {
         match self.integer_after(&x, Some(act)) {
             Some(y) => y,
-            None => self.forward_plain(super::activate(act, x)),
+            None => self.forward_plain(super::activation::activate(act, x)),
         }
     }
 
@@ -283,7 +283,7 @@ pub(crate) fn host_f32<const D: usize>(x: &Tensor<D>) -> Option<Vec<f32>> {
 /// on a ViT-B/16 at 224 px that took half as long as the integer products themselves); else
 /// burn's.
 pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
-    let Some(mut v) = host_f32(&x) else { return super::activate(act, x) };
+    let Some(mut v) = host_f32(&x) else { return super::activation::activate(act, x) };
     activate_in_place(act, &mut v);
     Tensor::from_data(TensorData::new(v, x.dims()), &x.device())
 }
@@ -371,7 +371,7 @@ pub fn check_against_plain(rows: usize, k: usize, n: usize) -> Result<f32, Strin
     let x: Tensor<3> = Tensor::from_data(TensorData::new(values(rows * k, 3, 4.0), [1, rows, k]), &device);
     let ours = lin.integer(&x).ok_or("the kernel did not take the input")?;
     // The reference: f32 by the original weights (transposed to [in, out]).
-    let wt = crate::model::transposed(&w, n, k);
+    let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
     let plain =
         x.matmul(Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device).unsqueeze()) + lin.bias.val().unsqueeze();
     let read = |t: Tensor<3>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
@@ -427,7 +427,7 @@ mod tests {
         for act in [Activation::Gelu, Activation::QuickGelu] {
             let x: Tensor<1> = Tensor::from_data(TensorData::new(xs.clone(), [xs.len()]), &device);
             let ours = activate(act, x.clone()).into_data().try_into_vec::<f32>().unwrap();
-            let burns = super::super::activate(act, x).into_data().try_into_vec::<f32>().unwrap();
+            let burns = super::super::activation::activate(act, x).into_data().try_into_vec::<f32>().unwrap();
             let d = crate::testing::compare_or_explain(&ours, &burns).unwrap();
             let worst = (0..xs.len())
                 .max_by(|&a, &b| (ours[a] - burns[a]).abs().total_cmp(&(ours[b] - burns[b]).abs()))
