@@ -68,6 +68,25 @@ async function show(page, lines) {
   return await timing(page);
 }
 
+/// Load a model by URL in the model panel and wait until the header names it.
+async function loadModel(page, url) {
+  await page.click('[data-testid="other-model"] summary');
+  await page.fill('[data-testid="model-url"]', url);
+  await page.click('[data-testid="load-url"]');
+  await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, url, { timeout: T });
+}
+
+/// Drop the first sample scene on the page and wait until it is taken.
+async function dropScene(page) {
+  const bytes = Array.from(readFileSync(join(root, "www/samples/scene-1.png")));
+  await page.evaluate(({ bytes }) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([new Uint8Array(bytes)], "scene-1.png", { type: "image/png" }));
+    document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+  }, { bytes });
+  await page.waitForSelector('[data-testid="image-ready"]', { timeout: T });
+}
+
 async function measure(model, backend) {
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -78,12 +97,7 @@ async function measure(model, backend) {
   // By the page's own clock, from the navigation's start (polled each frame).
   const ready = await (await page.waitForFunction(() => document.querySelector('[data-testid="image-input"]') && performance.now(), null, { timeout: T, polling: "raf" })).jsonValue();
   await page.waitForSelector('[data-testid="model-info"]', { timeout: T });
-  if (model.url) {
-    await page.click('[data-testid="other-model"] summary');
-    await page.fill('[data-testid="model-url"]', model.url);
-    await page.click('[data-testid="load-url"]');
-    await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, model.url, { timeout: T });
-  }
+  if (model.url) await loadModel(page, model.url);
   const open = Date.now() - t0;
   const badge = (await page.textContent('[data-testid="backend"]')).trim();
   const info = await page.$eval('[data-testid="model-info"]', (e) => ({ load: +e.dataset.loadMs, warm: +e.dataset.warmupMs }));
@@ -98,13 +112,7 @@ async function measure(model, backend) {
     if (software && model.slowOnSoftware && !full && size !== 224) { row.note = "skipped (ViT-B/16 on SwiftShader; --full)"; continue; }
     await page.fill('[data-testid="prompts"]', "");
     await page.selectOption('[data-testid="size"]', String(size));
-    const bytes = Array.from(readFileSync(join(root, "www/samples/scene-1.png")));
-    await page.evaluate(({ bytes }) => {
-      const dt = new DataTransfer();
-      dt.items.add(new File([new Uint8Array(bytes)], "scene-1.png", { type: "image/png" }));
-      document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
-    }, { bytes });
-    await page.waitForSelector('[data-testid="image-ready"]', { timeout: T });
+    await dropScene(page);
     // The first prompt traces the image: its timing splits into the encode and the update.
     const first = await show(page, PROMPTS.slice(0, 1));
     row.image = first.image;
@@ -161,20 +169,9 @@ async function cameraAndMemory(model) {
     const page = await context.newPage();
     await page.goto(`${base}/app/`, { waitUntil: "commit" });
     await page.waitForSelector('[data-testid="model-info"]', { timeout: T });
-    if (withModel) {
-      await page.click('[data-testid="other-model"] summary');
-      await page.fill('[data-testid="model-url"]', model.url);
-      await page.click('[data-testid="load-url"]');
-      await page.waitForFunction((u) => document.querySelector('[data-testid="model-name"]')?.textContent === u, model.url, { timeout: T });
-    }
+    if (withModel) await loadModel(page, model.url);
     await page.selectOption('[data-testid="size"]', "224");
-    const bytes = Array.from(readFileSync(join(root, "www/samples/scene-1.png")));
-    await page.evaluate(({ bytes }) => {
-      const dt = new DataTransfer();
-      dt.items.add(new File([new Uint8Array(bytes)], "scene-1.png", { type: "image/png" }));
-      document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
-    }, { bytes });
-    await page.waitForSelector('[data-testid="image-ready"]', { timeout: T });
+    await dropScene(page);
     await show(page, PROMPTS.slice(0, 1));
     await page.waitForTimeout(2000);
     const rss = browserRssMiB();

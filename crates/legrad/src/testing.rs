@@ -84,6 +84,27 @@ pub fn compare_or_explain(actual: &[f32], expected: &[f32]) -> Result<Diff, Stri
     compare(actual, expected).map_err(|e| e.to_string())
 }
 
+/// Seeded uniform values in `lo..hi` (a linear congruential generator): the kernels' checks'
+/// random operands, the same natively and in the browser.
+pub fn values(len: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            lo + (hi - lo) * ((s >> 8) as f32 / 16_777_216.0)
+        })
+        .collect()
+}
+
+/// The largest difference of `actual` from `expected` relative to `expected`'s largest
+/// magnitude, or why they are not comparable (NaN, lengths).
+pub fn relative_diff(actual: &[f32], expected: &[f32]) -> Result<f32, String> {
+    let diff = compare_or_explain(actual, expected)?;
+    // Finite, as compare checked.
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    Ok(diff.max_abs / scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,8 @@ use crate::tokenizer::TextTokenizer;
 /// path `c_fc`ᵀ → ln_2 (its diagonal part) → `out_proj`ᵀ as one `[M, W]` matrix `k = W_fcᵀ
 /// diag(γ₂) W_outᵀ`, so that a prompt costs one MLP-sized matmul per layer; `kappa = W_fcᵀ γ₂ /
 /// W` `[M]`, `ones_out = 1ᵀ W_outᵀ` `[W]`, and `g_weights = [W_projᵀ | W_outᵀ]` `[W, M + W]` (a
-/// prompt's `g W_projᵀ` and `g W_outᵀ` in one product). Image-independent, from the dequantized
+/// prompt's `g W_projᵀ` and `g W_outᵀ` in one product), and `fc_offset = β₂ W_fc + b_fc` `[1, M]`
+/// (what an image's `x̂ diag(γ₂) W_fc` is short of its MLP pre-activation). Image-independent, from the dequantized
 /// weights (the same values the quantized matmuls use): 4 bytes a weight, 12 MB a layer for a
 /// ViT-B/16.
 #[derive(Clone, Debug)]
@@ -24,6 +25,15 @@ pub struct LegradConsts {
     pub kappa: Tensor<1>,
     pub ones_out: Tensor<1>,
     pub g_weights: Tensor<2>,
+    pub fc_offset: Tensor<2>,
+}
+
+impl LegradConsts {
+    /// `W_outᵀ` `[W, W]`: the right part of `g_weights` (no copy of it is kept).
+    pub fn out_t(&self) -> Tensor<2> {
+        let [w, mw] = self.g_weights.dims();
+        self.g_weights.clone().narrow(1, mw - w, w)
+    }
 }
 
 /// What LeGrad keeps per model, by the vision tower's head. Made with the engine, once.
@@ -74,12 +84,17 @@ fn fold(model: &Clip, layer: usize) -> LegradConsts {
     let w = model.vision.width;
     let out_t = block.attn.out_proj.weight().dequantize().transpose(); // [W, W]
     let gamma = block.ln_2.weight.val().unsqueeze::<2>(); // [1, W]
-    let fc_t_gamma = block.mlp.c_fc.weight().dequantize().transpose() * gamma; // [M, W]
+    let fc = block.mlp.c_fc.weight().dequantize(); // [W, M]
+    let mut fc_offset = block.ln_2.bias.val().unsqueeze::<2>().matmul(fc.clone()); // [1, M]
+    if let Some(bias) = block.mlp.c_fc.bias() {
+        fc_offset = fc_offset + bias.unsqueeze::<2>();
+    }
+    let fc_t_gamma = fc.transpose() * gamma; // [M, W]
     let kappa = fc_t_gamma.clone().sum_dim(1).div_scalar(w as f64).squeeze_dim::<1>(1); // [M]
     let ones_out = out_t.clone().sum_dim(0).squeeze_dim::<1>(0); // [W]
     let proj_t = block.mlp.c_proj.weight().dequantize().transpose(); // [W, M]
     let g_weights = Tensor::cat(vec![proj_t, out_t.clone()], 1); // [W, M + W]
-    LegradConsts { k: fc_t_gamma.matmul(out_t), kappa, ones_out, g_weights }
+    LegradConsts { k: fc_t_gamma.matmul(out_t), kappa, ones_out, g_weights, fc_offset }
 }
 
 /// LeGrad's terms of one image, layers `first_layer..depth`, by the vision tower's head.
@@ -179,20 +194,15 @@ impl LegradTraceBuilder {
         let [_, _, w] = b.out.output.dims();
         match (self, &model.vision.weights.head) {
             (LegradTraceBuilder::ClassToken(t), VisionHead::ClassToken(_)) if b.index >= t.first_layer => {
-                let kappa = legrad.consts(model, b.index)?.kappa.clone();
+                let consts = legrad.consts(model, b.index)?;
                 let out = &b.out;
-                let block = b.block;
                 let x_hat = squeeze3(out.ln_2.x_hat.clone()); // [N, W]
                 let h = squeeze3(out.mlp_pre.clone()); // [N, M]
                 let act_grad = activate_grad(act, h.clone());
                 // x̂ diag(γ) W_fc = h - b_fc - β W_fc: no second [N, W] x [W, M] product.
-                let fc = &block.mlp.c_fc;
-                let beta_fc = block.ln_2.bias.val().unsqueeze::<2>().matmul(fc.weight()); // [1, M]
-                let mut bb = h - beta_fc;
-                if let Some(bias) = fc.bias() {
-                    bb = bb - bias.unsqueeze::<2>();
-                }
-                let xhat_out = x_hat.matmul(block.attn.out_proj.weight().transpose());
+                let bb = h - consts.fc_offset.clone();
+                let xhat_out = x_hat.matmul(consts.out_t());
+                let kappa = consts.kappa.clone();
                 let mean_rows = Tensor::cat(
                     vec![act_grad.clone() * kappa.unsqueeze(), (act_grad.clone() * bb).div_scalar(w as f64)],
                     0,

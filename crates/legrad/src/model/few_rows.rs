@@ -182,16 +182,7 @@ pub const CHECKED_SHAPES: [(usize, usize, usize, bool); 4] =
 pub fn check_against_burn(rows: usize, k: usize, n: usize, bias: bool) -> std::result::Result<f32, String> {
     use burn::module::Param;
     let device = burn::tensor::Device::flex();
-    let values = |len: usize, seed: u32| {
-        let mut s = seed;
-        let v: Vec<f32> = (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / 16_777_216.0 - 0.5
-            })
-            .collect();
-        v
-    };
+    let values = |len: usize, seed: u32| crate::testing::values(len, seed, -0.5, 0.5);
     let lin = Linear {
         weight: Param::from_tensor(Tensor::from_data(TensorData::new(values(k * n, 1), [k, n]), &device)),
         bias: bias.then(|| Param::from_tensor(Tensor::from_data(TensorData::new(values(n, 2), [n]), &device))),

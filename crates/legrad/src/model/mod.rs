@@ -615,15 +615,7 @@ pub fn check_attention_against_burn(n: usize, heads: usize, d: usize) -> Result<
 
     let device = Device::flex();
     let w = heads * d;
-    let values = |len: usize, seed: u32, amp: f32| {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / 16_777_216.0 - 0.5) * amp
-            })
-            .collect::<Vec<f32>>()
-    };
+    let values = |len: usize, seed: u32, amp: f32| crate::testing::values(len, seed, -amp / 2.0, amp / 2.0);
     let layer = |seed: u32, d_out: usize| {
         let lin = int_linear::int_linear(
             &values(d_out * w, seed, 0.3),

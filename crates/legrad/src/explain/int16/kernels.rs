@@ -592,22 +592,11 @@ mod simd128 {
 }
 
 #[cfg(any(test, feature = "test-support"))]
-/// Pseudo-random values in `[lo, hi)` (for the checks).
-pub fn values(len: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            lo + (hi - lo) * ((s >> 8) as f32 / 16_777_216.0)
-        })
-        .collect()
-}
-
-#[cfg(any(test, feature = "test-support"))]
 /// For the tests: every kernel of the form that runs here (SIMD in wasm) against the portable
 /// form, which must be equal to the last bit (the same arithmetic in the same order), with
 /// remainders of every vector, tile and pair, a NaN and an infinity. `Err` says which differs.
 pub fn check_simd_against_portable() -> Result<(), String> {
+    use crate::testing::values;
     let same = |what: &str, x: &[f32], y: &[f32]| {
         let eq = x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
         if eq { Ok(()) } else { Err(format!("{what} differs from its portable form")) }

@@ -62,6 +62,7 @@ pub fn max_abs_scaled(x: &[f32], s: &[f32]) -> f32 {
         bad[0] |= !v.is_finite();
         max[0] = max[0].max(v);
     }
+    // No NaN is left in `max` past the check (`bad` holds every non-finite product).
     if bad.iter().any(|&b| b) { f32::NAN } else { max.into_iter().fold(0.0, f32::max) }
 }
 

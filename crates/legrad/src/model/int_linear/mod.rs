@@ -102,12 +102,6 @@ impl IntMatrix {
         Self { q, scale, d_in, d_out, pairs, kernel }
     }
 
-    /// The same matrix run by another form of the kernel (the tests).
-    pub fn with_kernel(mut self, kernel: IntKernel) -> Self {
-        self.kernel = kernel;
-        self
-    }
-
     /// The weights it multiplies by, in burn's layout `[d_in, d_out]`.
     pub fn dequantized(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.d_in * self.d_out];
@@ -119,11 +113,6 @@ impl IntMatrix {
             }
         }
         w
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        2 * self.q.len() + 4 * self.scale.len()
     }
 
     /// `y [rows, d_out] = x [rows, d_in] · Wᵀ + bias`, the rows over rayon's threads natively.
@@ -357,15 +346,7 @@ pub const CHECKED_SHAPES: [(usize, usize, usize); 3] = [(7, 33, 48), (1, 64, 16)
 /// to the largest output, or why it did not run.
 pub fn check_against_plain(rows: usize, k: usize, n: usize) -> Result<f32, String> {
     let device = Device::flex();
-    let values = |len: usize, seed: u32, amp: f32| {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / 16_777_216.0 - 0.5) * amp
-            })
-            .collect::<Vec<f32>>()
-    };
+    let values = |len: usize, seed: u32, amp: f32| crate::testing::values(len, seed, -amp / 2.0, amp / 2.0);
     let w = values(n * k, 1, 0.2);
     let lin = int_linear(&w, values(n, 2, 0.1), k, n, IntKernel::best(), &device);
     let x: Tensor<3> = Tensor::from_data(TensorData::new(values(rows * k, 3, 4.0), [1, rows, k]), &device);
@@ -375,10 +356,7 @@ pub fn check_against_plain(rows: usize, k: usize, n: usize) -> Result<f32, Strin
     let plain =
         x.matmul(Tensor::<2>::from_data(TensorData::new(wt, [k, n]), &device).unsqueeze()) + lin.bias.val().unsqueeze();
     let read = |t: Tensor<3>| t.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
-    let (ours, plain) = (read(ours)?, read(plain)?);
-    let diff = crate::testing::compare_or_explain(&ours, &plain)?;
-    let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    Ok(diff.max_abs / scale)
+    crate::testing::relative_diff(&read(ours)?, &read(plain)?)
 }
 
 #[cfg(test)]
