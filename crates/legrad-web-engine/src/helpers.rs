@@ -1,10 +1,14 @@
 //! The engine's helper workers: on the CPU, a wasm instance is one thread, so the engine starts
 //! helpers (the same module in more Web Workers, `worker.js` named [`HELPER_NAME`]) and shares
-//! LeGrad's per-prompt rows with them ([`legrad::explain::rows`]). A helper holds its rows of
-//! the current trace (sent once per image) and answers each prompt batch with its sums.
+//! two things with them:
+//! - the image step: a helper holds its share of a large vision tower's integer products
+//!   (sent once per model, [`legrad::model::int_linear::share`]) and answers each block's four
+//!   products on the rows the engine sends;
+//! - LeGrad's per-prompt rows ([`legrad::explain::rows`]): a helper holds its rows of the
+//!   current trace (sent once per image) and answers each prompt batch with its sums.
 //!
 //! A helper that fails (an error in it, a message it cannot read) is answered for by the engine
-//! itself: its job resolves with an error and the engine computes those rows; after a worker
+//! itself: its job resolves with an error and the engine computes that work; after a worker
 //! error no helper is used again in this visit.
 
 use std::cell::{Cell, RefCell};
@@ -13,6 +17,8 @@ use std::rc::Rc;
 
 use burn::tensor::Device;
 use legrad::explain::rows::{HeldRows, HostTensor, RowHelpers};
+use legrad::model::VisionTower;
+use legrad::model::int_linear::share::{BlockShare, ImageHelpers, ShareShape, SharePayload, Stage, StageJob, StageOut};
 use legrad::{LegradError, Result};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsCast;
@@ -41,6 +47,26 @@ enum Message {
     },
     /// A job's sums (one buffer).
     Sums {
+        job: u64,
+    },
+    /// Drop the share of a vision tower held (a new model is coming).
+    Release,
+    /// Hold block `block`'s share of tower `key`: four buffers of packed weights (i16), then
+    /// the four products' scales and their biases (f32).
+    HoldBlock {
+        key: u64,
+        block: usize,
+        shape: ShareShape,
+    },
+    /// This helper's share of an image-step job on tower `key` (one buffer: the input rows).
+    Stage {
+        key: u64,
+        job: u64,
+        stage: StageJob,
+    },
+    /// An image-step job's answer: the columns, or the heads' context then, where kept, their
+    /// probabilities and values.
+    Answer {
         job: u64,
     },
     Failed {
@@ -91,6 +117,9 @@ impl Jobs {
 pub struct Helpers {
     workers: Vec<web_sys::Worker>,
     held: Vec<Cell<Option<u64>>>,
+    /// The vision tower whose shares every helper holds (none: the image step runs here).
+    tower: Cell<Option<u64>>,
+    towers: Cell<u64>,
     jobs: Rc<RefCell<Jobs>>,
 }
 
@@ -108,10 +137,9 @@ impl Helpers {
             let onmessage = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
                 let Ok(envelope) = Envelope::from_js(&ev.data()) else { return };
                 let (job, answer) = match envelope.decode::<Message>() {
-                    Ok(Message::Sums { job }) => match envelope.buffers.first() {
-                        Some(b) => (job, JsValue::from(b)),
-                        None => (job, JsValue::from_str("a helper's sums came without their buffer")),
-                    },
+                    Ok(Message::Sums { job } | Message::Answer { job }) => {
+                        (job, JsValue::from(envelope.buffers.iter().collect::<js_sys::Array>()))
+                    }
                     Ok(Message::Failed { job, message }) => (job, JsValue::from_str(&message)),
                     _ => return,
                 };
@@ -134,7 +162,113 @@ impl Helpers {
             return None;
         }
         let held = workers.iter().map(|_| Cell::new(None)).collect();
-        Some(Self { workers, held, jobs })
+        Some(Self { workers, held, tower: Cell::new(None), towers: Cell::new(0), jobs })
+    }
+
+    /// The helpers drop the tower's shares they hold (the model is going).
+    pub fn release_tower(&self) {
+        self.tower.set(None);
+        for w in &self.workers {
+            post_to(w, &Message::Release, vec![]);
+        }
+    }
+
+    /// Give each helper its share of `tower`'s integer products
+    /// ([`VisionTower::shares`]); a tower off the integer grid, or one the helpers cannot split,
+    /// keeps its image step here. Messages to a worker arrive in order: its shares are there
+    /// before its first job. Returns the threads the image step runs on.
+    pub fn share_tower(&self, tower: &VisionTower) -> usize {
+        self.release_tower();
+        if self.jobs.borrow().dead {
+            return 1;
+        }
+        let key = self.towers.get() + 1;
+        self.towers.set(key);
+        let parts = self.workers.len() + 1;
+        let shares: Option<Vec<Vec<BlockShare>>> = (1..parts).map(|part| tower.shares(part, parts)).collect();
+        let Some(shares) = shares else { return 1 };
+        for (worker, blocks) in self.workers.iter().zip(shares) {
+            for (block, share) in blocks.iter().enumerate() {
+                // One block at a time: its copy of the columns goes to the worker and is dropped.
+                let SharePayload { shape, weights, floats } = share.payload();
+                let buffers = weights
+                    .iter()
+                    .map(|w| i16_to_buffer(w))
+                    .chain(floats.iter().map(|f| f32_to_buffer(f)))
+                    .collect();
+                post_to(worker, &Message::HoldBlock { key, block, shape }, buffers);
+            }
+        }
+        self.tower.set(Some(key));
+        parts
+    }
+
+    /// A new job id and the promise its answer resolves.
+    fn new_job(&self) -> (u64, js_sys::Promise) {
+        let job = {
+            let mut jobs = self.jobs.borrow_mut();
+            jobs.next += 1;
+            jobs.next
+        };
+        let jobs = self.jobs.clone();
+        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+            jobs.borrow_mut().waiting.insert(job, resolve);
+        });
+        (job, promise)
+    }
+}
+
+/// A job's buffers, or its error.
+async fn answered(promise: js_sys::Promise) -> Result<Vec<js_sys::ArrayBuffer>> {
+    let answer = JsFuture::from(promise).await.unwrap_or(JsValue::NULL);
+    match answer.dyn_into::<js_sys::Array>() {
+        Ok(buffers) => {
+            buffers.iter().map(|b| b.dyn_into::<js_sys::ArrayBuffer>()).collect::<std::result::Result<_, _>>().map_err(
+                |_| LegradError::Backend("a helper's answer held something other than buffers".into()),
+            )
+        }
+        Err(other) => Err(LegradError::Backend(other.as_string().unwrap_or_else(|| "a helper failed".into()))),
+    }
+}
+
+fn i16_to_buffer(values: &[i16]) -> js_sys::ArrayBuffer {
+    js_sys::Int16Array::from(values).buffer()
+}
+
+fn buffer_to_i16(buffer: &js_sys::ArrayBuffer) -> Vec<i16> {
+    js_sys::Int16Array::new(buffer).to_vec()
+}
+
+impl ImageHelpers for Helpers {
+    fn count(&self) -> usize {
+        if self.jobs.borrow().dead || self.tower.get().is_none() { 0 } else { self.workers.len() }
+    }
+
+    fn start(
+        &self,
+        i: usize,
+        stage: StageJob,
+        x: &[f32],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StageOut>>>> {
+        let (job, promise) = self.new_job();
+        let key = self.tower.get().unwrap_or(0);
+        post_to(&self.workers[i], &Message::Stage { key, job, stage }, vec![f32_to_buffer(x)]);
+        Box::pin(async move {
+            let buffers = answered(promise).await?;
+            let mut values = buffers.iter().map(buffer_to_f32);
+            let missing = || LegradError::Backend("a helper's answer came without its buffers".into());
+            Ok(match stage.stage {
+                Stage::Attention => {
+                    let context = values.next().ok_or_else(missing)?;
+                    let kept = match stage.keep {
+                        true => Some((values.next().ok_or_else(missing)?, values.next().ok_or_else(missing)?)),
+                        false => None,
+                    };
+                    StageOut::Heads { context, kept }
+                }
+                _ => StageOut::Columns(values.next().ok_or_else(missing)?),
+            })
+        })
     }
 }
 
@@ -167,23 +301,13 @@ impl RowHelpers for Helpers {
         key: u64,
         prompts: Vec<HostTensor>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<f32>>>>> {
-        let job = {
-            let mut jobs = self.jobs.borrow_mut();
-            jobs.next += 1;
-            jobs.next
-        };
-        let jobs = self.jobs.clone();
-        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
-            jobs.borrow_mut().waiting.insert(job, resolve);
-        });
+        let (job, promise) = self.new_job();
         let (dims, buffers) = to_message(prompts);
         post_to(&self.workers[i], &Message::Run { key, job, dims }, buffers);
         Box::pin(async move {
-            let answer = JsFuture::from(promise).await.unwrap_or(JsValue::NULL);
-            match answer.dyn_into::<js_sys::ArrayBuffer>() {
-                Ok(buffer) => Ok(buffer_to_f32(&buffer)),
-                Err(other) => Err(LegradError::Backend(other.as_string().unwrap_or_else(|| "a helper failed".into()))),
-            }
+            let buffers = answered(promise).await?;
+            let sums = buffers.first().ok_or_else(|| LegradError::Backend("a helper's sums came without their buffer".into()))?;
+            Ok(buffer_to_f32(sums))
         })
     }
 }
@@ -192,6 +316,54 @@ impl RowHelpers for Helpers {
 
 thread_local! {
     static HELD: RefCell<Option<(u64, HeldRows)>> = const { RefCell::new(None) };
+    /// This helper's share of the vision tower `key`, by block (a block whose share could not be
+    /// read is `None`: its jobs fail, and the engine answers for them).
+    static TOWER: RefCell<Option<(u64, Vec<Option<BlockShare>>)>> = const { RefCell::new(None) };
+}
+
+/// Block `block`'s share of tower `key` from a [`Message::HoldBlock`]'s buffers.
+fn hold_block(key: u64, block: usize, shape: ShareShape, buffers: &[js_sys::ArrayBuffer]) {
+    let share = (buffers.len() == 12)
+        .then(|| SharePayload {
+            shape,
+            weights: buffers[..4].iter().map(buffer_to_i16).collect(),
+            floats: buffers[4..].iter().map(buffer_to_f32).collect(),
+        })
+        .and_then(|p| {
+            let kernel = legrad::ComputePolicy::for_device(&Device::flex()).int_kernel;
+            BlockShare::from_payload(p, kernel).ok()
+        });
+    TOWER.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.as_ref().is_none_or(|(k, _)| *k != key) {
+            *t = Some((key, Vec::new()));
+        }
+        if let Some((_, blocks)) = t.as_mut() {
+            if blocks.len() <= block {
+                blocks.resize_with(block + 1, || None);
+            }
+            blocks[block] = share;
+        }
+    });
+}
+
+/// This helper's share of an image-step job, as the buffers of its answer.
+fn stage(key: u64, job: &StageJob, buffers: &[js_sys::ArrayBuffer]) -> Result<Vec<js_sys::ArrayBuffer>> {
+    let x = buffers.first().map(buffer_to_f32).ok_or_else(|| LegradError::Input("a job came without its rows".into()))?;
+    let out = TOWER.with(|t| match &*t.borrow() {
+        Some((k, blocks)) if *k == key => match blocks.get(job.block) {
+            Some(Some(share)) => share.run(job, &x),
+            _ => Err(LegradError::Input(format!("this helper does not hold block {}'s share", job.block))),
+        },
+        _ => Err(LegradError::Input(format!("this helper does not hold tower {key}"))),
+    })?;
+    Ok(match out {
+        StageOut::Columns(c) => vec![f32_to_buffer(&c)],
+        StageOut::Heads { context, kept } => std::iter::once(context)
+            .chain(kept.into_iter().flat_map(|(p, v)| [p, v]))
+            .map(|v| f32_to_buffer(&v))
+            .collect(),
+    })
 }
 
 async fn answer(job: u64, key: u64, dims: Vec<Vec<usize>>, buffers: &[js_sys::ArrayBuffer]) -> Result<Vec<f32>> {
@@ -220,6 +392,12 @@ pub fn install_helper() {
                 // Rows it cannot take: it holds nothing, and says so at the next job.
                 HELD.with(|h| *h.borrow_mut() = held.ok().map(|held| (key, held)));
             }
+            Ok(Message::Release) => TOWER.with(|t| *t.borrow_mut() = None),
+            Ok(Message::HoldBlock { key, block, shape }) => hold_block(key, block, shape, &envelope.buffers),
+            Ok(Message::Stage { key, job, stage: s }) => match stage(key, &s, &envelope.buffers) {
+                Ok(buffers) => post_to(&target, &Message::Answer { job }, buffers),
+                Err(e) => post_to(&target, &Message::Failed { job, message: e.to_string() }, vec![]),
+            },
             Ok(Message::Run { key, job, dims }) => {
                 let target = target.clone();
                 wasm_bindgen_futures::spawn_local(async move {

@@ -13,6 +13,7 @@ use burn::tensor::Device;
 use legrad::engine::Engine;
 use legrad::explain::ExplainOptions;
 use legrad::model::Scoring;
+use legrad::model::int_linear::share::ImageHelpers;
 use legrad::model::vision::VisionHead;
 use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, ResizeMode, decode};
 use legrad::{ComputePolicy, ImageTrace, LegradError, TraceRequest};
@@ -391,16 +392,25 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     let loaded = loaded?;
     progress(Stage::Load, 0, None);
     // The previous model goes first: two ViT-B/16 side by side (or four, in a race) need not fit.
-    STATE.with(|s| {
+    let helpers = STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.engine = None;
         s.summary = None;
         s.trace = None;
+        s.helpers.clone()
     });
+    if let Some(h) = &helpers {
+        h.release_tower();
+    }
     let race_gpu = STATE.with(|s| s.borrow().race_gpu.clone());
     let engine = match race_gpu {
         Some((gpu, adapter)) => race(&loaded.bytes, gpu, adapter).await?,
         None => Rc::new(load_on(&device, &loaded.bytes).await?),
+    };
+    // On the CPU, a large tower's image step is shared with the helpers (nothing on a GPU).
+    let image_threads = match &helpers {
+        Some(h) if !engine.compiles_kernels() => h.share_tower(&engine.model.vision),
+        _ => 1,
     };
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     // Warm-up: on a GPU, compile what an image and every prompt count the page can send use,
@@ -444,6 +454,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
             .clone()
             .into_iter()
             .chain(loaded.notes)
+            .chain((image_threads > 1).then(|| format!("The image step runs on {image_threads} threads.")))
             .chain(matches!(engine.model.vision.weights.head, VisionHead::AttentionPool(_)).then(|| {
                 "SigLIP: LeGrad only (the baselines read CLIP's class token, which SigLIP does not have); scores are SigLIP's sigmoid probabilities".to_string()
             }))
@@ -594,11 +605,34 @@ fn take_image(id: u64, name: &str, img: DecodedImage) {
     );
 }
 
+/// The image's trace, its products shared with the helpers where they hold their shares of the
+/// tower. A helper that cannot answer ends the sharing for this model: the step runs here.
+async fn image_step(
+    engine: &Engine,
+    pixels: Vec<f32>,
+    size: InputSize,
+    request: &TraceRequest,
+    helpers: Option<&Helpers>,
+) -> Result<ImageTrace, LegradError> {
+    match helpers {
+        Some(h) if ImageHelpers::count(h) > 0 => match engine.trace_shared(pixels.clone(), size, request, h).await {
+            Ok(trace) => Ok(trace),
+            Err(err) => {
+                web_sys::console::warn_1(&format!("the image step runs on the engine alone from now on: {err}").into());
+                h.release_tower();
+                engine.trace(pixels, size, request)
+            }
+        },
+        _ => engine.trace(pixels, size, request),
+    }
+}
+
 async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
     let (engine, image, cached, helpers) = STATE.with(|s| {
         let s = s.borrow();
         (s.engine.clone(), s.image.clone(), s.trace.clone(), s.helpers.clone())
     });
+    let shared = helpers.clone();
     let helpers = helpers.as_deref().map(|h| h as &dyn legrad::explain::rows::RowHelpers);
     let engine = engine.ok_or((ErrorAbout::Model, LegradError::Input("the model is still loading".into())))?;
     let (image_id, image) = image.ok_or((ErrorAbout::Image, LegradError::Input("drop an image first".into())))?;
@@ -634,7 +668,9 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
         None => {
             let pixels = image.to_pixels(input.height, input.width).map_err(e(ErrorAbout::Image))?;
             let rgb = image.resize_rgb(input.width as u32, input.height as u32).map_err(e(ErrorAbout::Image))?;
-            let trace = engine.trace(pixels, input, &request).map_err(e(ErrorAbout::Explain))?;
+            let trace = image_step(&engine, pixels, input, &request, shared.as_deref())
+                .await
+                .map_err(e(ErrorAbout::Explain))?;
             // Reading the embedding waits for the image forward, so the timing is honest.
             legrad::engine::read_f32(trace.embedding.clone()).await.map_err(e(ErrorAbout::Explain))?;
             // On a GPU, the first trace at a grid compiles what every prompt count needs there,

@@ -7,6 +7,7 @@
 //!   on them with `pollster`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -21,6 +22,7 @@ use crate::explain::trace::{MAP_CACHE_CAPACITY, placeholder_trace, trace_image};
 use crate::explain::{Context, ExplainOptions, ImageTrace, Method, TraceRequest, finish_maps};
 use crate::load::ModelInfo;
 use crate::model::Clip;
+use crate::model::int_linear::share::ImageHelpers;
 use crate::model::vision::VisionHead;
 use crate::preprocess::InputSize;
 pub use crate::readback::read_f32;
@@ -241,6 +243,33 @@ impl Engine {
     /// Preprocessed pixels `[3, H, W]` (normalised) → the image's trace. Run once per image and
     /// size; every later prompt reuses it.
     pub fn trace(&self, pixels: Vec<f32>, size: InputSize, request: &TraceRequest) -> Result<ImageTrace> {
+        // Without helpers nothing in the image step waits: its future is ready at the first poll.
+        let mut step = std::pin::pin!(self.trace_with(pixels, size, request, None));
+        match step.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(trace) => trace,
+            std::task::Poll::Pending => Err(LegradError::Backend("the image step waited with no helper to wait for".into())),
+        }
+    }
+
+    /// [`trace`](Self::trace) with the vision tower's integer products shared with `helpers`
+    /// (other threads holding their shares: [`crate::model::int_linear::share`]). The same trace.
+    pub async fn trace_shared(
+        &self,
+        pixels: Vec<f32>,
+        size: InputSize,
+        request: &TraceRequest,
+        helpers: &dyn ImageHelpers,
+    ) -> Result<ImageTrace> {
+        self.trace_with(pixels, size, request, Some(helpers)).await
+    }
+
+    async fn trace_with(
+        &self,
+        pixels: Vec<f32>,
+        size: InputSize,
+        request: &TraceRequest,
+        helpers: Option<&dyn ImageHelpers>,
+    ) -> Result<ImageTrace> {
         if pixels.len() != 3 * size.width * size.height {
             return Err(LegradError::Input(format!(
                 "expected {} values for a 3x{}x{} image, got {}",
@@ -251,7 +280,7 @@ impl Engine {
             )));
         }
         let t: Tensor<3> = Tensor::from_data(TensorData::new(pixels, [3, size.height, size.width]), &self.device());
-        let trace = trace_image(&self.model, &self.legrad, t, request)?;
+        let trace = trace_image(&self.model, &self.legrad, t, request, helpers).await?;
         // With the image, where the user waits anyway, not with the first prompt.
         self.score_jacobians(&trace)?;
         Ok(trace)

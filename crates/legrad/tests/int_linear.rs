@@ -6,12 +6,16 @@
 
 mod common;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use burn::tensor::Device;
 use common::*;
 use legrad::compute::Int16Products;
 use legrad::engine::DEFAULT_TEMPLATE;
 use legrad::explain::{ExplainOptions, Method};
 use legrad::load::{ConfigSource, Prepared, prepare_path};
+use legrad::model::int_linear::share::{BlockShare, ImageHelpers, StageJob, StageOut};
 use legrad::{ClipConfig, ComputePolicy, Engine, InputSize};
 
 fn build(p: Prepared, linear: Int16Products) -> Engine {
@@ -166,5 +170,74 @@ fn integer_path_keeps_the_bars_on_vit_b16_with_and_without_outliers() {
         assert!(cos >= 0.9995, "embedding cosine {cos}");
         assert!(r >= 0.999, "maps Pearson r {r}");
         assert!(overlap >= 0.98, "top-10% overlap {overlap}");
+    }
+}
+
+/// Helpers in this thread: each holds its shares as a helper worker does (through
+/// [`BlockShare::payload`], what crosses to a worker) and answers at once.
+struct InProcess(Vec<Vec<BlockShare>>);
+
+impl InProcess {
+    fn new(engine: &Engine, helpers: usize) -> Self {
+        let v = &engine.model.vision;
+        let kernel = engine.policy().int_kernel;
+        let shares = (1..=helpers)
+            .map(|part| match v.shares(part, helpers + 1) {
+                Some(s) => s.into_iter().map(|b| BlockShare::from_payload(b.payload(), kernel).unwrap()).collect(),
+                None => Vec::new(),
+            })
+            .collect();
+        Self(shares)
+    }
+}
+
+impl ImageHelpers for InProcess {
+    fn count(&self) -> usize {
+        if self.0.iter().all(|s| !s.is_empty()) { self.0.len() } else { 0 }
+    }
+
+    fn start(&self, i: usize, job: StageJob, x: &[f32]) -> Pin<Box<dyn Future<Output = legrad::Result<StageOut>>>> {
+        let out = self.0[i][job.block].run(&job, x);
+        Box::pin(std::future::ready(out))
+    }
+}
+
+/// The image step with its products shared by columns (`int_linear::share`) gives the trace
+/// the unshared step gives, to the bit: the embedding and every map.
+#[test]
+fn shared_image_step_equals_the_unshared_one() {
+    let vit = || {
+        let config = ClipConfig::preset("ViT-B-16").unwrap();
+        let map = legrad::weights::random::random_openclip(&config, 0);
+        build(Prepared { map, config, source_format: "random".into(), notes: vec![], tokenizer: None }, Int16Products::LargeLayers)
+    };
+    let prompts: Vec<String> = ["a cat", "a red circle"].map(String::from).to_vec();
+    let options = ExplainOptions::default();
+    // (model, size, helpers): two heads in two shares; twelve heads in two, three and four; five
+    // shares do not fit twelve heads (the step runs unshared).
+    for (engine, side, counts) in [(tiny(Int16Products::Always), 96, vec![1]), (vit(), 224, vec![1, 2, 3, 4])] {
+        let size = InputSize::square(side);
+        let mut rng = legrad::rng::Rng::new(7);
+        let pixels: Vec<f32> = (0..3 * side * side).map(|_| rng.normal()).collect();
+        let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+        let alone = engine.trace(pixels.clone(), size, &request).unwrap();
+        let prepared = engine.prepare(&prompts, Some(DEFAULT_TEMPLATE)).unwrap();
+        let read = |t: &legrad::explain::trace::ImageTrace| {
+            pollster::block_on(legrad::engine::read_f32(t.embedding.clone())).unwrap()
+        };
+        let maps = |t: &legrad::explain::trace::ImageTrace| {
+            pollster::block_on(engine.explain(t, &prepared, Method::LeGrad, &options)).unwrap()
+        };
+        let (want_emb, want_maps) = (read(&alone), maps(&alone));
+        for helpers in counts {
+            let fake = InProcess::new(&engine, helpers);
+            assert_eq!(fake.count(), if helpers < 4 || side == 96 { helpers } else { 0 }, "{helpers} helpers");
+            let shared = pollster::block_on(engine.trace_shared(pixels.clone(), size, &request, &fake)).unwrap();
+            assert_eq!(read(&shared), want_emb, "{side} px, {helpers} helpers: embedding");
+            for (a, b) in maps(&shared).iter().zip(&want_maps) {
+                assert_eq!(a.map.map, b.map.map, "{side} px, {helpers} helpers: {}", a.prompt);
+                assert!(a.map.map.iter().all(|v| v.is_finite()));
+            }
+        }
     }
 }

@@ -76,9 +76,7 @@ pub trait RowHelpers {
 
 /// The rows of share `i` of `n` rows in `parts` shares (the first share is this thread's).
 pub fn share_rows(n: usize, parts: usize, i: usize) -> Range<usize> {
-    let per = n.div_ceil(parts.max(1));
-    let start = (i * per).min(n);
-    start..((i + 1) * per).min(n)
+    crate::model::int_linear::share::share_range(n, parts, i)
 }
 
 /// What a helper holds for rows `rows` of every layer: per layer `act'`, `K`, `1ᵀ W_outᵀ`,

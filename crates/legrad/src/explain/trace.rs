@@ -19,6 +19,7 @@ use super::Method;
 use super::legrad_trace::{LegradModel, LegradTrace, LegradTraceBuilder, missing_layer};
 use crate::error::{LegradError, Result};
 use crate::model::Clip;
+use crate::model::int_linear::share::ImageHelpers;
 use crate::model::vision::{TracedBlock, l2_normalize};
 
 /// What an explainer reads of an image's forward pass.
@@ -241,27 +242,34 @@ impl Building {
     }
 }
 
-/// One image `[3, H, W]` through the vision tower, keeping what `request` asks for.
-pub fn trace_image(
+/// One image `[3, H, W]` through the vision tower, keeping what `request` asks for; its
+/// products shared with `helpers` where they hold their shares
+/// ([`VisionTower::run_shared`](crate::model::VisionTower::run_shared)). Without helpers
+/// nothing in it waits.
+pub async fn trace_image(
     model: &Clip,
     legrad: &LegradModel,
     pixels: Tensor<3>,
     request: &TraceRequest,
+    helpers: Option<&dyn ImageHelpers>,
 ) -> Result<ImageTrace> {
     let depth = model.vision.depth();
     if let Some((_, l)) = request.reads().find(|&(_, l)| l >= depth) {
         return Err(LegradError::Input(format!("layer {l} does not exist: the vision tower has {depth} layers")));
     }
-    let mut run = model.vision.run(pixels)?;
+    let mut run = match helpers {
+        Some(h) => model.vision.run_shared(pixels, h)?,
+        None => model.vision.run(pixels)?,
+    };
     let mut building: Vec<Building> = request.reads().map(|(r, l)| Building::new(r, l, model)).collect();
-    run.skip_to(request.first_layer());
-    while let Some(block) = run.next_block() {
+    run.skip_to(request.first_layer()).await?;
+    while let Some(block) = run.next_block().await? {
         for b in &mut building {
             b.take(&block, model, legrad)?;
         }
     }
     let grid = run.grid;
-    let embedding = run.finish();
+    let embedding = run.finish().await?;
     Ok(ImageTrace::new(model, grid, embedding, request, building.into_iter().map(Building::finish).collect()))
 }
 

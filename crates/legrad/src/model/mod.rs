@@ -69,7 +69,8 @@ impl Clip {
         config.validate()?;
         let products = policy.linear_products(config.vision.width, config.vision.mlp_width);
         let vision = VisionTower::load(&config, &mut map, products, device)?;
-        let text = TextTower::load(&config, &mut map, device)?;
+        let text_products = policy.linear_products(config.text.width, config.text.mlp_width);
+        let text = TextTower::load(&config, &mut map, text_products, device)?;
         let scoring = match config.family.anatomy().scoring {
             ScoringKind::Cosine => Scoring::Cosine,
             ScoringKind::Sigmoid => {
@@ -333,13 +334,7 @@ impl Attention {
         if !keep {
             return Some((context, None));
         }
-        let mut values = vec![0f32; h * n * d];
-        for i in 0..n {
-            for hh in 0..h {
-                let src = &qkv[i * 3 * w + 2 * w + hh * d..][..d];
-                values[(hh * n + i) * d..][..d].copy_from_slice(src);
-            }
-        }
+        let values = int_linear::attention::values(&qkv, n, h, d);
         let probs = Tensor::from_data(TensorData::new(out.probs, [1, h, n, n]), &device);
         let values = Tensor::from_data(TensorData::new(values, [1, h, n, d]), &device);
         Some((context, Some((probs, values))))

@@ -43,16 +43,17 @@ pub struct TextTower {
 pub use crate::config::TextPooling;
 
 impl TextTower {
-    pub(crate) fn load(config: &ClipConfig, map: &mut TensorMap, device: &Device) -> Result<Self> {
+    pub(crate) fn load(config: &ClipConfig, map: &mut TensorMap, products: LinearProducts, device: &Device) -> Result<Self> {
         let t = &config.text;
         let eps = config.family.anatomy().ln_eps;
         let token_embedding = map.take_raw("token_embedding.weight", &[t.vocab_size, t.width])?;
         let pos = map.take("positional_embedding", &[t.context_length, t.width])?;
         let blocks = (0..t.layers)
             .map(|i| {
-                // A prompt's few rows: `few_rows`' f32 products (the integer grid is the image's).
+                // A large tower's layers on the integer grid (half the bytes of f32 per weight; a
+                // prompt's few rows read each weight once either way); `few_rows`' f32 products else.
                 let prefix = format!("transformer.resblocks.{i}");
-                Block::load(map, &prefix, t.width, t.heads, t.mlp_width, eps, LinearProducts::Burn, device)
+                Block::load(map, &prefix, t.width, t.heads, t.mlp_width, eps, products, device)
             })
             .collect::<Result<Vec<_>>>()?;
         let ln_final = LayerNorm::load(map, "ln_final", t.width, eps, device)?;

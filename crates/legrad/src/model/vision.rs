@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
+use super::int_linear::share::{self, BlockShare, ImageHelpers};
 use super::pos_embed::resample_bicubic_aa;
 use super::{AttentionPool, Block, BlockOutput, LayerNorm, tensor1, tensor2, transposed};
 use crate::compute::LinearProducts;
@@ -95,39 +96,60 @@ pub struct TracedBlock<'a> {
 
 /// An image's forward pass, one block at a time: the values each block computed come out as
 /// they are made ([`BlockRun::next_block`]), and the caller keeps what it reads (candle's
-/// `output_hidden_states`, without holding every block's values at once).
+/// `output_hidden_states`, without holding every block's values at once). Where the tower's
+/// products are shared with helpers ([`VisionTower::run_shared`]) each block awaits theirs;
+/// otherwise nothing in it waits.
 pub struct BlockRun<'a> {
     tower: &'a VisionTower,
     x: Tensor<3>,
     next: usize,
     /// Grid `(rows, cols)` of the image.
     pub grid: (usize, usize),
+    /// This thread's share of every block and the helpers that hold the others.
+    shared: Option<(Vec<BlockShare>, &'a dyn ImageHelpers)>,
 }
 
 impl<'a> BlockRun<'a> {
     /// Run the blocks before `layer` keeping nothing.
-    pub fn skip_to(&mut self, layer: usize) {
-        let blocks = &self.tower.weights.blocks;
-        while self.next < layer.min(blocks.len()) {
-            self.x = blocks[self.next].forward(self.x.clone(), None, self.tower.activation);
+    pub async fn skip_to(&mut self, layer: usize) -> Result<()> {
+        while self.next < layer.min(self.tower.depth()) {
+            self.x = self.block(false).await?.0;
             self.next += 1;
         }
+        Ok(())
     }
 
     /// The next block, with everything it computed; `None` after the last.
-    pub fn next_block(&mut self) -> Option<TracedBlock<'a>> {
-        let block = self.tower.weights.blocks.get(self.next)?;
+    pub async fn next_block(&mut self) -> Result<Option<TracedBlock<'a>>> {
+        let Some(block) = self.tower.weights.blocks.get(self.next) else { return Ok(None) };
         let input = self.x.clone();
-        let out = block.forward_traced(input.clone(), self.tower.activation);
+        let out = self.block(true).await?.1.ok_or_else(|| LegradError::Backend("a traced block kept nothing".into()))?;
         self.x = out.output.clone();
         self.next += 1;
-        Some(TracedBlock { index: self.next - 1, block, input, out })
+        Ok(Some(TracedBlock { index: self.next - 1, block, input, out }))
+    }
+
+    /// Block `next` on `x`: its output and, where `keep`, everything it computed.
+    async fn block(&self, keep: bool) -> Result<(Tensor<3>, Option<BlockOutput>)> {
+        let (i, act) = (self.next, self.tower.activation);
+        let block = &self.tower.weights.blocks[i];
+        match &self.shared {
+            Some((own, helpers)) => {
+                let b = share::block_forward(block, i, &own[i], *helpers, self.x.clone(), keep).await?;
+                Ok((b.output, b.kept))
+            }
+            None if keep => {
+                let out = block.forward_traced(self.x.clone(), act);
+                Ok((out.output.clone(), Some(out)))
+            }
+            None => Ok((block.forward(self.x.clone(), None, act), None)),
+        }
     }
 
     /// The rest of the blocks, then the image embedding `[E]`, L2-normalised.
-    pub fn finish(mut self) -> Tensor<1> {
-        self.skip_to(self.tower.depth());
-        l2_normalize(self.tower.pool(self.x)).squeeze_dim(0)
+    pub async fn finish(mut self) -> Result<Tensor<1>> {
+        self.skip_to(self.tower.depth()).await?;
+        Ok(l2_normalize(self.tower.pool(self.x)).squeeze_dim(0))
     }
 }
 
@@ -308,7 +330,24 @@ impl VisionTower {
     /// One image `[3, H, W]` through the tower, block by block: see [`BlockRun`].
     pub fn run(&self, pixels: Tensor<3>) -> Result<BlockRun<'_>> {
         let (x, grid) = self.embed(pixels.unsqueeze())?;
-        Ok(BlockRun { tower: self, x, next: 0, grid })
+        Ok(BlockRun { tower: self, x, next: 0, grid, shared: None })
+    }
+
+    /// [`run`](Self::run) with the blocks' integer products shared with `helpers`, where they
+    /// hold their shares ([`share`]); else on this thread alone. The same values.
+    pub fn run_shared<'a>(&'a self, pixels: Tensor<3>, helpers: &'a dyn ImageHelpers) -> Result<BlockRun<'a>> {
+        let mut run = self.run(pixels)?;
+        let parts = helpers.count() + 1;
+        if parts > 1 {
+            run.shared = self.shares(0, parts).map(|own| (own, helpers));
+        }
+        Ok(run)
+    }
+
+    /// Share `part` of `parts` of every block's products ([`BlockShare::of`]); `None` where the
+    /// tower is not on the integer grid or the parts do not fit it.
+    pub fn shares(&self, part: usize, parts: usize) -> Option<Vec<BlockShare>> {
+        self.weights.blocks.iter().map(|b| BlockShare::of(b, self.activation, part, parts)).collect()
     }
 }
 

@@ -49,6 +49,18 @@ pub fn attention(qkv: &[f32], n: usize, heads: usize, d: usize, kernel: IntKerne
     HostAttention { context, probs }
 }
 
+/// The values of `qkv` `[N, 3·H·d]` by head: `[H, N, d]` (what explainers read).
+pub fn values(qkv: &[f32], n: usize, heads: usize, d: usize) -> Vec<f32> {
+    let w = heads * d;
+    let mut values = vec![0f32; heads * n * d];
+    for i in 0..n {
+        for h in 0..heads {
+            values[(h * n + i) * d..][..d].copy_from_slice(&qkv[i * 3 * w + 2 * w + h * d..][..d]);
+        }
+    }
+    values
+}
+
 /// Head `h`: its context `[N, d]` and probabilities `[N, N]`.
 fn one_head(qkv: &[f32], n: usize, w: usize, h: usize, d: usize, kernel: IntKernel) -> (Vec<f32>, Vec<f32>) {
     let keys = n.next_multiple_of(super::kernels::TILE);

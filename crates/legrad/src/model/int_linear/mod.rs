@@ -25,7 +25,9 @@
 
 pub mod attention;
 pub mod kernels;
+pub mod share;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use burn::backend::{DispatchDevice, Flex};
@@ -33,6 +35,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::config::Activation;
+use crate::error::LegradError;
 
 pub use kernels::IntKernel;
 use kernels::{Operands, ROWS, TILE, W_LEVELS, flush_pairs, product, quantize_row};
@@ -140,6 +143,13 @@ impl IntMatrix {
 
     /// Rows `x` into `y` on this thread (`act`: applied to each row first).
     pub fn rows_into(&self, x: &[f32], y: &mut [f32], bias: &[f32], act: Option<Activation>) {
+        let rows = self.quantize(x, act);
+        self.product_into(&rows, 0..self.d_out / TILE, bias, y);
+    }
+
+    /// The rows of `x` (`act` applied first) rounded for this matrix's inputs: what every
+    /// share of its columns multiplies ([`share`]).
+    pub fn quantize(&self, x: &[f32], act: Option<Activation>) -> QuantizedRows {
         let rows = x.len() / self.d_in;
         let padded = rows.next_multiple_of(ROWS);
         let len = 2 * self.pairs;
@@ -158,23 +168,58 @@ impl IntMatrix {
             };
             sx[r] = quantize_row(row, &self.scale, &mut xq[r * len..r * len + self.d_in]);
         }
+        QuantizedRows { xq, sx, rows, padded }
+    }
+
+    /// `y [rows, 16·|tiles|]`: the outputs of tiles `tiles` alone, `bias` theirs.
+    pub fn product_into(&self, x: &QuantizedRows, tiles: Range<usize>, bias: &[f32], y: &mut [f32]) {
+        let per_tile = self.pairs * 2 * TILE;
+        let cols = tiles.len() * TILE;
         let o = Operands {
-            xq: &xq,
-            sx: &sx,
-            rows: padded,
+            xq: &x.xq,
+            sx: &x.sx,
+            rows: x.padded,
             pairs: self.pairs,
-            w: &self.q,
-            tiles: self.d_out / TILE,
+            w: &self.q[tiles.start * per_tile..tiles.end * per_tile],
+            tiles: tiles.len(),
             bias,
             flush: flush_pairs(W_LEVELS),
         };
-        if padded == rows {
+        if x.padded == x.rows {
             product(self.kernel, &o, y);
         } else {
-            let mut out = vec![0f32; padded * self.d_out];
+            let mut out = vec![0f32; x.padded * cols];
             product(self.kernel, &o, &mut out);
-            y.copy_from_slice(&out[..rows * self.d_out]);
+            y.copy_from_slice(&out[..x.rows * cols]);
         }
+    }
+
+    /// A matrix of the outputs in `tiles` (ranges of tiles, in order), the same scales: a
+    /// share of this one's columns that another thread multiplies ([`share`]).
+    pub fn columns(&self, tiles: &[Range<usize>]) -> IntMatrix {
+        let per_tile = self.pairs * 2 * TILE;
+        let q: Vec<i16> = tiles.iter().flat_map(|t| &self.q[t.start * per_tile..t.end * per_tile]).copied().collect();
+        let d_out = tiles.iter().map(|t| t.len() * TILE).sum();
+        IntMatrix { q, scale: self.scale.clone(), d_in: self.d_in, d_out, pairs: self.pairs, kernel: self.kernel }
+    }
+
+    /// Its packed weights and scales, to be sent elsewhere ([`from_parts`](Self::from_parts)).
+    pub fn into_parts(self) -> (Vec<i16>, Vec<f32>) {
+        (self.q, self.scale)
+    }
+
+    /// A matrix from [`into_parts`](Self::into_parts) of a `[d_out, d_in]` one; parts of other sizes are
+    /// an error.
+    pub fn from_parts(q: Vec<i16>, scale: Vec<f32>, d_in: usize, d_out: usize, kernel: IntKernel) -> crate::error::Result<Self> {
+        let pairs = d_in.div_ceil(2);
+        if !Self::fits(d_in, d_out) || scale.len() != d_in || q.len() != d_out * pairs * 2 {
+            return Err(LegradError::Input(format!(
+                "an integer matrix of {d_out}x{d_in} came as {} weights and {} scales",
+                q.len(),
+                scale.len()
+            )));
+        }
+        Ok(IntMatrix { q, scale, d_in, d_out, pairs, kernel })
     }
 
     pub fn kernel(&self) -> IntKernel {
@@ -188,6 +233,14 @@ impl IntMatrix {
     pub fn d_out(&self) -> usize {
         self.d_out
     }
+}
+
+/// Rows rounded for one matrix's inputs ([`IntMatrix::quantize`]), padded to whole steps.
+pub struct QuantizedRows {
+    xq: Vec<i16>,
+    sx: Vec<f32>,
+    rows: usize,
+    padded: usize,
 }
 
 /// `max(m, |v|)`, NaN once `v` is not finite.
