@@ -2,8 +2,8 @@
 //! helpers (the same module in more Web Workers, `worker.js` named [`HELPER_NAME`]) and shares
 //! two things with them:
 //! - the image step: a helper holds its share of a large vision tower's integer products
-//!   (sent once per model, [`legrad::model::int_linear::share`]) and answers each block's four
-//!   products on the rows the engine sends;
+//!   (sent once per model, [`legrad::model::int_linear::share`]) and answers each block's two
+//!   halves (attention, MLP) on the rows the engine sends;
 //! - LeGrad's per-prompt rows ([`legrad::explain::rows`]): a helper holds its rows of the
 //!   current trace (sent once per image) and answers each prompt batch with its sums.
 //!
@@ -52,7 +52,7 @@ enum Message {
     /// Drop the share of a vision tower held (a new model is coming).
     Release,
     /// Hold block `block`'s share of tower `key`: four buffers of packed weights (i16), then
-    /// the four products' scales and their biases (f32).
+    /// the four products' scales and `in_proj`'s and `c_fc`'s biases (f32): a [`SharePayload`].
     HoldBlock {
         key: u64,
         block: usize,
@@ -64,8 +64,8 @@ enum Message {
         job: u64,
         stage: StageJob,
     },
-    /// An image-step job's answer: the columns, or the heads' context then, where kept, their
-    /// probabilities and values.
+    /// An image-step job's answer: the partial sum, then what was kept (the heads'
+    /// probabilities and values, or the hidden units' pre-activation).
     Answer {
         job: u64,
     },
@@ -257,26 +257,36 @@ impl ImageHelpers for Helpers {
             let buffers = answered(promise).await?;
             let mut values = buffers.iter().map(buffer_to_f32);
             let missing = || LegradError::Backend("a helper's answer came without its buffers".into());
-            Ok(match stage.stage {
-                Stage::Attention => {
-                    let context = values.next().ok_or_else(missing)?;
-                    let kept = match stage.keep {
+            let partial = values.next().ok_or_else(missing)?;
+            Ok(match (stage.stage, stage.keep) {
+                (Stage::Attention, keep) => {
+                    let kept = match keep {
                         true => Some((values.next().ok_or_else(missing)?, values.next().ok_or_else(missing)?)),
                         false => None,
                     };
-                    StageOut::Heads { context, kept }
+                    StageOut::Attention { partial, kept }
                 }
-                _ => StageOut::Columns(values.next().ok_or_else(missing)?),
+                (Stage::Mlp, true) => StageOut::Mlp { partial, kept: Some(values.next().ok_or_else(missing)?) },
+                (Stage::Mlp, false) => StageOut::Mlp { partial, kept: None },
             })
         })
     }
-}
 
-impl Drop for Helpers {
-    fn drop(&mut self) {
-        for w in &self.workers {
-            w.terminate();
-        }
+    /// One task later (a message to this worker itself): the jobs posted leave when the
+    /// engine's task ends, not while it computes its own share.
+    fn sent(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let Ok(channel) = web_sys::MessageChannel::new() else { return Box::pin(std::future::ready(())) };
+        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+            let done = Closure::once_into_js(move || {
+                let _ = resolve.call0(&JsValue::NULL);
+            });
+            channel.port1().set_onmessage(Some(done.unchecked_ref()));
+        });
+        let _ = channel.port2().post_message(&JsValue::NULL);
+        Box::pin(async move {
+            let _ = JsFuture::from(promise).await;
+            drop(channel);
+        })
     }
 }
 
@@ -323,7 +333,7 @@ thread_local! {
 
 /// Block `block`'s share of tower `key` from a [`Message::HoldBlock`]'s buffers.
 fn hold_block(key: u64, block: usize, shape: ShareShape, buffers: &[js_sys::ArrayBuffer]) {
-    let share = (buffers.len() == 12)
+    let share = (buffers.len() == 10)
         .then(|| SharePayload {
             shape,
             weights: buffers[..4].iter().map(buffer_to_i16).collect(),
@@ -357,13 +367,11 @@ fn stage(key: u64, job: &StageJob, buffers: &[js_sys::ArrayBuffer]) -> Result<Ve
         },
         _ => Err(LegradError::Input(format!("this helper does not hold tower {key}"))),
     })?;
-    Ok(match out {
-        StageOut::Columns(c) => vec![f32_to_buffer(&c)],
-        StageOut::Heads { context, kept } => std::iter::once(context)
-            .chain(kept.into_iter().flat_map(|(p, v)| [p, v]))
-            .map(|v| f32_to_buffer(&v))
-            .collect(),
-    })
+    let arrays: Vec<Vec<f32>> = match out {
+        StageOut::Attention { partial, kept } => std::iter::once(partial).chain(kept.into_iter().flat_map(|(p, v)| [p, v])).collect(),
+        StageOut::Mlp { partial, kept } => std::iter::once(partial).chain(kept).collect(),
+    };
+    Ok(arrays.iter().map(|v| f32_to_buffer(v)).collect())
 }
 
 async fn answer(job: u64, key: u64, dims: Vec<Vec<usize>>, buffers: &[js_sys::ArrayBuffer]) -> Result<Vec<f32>> {

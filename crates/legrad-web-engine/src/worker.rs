@@ -389,7 +389,8 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     STATE.with(|s| s.borrow_mut().abort = abort.clone());
     let loaded = models::obtain(source, buffers, abort.as_ref(), &progress).await;
     STATE.with(|s| s.borrow_mut().abort = None);
-    let loaded = loaded?;
+    let mut loaded = loaded?;
+    let stored_bytes = loaded.bytes.len() as u64;
     progress(Stage::Load, 0, None);
     // The previous model goes first: two ViT-B/16 side by side (or four, in a race) need not fit.
     let helpers = STATE.with(|s| {
@@ -405,6 +406,15 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     let race_gpu = STATE.with(|s| s.borrow().race_gpu.clone());
     let engine = match race_gpu {
         Some((gpu, adapter)) => race(&loaded.bytes, gpu, adapter).await?,
+        // On the CPU the file's copy goes once its tensors are read, before the model is built:
+        // the engine's memory never holds the file, its tensors and the model at once (wasm
+        // memory does not shrink: its high-water mark is what the tab keeps).
+        None if !on_gpu() => {
+            let prepared = legrad::load::read_bytes(&loaded.bytes, None)?;
+            loaded.bytes = Vec::new();
+            let (clip, info) = prepared.build(&device)?;
+            Rc::new(new_engine(clip, info)?)
+        }
         None => Rc::new(load_on(&device, &loaded.bytes).await?),
     };
     // On the CPU, a large tower's image step is shared with the helpers (nothing on a GPU).
@@ -446,7 +456,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         layers: c.vision.layers,
         context_length: c.text.context_length,
         downloaded_bytes: loaded.downloaded_bytes,
-        stored_bytes: loaded.bytes.len() as u64,
+        stored_bytes,
         from_cache: loaded.from_cache,
         notes: engine
             .info

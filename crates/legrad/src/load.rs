@@ -147,10 +147,13 @@ pub fn prepare_bytes(bytes: &[u8], config: Option<&ConfigSource>) -> Result<Prep
 /// Load from bytes: safetensors (open_clip or transformers names) or the app's model file.
 /// PyTorch pickles need random access and load from a path ([`load_path`]).
 pub fn load_bytes(bytes: &[u8], config: Option<&ConfigSource>, device: &Device) -> Result<(Clip, ModelInfo)> {
-    if format::is_app_model(bytes) {
-        return format::read(bytes, device);
-    }
-    prepare_bytes(bytes, config)?.build(device)
+    read_bytes(bytes, config)?.build(device)
+}
+
+/// What [`load_bytes`] builds from, the tensors copied out of `bytes`: a caller that drops the
+/// bytes before [`Prepared::build`] never holds the file, its tensors and the model at once.
+pub fn read_bytes(bytes: &[u8], config: Option<&ConfigSource>) -> Result<Prepared> {
+    if format::is_app_model(bytes) { format::prepare(bytes) } else { prepare_bytes(bytes, config) }
 }
 
 /// Load from a file or a directory (a transformers model directory with `config.json`, or an

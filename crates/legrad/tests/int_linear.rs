@@ -202,10 +202,12 @@ impl ImageHelpers for InProcess {
     }
 }
 
-/// The image step with its products shared by columns (`int_linear::share`) gives the trace
-/// the unshared step gives, to the bit: the embedding and every map.
+/// The image step with its products shared (`int_linear::share`) against the unshared one:
+/// the same but for each share's rounding of its part of a row, on the fixture (two heads) and
+/// on a random ViT-B/16 in two, three and four shares; five shares do not fit twelve heads (the
+/// step runs unshared, to the bit).
 #[test]
-fn shared_image_step_equals_the_unshared_one() {
+fn shared_image_step_matches_the_unshared_one() {
     let vit = || {
         let config = ClipConfig::preset("ViT-B-16").unwrap();
         let map = legrad::weights::random::random_openclip(&config, 0);
@@ -213,8 +215,6 @@ fn shared_image_step_equals_the_unshared_one() {
     };
     let prompts: Vec<String> = ["a cat", "a red circle"].map(String::from).to_vec();
     let options = ExplainOptions::default();
-    // (model, size, helpers): two heads in two shares; twelve heads in two, three and four; five
-    // shares do not fit twelve heads (the step runs unshared).
     for (engine, side, counts) in [(tiny(Int16Products::Always), 96, vec![1]), (vit(), 224, vec![1, 2, 3, 4])] {
         let size = InputSize::square(side);
         let mut rng = legrad::rng::Rng::new(7);
@@ -231,13 +231,23 @@ fn shared_image_step_equals_the_unshared_one() {
         let (want_emb, want_maps) = (read(&alone), maps(&alone));
         for helpers in counts {
             let fake = InProcess::new(&engine, helpers);
-            assert_eq!(fake.count(), if helpers < 4 || side == 96 { helpers } else { 0 }, "{helpers} helpers");
+            let shares = if fake.count() > 0 { helpers + 1 } else { 1 };
+            assert_eq!(shares, if helpers < 4 || side == 96 { helpers + 1 } else { 1 }, "{helpers} helpers");
             let shared = pollster::block_on(engine.trace_shared(pixels.clone(), size, &request, &fake)).unwrap();
-            assert_eq!(read(&shared), want_emb, "{side} px, {helpers} helpers: embedding");
+            let emb = read(&shared);
+            let cos = cosine(&emb, &want_emb);
+            let (mut worst, mut r) = (0f32, 1f64);
             for (a, b) in maps(&shared).iter().zip(&want_maps) {
-                assert_eq!(a.map.map, b.map.map, "{side} px, {helpers} helpers: {}", a.prompt);
-                assert!(a.map.map.iter().all(|v| v.is_finite()));
+                worst = worst.max(compare(&a.map.map, &b.map.map).unwrap().max_abs);
+                r = r.min(pearson(&a.map.map, &b.map.map));
             }
+            eprintln!("{side} px in {shares} shares: embedding cosine {cos:.7}, maps within {worst:.2e}, Pearson r >= {r:.6}");
+            if shares == 1 {
+                assert_eq!(emb, want_emb, "one share is the unshared step");
+            }
+            assert!(cos >= 0.99999, "{side} px, {shares} shares: embedding cosine {cos}");
+            assert!(worst <= 1e-3, "{side} px, {shares} shares: maps differ by {worst}");
+            assert!(r >= 0.9999, "{side} px, {shares} shares: maps Pearson r {r}");
         }
     }
 }

@@ -184,7 +184,7 @@ fn by_int_linear(kernel: IntKernel, a: &[i16], b: &[i16], rows: usize, pairs: us
     let mut xq = a[..rows * pairs * 2].to_vec();
     xq.resize(padded * pairs * 2, 0);
     let o =
-        Operands { xq: &xq, sx: &ones, rows: padded, pairs, w: b, tiles: cols / COLS, bias: &zeros, flush: DC_FLUSH };
+        Operands { xq: &xq, sx: &ones, rows: padded, pairs, w: b, stride: pairs, tiles: cols / COLS, bias: &zeros, flush: DC_FLUSH };
     if padded == rows {
         product(kernel, &o, &mut out[..rows * cols]);
     } else {

@@ -87,13 +87,15 @@ pub fn round_to_int(v: f32) -> i32 {
 
 /// The product's operands: `xq` `[rows, 2·pairs]` (rows a multiple of [`ROWS`]) with one scale
 /// per row, `w` packed (per tile of [`TILE`] outputs, per pair of inputs, each output's two
-/// weights side by side), the bias `[16·tiles]`.
+/// weights side by side; a tile every `stride` pairs, of which the first `pairs` are used: a
+/// range of a matrix's inputs), the bias `[16·tiles]`.
 pub struct Operands<'a> {
     pub xq: &'a [i16],
     pub sx: &'a [f32],
     pub rows: usize,
     pub pairs: usize,
     pub w: &'a [i16],
+    pub stride: usize,
     pub tiles: usize,
     pub bias: &'a [f32],
     pub flush: usize,
@@ -107,7 +109,9 @@ impl Operands<'_> {
                 && self.flush >= 1
                 && self.xq.len() >= self.rows * self.pairs * 2
                 && self.sx.len() >= self.rows
-                && self.w.len() >= self.tiles * self.pairs * 2 * TILE
+                && self.stride >= self.pairs
+                && self.tiles >= 1
+                && self.w.len() >= ((self.tiles - 1) * self.stride + self.pairs) * 2 * TILE
                 && self.bias.len() >= cols
                 && out.len() >= self.rows * cols,
             "int_linear: operands do not fit"
@@ -144,7 +148,7 @@ fn portable(o: &Operands, out: &mut [f32]) {
     for r in 0..o.rows {
         let x = &o.xq[r * len..(r + 1) * len];
         for t in 0..o.tiles {
-            let w = &o.w[t * o.pairs * 2 * TILE..(t + 1) * o.pairs * 2 * TILE];
+            let w = &o.w[t * o.stride * 2 * TILE..(t * o.stride + o.pairs) * 2 * TILE];
             let mut accf = [0f32; TILE];
             let mut p = 0;
             while p < o.pairs {
@@ -185,7 +189,7 @@ mod avx512 {
             let (xp, wp, op) = (o.xq.as_ptr(), o.w.as_ptr(), out.as_mut_ptr());
             for r0 in (0..o.rows).step_by(ROWS) {
                 for t in 0..o.tiles {
-                    let wt = wp.add(t * o.pairs * 2 * TILE);
+                    let wt = wp.add(t * o.stride * 2 * TILE);
                     let mut accf = [_mm512_setzero_ps(); ROWS];
                     let mut p = 0;
                     while p < o.pairs {
@@ -229,7 +233,7 @@ mod avx2 {
             let (xp, wp, op) = (o.xq.as_ptr(), o.w.as_ptr(), out.as_mut_ptr());
             for r0 in (0..o.rows).step_by(ROWS) {
                 for t in 0..o.tiles {
-                    let wt = wp.add(t * o.pairs * 2 * TILE);
+                    let wt = wp.add(t * o.stride * 2 * TILE);
                     let mut accf = [[_mm256_setzero_ps(); 2]; ROWS];
                     let mut p = 0;
                     while p < o.pairs {
@@ -279,7 +283,7 @@ mod simd128 {
             let (xp, wp, op) = (o.xq.as_ptr(), o.w.as_ptr(), out.as_mut_ptr());
             for r0 in (0..o.rows).step_by(2) {
                 for t in 0..o.tiles {
-                    let wt = wp.add(t * o.pairs * 2 * TILE);
+                    let wt = wp.add(t * o.stride * 2 * TILE);
                     let mut accf = [[f32x4_splat(0.0); 4]; 2];
                     let mut p = 0;
                     while p < o.pairs {
@@ -337,15 +341,23 @@ pub fn check_forms_agree() -> Result<Vec<IntKernel>, String> {
     w[..2 * TILE * flush].fill(-W_LEVELS as i16);
     let sx: Vec<f32> = (0..rows).map(|r| 1e-3 * (r as f32 + 0.37)).collect();
     let bias: Vec<f32> = (0..tiles * TILE).map(|i| i as f32 * 0.013 - 0.2).collect();
-    let o = Operands { xq: &xq, sx: &sx, rows, pairs, w: &w, tiles, bias: &bias, flush };
-    let mut plain = vec![0f32; rows * tiles * TILE];
-    portable(&o, &mut plain);
     let forms = IntKernel::available();
-    for &k in &forms {
-        let mut out = vec![f32::NAN; rows * tiles * TILE];
-        product(k, &o, &mut out);
-        if let Some(i) = (0..out.len()).find(|&i| out[i].to_bits() != plain[i].to_bits()) {
-            return Err(format!("{k:?} differs from the portable form at {i}: {} against {}", out[i], plain[i]));
+    // Every input, then a range of them (a share's: the tiles `stride` pairs apart).
+    for (first, used) in [(0, pairs), (3, pairs - 13)] {
+        let xq: Vec<i16> = xq.chunks_exact(2 * pairs).flat_map(|r| &r[2 * first..2 * (first + used)]).copied().collect();
+        let w = &w[first * 2 * TILE..];
+        let o = Operands { xq: &xq, sx: &sx, rows, pairs: used, w, stride: pairs, tiles, bias: &bias, flush };
+        let mut plain = vec![0f32; rows * tiles * TILE];
+        portable(&o, &mut plain);
+        for &k in &forms {
+            let mut out = vec![f32::NAN; rows * tiles * TILE];
+            product(k, &o, &mut out);
+            if let Some(i) = (0..out.len()).find(|&i| out[i].to_bits() != plain[i].to_bits()) {
+                return Err(format!(
+                    "{k:?} differs from the portable form at {i} (inputs from pair {first}): {} against {}",
+                    out[i], plain[i]
+                ));
+            }
         }
     }
     Ok(forms)

@@ -147,17 +147,26 @@ impl IntMatrix {
         self.product_into(&rows, 0..self.d_out / TILE, bias, y);
     }
 
-    /// The rows of `x` (`act` applied first) rounded for this matrix's inputs: what every
-    /// share of its columns multiplies ([`share`]).
+    /// The rows of `x` (`act` applied first) rounded for this matrix's inputs.
     pub fn quantize(&self, x: &[f32], act: Option<Activation>) -> QuantizedRows {
-        let rows = x.len() / self.d_in;
+        self.quantize_inputs(x, 0..self.d_in, act)
+    }
+
+    /// The rows of `x` `[rows, |inputs|]` (`act` applied first) rounded for this matrix's inputs
+    /// `inputs` (starting at an even input): what a share of its inputs multiplies ([`share`]).
+    pub fn quantize_inputs(&self, x: &[f32], inputs: Range<usize>, act: Option<Activation>) -> QuantizedRows {
+        assert!(inputs.start.is_multiple_of(2) && inputs.end <= self.d_in, "IntMatrix: inputs {inputs:?} do not fit");
+        let width = inputs.len();
+        let rows = x.len() / width.max(1);
         let padded = rows.next_multiple_of(ROWS);
-        let len = 2 * self.pairs;
+        let pairs = width.div_ceil(2);
+        let len = 2 * pairs;
         let mut xq = vec![0i16; padded * len];
         let mut sx = vec![0f32; padded];
-        let mut activated = vec![0f32; if act.is_some() { self.d_in } else { 0 }];
+        let mut activated = vec![0f32; if act.is_some() { width } else { 0 }];
+        let scale = &self.scale[inputs.clone()];
         for r in 0..rows {
-            let row = &x[r * self.d_in..(r + 1) * self.d_in];
+            let row = &x[r * width..(r + 1) * width];
             let row = match act {
                 Some(act) => {
                     activated.copy_from_slice(row);
@@ -166,21 +175,22 @@ impl IntMatrix {
                 }
                 None => row,
             };
-            sx[r] = quantize_row(row, &self.scale, &mut xq[r * len..r * len + self.d_in]);
+            sx[r] = quantize_row(row, scale, &mut xq[r * len..r * len + width]);
         }
-        QuantizedRows { xq, sx, rows, padded }
+        QuantizedRows { xq, sx, rows, padded, first_pair: inputs.start / 2, pairs }
     }
 
-    /// `y [rows, 16·|tiles|]`: the outputs of tiles `tiles` alone, `bias` theirs.
+    /// `y [rows, 16·|tiles|]`: the outputs of tiles `tiles` alone, `bias` theirs, over the
+    /// inputs `x` was rounded for.
     pub fn product_into(&self, x: &QuantizedRows, tiles: Range<usize>, bias: &[f32], y: &mut [f32]) {
-        let per_tile = self.pairs * 2 * TILE;
         let cols = tiles.len() * TILE;
         let o = Operands {
             xq: &x.xq,
             sx: &x.sx,
             rows: x.padded,
-            pairs: self.pairs,
-            w: &self.q[tiles.start * per_tile..tiles.end * per_tile],
+            pairs: x.pairs,
+            w: &self.q[(tiles.start * self.pairs + x.first_pair) * 2 * TILE..],
+            stride: self.pairs,
             tiles: tiles.len(),
             bias,
             flush: flush_pairs(W_LEVELS),
@@ -201,6 +211,19 @@ impl IntMatrix {
         let q: Vec<i16> = tiles.iter().flat_map(|t| &self.q[t.start * per_tile..t.end * per_tile]).copied().collect();
         let d_out = tiles.iter().map(|t| t.len() * TILE).sum();
         IntMatrix { q, scale: self.scale.clone(), d_in: self.d_in, d_out, pairs: self.pairs, kernel: self.kernel }
+    }
+
+    /// A matrix of the inputs `inputs` (starting at an even input), every output: a share of
+    /// this one's inputs that another thread multiplies ([`share`]).
+    pub fn inputs(&self, inputs: Range<usize>) -> IntMatrix {
+        assert!(inputs.start.is_multiple_of(2) && inputs.end <= self.d_in, "IntMatrix: inputs {inputs:?} do not fit");
+        let (first, pairs) = (inputs.start / 2, inputs.len().div_ceil(2));
+        let q = (0..self.d_out / TILE)
+            .flat_map(|t| &self.q[(t * self.pairs + first) * 2 * TILE..(t * self.pairs + first + pairs) * 2 * TILE])
+            .copied()
+            .collect();
+        let scale = self.scale[inputs.clone()].to_vec();
+        IntMatrix { q, scale, d_in: inputs.len(), d_out: self.d_out, pairs, kernel: self.kernel }
     }
 
     /// Its packed weights and scales, to be sent elsewhere ([`from_parts`](Self::from_parts)).
@@ -241,6 +264,9 @@ pub struct QuantizedRows {
     sx: Vec<f32>,
     rows: usize,
     padded: usize,
+    /// The first of the matrix's input pairs they were rounded for, and how many.
+    first_pair: usize,
+    pairs: usize,
 }
 
 /// `max(m, |v|)`, NaN once `v` is not finite.

@@ -1,18 +1,26 @@
-//! The image step's integer products shared by columns between this thread and helpers: other
-//! threads that each hold a share of every vision block's weights (the browser's helper
-//! workers: a wasm instance is one thread, and natively rayon splits the rows instead).
+//! The image step's integer products shared between this thread and helpers: other threads
+//! that each hold a share of every vision block's weights (the browser's helper workers: a wasm
+//! instance is one thread; natively rayon splits the rows instead).
 //!
-//! Each of a block's four products is split by its outputs: `in_proj` by heads (a share's
-//! `q`, `k` and `v` columns of its heads, so that its heads' attention runs where they were
-//! made), `out_proj`, `c_fc` and `c_proj` by whole tiles of outputs. Every share rounds the same
-//! input rows with the same per-input scales ([`IntMatrix::quantize`]) and computes each output
-//! as the whole matrix would, so the merged result equals the unshared one to the bit
-//! ([`BlockShare::run`]; the tests compare them). A block costs four round trips: its input
-//! rows go out, each share's columns come back.
+//! A block is split by heads and by hidden units, so that it costs two round trips: its input
+//! rows go out, each share's partial sums come back.
+//! - **Attention**: a share's heads' `q`, `k` and `v` columns of `in_proj`, their attention, and
+//!   `out_proj` over those heads' inputs: a partial sum of `out_proj`'s outputs.
+//! - **MLP**: a share's hidden units' columns of `c_fc`, the activation, and `c_proj` over those
+//!   hidden units: a partial sum of `c_proj`'s outputs.
 //!
-//! A helper keeps its share for the model's life (a copy of its columns: `1/parts` of the
-//! tower's weights each); this thread multiplies its own columns out of the model's matrices
-//! (no copy).
+//! The partial sums are added in share order, then the bias. Each share rounds its own part of
+//! a row (`out_proj`'s and `c_proj`'s inputs) with its own scale, where one thread rounds the
+//! whole row with one: the shared step differs from the unshared one by less than that
+//! rounding (each share's scale is at most the row's; the tests bound the difference), and a
+//! given number of shares always gives the same values. Why not columns of every product,
+//! which would give the unshared values to the bit: that costs four round trips per block, and
+//! in the browser a message between workers costs milliseconds when every core is busy
+//! (docs/ARCHITECTURE.md, "The image step").
+//!
+//! A helper keeps its share for the model's life (a copy of its rows and columns: `1/parts` of
+//! the tower's weights each); this thread multiplies its own out of the model's matrices (no
+//! copy).
 
 use std::future::Future;
 use std::ops::Range;
@@ -36,19 +44,17 @@ pub fn share_range(n: usize, parts: usize, i: usize) -> Range<usize> {
     start..((i + 1) * per).min(n)
 }
 
-/// A block's four integer products, in the order the block runs them.
+/// A block's two shared halves, in the order the block runs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stage {
-    /// `in_proj` and the attention of the share's heads.
+    /// `in_proj`, the attention of the share's heads, `out_proj` over their inputs.
     Attention,
-    OutProj,
-    Fc,
-    /// `c_proj` after the activation.
-    Proj,
+    /// `c_fc` for the share's hidden units, the activation, `c_proj` over them.
+    Mlp,
 }
 
-/// What a share is asked for: `stage` of block `block` on `rows` input rows; `keep`: the
-/// attention's probabilities and values too (a block an explainer reads).
+/// What a share is asked for: `stage` of block `block` on `rows` input rows; `keep`: what an
+/// explainer reads too (the attention's probabilities and values, the MLP's pre-activation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageJob {
     pub block: usize,
@@ -57,14 +63,14 @@ pub struct StageJob {
     pub keep: bool,
 }
 
-/// A share's answer to a [`StageJob`].
+/// A share's answer to a [`StageJob`]: its partial sum `[rows, width]` of the stage's last
+/// product (no bias), and where kept, what explainers read.
 #[derive(Debug)]
 pub enum StageOut {
-    /// `[rows, columns]` of a linear layer, the share's columns.
-    Columns(Vec<f32>),
-    /// The share's heads: the context `[rows, heads·d]`; where kept, the probabilities
-    /// `[heads, rows, rows]` and the values `[heads, rows, d]`.
-    Heads { context: Vec<f32>, kept: Option<(Vec<f32>, Vec<f32>)> },
+    /// Kept: the share's heads' probabilities `[heads, rows, rows]` and values `[heads, rows, d]`.
+    Attention { partial: Vec<f32>, kept: Option<(Vec<f32>, Vec<f32>)> },
+    /// Kept: the share's hidden units' pre-activation `[rows, hidden]`.
+    Mlp { partial: Vec<f32>, kept: Option<Vec<f32>> },
 }
 
 type PendingStage = Pin<Box<dyn Future<Output = Result<StageOut>>>>;
@@ -76,9 +82,14 @@ pub trait ImageHelpers {
     fn count(&self) -> usize;
     /// Start helper `i` on `job` with its input rows `x`.
     fn start(&self, i: usize, job: StageJob, x: &[f32]) -> PendingStage;
+    /// Awaited after the jobs are started, before this thread's own share: where a message
+    /// leaves only when this thread yields (a browser's workers), one turn of its event loop.
+    fn sent(&self) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
-/// One product's share: tiles `tiles` of `matrix`'s outputs, and their bias.
+/// One product's share of outputs: tiles `tiles` of `matrix`'s, and their bias.
 #[derive(Debug)]
 struct Cols {
     matrix: Arc<IntMatrix>,
@@ -98,44 +109,65 @@ impl Cols {
         self.tiles.iter().map(|t| t.len() * TILE).sum()
     }
 
-    /// `[rows, width]`: the share's outputs for `x` (`act` applied to its rows first), the
-    /// ranges side by side.
-    fn product(&self, x: &[f32], rows: usize, act: Option<Activation>) -> Result<Vec<f32>> {
+    /// `[rows, width]`: the share's outputs for `x`, the ranges side by side.
+    fn product(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let m = &self.matrix;
-        if x.len() != rows * m.d_in() {
-            return Err(LegradError::Input(format!(
-                "a share of a {}-input product got {} values for {rows} rows",
-                m.d_in(),
-                x.len()
-            )));
-        }
-        let q = m.quantize(x, act);
-        let width = self.width();
-        if let [tiles] = &self.tiles[..] {
-            let mut y = vec![0f32; rows * width];
-            m.product_into(&q, tiles.clone(), &self.bias, &mut y);
-            return Ok(y);
-        }
-        let pieces: Vec<Vec<f32>> = {
-            let mut at = 0;
-            self.tiles
-                .iter()
-                .map(|t| {
-                    let cols = t.len() * TILE;
-                    let mut y = vec![0f32; rows * cols];
-                    m.product_into(&q, t.clone(), &self.bias[at..at + cols], &mut y);
-                    at += cols;
-                    y
-                })
-                .collect()
-        };
-        Ok(side_by_side(&pieces, rows))
+        check_len(x, rows, m.d_in())?;
+        let q = m.quantize(x, None);
+        let mut at = 0;
+        let pieces: Vec<Vec<f32>> = self
+            .tiles
+            .iter()
+            .map(|t| {
+                let cols = t.len() * TILE;
+                let mut y = vec![0f32; rows * cols];
+                m.product_into(&q, t.clone(), &self.bias[at..at + cols], &mut y);
+                at += cols;
+                y
+            })
+            .collect();
+        Ok(if pieces.len() == 1 { pieces.into_iter().next().unwrap_or_default() } else { side_by_side(&pieces, rows) })
     }
 
     /// A copy of the share's columns in a matrix of its own.
     fn detached(&self) -> (Vec<i16>, Vec<f32>) {
         self.matrix.columns(&self.tiles).into_parts()
     }
+}
+
+/// One product's share of inputs: inputs `inputs` of `matrix`, every output (a partial sum).
+#[derive(Debug)]
+struct Inputs {
+    matrix: Arc<IntMatrix>,
+    inputs: Range<usize>,
+}
+
+impl Inputs {
+    fn of(dense: &Dense, inputs: Range<usize>) -> Option<Self> {
+        let Dense::Integer(l) = dense else { return None };
+        Some(Self { matrix: l.matrix.clone(), inputs })
+    }
+
+    /// `[rows, out]`: `act(x) · W[:, inputs]ᵀ` for `x` `[rows, |inputs|]`, no bias.
+    fn partial(&self, x: &[f32], rows: usize, act: Option<Activation>) -> Result<Vec<f32>> {
+        let m = &self.matrix;
+        check_len(x, rows, self.inputs.len())?;
+        let q = m.quantize_inputs(x, self.inputs.clone(), act);
+        let mut y = vec![0f32; rows * m.d_out()];
+        m.product_into(&q, 0..m.d_out() / TILE, &vec![0f32; m.d_out()], &mut y);
+        Ok(y)
+    }
+
+    fn detached(&self) -> (Vec<i16>, Vec<f32>) {
+        self.matrix.inputs(self.inputs.clone()).into_parts()
+    }
+}
+
+fn check_len(x: &[f32], rows: usize, width: usize) -> Result<()> {
+    if x.len() != rows * width {
+        return Err(LegradError::Input(format!("a share of a {width}-input product got {} values for {rows} rows", x.len())));
+    }
+    Ok(())
 }
 
 /// `pieces[k]` `[rows, c_k]` → `[rows, Σ c_k]`.
@@ -156,12 +188,13 @@ pub struct ShareShape {
     pub heads: usize,
     pub head_dim: usize,
     pub activation: Activation,
-    /// `(in, out)` of `in_proj`, `out_proj`, `c_fc`, `c_proj`'s shares.
+    /// `(in, out)` of the share's `in_proj` columns, `out_proj` inputs, `c_fc` columns and
+    /// `c_proj` inputs.
     pub dims: [(usize, usize); 4],
 }
 
 /// A share on the host, to be sent to a helper: per product its packed weights, then per
-/// product its scales and its bias.
+/// product its scales, then `in_proj`'s and `c_fc`'s biases (of the share's columns).
 pub struct SharePayload {
     pub shape: ShareShape,
     pub weights: Vec<Vec<i16>>,
@@ -169,99 +202,106 @@ pub struct SharePayload {
 }
 
 /// Part `part` of `parts` of one block's integer products ([`share_range`] of its heads and of
-/// each product's tiles).
+/// its hidden units' tiles).
 #[derive(Debug)]
 pub struct BlockShare {
     qkv: Cols,
     heads: usize,
     head_dim: usize,
-    out_proj: Cols,
+    out_proj: Inputs,
     fc: Cols,
-    proj: Cols,
+    proj: Inputs,
     activation: Activation,
 }
 
 impl BlockShare {
     /// `None` where the block is not on the integer grid or `parts` does not fit it (every
-    /// share needs a head and a tile of each product).
+    /// share needs a head and a tile of hidden units).
     pub fn of(block: &Block, activation: Activation, part: usize, parts: usize) -> Option<Self> {
         let heads = block.attn.heads;
-        let Dense::Integer(in_proj) = &block.attn.in_proj else { return None };
+        let (Dense::Integer(in_proj), Dense::Integer(fc)) = (&block.attn.in_proj, &block.mlp.c_fc) else { return None };
         let width = in_proj.matrix.d_in();
         let d = width / heads;
+        let hidden = fc.matrix.d_out();
         if heads * d != width || !d.is_multiple_of(TILE) || in_proj.matrix.d_out() != 3 * width || parts > heads {
             return None;
         }
         let h = share_range(heads, parts, part);
+        let u = share_range(hidden / TILE, parts, part);
+        if h.is_empty() || u.is_empty() {
+            return None;
+        }
         let (per_head, w_tiles) = (d / TILE, width / TILE);
         let qkv_tiles = (0..3).map(|k| k * w_tiles + h.start * per_head..k * w_tiles + h.end * per_head).collect();
-        let tiles = |dense: &Dense| -> Option<Vec<Range<usize>>> {
-            let Dense::Integer(l) = dense else { return None };
-            let r = share_range(l.matrix.d_out() / TILE, parts, part);
-            (!r.is_empty()).then(|| vec![r])
-        };
-        let share = Self {
+        Some(Self {
             qkv: Cols::of(&block.attn.in_proj, qkv_tiles)?,
             heads: h.len(),
             head_dim: d,
-            out_proj: Cols::of(&block.attn.out_proj, tiles(&block.attn.out_proj)?)?,
-            fc: Cols::of(&block.mlp.c_fc, tiles(&block.mlp.c_fc)?)?,
-            proj: Cols::of(&block.mlp.c_proj, tiles(&block.mlp.c_proj)?)?,
+            out_proj: Inputs::of(&block.attn.out_proj, h.start * d..h.end * d)?,
+            fc: Cols::of(&block.mlp.c_fc, vec![u.clone()])?,
+            proj: Inputs::of(&block.mlp.c_proj, u.start * TILE..u.end * TILE)?,
             activation,
-        };
-        (!h.is_empty()).then_some(share)
+        })
     }
 
-    fn products(&self) -> [&Cols; 4] {
-        [&self.qkv, &self.out_proj, &self.fc, &self.proj]
-    }
-
-    /// A copy of the share's columns, for a helper ([`from_payload`](Self::from_payload)).
+    /// A copy of the share's rows and columns, for a helper ([`from_payload`](Self::from_payload)).
     pub fn payload(&self) -> SharePayload {
-        let mut weights = Vec::with_capacity(4);
-        let mut floats = Vec::with_capacity(8);
-        for c in self.products() {
-            let (q, scale) = c.detached();
-            weights.push(q);
-            floats.push(scale);
-        }
-        floats.extend(self.products().map(|c| c.bias.clone()));
-        let shape = ShareShape {
-            heads: self.heads,
-            head_dim: self.head_dim,
-            activation: self.activation,
-            dims: self.products().map(|c| (c.matrix.d_in(), c.width())),
-        };
+        let parts = [self.qkv.detached(), self.out_proj.detached(), self.fc.detached(), self.proj.detached()];
+        let dims = [
+            (self.qkv.matrix.d_in(), self.qkv.width()),
+            (self.out_proj.inputs.len(), self.out_proj.matrix.d_out()),
+            (self.fc.matrix.d_in(), self.fc.width()),
+            (self.proj.inputs.len(), self.proj.matrix.d_out()),
+        ];
+        let (weights, mut floats): (Vec<Vec<i16>>, Vec<Vec<f32>>) = parts.into_iter().unzip();
+        floats.push(self.qkv.bias.clone());
+        floats.push(self.fc.bias.clone());
+        let shape = ShareShape { heads: self.heads, head_dim: self.head_dim, activation: self.activation, dims };
         SharePayload { shape, weights, floats }
     }
 
-    /// The share a helper holds, from what [`payload`](Self::payload) wrote; parts that do not fit
-    /// their shape are an error.
+    /// The share a helper holds, from what [`payload`](Self::payload) wrote; parts that do not
+    /// fit their shape are an error.
     pub fn from_payload(p: SharePayload, kernel: IntKernel) -> Result<Self> {
         let SharePayload { shape, weights, floats } = p;
-        if weights.len() != 4 || floats.len() != 8 {
-            return Err(LegradError::Input("a block's share came without its four products".into()));
+        let bad = |what: String| LegradError::Input(format!("a block's share: {what}"));
+        if weights.len() != 4 || floats.len() != 6 {
+            return Err(bad(format!("{} weights and {} float arrays, expected 4 and 6", weights.len(), floats.len())));
         }
         let mut floats = floats.into_iter();
-        let scales: Vec<Vec<f32>> = floats.by_ref().take(4).collect();
-        let mut cols = Vec::with_capacity(4);
-        for ((q, scale), ((d_in, d_out), bias)) in weights.into_iter().zip(scales).zip(shape.dims.iter().zip(floats)) {
-            if bias.len() != *d_out {
-                return Err(LegradError::Input(format!("a share's bias has {} values for {d_out} outputs", bias.len())));
-            }
-            let matrix = IntMatrix::from_parts(q, scale, *d_in, *d_out, kernel)?;
-            cols.push(Cols { matrix: Arc::new(matrix), tiles: Vec::from([0..d_out / TILE]), bias });
+        let mut matrices = Vec::with_capacity(4);
+        for (q, &(d_in, d_out)) in weights.into_iter().zip(&shape.dims) {
+            let scale = floats.next().unwrap_or_default();
+            matrices.push(Arc::new(IntMatrix::from_parts(q, scale, d_in, d_out, kernel)?));
         }
-        let [qkv, out_proj, fc, proj]: [Cols; 4] = cols.try_into().map_err(|_| LegradError::Input("a share's products".into()))?;
-        if shape.heads == 0 || qkv.width() != 3 * shape.heads * shape.head_dim || !attention::fits(shape.head_dim) {
-            return Err(LegradError::Input(format!(
-                "a share of {} heads of width {} came with {} attention columns",
-                shape.heads,
-                shape.head_dim,
-                qkv.width()
-            )));
+        let (qkv_bias, fc_bias) = (floats.next().unwrap_or_default(), floats.next().unwrap_or_default());
+        let [qkv, out_proj, fc, proj]: [Arc<IntMatrix>; 4] =
+            matrices.try_into().map_err(|_| bad("four products expected".into()))?;
+        let (h, d) = (shape.heads, shape.head_dim);
+        let fits = h > 0
+            && attention::fits(d)
+            && qkv.d_out() == 3 * h * d
+            && qkv_bias.len() == qkv.d_out()
+            && out_proj.d_in() == h * d
+            && out_proj.d_out() == qkv.d_in()
+            && fc.d_in() == qkv.d_in()
+            && fc_bias.len() == fc.d_out()
+            && proj.d_in() == fc.d_out()
+            && proj.d_out() == qkv.d_in();
+        if !fits {
+            return Err(bad(format!("its products' sizes {:?} do not fit {h} heads of width {d}", shape.dims)));
         }
-        Ok(Self { qkv, heads: shape.heads, head_dim: shape.head_dim, out_proj, fc, proj, activation: shape.activation })
+        let whole = |m: &Arc<IntMatrix>| Vec::from([0..m.d_out() / TILE]);
+        let all = |m: &Arc<IntMatrix>| 0..m.d_in();
+        Ok(Self {
+            qkv: Cols { tiles: whole(&qkv), matrix: qkv, bias: qkv_bias },
+            heads: h,
+            head_dim: d,
+            out_proj: Inputs { inputs: all(&out_proj), matrix: out_proj },
+            fc: Cols { tiles: whole(&fc), matrix: fc, bias: fc_bias },
+            proj: Inputs { inputs: all(&proj), matrix: proj },
+            activation: shape.activation,
+        })
     }
 
     /// This share's part of `job` on the input rows `x`.
@@ -269,15 +309,18 @@ impl BlockShare {
         let rows = job.rows;
         Ok(match job.stage {
             Stage::Attention => {
-                let qkv = self.qkv.product(x, rows, None)?;
+                let qkv = self.qkv.product(x, rows)?;
                 let (h, d) = (self.heads, self.head_dim);
                 let out = attention::attention(&qkv, rows, h, d, self.qkv.matrix.kernel(), job.keep);
+                let partial = self.out_proj.partial(&out.context, rows, None)?;
                 let kept = job.keep.then(|| (out.probs, attention::values(&qkv, rows, h, d)));
-                StageOut::Heads { context: out.context, kept }
+                StageOut::Attention { partial, kept }
             }
-            Stage::OutProj => StageOut::Columns(self.out_proj.product(x, rows, None)?),
-            Stage::Fc => StageOut::Columns(self.fc.product(x, rows, None)?),
-            Stage::Proj => StageOut::Columns(self.proj.product(x, rows, Some(self.activation))?),
+            Stage::Mlp => {
+                let pre = self.fc.product(x, rows)?;
+                let partial = self.proj.partial(&pre, rows, Some(self.activation))?;
+                StageOut::Mlp { partial, kept: job.keep.then_some(pre) }
+            }
         })
     }
 }
@@ -286,6 +329,9 @@ impl BlockShare {
 /// answers awaited; in share order.
 async fn every_share(own: &BlockShare, helpers: &dyn ImageHelpers, job: StageJob, x: &[f32]) -> Result<Vec<StageOut>> {
     let pending: Vec<PendingStage> = (0..helpers.count()).map(|i| helpers.start(i, job, x)).collect();
+    if !pending.is_empty() {
+        helpers.sent().await;
+    }
     let mut outs = vec![own.run(&job, x)?];
     for p in pending {
         outs.push(p.await?);
@@ -293,25 +339,21 @@ async fn every_share(own: &BlockShare, helpers: &dyn ImageHelpers, job: StageJob
     Ok(outs)
 }
 
-/// Every share's columns of a linear layer, merged: `[rows, out]`.
-async fn columns(own: &BlockShare, helpers: &dyn ImageHelpers, job: StageJob, x: &[f32]) -> Result<Vec<f32>> {
-    let pieces = every_share(own, helpers, job, x)
-        .await?
-        .into_iter()
-        .map(|o| match o {
-            StageOut::Columns(c) => Ok(c),
-            StageOut::Heads { .. } => Err(LegradError::Backend("a share answered a product with heads".into())),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    check_rows(&pieces, job.rows)?;
-    Ok(side_by_side(&pieces, job.rows))
-}
-
-fn check_rows(pieces: &[Vec<f32>], rows: usize) -> Result<()> {
-    match pieces.iter().find(|p| rows == 0 || !p.len().is_multiple_of(rows)) {
-        Some(p) => Err(LegradError::Backend(format!("a share answered {} values for {rows} rows", p.len()))),
-        None => Ok(()),
+/// The partial sums added in share order, then `bias`: `[rows, out]`.
+fn total(partials: &[&[f32]], bias: &[f32]) -> Result<Vec<f32>> {
+    let Some((first, rest)) = partials.split_first() else { return Ok(Vec::new()) };
+    let mut sum = first.to_vec();
+    for p in rest {
+        if p.len() != sum.len() {
+            return Err(LegradError::Backend(format!("a share answered {} values, expected {}", p.len(), sum.len())));
+        }
+        sum.iter_mut().zip(p.iter()).for_each(|(s, v)| *s += v);
     }
+    if bias.is_empty() || !sum.len().is_multiple_of(bias.len()) {
+        return Err(LegradError::Backend("a shared product's bias does not fit its outputs".into()));
+    }
+    sum.chunks_exact_mut(bias.len()).for_each(|row| row.iter_mut().zip(bias).for_each(|(s, b)| *s += b));
+    Ok(sum)
 }
 
 /// What a block computed with its products shared: its output, and where kept, everything
@@ -325,8 +367,16 @@ fn host(x: &Tensor<3>) -> Result<Vec<f32>> {
     host_f32(x).ok_or_else(|| LegradError::Backend("a shared image step runs on plain CPU tensors".into()))
 }
 
-/// Block `index` on `x` `[1, N, W]` with its products shared: the same values as
-/// [`Block::forward`] (`keep`: [`Block::forward_traced`]).
+fn bias_of(dense: &Dense) -> Result<Vec<f32>> {
+    dense
+        .bias()
+        .and_then(|b| b.into_data().try_into_vec::<f32>().ok())
+        .ok_or_else(|| LegradError::Backend("a shared product without its bias".into()))
+}
+
+/// Block `index` on `x` `[1, N, W]` with its products shared: [`Block::forward`]'s values
+/// (`keep`: [`Block::forward_traced`]'s) up to the shares' rounding (see the module's
+/// documentation).
 pub async fn block_forward(
     block: &Block,
     index: usize,
@@ -339,45 +389,48 @@ pub async fn block_forward(
     let device = x.device();
     let tensor = |v: Vec<f32>, c: usize| Tensor::<3>::from_data(TensorData::new(v, [1, n, c]), &device);
     let job = |stage| StageJob { block: index, stage, rows: n, keep };
+    let wrong = || LegradError::Backend("a share answered another stage".into());
 
     let a = host(&block.ln_1.forward(x.clone()))?;
-    let heads = every_share(own, helpers, job(Stage::Attention), &a).await?;
-    let (mut context, mut probs, mut values) = (Vec::new(), Vec::new(), Vec::new());
-    for h in heads {
-        match h {
-            StageOut::Heads { context: c, kept } => {
-                context.push(c);
-                if let Some((p, v)) = kept {
-                    probs.extend(p);
-                    values.extend(v);
-                }
-            }
-            StageOut::Columns(_) => return Err(LegradError::Backend("a share answered attention with columns".into())),
+    let (mut partials, mut probs, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    for out in every_share(own, helpers, job(Stage::Attention), &a).await? {
+        let StageOut::Attention { partial, kept } = out else { return Err(wrong()) };
+        partials.push(partial);
+        if let Some((p, v)) = kept {
+            probs.extend(p);
+            values.extend(v);
         }
     }
-    check_rows(&context, n)?;
-    let context = side_by_side(&context, n);
-    let attn_out = tensor(columns(own, helpers, job(Stage::OutProj), &context).await?, w);
+    let parts: Vec<&[f32]> = partials.iter().map(|p| &p[..]).collect();
+    let attn_out = tensor(total(&parts, &bias_of(&block.attn.out_proj)?)?, w);
     let u = x + attn_out.clone();
     let (n2, ln_2) = block.ln_2.forward_with_stats(u.clone());
-    let h = columns(own, helpers, job(Stage::Fc), &host(&n2)?).await?;
-    let m = h.len() / n;
-    let proj = columns(own, helpers, job(Stage::Proj), &h).await?;
-    let output = u.clone() + tensor(proj, w);
+    let (mut partials, mut pre) = (Vec::new(), Vec::new());
+    for out in every_share(own, helpers, job(Stage::Mlp), &host(&n2)?).await? {
+        let StageOut::Mlp { partial, kept } = out else { return Err(wrong()) };
+        partials.push(partial);
+        pre.extend(kept);
+    }
+    let parts: Vec<&[f32]> = partials.iter().map(|p| &p[..]).collect();
+    let output = u.clone() + tensor(total(&parts, &bias_of(&block.mlp.c_proj)?)?, w);
     let kept = if keep {
         let heads = block.attn.heads;
         let d = w / heads;
-        if probs.len() != heads * n * n || values.len() != heads * n * d {
-            return Err(LegradError::Backend("the shares did not answer every head's probabilities".into()));
+        if probs.len() != heads * n * n || values.len() != heads * n * d || pre.iter().any(|p| !p.len().is_multiple_of(n)) {
+            return Err(LegradError::Backend("the shares did not answer every head and hidden unit".into()));
         }
-        let probs = Tensor::from_data(TensorData::new(probs, [1, heads, n, n]), &device);
-        let values = Tensor::from_data(TensorData::new(values, [1, heads, n, d]), &device);
+        let pre = side_by_side(&pre, n);
+        let hidden = pre.len() / n;
         Some(BlockOutput {
             output: output.clone(),
-            attention: AttentionOutput { output: attn_out, probs, values },
+            attention: AttentionOutput {
+                output: attn_out,
+                probs: Tensor::from_data(TensorData::new(probs, [1, heads, n, n]), &device),
+                values: Tensor::from_data(TensorData::new(values, [1, heads, n, d]), &device),
+            },
             post_attn: u,
             ln_2,
-            mlp_pre: tensor(h, m),
+            mlp_pre: tensor(pre, hidden),
         })
     } else {
         None
