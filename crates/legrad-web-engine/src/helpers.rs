@@ -272,20 +272,15 @@ impl ImageHelpers for Helpers {
         })
     }
 
-    /// One task later (a message to this worker itself): the jobs posted leave when the
-    /// engine's task ends, not while it computes its own share.
+    /// One task later (a zero timeout, which stays on this worker's own thread): the jobs
+    /// posted leave when the engine's task ends, not while it computes its own share.
     fn sent(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-        let Ok(channel) = web_sys::MessageChannel::new() else { return Box::pin(std::future::ready(())) };
         let promise = js_sys::Promise::new(&mut |resolve, _reject| {
-            let done = Closure::once_into_js(move || {
-                let _ = resolve.call0(&JsValue::NULL);
-            });
-            channel.port1().set_onmessage(Some(done.unchecked_ref()));
+            let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+            let _ = scope.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 0);
         });
-        let _ = channel.port2().post_message(&JsValue::NULL);
         Box::pin(async move {
             let _ = JsFuture::from(promise).await;
-            drop(channel);
         })
     }
 }

@@ -180,21 +180,37 @@ async fn download(
     }
     let total = response.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok());
     let body = response.body().ok_or_else(|| LegradError::Input(format!("{url}: empty response")))?;
-    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    let mut bytes: Vec<u8> = Vec::with_capacity(total.unwrap_or(0).min(1 << 31) as usize);
     let mut last_report = 0u64;
     progress(Stage::Download, 0, total);
+    let bytes = read_body(body, total, |n| {
+        if n - last_report > (1 << 20) || total.is_some_and(|t| n == t) {
+            progress(Stage::Download, n, total);
+            last_report = n;
+        }
+    })
+    .await
+    .map_err(|e| {
+        if abort.is_some_and(|a| a.signal().aborted()) {
+            LegradError::Cancelled("during the download".into())
+        } else {
+            js_err(&format!("the download of {url} broke off"), e)
+        }
+    })?;
+    progress(Stage::Download, bytes.len() as u64, total);
+    Ok(bytes)
+}
+
+/// A body read chunk by chunk into one vector (of `total` bytes, where known, so that it never
+/// grows by doubling): no copy of the whole body is made on JavaScript's side. `read`: the
+/// bytes so far, after each chunk.
+async fn read_body(body: web_sys::ReadableStream, total: Option<u64>, mut read: impl FnMut(u64)) -> Result<Vec<u8>, wasm_bindgen::JsValue> {
+    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut bytes: Vec<u8> = Vec::with_capacity(total.unwrap_or(0).min(1 << 31) as usize);
     loop {
-        let chunk = JsFuture::from(reader.read()).await.map_err(|e| {
-            if abort.is_some_and(|a| a.signal().aborted()) {
-                LegradError::Cancelled("during the download".into())
-            } else {
-                js_err(&format!("the download of {url} broke off"), e)
-            }
-        })?;
+        let chunk = JsFuture::from(reader.read()).await?;
         let done = js_sys::Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true);
         if done {
-            break;
+            return Ok(bytes);
         }
         if let Ok(value) = js_sys::Reflect::get(&chunk, &"value".into()) {
             let array: js_sys::Uint8Array = value.unchecked_into();
@@ -202,15 +218,12 @@ async fn download(
             bytes.resize(start + array.length() as usize, 0);
             array.copy_to(&mut bytes[start..]);
         }
-        let n = bytes.len() as u64;
-        if n - last_report > (1 << 20) || total.is_some_and(|t| n == t) {
-            progress(Stage::Download, n, total);
-            last_report = n;
-        }
+        read(bytes.len() as u64);
     }
-    progress(Stage::Download, bytes.len() as u64, total);
-    Ok(bytes)
 }
+
+/// The header a cached model's length is kept in (entries written before it are read whole).
+const LENGTH_HEADER: &str = "x-legrad-length";
 
 /// The Cache API, where there is one: pages served over plain HTTP (not localhost) have none,
 /// and a private window may refuse it.
@@ -230,8 +243,13 @@ async fn cache_get(key: &str) -> Option<Vec<u8>> {
         return None;
     }
     let response: web_sys::Response = hit.unchecked_into();
-    let buffer = JsFuture::from(response.array_buffer().ok()?).await.ok()?;
-    let bytes = buffer_to_bytes(&buffer.unchecked_into());
+    // Streamed into the engine's memory where the length is known (a 150 MB model is then never
+    // a 150 MB JavaScript buffer as well); read whole otherwise.
+    let length = response.headers().get(LENGTH_HEADER).ok().flatten().and_then(|v| v.parse::<u64>().ok());
+    let bytes = match (length, response.body()) {
+        (Some(n), Some(body)) => read_body(body, Some(n), |_| {}).await.ok()?,
+        _ => buffer_to_bytes(&JsFuture::from(response.array_buffer().ok()?).await.ok()?.unchecked_into()),
+    };
     // A damaged entry (a header that does not read, tensors that fail the checksum) is ignored
     // and replaced by the next download.
     format::verify(&bytes).ok().map(|_| bytes)
@@ -240,7 +258,12 @@ async fn cache_get(key: &str) -> Option<Vec<u8>> {
 async fn cache_put(key: &str, bytes: &[u8]) -> Result<(), String> {
     let cache = open_cache().await.ok_or("the Cache API is unavailable")?;
     let array = js_sys::Uint8Array::from(bytes);
-    let response = web_sys::Response::new_with_opt_buffer_source(Some(&array)).map_err(|e| format!("{e:?}"))?;
+    let init = web_sys::ResponseInit::new();
+    let headers = web_sys::Headers::new().map_err(|e| format!("{e:?}"))?;
+    headers.set(LENGTH_HEADER, &bytes.len().to_string()).map_err(|e| format!("{e:?}"))?;
+    init.set_headers(&headers);
+    let response =
+        web_sys::Response::new_with_opt_buffer_source_and_init(Some(&array), &init).map_err(|e| format!("{e:?}"))?;
     JsFuture::from(cache.put_with_str(key, &response)).await.map_err(|e| format!("{e:?}"))?;
     Ok(())
 }

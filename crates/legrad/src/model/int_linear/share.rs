@@ -291,7 +291,7 @@ impl BlockShare {
         if !fits {
             return Err(bad(format!("its products' sizes {:?} do not fit {h} heads of width {d}", shape.dims)));
         }
-        let whole = |m: &Arc<IntMatrix>| Vec::from([0..m.d_out() / TILE]);
+        let whole = |m: &Arc<IntMatrix>| std::iter::once(0..m.d_out() / TILE).collect::<Vec<_>>();
         let all = |m: &Arc<IntMatrix>| 0..m.d_in();
         Ok(Self {
             qkv: Cols { tiles: whole(&qkv), matrix: qkv, bias: qkv_bias },
