@@ -18,7 +18,7 @@ use std::rc::Rc;
 use burn::tensor::Device;
 use legrad::explain::rows::{HeldRows, HostTensor, RowHelpers};
 use legrad::model::VisionTower;
-use legrad::model::int_linear::share::{BlockShare, ImageHelpers, ShareShape, SharePayload, Stage, StageJob, StageOut};
+use legrad::model::int_linear::share::{BlockShare, ImageHelpers, SharePayload, ShareShape, Stage, StageJob, StageOut};
 use legrad::{LegradError, Result};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsCast;
@@ -191,11 +191,8 @@ impl Helpers {
             for (block, share) in blocks.iter().enumerate() {
                 // One block at a time: its copy of the columns goes to the worker and is dropped.
                 let SharePayload { shape, weights, floats } = share.payload();
-                let buffers = weights
-                    .iter()
-                    .map(|w| i16_to_buffer(w))
-                    .chain(floats.iter().map(|f| f32_to_buffer(f)))
-                    .collect();
+                let buffers =
+                    weights.iter().map(|w| i16_to_buffer(w)).chain(floats.iter().map(|f| f32_to_buffer(f))).collect();
                 post_to(worker, &Message::HoldBlock { key, block, shape }, buffers);
             }
         }
@@ -222,11 +219,11 @@ impl Helpers {
 async fn answered(promise: js_sys::Promise) -> Result<Vec<js_sys::ArrayBuffer>> {
     let answer = JsFuture::from(promise).await.unwrap_or(JsValue::NULL);
     match answer.dyn_into::<js_sys::Array>() {
-        Ok(buffers) => {
-            buffers.iter().map(|b| b.dyn_into::<js_sys::ArrayBuffer>()).collect::<std::result::Result<_, _>>().map_err(
-                |_| LegradError::Backend("a helper's answer held something other than buffers".into()),
-            )
-        }
+        Ok(buffers) => buffers
+            .iter()
+            .map(|b| b.dyn_into::<js_sys::ArrayBuffer>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| LegradError::Backend("a helper's answer held something other than buffers".into())),
         Err(other) => Err(LegradError::Backend(other.as_string().unwrap_or_else(|| "a helper failed".into()))),
     }
 }
@@ -311,7 +308,9 @@ impl RowHelpers for Helpers {
         post_to(&self.workers[i], &Message::Run { key, job, dims }, buffers);
         Box::pin(async move {
             let buffers = answered(promise).await?;
-            let sums = buffers.first().ok_or_else(|| LegradError::Backend("a helper's sums came without their buffer".into()))?;
+            let sums = buffers
+                .first()
+                .ok_or_else(|| LegradError::Backend("a helper's sums came without their buffer".into()))?;
             Ok(buffer_to_f32(sums))
         })
     }
@@ -354,7 +353,8 @@ fn hold_block(key: u64, block: usize, shape: ShareShape, buffers: &[js_sys::Arra
 
 /// This helper's share of an image-step job, as the buffers of its answer.
 fn stage(key: u64, job: &StageJob, buffers: &[js_sys::ArrayBuffer]) -> Result<Vec<js_sys::ArrayBuffer>> {
-    let x = buffers.first().map(buffer_to_f32).ok_or_else(|| LegradError::Input("a job came without its rows".into()))?;
+    let x =
+        buffers.first().map(buffer_to_f32).ok_or_else(|| LegradError::Input("a job came without its rows".into()))?;
     let out = TOWER.with(|t| match &*t.borrow() {
         Some((k, blocks)) if *k == key => match blocks.get(job.block) {
             Some(Some(share)) => share.run(job, &x),
@@ -363,7 +363,9 @@ fn stage(key: u64, job: &StageJob, buffers: &[js_sys::ArrayBuffer]) -> Result<Ve
         _ => Err(LegradError::Input(format!("this helper does not hold tower {key}"))),
     })?;
     let arrays: Vec<Vec<f32>> = match out {
-        StageOut::Attention { partial, kept } => std::iter::once(partial).chain(kept.into_iter().flat_map(|(p, v)| [p, v])).collect(),
+        StageOut::Attention { partial, kept } => {
+            std::iter::once(partial).chain(kept.into_iter().flat_map(|(p, v)| [p, v])).collect()
+        }
         StageOut::Mlp { partial, kept } => std::iter::once(partial).chain(kept).collect(),
     };
     Ok(arrays.iter().map(|v| f32_to_buffer(v)).collect())

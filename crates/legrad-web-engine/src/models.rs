@@ -203,7 +203,11 @@ async fn download(
 /// A body read chunk by chunk into one vector (of `total` bytes, where known, so that it never
 /// grows by doubling): no copy of the whole body is made on JavaScript's side. `read`: the
 /// bytes so far, after each chunk.
-async fn read_body(body: web_sys::ReadableStream, total: Option<u64>, mut read: impl FnMut(u64)) -> Result<Vec<u8>, wasm_bindgen::JsValue> {
+async fn read_body(
+    body: web_sys::ReadableStream,
+    total: Option<u64>,
+    mut read: impl FnMut(u64),
+) -> Result<Vec<u8>, wasm_bindgen::JsValue> {
     let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut bytes: Vec<u8> = Vec::with_capacity(total.unwrap_or(0).min(1 << 31) as usize);
     loop {

@@ -247,7 +247,9 @@ impl Engine {
         let mut step = std::pin::pin!(self.trace_with(pixels, size, request, None));
         match step.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
             std::task::Poll::Ready(trace) => trace,
-            std::task::Poll::Pending => Err(LegradError::Backend("the image step waited with no helper to wait for".into())),
+            std::task::Poll::Pending => {
+                Err(LegradError::Backend("the image step waited with no helper to wait for".into()))
+            }
         }
     }
 

@@ -211,7 +211,10 @@ fn shared_image_step_matches_the_unshared_one() {
     let vit = || {
         let config = ClipConfig::preset("ViT-B-16").unwrap();
         let map = legrad::weights::random::random_openclip(&config, 0);
-        build(Prepared { map, config, source_format: "random".into(), notes: vec![], tokenizer: None }, Int16Products::LargeLayers)
+        build(
+            Prepared { map, config, source_format: "random".into(), notes: vec![], tokenizer: None },
+            Int16Products::LargeLayers,
+        )
     };
     let prompts: Vec<String> = ["a cat", "a red circle"].map(String::from).to_vec();
     let options = ExplainOptions::default();
@@ -241,7 +244,9 @@ fn shared_image_step_matches_the_unshared_one() {
                 worst = worst.max(compare(&a.map.map, &b.map.map).unwrap().max_abs);
                 r = r.min(pearson(&a.map.map, &b.map.map));
             }
-            eprintln!("{side} px in {shares} shares: embedding cosine {cos:.7}, maps within {worst:.2e}, Pearson r >= {r:.6}");
+            eprintln!(
+                "{side} px in {shares} shares: embedding cosine {cos:.7}, maps within {worst:.2e}, Pearson r >= {r:.6}"
+            );
             if shares == 1 {
                 assert_eq!(emb, want_emb, "one share is the unshared step");
             }

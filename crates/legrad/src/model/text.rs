@@ -43,7 +43,12 @@ pub struct TextTower {
 pub use crate::config::TextPooling;
 
 impl TextTower {
-    pub(crate) fn load(config: &ClipConfig, map: &mut TensorMap, products: LinearProducts, device: &Device) -> Result<Self> {
+    pub(crate) fn load(
+        config: &ClipConfig,
+        map: &mut TensorMap,
+        products: LinearProducts,
+        device: &Device,
+    ) -> Result<Self> {
         let t = &config.text;
         let eps = config.family.anatomy().ln_eps;
         let token_embedding = map.take_raw("token_embedding.weight", &[t.vocab_size, t.width])?;

@@ -123,7 +123,8 @@ impl<'a> BlockRun<'a> {
     pub async fn next_block(&mut self) -> Result<Option<TracedBlock<'a>>> {
         let Some(block) = self.tower.weights.blocks.get(self.next) else { return Ok(None) };
         let input = self.x.clone();
-        let out = self.block(true).await?.1.ok_or_else(|| LegradError::Backend("a traced block kept nothing".into()))?;
+        let out =
+            self.block(true).await?.1.ok_or_else(|| LegradError::Backend("a traced block kept nothing".into()))?;
         self.x = out.output.clone();
         self.next += 1;
         Ok(Some(TracedBlock { index: self.next - 1, block, input, out }))

@@ -183,8 +183,17 @@ fn by_int_linear(kernel: IntKernel, a: &[i16], b: &[i16], rows: usize, pairs: us
     let (ones, zeros) = (vec![1f32; padded], vec![0f32; cols]);
     let mut xq = a[..rows * pairs * 2].to_vec();
     xq.resize(padded * pairs * 2, 0);
-    let o =
-        Operands { xq: &xq, sx: &ones, rows: padded, pairs, w: b, stride: pairs, tiles: cols / COLS, bias: &zeros, flush: DC_FLUSH };
+    let o = Operands {
+        xq: &xq,
+        sx: &ones,
+        rows: padded,
+        pairs,
+        w: b,
+        stride: pairs,
+        tiles: cols / COLS,
+        bias: &zeros,
+        flush: DC_FLUSH,
+    };
     if padded == rows {
         product(kernel, &o, &mut out[..rows * cols]);
     } else {

@@ -344,7 +344,8 @@ pub fn check_forms_agree() -> Result<Vec<IntKernel>, String> {
     let forms = IntKernel::available();
     // Every input, then a range of them (a share's: the tiles `stride` pairs apart).
     for (first, used) in [(0, pairs), (3, pairs - 13)] {
-        let xq: Vec<i16> = xq.chunks_exact(2 * pairs).flat_map(|r| &r[2 * first..2 * (first + used)]).copied().collect();
+        let xq: Vec<i16> =
+            xq.chunks_exact(2 * pairs).flat_map(|r| &r[2 * first..2 * (first + used)]).copied().collect();
         let w = &w[first * 2 * TILE..];
         let o = Operands { xq: &xq, sx: &sx, rows, pairs: used, w, stride: pairs, tiles, bias: &bias, flush };
         let mut plain = vec![0f32; rows * tiles * TILE];

@@ -233,7 +233,13 @@ impl IntMatrix {
 
     /// A matrix from [`into_parts`](Self::into_parts) of a `[d_out, d_in]` one; parts of other sizes are
     /// an error.
-    pub fn from_parts(q: Vec<i16>, scale: Vec<f32>, d_in: usize, d_out: usize, kernel: IntKernel) -> crate::error::Result<Self> {
+    pub fn from_parts(
+        q: Vec<i16>,
+        scale: Vec<f32>,
+        d_in: usize,
+        d_out: usize,
+        kernel: IntKernel,
+    ) -> crate::error::Result<Self> {
         let pairs = d_in.div_ceil(2);
         if !Self::fits(d_in, d_out) || scale.len() != d_in || q.len() != d_out * pairs * 2 {
             return Err(LegradError::Input(format!(

@@ -165,7 +165,10 @@ impl Inputs {
 
 fn check_len(x: &[f32], rows: usize, width: usize) -> Result<()> {
     if x.len() != rows * width {
-        return Err(LegradError::Input(format!("a share of a {width}-input product got {} values for {rows} rows", x.len())));
+        return Err(LegradError::Input(format!(
+            "a share of a {width}-input product got {} values for {rows} rows",
+            x.len()
+        )));
     }
     Ok(())
 }
@@ -416,7 +419,10 @@ pub async fn block_forward(
     let kept = if keep {
         let heads = block.attn.heads;
         let d = w / heads;
-        if probs.len() != heads * n * n || values.len() != heads * n * d || pre.iter().any(|p| !p.len().is_multiple_of(n)) {
+        if probs.len() != heads * n * n
+            || values.len() != heads * n * d
+            || pre.iter().any(|p| !p.len().is_multiple_of(n))
+        {
             return Err(LegradError::Backend("the shares did not answer every head and hidden unit".into()));
         }
         let pre = side_by_side(&pre, n);
