@@ -173,6 +173,12 @@ impl Helpers {
         }
     }
 
+    /// The threads `tower`'s image step would run on, shared ([`share_tower`](Self::share_tower)).
+    pub fn can_share(&self, tower: &VisionTower) -> usize {
+        let parts = self.workers.len() + 1;
+        if self.jobs.borrow().dead || tower.shares(1, parts).is_none() { 1 } else { parts }
+    }
+
     /// Give each helper its share of `tower`'s integer products
     /// ([`VisionTower::shares`]); a tower off the integer grid, or one the helpers cannot split,
     /// keeps its image step here. Messages to a worker arrive in order: its shares are there

@@ -59,6 +59,9 @@ struct State {
     helpers: Option<Rc<Helpers>>,
     queue: VecDeque<(Request, Vec<js_sys::ArrayBuffer>)>,
     busy: bool,
+    /// The model's tower can be shared with the helpers and has not been yet (it is with the
+    /// first image large enough: [`Engine::shares_image_step`]).
+    tower_to_share: bool,
     abort: Option<web_sys::AbortController>,
 }
 
@@ -417,10 +420,17 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         }
         None => Rc::new(load_on(&device, &loaded.bytes).await?),
     };
-    // On the CPU, a large tower's image step is shared with the helpers (nothing on a GPU).
+    // On the CPU, a large tower's image step is shared with the helpers for large images; each
+    // gets its share with the first such image (no memory spent where none comes).
     let image_threads = match &helpers {
-        Some(h) if !engine.compiles_kernels() => h.share_tower(&engine.model.vision),
+        Some(h) if !engine.compiles_kernels() => h.can_share(&engine.model.vision),
         _ => 1,
+    };
+    STATE.with(|s| s.borrow_mut().tower_to_share = image_threads > 1);
+    let shared_from = {
+        let p = engine.model.vision.patch_size;
+        let side = (engine.policy().shared_step_tokens.saturating_sub(engine.model.vision.prefix_tokens()) as f64).sqrt();
+        side.ceil() as usize * p
     };
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     // Warm-up: on a GPU, compile what an image and every prompt count the page can send use,
@@ -464,7 +474,9 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
             .clone()
             .into_iter()
             .chain(loaded.notes)
-            .chain((image_threads > 1).then(|| format!("The image step runs on {image_threads} threads.")))
+            .chain((image_threads > 1).then(|| {
+                format!("The image step runs on {image_threads} threads for images of {shared_from} px and more.")
+            }))
             .chain(matches!(engine.model.vision.weights.head, VisionHead::AttentionPool(_)).then(|| {
                 "SigLIP: LeGrad only (the baselines read CLIP's class token, which SigLIP does not have); scores are SigLIP's sigmoid probabilities".to_string()
             }))
@@ -615,8 +627,9 @@ fn take_image(id: u64, name: &str, img: DecodedImage) {
     );
 }
 
-/// The image's trace, its products shared with the helpers where they hold their shares of the
-/// tower. A helper that cannot answer ends the sharing for this model: the step runs here.
+/// The image's trace, its products shared with the helpers where the image is large enough
+/// (each gets its share of the tower with the first such image). A helper that cannot answer
+/// ends the sharing for this model: the step runs here.
 async fn image_step(
     engine: &Engine,
     pixels: Vec<f32>,
@@ -624,16 +637,22 @@ async fn image_step(
     request: &TraceRequest,
     helpers: Option<&Helpers>,
 ) -> Result<ImageTrace, LegradError> {
-    match helpers {
-        Some(h) if ImageHelpers::count(h) > 0 => match engine.trace_shared(pixels.clone(), size, request, h).await {
-            Ok(trace) => Ok(trace),
-            Err(err) => {
-                web_sys::console::warn_1(&format!("the image step runs on the engine alone from now on: {err}").into());
-                h.release_tower();
-                engine.trace(pixels, size, request)
-            }
-        },
-        _ => engine.trace(pixels, size, request),
+    let Some(h) = helpers.filter(|_| engine.shares_image_step(size)) else {
+        return engine.trace(pixels, size, request);
+    };
+    if STATE.with(|s| std::mem::take(&mut s.borrow_mut().tower_to_share)) {
+        h.share_tower(&engine.model.vision);
+    }
+    if ImageHelpers::count(h) == 0 {
+        return engine.trace(pixels, size, request);
+    }
+    match engine.trace_shared(pixels.clone(), size, request, h).await {
+        Ok(trace) => Ok(trace),
+        Err(err) => {
+            web_sys::console::warn_1(&format!("the image step runs on the engine alone from now on: {err}").into());
+            h.release_tower();
+            engine.trace(pixels, size, request)
+        }
     }
 }
 

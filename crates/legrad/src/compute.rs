@@ -146,7 +146,16 @@ pub struct ComputePolicy {
     pub linear: Int16Products,
     /// The form of the integer kernels this CPU runs best (found once, here).
     pub int_kernel: IntKernel,
+    /// Where helper threads hold shares of the vision tower (the browser's CPU path), the image
+    /// step is shared from this many tokens per image: below it a stage's products are too short
+    /// to outweigh a message between workers ([`SHARED_STEP_MIN_TOKENS`]).
+    pub shared_step_tokens: usize,
 }
+
+/// The fewest tokens per image whose image step is shared with helper workers: measured in
+/// Chromium on 2 cores (BENCHMARKS.md, "The image step"), a ViT-B/16 at 224 px (197 tokens) ran
+/// no faster shared and its camera slower, at 448 px (785) a quarter to a third faster.
+pub const SHARED_STEP_MIN_TOKENS: usize = 400;
 
 impl ComputePolicy {
     /// The policy for `device`: a GPU runtime gets the fused kernels with the tiles for its
@@ -166,7 +175,14 @@ impl ComputePolicy {
         // `main` on AVX-512 VNNI a prompt took four times as long (BENCHMARKS.md, "The image step").
         let int16 = if cfg!(target_family = "wasm") { Int16Products::LargeLayers } else { Int16Products::Never };
         let int_kernel = IntKernel::best();
-        Self { processor: Processor::Cpu, kernels: None, int16, linear: Int16Products::LargeLayers, int_kernel }
+        Self {
+            processor: Processor::Cpu,
+            kernels: None,
+            int16,
+            linear: Int16Products::LargeLayers,
+            int_kernel,
+            shared_step_tokens: SHARED_STEP_MIN_TOKENS,
+        }
     }
 
     fn gpu(software: bool) -> Self {
@@ -176,6 +192,7 @@ impl ComputePolicy {
             int16: Int16Products::Never,
             linear: Int16Products::Never,
             int_kernel: IntKernel::Portable,
+            shared_step_tokens: usize::MAX,
         }
     }
 

@@ -253,8 +253,18 @@ impl Engine {
         }
     }
 
+    /// Is the image step at `size` shared where helpers hold their shares (enough tokens:
+    /// [`ComputePolicy::shared_step_tokens`])?
+    pub fn shares_image_step(&self, size: InputSize) -> bool {
+        let p = self.model.vision.patch_size;
+        let tokens = (size.height / p) * (size.width / p) + self.model.vision.prefix_tokens();
+        tokens >= self.policy.shared_step_tokens
+    }
+
     /// [`trace`](Self::trace) with the vision tower's integer products shared with `helpers`
-    /// (other threads holding their shares: [`crate::model::int_linear::share`]). The same trace.
+    /// (other threads holding their shares: [`crate::model::int_linear::share`]) where the
+    /// image is large enough ([`shares_image_step`](Self::shares_image_step)). The same trace
+    /// but for the shares' rounding.
     pub async fn trace_shared(
         &self,
         pixels: Vec<f32>,
@@ -262,7 +272,8 @@ impl Engine {
         request: &TraceRequest,
         helpers: &dyn ImageHelpers,
     ) -> Result<ImageTrace> {
-        self.trace_with(pixels, size, request, Some(helpers)).await
+        let helpers = self.shares_image_step(size).then_some(helpers);
+        self.trace_with(pixels, size, request, helpers).await
     }
 
     async fn trace_with(

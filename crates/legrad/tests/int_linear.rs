@@ -174,8 +174,8 @@ fn integer_path_keeps_the_bars_on_vit_b16_with_and_without_outliers() {
 }
 
 /// Helpers in this thread: each holds its shares as a helper worker does (through
-/// [`BlockShare::payload`], what crosses to a worker) and answers at once.
-struct InProcess(Vec<Vec<BlockShare>>);
+/// [`BlockShare::payload`], what crosses to a worker) and answers at once; counts its jobs.
+struct InProcess(Vec<Vec<BlockShare>>, std::cell::Cell<usize>);
 
 impl InProcess {
     fn new(engine: &Engine, helpers: usize) -> Self {
@@ -187,7 +187,7 @@ impl InProcess {
                 None => Vec::new(),
             })
             .collect();
-        Self(shares)
+        Self(shares, std::cell::Cell::new(0))
     }
 }
 
@@ -197,6 +197,7 @@ impl ImageHelpers for InProcess {
     }
 
     fn start(&self, i: usize, job: StageJob, x: &[f32]) -> Pin<Box<dyn Future<Output = legrad::Result<StageOut>>>> {
+        self.1.set(self.1.get() + 1);
         let out = self.0[i][job.block].run(&job, x);
         Box::pin(std::future::ready(out))
     }
@@ -220,6 +221,10 @@ fn shared_image_step_matches_the_unshared_one() {
     let options = ExplainOptions::default();
     for (engine, side, counts) in [(tiny(Int16Products::Always), 96, vec![1]), (vit(), 224, vec![1, 2, 3, 4])] {
         let size = InputSize::square(side);
+        // Images this small are not shared by default (too few tokens to pay for the messages).
+        assert!(!engine.shares_image_step(size));
+        let policy = ComputePolicy { shared_step_tokens: 0, ..*engine.policy() };
+        let engine = engine.with_policy(policy).unwrap();
         let mut rng = legrad::rng::Rng::new(7);
         let pixels: Vec<f32> = (0..3 * side * side).map(|_| rng.normal()).collect();
         let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
@@ -237,6 +242,7 @@ fn shared_image_step_matches_the_unshared_one() {
             let shares = if fake.count() > 0 { helpers + 1 } else { 1 };
             assert_eq!(shares, if helpers < 4 || side == 96 { helpers + 1 } else { 1 }, "{helpers} helpers");
             let shared = pollster::block_on(engine.trace_shared(pixels.clone(), size, &request, &fake)).unwrap();
+            assert_eq!(fake.1.get() > 0, shares > 1, "{helpers} helpers: jobs sent");
             let emb = read(&shared);
             let cos = cosine(&emb, &want_emb);
             let (mut worst, mut r) = (0f32, 1f64);
