@@ -429,7 +429,8 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     STATE.with(|s| s.borrow_mut().tower_to_share = image_threads > 1);
     let shared_from = {
         let p = engine.model.vision.patch_size;
-        let side = (engine.policy().shared_step_tokens.saturating_sub(engine.model.vision.prefix_tokens()) as f64).sqrt();
+        let side =
+            (engine.policy().shared_step_tokens.saturating_sub(engine.model.vision.prefix_tokens()) as f64).sqrt();
         side.ceil() as usize * p
     };
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -88,6 +88,13 @@ pub struct Header {
     pub source: String,
 }
 
+impl Header {
+    /// What the model info calls this file.
+    pub fn source_format(&self) -> String {
+        format!("legrad-web model ({:?})", self.quant).to_lowercase()
+    }
+}
+
 /// Does this safetensors file carry our metadata?
 pub fn is_app_model(bytes: &[u8]) -> bool {
     safetensors::SafeTensors::read_metadata(bytes)
@@ -341,20 +348,10 @@ pub fn verify(bytes: &[u8]) -> Result<Header> {
 
 /// Load an app model file.
 pub fn read(bytes: &[u8], device: &Device) -> Result<(Clip, ModelInfo)> {
-    prepare(bytes)?.build(device)
-}
-
-/// What [`read`] builds from: the tensors, copied out of `bytes` (which the caller may drop
-/// before the build), and the header's config and tokenizer.
-pub fn prepare(bytes: &[u8]) -> Result<crate::load::Prepared> {
     let (map, header) = read_map(bytes)?;
-    Ok(crate::load::Prepared {
-        map,
-        source_format: format!("legrad-web model ({:?})", header.quant).to_lowercase(),
-        config: header.config,
-        notes: vec![],
-        tokenizer: header.tokenizer.json,
-    })
+    let clip = Clip::from_tensors(header.config.clone(), map, device)?
+        .with_tokenizer(header.tokenizer.json.as_deref().map(std::sync::Arc::from));
+    Ok((clip, ModelInfo { source_format: header.source_format(), config: header.config, notes: vec![] }))
 }
 
 /// The tensors of an app model file (quantized ones kept quantized) and its header.

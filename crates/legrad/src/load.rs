@@ -153,7 +153,17 @@ pub fn load_bytes(bytes: &[u8], config: Option<&ConfigSource>, device: &Device) 
 /// What [`load_bytes`] builds from, the tensors copied out of `bytes`: a caller that drops the
 /// bytes before [`Prepared::build`] never holds the file, its tensors and the model at once.
 pub fn read_bytes(bytes: &[u8], config: Option<&ConfigSource>) -> Result<Prepared> {
-    if format::is_app_model(bytes) { format::prepare(bytes) } else { prepare_bytes(bytes, config) }
+    if !format::is_app_model(bytes) {
+        return prepare_bytes(bytes, config);
+    }
+    let (map, header) = format::read_map(bytes)?;
+    Ok(Prepared {
+        map,
+        source_format: header.source_format(),
+        config: header.config,
+        notes: vec![],
+        tokenizer: header.tokenizer.json,
+    })
 }
 
 /// Load from a file or a directory (a transformers model directory with `config.json`, or an
