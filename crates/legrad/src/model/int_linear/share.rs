@@ -16,7 +16,7 @@
 //! given number of shares always gives the same values. Why not columns of every product,
 //! which would give the unshared values to the bit: that costs four round trips per block, and
 //! in the browser a message between workers costs milliseconds when every core is busy
-//! (docs/ARCHITECTURE.md, "The image step").
+//! (docs/ARCHITECTURE.md, "The image step shared with the helpers").
 //!
 //! A helper keeps its share for the model's life (a copy of its rows and columns: `1/parts` of
 //! the tower's weights each); this thread multiplies its own out of the model's matrices (no
