@@ -427,12 +427,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         _ => 1,
     };
     STATE.with(|s| s.borrow_mut().tower_to_share = image_threads > 1);
-    let shared_from = {
-        let p = engine.model.vision.patch_size;
-        let side =
-            (engine.policy().shared_step_tokens.saturating_sub(engine.model.vision.prefix_tokens()) as f64).sqrt();
-        side.ceil() as usize * p
-    };
+    let shared_from = engine.shared_step_side();
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     // Warm-up: on a GPU, compile what an image and every prompt count the page can send use,
     // at the model's own size; on the CPU, fill the per-model caches.

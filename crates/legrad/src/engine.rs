@@ -261,6 +261,14 @@ impl Engine {
         tokens >= self.policy.shared_step_tokens
     }
 
+    /// The side of the smallest square image whose step is shared
+    /// ([`shares_image_step`](Self::shares_image_step)).
+    pub fn shared_step_side(&self) -> usize {
+        let v = &self.model.vision;
+        let grid = (self.policy.shared_step_tokens.saturating_sub(v.prefix_tokens()) as f64).sqrt().ceil();
+        grid as usize * v.patch_size
+    }
+
     /// [`trace`](Self::trace) with the vision tower's integer products shared with `helpers`
     /// (other threads holding their shares: [`crate::model::int_linear::share`]) where the
     /// image is large enough ([`shares_image_step`](Self::shares_image_step)). The same trace

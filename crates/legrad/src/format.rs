@@ -5,12 +5,10 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ClipConfig, ModelInfo};
+use crate::config::ClipConfig;
 use crate::error::{LegradError, Result};
-use crate::model::Clip;
 use crate::weights::gptq::Hessian;
 use crate::weights::{RawTensor, StoredDType, TensorMap};
 
@@ -344,14 +342,6 @@ pub fn verify(bytes: &[u8]) -> Result<Header> {
         verify_checksum(bytes, md)?;
     }
     Ok(header)
-}
-
-/// Load an app model file.
-pub fn read(bytes: &[u8], device: &Device) -> Result<(Clip, ModelInfo)> {
-    let (map, header) = read_map(bytes)?;
-    let clip = Clip::from_tensors(header.config.clone(), map, device)?
-        .with_tokenizer(header.tokenizer.json.as_deref().map(std::sync::Arc::from));
-    Ok((clip, ModelInfo { source_format: header.source_format(), config: header.config, notes: vec![] }))
 }
 
 /// The tensors of an app model file (quantized ones kept quantized) and its header.

@@ -415,7 +415,7 @@ fn fuzz_app_model_files() {
     fuzz("app-model", 2000, inputs(vec![q8, f16], 4096, true), |b| {
         if let Some(h) = one_line(legrad::format::read_header(b))?
             && h.config.validate().is_err()
-            && legrad::format::read(b, &device).is_ok()
+            && load_bytes(b, None, &device).is_ok()
         {
             return Err("a model loads whose header's config is invalid".into());
         }

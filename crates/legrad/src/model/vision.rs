@@ -335,7 +335,8 @@ impl VisionTower {
     }
 
     /// [`run`](Self::run) with the blocks' integer products shared with `helpers`, where they
-    /// hold their shares ([`share`]); else on this thread alone. The same values.
+    /// hold their shares ([`share`]); else on this thread alone. The same values but for the
+    /// shares' rounding of their parts of a row.
     pub fn run_shared<'a>(&'a self, pixels: Tensor<3>, helpers: &'a dyn ImageHelpers) -> Result<BlockRun<'a>> {
         let mut run = self.run(pixels)?;
         let parts = helpers.count() + 1;
