@@ -1,11 +1,13 @@
 //! `legrad eval`: localisation on held-out synthetic scenes, per method: pointing game, mIoU of
 //! the map binarised at 0.5 (the paper's protocol), time per map; faithfulness (deletion and
-//! insertion AUC, positive and negative perturbation, `legrad::eval::faithfulness`); and
-//! zero-shot accuracy.
+//! insertion AUC, positive and negative perturbation, `legrad::eval::faithfulness`);
+//! presence (AUROC of each scene's objects against every name not in it,
+//! `legrad::eval::presence`); the wrong-word rate of the prompts' word relevance
+//! (`legrad::eval::wrong_word`); and zero-shot accuracy.
 
 use clap::Args;
 use legrad::LegradError;
-use legrad::eval::{faithfulness, localization, zero_shot};
+use legrad::eval::{faithfulness, localization, presence, wrong_word, zero_shot};
 use legrad::explain::{ExplainOptions, Method};
 use legrad::scenes;
 
@@ -36,6 +38,9 @@ pub struct EvalArgs {
     /// insertion, as many single-object ones for the perturbation test; 0 skips them).
     #[arg(long, default_value_t = 100)]
     faithfulness: u64,
+    /// Scenes for presence and for the wrong-word rate (0 skips them).
+    #[arg(long, default_value_t = 500)]
+    presence: u64,
     #[arg(long)]
     json: bool,
 }
@@ -81,6 +86,14 @@ pub fn run(args: EvalArgs) -> Result<(), LegradError> {
     } else {
         None
     };
+    let (pres, words) = if args.presence > 0 {
+        (
+            Some(pollster::block_on(presence(&engine, args.seed, args.presence, args.size))?),
+            Some(pollster::block_on(wrong_word(&engine, args.seed, args.presence, args.size))?),
+        )
+    } else {
+        (None, None)
+    };
     if args.json {
         let rows: Vec<_> = rows
             .iter()
@@ -88,7 +101,7 @@ pub fn run(args: EvalArgs) -> Result<(), LegradError> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"scenes": args.scenes, "seed": args.seed, "size": args.size, "layer_index": args.layer_index, "zero_shot_top1": zs, "methods": rows})
+            serde_json::json!({"scenes": args.scenes, "seed": args.seed, "size": args.size, "layer_index": args.layer_index, "zero_shot_top1": zs, "presence": pres, "wrong_word": words, "methods": rows})
         );
     } else {
         println!(
@@ -121,6 +134,26 @@ pub fn run(args: EvalArgs) -> Result<(), LegradError> {
                 args.faithfulness,
                 legrad::eval::CURVE_STEPS,
                 f.scenes
+            );
+        }
+        if let Some(p) = &pres {
+            println!(
+                "\npresence: AUROC {:.4} (by the standing among a reference vocabulary's scores instead: {:.4}) over {} present and {} absent prompts ({} scenes: each one's objects against every colour x shape name not in it); called present {:.1}% of present, absent {:.1}% of absent",
+                p.auroc,
+                p.auroc_vocabulary_standing,
+                p.present,
+                p.absent,
+                args.presence,
+                100.0 * p.present_called_present,
+                100.0 * p.absent_called_absent
+            );
+            println!("pointing game and mIoU above are over present prompts only (each scene's own objects)");
+        }
+        if let Some(w) = &words {
+            println!(
+                "wrong word: the wrong colour word gets the higher relevance in {:.1}% of {} prompts naming an object in another colour",
+                100.0 * w.rate,
+                w.prompts
             );
         }
         if let Some(z) = zs {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
@@ -21,7 +21,10 @@ use crate::explain::rows::RowHelpers;
 use crate::explain::trace::{MAP_CACHE_CAPACITY, placeholder_trace, trace_image};
 use crate::explain::{Context, ExplainOptions, ImageTrace, Method, TraceRequest, finish_maps};
 use crate::load::ModelInfo;
+use crate::explain::words::{WordRelevance, token_relevance, word_relevance};
 use crate::model::Clip;
+use crate::model::text::PromptWordTrace;
+use crate::presence::{PresenceRule, presence};
 use crate::model::int_linear::share::ImageHelpers;
 use crate::model::vision::VisionHead;
 use crate::preprocess::InputSize;
@@ -59,6 +62,15 @@ pub struct PreparedPrompt {
     /// After the template.
     pub text: String,
     pub tokens: Tokens,
+    /// Each word of `prompt` and its token positions in `tokens`.
+    pub words: Vec<(String, std::ops::Range<usize>)>,
+}
+
+/// A prompt's text embedding and what its words' relevance needs, from one forward pass.
+#[derive(Clone, Debug)]
+struct TextEntry {
+    embedding: Tensor<1>,
+    words: Arc<PromptWordTrace>,
 }
 
 /// How fast an engine is on its device, for choosing between backends (see [`Engine::speed`]).
@@ -77,7 +89,7 @@ pub struct Engine {
     pub model: Clip,
     pub info: ModelInfo,
     pub tokenizer: TextTokenizer,
-    text_cache: Mutex<HashMap<String, Tensor<1>>>,
+    text_cache: Mutex<HashMap<String, TextEntry>>,
     /// Which path each step takes on the vision tower's device ([`crate::compute`]).
     policy: ComputePolicy,
     /// What LeGrad keeps per model (its folded weights; SigLIP's "a photo of a" embedding).
@@ -193,17 +205,34 @@ impl Engine {
             .map(|p| {
                 let text = apply_template(template, p)?;
                 let tokens = self.tokenizer.tokenize(&text, self.model.config.text.context_length)?;
-                Ok(PreparedPrompt { prompt: p.trim().to_string(), text, tokens })
+                let words = self.tokenizer.word_spans(template, p, &tokens.ids);
+                Ok(PreparedPrompt { prompt: p.trim().to_string(), text, tokens, words })
             })
             .collect()
     }
 
     /// Text embeddings `[P, E]`, from the cache where possible.
     pub fn encode(&self, prompts: &[PreparedPrompt]) -> Result<Tensor<2>> {
+        Ok(self.encode_for(prompts, self.word_layer(ExplainOptions::default().layer_index)?)?.0)
+    }
+
+    /// The first text block whose attention a prompt's word relevance reads for LeGrad's
+    /// `layer_index`: as many of the text tower's last blocks as LeGrad sums of the vision
+    /// tower's (all of them when the text tower has fewer).
+    pub fn word_layer(&self, layer_index: i64) -> Result<usize> {
+        let depth = self.model.vision.depth();
+        let used = depth - crate::explain::first_layer(layer_index, depth)?;
+        Ok(self.text_tower().weights.blocks.len().saturating_sub(used))
+    }
+
+    /// Text embeddings `[P, E]` and each prompt's word trace from block `word_layer` on, from
+    /// the cache where it holds those blocks.
+    fn encode_for(&self, prompts: &[PreparedPrompt], word_layer: usize) -> Result<(Tensor<2>, Vec<Arc<PromptWordTrace>>)> {
         let mut cache = self.text_cache.lock().unwrap_or_else(|e| e.into_inner());
         let mut missing: Vec<&PreparedPrompt> = Vec::new();
         for p in prompts {
-            if !cache.contains_key(&p.text) && !missing.iter().any(|m| m.text == p.text) {
+            let known = cache.get(&p.text).is_some_and(|e| e.words.first_layer <= word_layer);
+            if !known && !missing.iter().any(|m| m.text == p.text) {
                 missing.push(p);
             }
         }
@@ -212,32 +241,70 @@ impl Engine {
                 cache.clear();
             }
             let pad = self.pad_text();
-            let tower = self.text_tower();
-            let device = self.device();
             let chunk = if pad { PROMPT_BUCKETS[PROMPT_BUCKETS.len() - 1] } else { missing.len() };
             for part in missing.chunks(chunk) {
-                let mut seqs: Vec<Vec<u32>> = part.iter().map(|p| p.tokens.ids.clone()).collect();
-                let emb = if pad {
-                    // Padded rows repeat the last prompt; their embeddings are dropped.
-                    let rows = bucket(seqs.len(), &PROMPT_BUCKETS);
-                    while seqs.len() < rows {
-                        seqs.push(seqs[seqs.len() - 1].clone());
-                    }
-                    let needed = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
-                    let context = self.model.config.text.context_length;
-                    let buckets: Vec<usize> = TOKEN_BUCKETS.iter().map(|&b| b.min(context)).collect();
-                    tower.encode_padded(&seqs, bucket(needed, &buckets))?
-                } else {
-                    tower.encode(&seqs)?.to_device(&device)
-                };
-                for (i, p) in part.iter().enumerate() {
+                let seqs: Vec<Vec<u32>> = part.iter().map(|p| p.tokens.ids.clone()).collect();
+                let (emb, words) = self.encode_sequences(seqs, word_layer)?;
+                for (i, (p, w)) in part.iter().zip(words).enumerate() {
                     let row: Tensor<1> = emb.clone().narrow(0, i, 1).squeeze_dim(0);
-                    cache.insert(p.text.clone(), row);
+                    cache.insert(p.text.clone(), TextEntry { embedding: row, words: Arc::new(w) });
                 }
             }
         }
-        let rows: Vec<Tensor<1>> = prompts.iter().map(|p| cache[&p.text].clone()).collect();
-        Ok(Tensor::stack(rows, 0))
+        let rows: Vec<Tensor<1>> = prompts.iter().map(|p| cache[&p.text].embedding.clone()).collect();
+        let words = prompts.iter().map(|p| cache[&p.text].words.clone()).collect();
+        Ok((Tensor::stack(rows, 0), words))
+    }
+
+    /// Embeddings `[P, E]` on the vision tower's device, and word traces from `word_layer` on,
+    /// of token sequences (at most the largest prompt bucket where text is padded).
+    fn encode_sequences(&self, mut seqs: Vec<Vec<u32>>, word_layer: usize) -> Result<(Tensor<2>, Vec<PromptWordTrace>)> {
+        let tower = self.text_tower();
+        if !self.pad_text() {
+            let (emb, words) = tower.encode_traced(&seqs, 0, word_layer)?;
+            return Ok((emb.to_device(&self.device()), words));
+        }
+        // Padded rows repeat the last prompt; their embeddings are dropped.
+        let p = seqs.len();
+        let rows = bucket(p, &PROMPT_BUCKETS);
+        while seqs.len() < rows {
+            seqs.push(seqs[seqs.len() - 1].clone());
+        }
+        let needed = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
+        let context = self.model.config.text.context_length;
+        let buckets: Vec<usize> = TOKEN_BUCKETS.iter().map(|&b| b.min(context)).collect();
+        let (emb, mut words) = tower.encode_traced(&seqs, bucket(needed, &buckets), word_layer)?;
+        words.truncate(p);
+        Ok((emb, words))
+    }
+
+    /// Presence of each prompt from its cosine and shown score ([`crate::presence`]).
+    fn presences(&self, cosines: &[f32], scores: &[f32]) -> Vec<f32> {
+        let rule = PresenceRule::for_scoring(self.model.scoring);
+        cosines.iter().zip(scores).map(|(&c, &s)| presence(rule, c, s)).collect()
+    }
+
+    /// Each prompt's words and their relevance on `trace`'s image ([`crate::explain::words`]).
+    async fn words(
+        &self,
+        trace: &ImageTrace,
+        prompts: &[PreparedPrompt],
+        traces: &[Arc<PromptWordTrace>],
+    ) -> Result<Vec<Vec<WordRelevance>>> {
+        let tower = self.text_tower();
+        let rows = traces.iter().map(|t| token_relevance(tower, t, &trace.embedding)).collect::<Result<Vec<_>>>()?;
+        let lengths: Vec<usize> = rows.iter().map(|r| r.dims()[0]).collect();
+        let all = read_f32(Tensor::cat(rows, 0)).await?;
+        let mut at = 0;
+        Ok(prompts
+            .iter()
+            .zip(lengths)
+            .map(|(p, n)| {
+                let r = &all[at..at + n];
+                at += n;
+                word_relevance(&p.words, r)
+            })
+            .collect())
     }
 
     /// Preprocessed pixels `[3, H, W]` (normalised) → the image's trace. Run once per image and
@@ -352,7 +419,7 @@ impl Engine {
                 method.name()
             )));
         }
-        let texts = self.encode(prompts)?;
+        let (texts, word_traces) = self.encode_for(prompts, self.word_layer(options.layer_index)?)?;
         let split = helpers.filter(|h| self.shares_rows(method, *h)).map(|h| (h, options.layer_index));
         let (summed, per_layer, scores) = self.explain_texts(explainer.as_ref(), method, trace, texts, split).await?;
         let maps = finish_maps(
@@ -363,15 +430,22 @@ impl Engine {
             trace.patch_size,
             method.map_order(self.head()),
         );
+        let shown: Vec<f32> = scores.iter().map(|&c| self.model.score(c)).collect();
+        let presence = self.presences(&scores, &shown);
+        let words = self.words(trace, prompts, &word_traces).await?;
         Ok(prompts
             .iter()
             .zip(maps)
-            .zip(scores)
-            .map(|((p, map), score)| ExplainedPrompt {
+            .zip(shown)
+            .zip(presence)
+            .zip(words)
+            .map(|((((p, map), score), presence), words)| ExplainedPrompt {
                 prompt: p.prompt.clone(),
                 text: p.text.clone(),
                 truncated: p.tokens.truncated,
-                score: self.model.score(score),
+                score,
+                presence,
+                words,
                 map,
             })
             .collect())

@@ -73,6 +73,110 @@ pub async fn localization(
     })
 }
 
+/// "Is it there?" on multi-object scenes: each scene's objects (present) against the names of
+/// every colour × shape not in it (absent), pooled over scenes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PresenceMetrics {
+    /// By the engine's presence ([`crate::presence`]).
+    pub auroc: f64,
+    /// By the cosine's standing among a reference vocabulary's on the same image
+    /// ([`crate::presence::standing`]): the alternative, measured.
+    pub auroc_vocabulary_standing: f64,
+    /// Shares of present prompts called present and of absent ones called absent at
+    /// [`crate::presence::LIKELY_ABSENT`].
+    pub present_called_present: f64,
+    pub absent_called_absent: f64,
+    pub present: usize,
+    pub absent: usize,
+}
+
+/// [`PresenceMetrics`] over `count` scenes of `seed` (a stream of its own, apart from
+/// [`localization`]'s scenes of the same seed).
+pub async fn presence(engine: &Engine, seed: u64, count: u64, size: usize) -> Result<PresenceMetrics, crate::LegradError> {
+    use crate::presence::{LIKELY_ABSENT, PresenceRule, VOCABULARY, auroc, presence, standing};
+    let classes = scenes::all_names();
+    let names: Vec<String> = classes.iter().map(|(_, _, n)| n.clone()).collect();
+    let texts = engine.embed_texts(&engine.prepare(&names, Some(DEFAULT_TEMPLATE))?).await?;
+    let vocabulary: Vec<String> = VOCABULARY.iter().map(|s| s.to_string()).collect();
+    let vocab = engine.embed_texts(&engine.prepare(&vocabulary, Some(DEFAULT_TEMPLATE))?).await?;
+    let rule = PresenceRule::for_scoring(engine.model.scoring);
+    let e = engine.model.config.embed_dim;
+    let dot = |a: &[f32], b: &[f32]| -> f32 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
+    let (mut present, mut absent, mut present_vocab, mut absent_vocab) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..count {
+        let scene = scenes::generate(seed, 2_000_000 + i, size, Some(2 + (i % 3) as usize));
+        let img = engine.embed_image(scene_pixels(&scene), InputSize::square(size)).await?;
+        let vocab_cos: Vec<f32> = vocab.chunks_exact(e).map(|t| dot(t, &img)).collect();
+        for (k, (c, sh, _)) in classes.iter().enumerate() {
+            let cos = dot(&texts[k * e..][..e], &img);
+            let p = presence(rule, cos, engine.model.score(cos));
+            let z = standing(cos, &vocab_cos);
+            if scene.objects.iter().any(|o| o.color == *c && o.shape == *sh) {
+                present.push(p);
+                present_vocab.push(z);
+            } else {
+                absent.push(p);
+                absent_vocab.push(z);
+            }
+        }
+    }
+    let share = |v: &[f32], f: &dyn Fn(f32) -> bool| v.iter().filter(|&&x| f(x)).count() as f64 / v.len().max(1) as f64;
+    Ok(PresenceMetrics {
+        auroc: auroc(&present, &absent),
+        auroc_vocabulary_standing: auroc(&present_vocab, &absent_vocab),
+        present_called_present: share(&present, &|p| p >= LIKELY_ABSENT),
+        absent_called_absent: share(&absent, &|p| p < LIKELY_ABSENT),
+        present: present.len(),
+        absent: absent.len(),
+    })
+}
+
+/// Which word carries the score when the prompt names the wrong colour: for each object of
+/// `count` multi-object scenes, the prompt "{another colour} {its shape}" (a colour no object
+/// of that shape in the scene has); the share of prompts whose colour word gets the higher
+/// relevance of the two.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WrongWord {
+    pub rate: f64,
+    pub prompts: usize,
+}
+
+pub async fn wrong_word(engine: &Engine, seed: u64, count: u64, size: usize) -> Result<WrongWord, crate::LegradError> {
+    let options = ExplainOptions::default();
+    let request = engine.request_for(&[Method::LeGrad], &options)?;
+    let colours = scenes::Color::ALL;
+    let (mut wrong, mut prompts) = (0usize, 0usize);
+    for i in 0..count {
+        let scene = scenes::generate(seed, 3_000_000 + i, size, Some(2 + (i % 3) as usize));
+        let names: Vec<String> = scene
+            .objects
+            .iter()
+            .enumerate()
+            .filter_map(|(k, o)| {
+                // A colour (from a per-object offset) that no object of this shape has.
+                (1..colours.len())
+                    .map(|d| colours[(o.color as usize + d + k + i as usize) % colours.len()])
+                    .find(|c| !scene.objects.iter().any(|p| p.shape == o.shape && p.color == *c))
+                    .map(|c| scenes::object_name(c, o.shape))
+            })
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let prepared = engine.prepare(&names, Some(DEFAULT_TEMPLATE))?;
+        let trace = engine.trace(scene_pixels(&scene), InputSize::square(size), &request)?;
+        let out = engine.explain(&trace, &prepared, Method::LeGrad, &options).await?;
+        for r in &out {
+            // "red circle": the colour word first, the shape's last.
+            if let [colour, .., shape] = r.words.as_slice() {
+                wrong += (colour.relevance > shape.relevance) as usize;
+                prompts += 1;
+            }
+        }
+    }
+    Ok(WrongWord { rate: wrong as f64 / prompts.max(1) as f64, prompts })
+}
+
 /// Top-1 over all colour × shape names on single-object scenes.
 pub async fn zero_shot(engine: &Engine, seed: u64, count: u64, size: usize) -> Result<f64, crate::LegradError> {
     let classes = scenes::all_names();

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod maps;
+pub mod masks;
 pub mod overlay;
 pub mod preprocess;
 pub mod resample;
@@ -37,6 +38,8 @@ pub mod load;
 pub mod model;
 #[cfg(all(feature = "engine", not(target_family = "wasm")))]
 pub mod npy;
+#[cfg(feature = "engine")]
+pub mod presence;
 #[cfg(feature = "engine")]
 pub mod readback;
 #[cfg(feature = "engine")]

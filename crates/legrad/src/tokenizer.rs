@@ -8,6 +8,7 @@
 //! cut to what open_clip reads of it: the header line and the first 48,894 merges (the other
 //! 213,251 lines are never used; 1,356,917 -> 208,528 bytes, which the wasm carries).
 
+use std::ops::Range;
 use std::collections::HashMap;
 use std::io::Read;
 
@@ -554,13 +555,19 @@ impl SentencePieceTokenizer {
         pieces
     }
 
-    /// Exactly `context_length` ids: the text's, `</s>`, then `</s>` as padding.
-    pub fn tokenize(&self, text: &str) -> Result<Tokens> {
+    /// The text's ids, without special tokens or padding.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
         let text = self.normalize(&canonicalize(&clean(text)));
         let mut ids = Vec::new();
         for piece in self.pre_tokenize(text) {
             self.model.encode(&piece, &mut ids);
         }
+        ids
+    }
+
+    /// Exactly `context_length` ids: the text's, `</s>`, then `</s>` as padding.
+    pub fn tokenize(&self, text: &str) -> Result<Tokens> {
+        let mut ids = self.encode(text);
         let room = self.context_length - self.prefix.len() - self.suffix.len();
         let truncated = ids.len() > room;
         ids.truncate(room);
@@ -714,6 +721,48 @@ impl TextTokenizer {
         match self {
             Self::Clip(t) => Ok(t.tokenize(text, context_length)),
             Self::SentencePiece(t) => t.tokenize(text),
+        }
+    }
+
+    /// The ids of a text without special tokens.
+    fn encode(&self, text: &str) -> Vec<u32> {
+        match self {
+            Self::Clip(t) => t.encode(text),
+            Self::SentencePiece(t) => t.encode(text),
+        }
+    }
+
+    /// Ids before a text's own: the start token (CLIP) or the post-processor's prefix.
+    fn lead(&self) -> usize {
+        match self {
+            Self::Clip(_) => 1,
+            Self::SentencePiece(t) => t.prefix.len(),
+        }
+    }
+
+    /// Where each word of `prompt` (split at white space, as typed) lies in `ids`, the
+    /// tokenization of `template` applied to it (`None`: the prompt alone): its token
+    /// positions. Both tokenizers split at white space before their own pieces, so a word's
+    /// tokens are its tokens alone; where `ids` say otherwise (a template that glues its text to
+    /// the prompt's), the whole prompt is one span. Spans stop at the end of `ids` (a cut prompt).
+    pub fn word_spans(&self, template: Option<&str>, prompt: &str, ids: &[u32]) -> Vec<(String, Range<usize>)> {
+        let before = template.and_then(|t| t.split_once("{}")).map_or("", |(b, _)| b);
+        let start = self.lead() + if before.trim().is_empty() { 0 } else { self.encode(before).len() };
+        let mut at = start;
+        let mut spans = Vec::new();
+        let mut fits = true;
+        for word in prompt.split_whitespace() {
+            let own = self.encode(word);
+            let end = at + own.len();
+            let seen = &ids[at.min(ids.len())..end.min(ids.len())];
+            fits &= own.starts_with(seen);
+            spans.push((word.to_string(), at.min(ids.len())..end.min(ids.len())));
+            at = end;
+        }
+        if fits {
+            spans
+        } else {
+            vec![(prompt.trim().to_string(), start.min(ids.len())..at.min(ids.len()))]
         }
     }
 }

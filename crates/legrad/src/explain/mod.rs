@@ -14,6 +14,7 @@ pub mod legrad_trace;
 pub mod rows;
 pub mod terms;
 pub mod trace;
+pub mod words;
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,11 @@ pub struct ExplainedPrompt {
     /// Cosine similarity of the image and text embeddings (CLIP); SigLIP's sigmoid
     /// probability `sigmoid(exp(logit_scale) cos + logit_bias)`.
     pub score: f32,
+    /// Is it there at all, 0..1 ([`crate::presence`]): below
+    /// [`crate::presence::LIKELY_ABSENT`] the prompt is likely absent.
+    pub presence: f32,
+    /// The prompt's words and how much of the score rests on each ([`words`]).
+    pub words: Vec<words::WordRelevance>,
     #[serde(skip)]
     pub map: PromptMap,
 }

@@ -190,6 +190,14 @@ impl Dense {
         }
     }
 
+    /// `dy Wᵀ`: the gradient at the layer's input for `dy` at its output.
+    pub fn backward<const D: usize>(&self, dy: Tensor<D>) -> Tensor<D> {
+        match self {
+            Dense::Burn(l) => dy.matmul(l.weight.val().transpose().unsqueeze()),
+            Dense::Integer(l) => l.backward(dy),
+        }
+    }
+
     pub fn bias(&self) -> Option<Tensor<1>> {
         match self {
             Dense::Burn(l) => l.bias.as_ref().map(|b| b.val()),

@@ -39,6 +39,27 @@ pub struct TextTower {
     pub pooling: TextPooling,
 }
 
+/// What one prompt's words' relevance needs of the text tower's forward pass
+/// ([`crate::explain::words`]): per block from `first_layer` on, at the pooled token.
+#[derive(Clone, Debug)]
+pub struct PromptWordTrace {
+    pub first_layer: usize,
+    pub layers: Vec<WordLayer>,
+}
+
+/// One block's share of a [`PromptWordTrace`].
+#[derive(Clone, Debug)]
+pub struct WordLayer {
+    /// The values `[H, T, d]` of the tokens the pooled row attends to.
+    pub values: Tensor<3>,
+    /// `ln_2` at the pooled row `[1, W]`.
+    pub ln_2: crate::model::LayerNormStats<2>,
+    /// The MLP's pre-activation at the pooled row `[1, M]`.
+    pub mlp_pre: Tensor<2>,
+    /// The block's output at the pooled row `[1, W]`.
+    pub output: Tensor<2>,
+}
+
 /// How the text tower reads a prompt (one of a family's aspects: `anatomy` on [`crate::config::Family`]).
 pub use crate::config::TextPooling;
 
@@ -135,10 +156,49 @@ impl TextTower {
     /// [`encode`](Self::encode), running at least `len` tokens (at most the context length): a
     /// fixed shape for a GPU, which compiles its kernels per shape. The feature is the same.
     pub fn encode_padded(&self, sequences: &[Vec<u32>], len: usize) -> Result<Tensor<2>> {
+        Ok(self.encode_traced(sequences, len, self.weights.blocks.len())?.0)
+    }
+
+    /// [`encode_padded`](Self::encode_padded), keeping for each sequence what its words'
+    /// relevance needs ([`crate::explain::words`]) of the blocks from `first_layer` on (none
+    /// when it is the depth): the same embeddings, from the same forward pass.
+    pub fn encode_traced(
+        &self,
+        sequences: &[Vec<u32>],
+        len: usize,
+        first_layer: usize,
+    ) -> Result<(Tensor<2>, Vec<PromptWordTrace>)> {
         let (mut x, mask, pool_at) = self.embed(sequences, len)?;
         let w = self.width;
-        for block in &self.weights.blocks {
-            x = block.forward(x, mask.clone(), self.activation);
+        let mut traces: Vec<PromptWordTrace> =
+            pool_at.iter().map(|_| PromptWordTrace { first_layer, layers: Vec::new() }).collect();
+        for (l, block) in self.weights.blocks.iter().enumerate() {
+            if l < first_layer {
+                x = block.forward(x, mask.clone(), self.activation);
+                continue;
+            }
+            // Block::forward's steps, keeping the pooled row's values on the way.
+            let attention = block.attn.forward(block.ln_1.forward(x.clone()), mask.clone());
+            let u = x + attention.output;
+            let (n2, ln_2) = block.ln_2.forward_with_stats(u.clone());
+            let h = block.mlp.c_fc.forward(n2);
+            x = u + block.mlp.project(self.activation, h.clone());
+            let [_, heads, t, d] = attention.values.dims();
+            let m = h.dims()[2];
+            for (i, &at) in pool_at.iter().enumerate() {
+                // The pooled row attends to the tokens up to it (causal) or to all (SigLIP).
+                let keys = if self.pooling == TextPooling::BidirectionalLast { t } else { at + 1 };
+                let row = |v: &Tensor<3>, width: usize| v.clone().slice([i..i + 1, at..at + 1, 0..width]).reshape([1, width]);
+                traces[i].layers.push(WordLayer {
+                    values: attention.values.clone().slice([i..i + 1, 0..heads, 0..keys, 0..d]).reshape([heads, keys, d]),
+                    ln_2: crate::model::LayerNormStats {
+                        x_hat: row(&ln_2.x_hat, w),
+                        rstd: ln_2.rstd.clone().slice([i..i + 1, at..at + 1, 0..1]).reshape([1, 1]),
+                    },
+                    mlp_pre: row(&h, m),
+                    output: row(&x, w),
+                });
+            }
         }
         let x = self.weights.ln_final.forward(x);
         let pooled: Vec<Tensor<2>> = pool_at
@@ -151,7 +211,19 @@ impl TextTower {
         if let Some(bias) = &self.weights.text_projection_bias {
             z = z + bias.val().unsqueeze();
         }
-        Ok(l2_normalize(z))
+        Ok((l2_normalize(z), traces))
+    }
+
+    /// Every block's input `[1, T, W]` for one token sequence, the mask, and the pooled
+    /// token's position: what [`crate::explain::words::token_relevance_autodiff`] runs from.
+    pub fn block_inputs(&self, sequence: &[u32]) -> Result<(Vec<Tensor<3>>, Option<Tensor<2>>, usize)> {
+        let (mut x, mask, pool_at) = self.embed(std::slice::from_ref(&sequence.to_vec()), 0)?;
+        let mut inputs = Vec::with_capacity(self.weights.blocks.len());
+        for block in &self.weights.blocks {
+            inputs.push(x.clone());
+            x = block.forward(x, mask.clone(), self.activation);
+        }
+        Ok((inputs, mask, pool_at[0]))
     }
 
     /// Each block's linear-layer inputs for one token sequence, up to its end-of-text token

@@ -118,6 +118,37 @@ impl IntMatrix {
         w
     }
 
+    /// `dx [rows, d_in] = dy [rows, d_out] · W`: a gradient through the layer, in f32 over the
+    /// stored weights (no f32 copy of the matrix; the text tower's word relevance,
+    /// [`crate::explain::words`]). Its twin is the product with [`dequantized`](Self::dequantized).
+    pub fn backward(&self, dy: &[f32], rows: usize) -> Vec<f32> {
+        assert!(dy.len() == rows * self.d_out, "IntMatrix::backward: operands do not fit");
+        let tiles = self.d_out / TILE;
+        let mut dx = vec![0f32; rows * self.d_in];
+        for r in 0..rows {
+            let g = &dy[r * self.d_out..][..self.d_out];
+            let out = &mut dx[r * self.d_in..][..self.d_in];
+            let mut sums = vec![0f32; 2 * self.pairs];
+            for t in 0..tiles {
+                let gt = &g[t * TILE..][..TILE];
+                for p in 0..self.pairs {
+                    let w = &self.q[(t * self.pairs + p) * 2 * TILE..][..2 * TILE];
+                    let (mut a, mut b) = (0f32, 0f32);
+                    for lane in 0..TILE {
+                        a += gt[lane] * w[2 * lane] as f32;
+                        b += gt[lane] * w[2 * lane + 1] as f32;
+                    }
+                    sums[2 * p] += a;
+                    sums[2 * p + 1] += b;
+                }
+            }
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = sums[i] * self.scale[i];
+            }
+        }
+        dx
+    }
+
     /// `y [rows, d_out] = x [rows, d_in] · Wᵀ + bias`, the rows over rayon's threads natively.
     pub fn forward(&self, x: &[f32], rows: usize, bias: &[f32]) -> Vec<f32> {
         self.forward_after(x, rows, bias, None)
@@ -295,6 +326,22 @@ impl IntLinear {
         Tensor::from_data(TensorData::new(m.dequantized(), [m.d_in, m.d_out]), &self.bias.val().device())
     }
 
+    /// `dy Wᵀ` (the gradient at the inputs): on the host over the stored weights for plain CPU
+    /// tensors, else by burn with the dequantized weight.
+    pub fn backward<const D: usize>(&self, dy: Tensor<D>) -> Tensor<D> {
+        let dims = dy.dims();
+        if dims[D - 1] == self.matrix.d_out
+            && let Some(g) = host_f32(&dy)
+        {
+            let rows = g.len() / self.matrix.d_out;
+            let mut out = dims;
+            out[D - 1] = self.matrix.d_in;
+            return Tensor::from_data(TensorData::new(self.matrix.backward(&g, rows), out), &dy.device());
+        }
+        let w = self.weight().to_device(&dy.device());
+        dy.matmul(w.transpose().unsqueeze())
+    }
+
     /// `x W + b` by the integer kernel on plain CPU tensors, else by [`forward_plain`](Self::forward_plain).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self.integer(&x) {
@@ -468,6 +515,26 @@ mod tests {
         let f = flush_pairs(W_LEVELS) as i64;
         assert!(f * 2 * kernels::X_LEVELS as i64 * W_LEVELS as i64 <= i32::MAX as i64);
         assert!(f >= 16);
+    }
+
+    #[test]
+    fn the_backward_product_agrees_with_the_dequantized_weight() {
+        // dy · W over the packed weights against the f32 product with the weights it stores.
+        let (d_in, d_out, rows) = (37, 48, 3);
+        let w: Vec<f32> = (0..d_in * d_out).map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0).collect();
+        let m = IntMatrix::new(&w, d_in, d_out, IntKernel::best());
+        let dy: Vec<f32> = (0..rows * d_out).map(|i| ((i * 29 % 31) as f32 - 15.0) / 7.0).collect();
+        let got = m.backward(&dy, rows);
+        let deq = m.dequantized(); // [d_in, d_out]
+        let mut worst = 0f32;
+        for r in 0..rows {
+            for i in 0..d_in {
+                let want: f32 = (0..d_out).map(|o| dy[r * d_out + o] * deq[i * d_out + o]).sum();
+                let diff = (got[r * d_in + i] - want).abs();
+                worst = if diff.is_nan() { f32::INFINITY } else { worst.max(diff) };
+            }
+        }
+        assert!(worst < 1e-4, "largest difference {worst}");
     }
 
     #[test]
