@@ -137,7 +137,8 @@ struct ImageInput {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Explain prompts on an image: writes DIR/n.npy, DIR/n.png and DIR/scores.json.
+    /// Explain prompts on an image: writes DIR/n.npy, DIR/n.png, DIR/scores.json (score and
+    /// presence) and DIR/words.json (each prompt's words and their relevance).
     Explain {
         #[command(flatten)]
         model: ModelArgs,
@@ -173,6 +174,15 @@ enum Command {
         /// the map resized onto it (DIR/n.original.npy, the part of the image it covers).
         #[arg(long)]
         on_original: bool,
+        /// Also write masks at the photo's size (the model's input with --pixels): each
+        /// prompt's map binarised (DIR/n.mask.png), and every prompt's at once, a pixel claimed
+        /// by several going to the highest map (DIR/labels.png: 0 background, k for prompt k-1;
+        /// DIR/labels.json its legend; DIR/segmentation.png drawn over the photo).
+        #[arg(long)]
+        masks: bool,
+        /// The masks' threshold on the normalised map (default: the LeGrad paper's 0.5).
+        #[arg(long, default_value_t = legrad::masks::DEFAULT_THRESHOLD)]
+        mask_threshold: f32,
         #[arg(long)]
         out: PathBuf,
     },
@@ -363,6 +373,38 @@ fn read_image(
     Ok((img.to_pixels(size.height, size.width)?, size, Some(img)))
 }
 
+/// `--masks`: each prompt's mask, the label image, its legend and the segmentation drawn over
+/// `base` (RGB of `to`).
+fn write_masks(
+    out: &Path,
+    results: &[legrad::engine::ExplainedPrompt],
+    maps: &[Vec<f32>],
+    to: (usize, usize),
+    base: &[u8],
+    threshold: f32,
+) -> Result<(), LegradError> {
+    use legrad::masks;
+    let save = |name: String, bytes: &[u8], color: image::ExtendedColorType| {
+        image::save_buffer(out.join(&name), bytes, to.1 as u32, to.0 as u32, color)
+            .map_err(|e| LegradError::Input(format!("cannot write {name}: {e}")))
+    };
+    for (n, m) in maps.iter().enumerate() {
+        let bytes: Vec<u8> = masks::mask(m, threshold).iter().map(|&b| if b { 255 } else { 0 }).collect();
+        save(format!("{n}.mask.png"), &bytes, image::ExtendedColorType::L8)?;
+    }
+    if results.len() > masks::MAX_LABELS {
+        eprintln!("note: the label image holds the first {} prompts", masks::MAX_LABELS);
+    }
+    let refs: Vec<&[f32]> = maps.iter().map(|m| m.as_slice()).collect();
+    let labels = masks::labels(&refs, threshold);
+    save("labels.png".into(), &labels, image::ExtendedColorType::L8)?;
+    save("segmentation.png".into(), &masks::draw_labels(base, &labels, 0.55), image::ExtendedColorType::Rgb8)?;
+    let prompts: Vec<String> = results.iter().map(|r| r.prompt.clone()).collect();
+    let legend = masks::legend(&prompts, &labels, to, threshold);
+    std::fs::write(out.join("labels.json"), serde_json::to_string_pretty(&legend).unwrap_or_default())
+        .map_err(|e| LegradError::io_path(out, e))
+}
+
 fn run(cli: Cli) -> CliResult<()> {
     match cli.command {
         Command::Explain {
@@ -377,8 +419,15 @@ fn run(cli: Cli) -> CliResult<()> {
             per_layer,
             keep_aspect,
             on_original,
+            masks,
+            mask_threshold,
             out,
         } => {
+            if !(0.0..=1.0).contains(&mask_threshold) {
+                return Err(LegradError::Input(format!(
+                    "--mask-threshold {mask_threshold} is outside 0..1 (maps are normalised to 0..1)"
+                )));
+            }
             let engine = load_engine(&model)?;
             let patch = engine.model.config.vision.patch_size;
             let (pixels, size, original) = read_image(&input, |img| {
@@ -392,6 +441,10 @@ fn run(cli: Cli) -> CliResult<()> {
                 }
                 Ok(InputSize::keep_aspect(size.width, img.width, img.height, patch))
             })?;
+            let photo = match &original {
+                Some(img) if masks => Some(img.display_rgb(legrad::overlay::MAX_ORIGINAL_SIDE)?),
+                _ => None,
+            };
             let original = match (on_original, original) {
                 (false, _) => None,
                 (true, Some(img)) => Some(img.display_rgb(legrad::overlay::MAX_ORIGINAL_SIDE)?),
@@ -451,14 +504,44 @@ fn run(cli: Cli) -> CliResult<()> {
                 }
                 scores.push(serde_json::json!({
                     "index": n, "prompt": r.prompt, "text": r.text, "score": r.score,
+                    "presence": r.presence, "likely_absent": r.presence < legrad::presence::LIKELY_ABSENT,
                     "truncated": r.truncated, "constant_map": r.map.constant,
                 }));
+            }
+            let words: Vec<_> = results
+                .iter()
+                .enumerate()
+                .map(|(n, r)| serde_json::json!({ "index": n, "prompt": r.prompt, "words": r.words }))
+                .collect();
+            std::fs::write(out.join("words.json"), serde_json::to_string_pretty(&words).unwrap_or_default())
+                .map_err(|e| LegradError::io_path(&out, e))?;
+            if masks {
+                // At the photo's size: each map resized onto it (the part the input covers).
+                let (to, base, maps) = match &photo {
+                    Some((pw, ph, prgb)) => {
+                        let to = (*ph as usize, *pw as usize);
+                        let mut maps = Vec::with_capacity(results.len());
+                        for r in &results {
+                            let (region, values) =
+                                legrad::overlay::resize_onto(&r.map.map, (h, w), (size.height, size.width), to)?;
+                            let mut full = vec![0f32; to.0 * to.1];
+                            for y in 0..region.0 {
+                                full[y * to.1..y * to.1 + region.1].copy_from_slice(&values[y * region.1..][..region.1]);
+                            }
+                            maps.push(full);
+                        }
+                        (to, prgb.clone(), maps)
+                    }
+                    None => ((h, w), rgb.clone(), results.iter().map(|r| r.map.map.clone()).collect()),
+                };
+                write_masks(&out, &results, &maps, to, &base, mask_threshold)?;
             }
             let json = serde_json::json!({ "method": method.name(), "size": [size.width, size.height], "layer_index": layer_index, "prompts": scores });
             std::fs::write(out.join("scores.json"), serde_json::to_string_pretty(&json).unwrap_or_default())
                 .map_err(|e| LegradError::io_path(&out, e))?;
             for (n, r) in results.iter().enumerate() {
-                println!("{n}: {:.4}  {}", r.score, r.text);
+                let absent = if r.presence < legrad::presence::LIKELY_ABSENT { "  (likely absent)" } else { "" };
+                println!("{n}: {:.4}  presence {:.2}  {}{absent}", r.score, r.presence, r.text);
             }
             Ok(())
         }
