@@ -68,6 +68,10 @@ pub struct AppState {
     pub selected_layer: RwSignal<Option<usize>>,
     pub opacity: RwSignal<f32>,
     pub colormap: RwSignal<Colormap>,
+    /// What the large view shows: the heatmap, the selected prompt's mask, or every prompt's.
+    pub view_mode: RwSignal<ViewMode>,
+    /// The masks' threshold on the normalised map (`legrad::masks`).
+    pub mask_threshold: RwSignal<f32>,
     pub results: RwSignal<Option<Results>>,
     /// An explanation is on its way.
     pub pending: RwSignal<bool>,
@@ -95,6 +99,8 @@ pub struct AppState {
     timer: StoredValue<Option<TimeoutHandle>>,
 }
 
+pub use crate::share::ViewMode;
+
 pub const TEMPLATE: &str = legrad::config::DEFAULT_TEMPLATE;
 
 impl AppState {
@@ -120,6 +126,8 @@ impl AppState {
             selected_layer: RwSignal::new(None),
             opacity: RwSignal::new(0.6),
             colormap: RwSignal::new(Colormap::Jet),
+            view_mode: RwSignal::new(ViewMode::Heatmap),
+            mask_threshold: RwSignal::new(legrad::masks::DEFAULT_THRESHOLD),
             results: RwSignal::new(None),
             pending: RwSignal::new(false),
             explain_error: RwSignal::new(None),
@@ -163,6 +171,12 @@ impl AppState {
         if let Some(k) = shared.layers {
             self.layer_index.set(k);
         }
+        if let Some(v) = shared.view {
+            self.view_mode.set(v);
+        }
+        if let Some(t) = shared.threshold {
+            self.mask_threshold.set(t);
+        }
         self.shared_note.set(Some(
             "Opened from a link: its prompts and settings are restored. A link never holds the image: drop it again."
                 .into(),
@@ -179,6 +193,8 @@ impl AppState {
             size: Some(self.size.get()),
             square: Some(!self.keep_aspect.get()),
             layers: Some(self.layer_index.get()),
+            view: Some(self.view_mode.get()),
+            threshold: Some(self.mask_threshold.get()),
             model_url: self.model_url.get(),
         }
     }

@@ -48,6 +48,16 @@ pub fn map_png(map: &[f32], (h, w): (usize, usize)) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// One byte per pixel as an 8-bit greyscale PNG (masks: 0 or 255; labels: 0, 1, 2, ...).
+pub fn gray_png(bytes: &[u8], (h, w): (usize, usize)) -> Option<Vec<u8>> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(bytes, w as u32, h as u32, image::ExtendedColorType::L8)
+        .ok()?;
+    Some(out)
+}
+
 /// RGB pixels as an 8-bit PNG.
 pub fn rgb_png(rgb: &[u8], (h, w): (usize, usize)) -> Option<Vec<u8>> {
     use image::ImageEncoder;

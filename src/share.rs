@@ -5,6 +5,41 @@
 
 use legrad::Method;
 
+/// What the large view shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewMode {
+    Heatmap,
+    /// The selected prompt's map binarised at the threshold.
+    Mask,
+    /// Every prompt's mask at once, one colour each (a pixel claimed by several goes to the
+    /// highest map).
+    Segments,
+}
+
+impl ViewMode {
+    pub const ALL: [ViewMode; 3] = [ViewMode::Heatmap, ViewMode::Mask, ViewMode::Segments];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            ViewMode::Heatmap => "heatmap",
+            ViewMode::Mask => "mask",
+            ViewMode::Segments => "segments",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.key() == key)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ViewMode::Heatmap => "Heatmap",
+            ViewMode::Mask => "Mask",
+            ViewMode::Segments => "Segmentation",
+        }
+    }
+}
+
 /// What a link carries. `None`: not in the link (the page's own default applies).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Shared {
@@ -16,6 +51,10 @@ pub struct Shared {
     /// Square input, as the reference (off: the photo's shape).
     pub square: Option<bool>,
     pub layers: Option<i64>,
+    /// The large view's mode (heatmap, mask, segmentation).
+    pub view: Option<ViewMode>,
+    /// The masks' threshold, 0..1.
+    pub threshold: Option<f32>,
     pub model_url: Option<String>,
 }
 
@@ -43,6 +82,8 @@ impl Shared {
                 "size" => out.size = v.parse().ok().filter(|s| (32..=MAX_SIZE).contains(s)),
                 "square" => out.square = flag(),
                 "layers" => out.layers = v.parse().ok().filter(|k: &i64| (-64..=0).contains(k)),
+                "view" => out.view = ViewMode::from_key(&v),
+                "threshold" => out.threshold = v.parse().ok().filter(|t: &f32| (0.0..=1.0).contains(t)),
                 "model" => {
                     out.model_url =
                         Some(v.to_string()).filter(|u| u.starts_with("https://") || u.starts_with("http://"))
@@ -78,6 +119,12 @@ impl Shared {
         if let Some(k) = self.layers {
             s.append_pair("layers", &k.to_string());
         }
+        if let Some(v) = self.view {
+            s.append_pair("view", v.key());
+        }
+        if let Some(t) = self.threshold {
+            s.append_pair("threshold", &format!("{t:.2}"));
+        }
         if let Some(u) = &self.model_url {
             s.append_pair("model", u);
         }
@@ -103,6 +150,8 @@ mod tests {
             size: Some(336),
             square: Some(true),
             layers: Some(-3),
+            view: Some(ViewMode::Segments),
+            threshold: Some(0.35),
             model_url: Some("https://example.org/m.safetensors?x=1#y".into()),
         };
         let fragment = s.to_fragment();
@@ -110,7 +159,7 @@ mod tests {
         assert_eq!(Shared::parse(&format!("#{fragment}")), s);
         // Out of range, unknown or unsafe values are dropped, the rest kept.
         let odd = Shared::parse(
-            "#size=99999&layers=5&method=nope&model=javascript:alert(1)&template=maybe&x=1&prompts=a%07b",
+            "#size=99999&layers=5&method=nope&model=javascript:alert(1)&template=maybe&x=1&prompts=a%07b&view=x&threshold=2",
         );
         assert_eq!(odd, Shared { prompts: Some("ab".into()), ..Shared::default() });
         assert!(Shared::parse("").is_empty());

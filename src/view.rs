@@ -105,7 +105,15 @@ mod tests {
     use crate::protocol::{EngineMemory, PromptResult};
 
     fn prompt(p: &str) -> PromptResult {
-        PromptResult { prompt: p.into(), text: p.into(), score: 0.5, truncated: false, constant: false }
+        PromptResult {
+            prompt: p.into(),
+            text: p.into(),
+            score: 0.5,
+            truncated: false,
+            constant: false,
+            presence: 1.0,
+            words: Vec::new(),
+        }
     }
 
     /// Two methods, the first with layers: two prompts on a 2x3 grid of 4-pixel patches.

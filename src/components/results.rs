@@ -3,8 +3,9 @@ use std::sync::Arc;
 use leptos::html::Canvas;
 use leptos::prelude::*;
 
-use crate::app::{AppState, ImageStatus, ModelStatus, Original, Results as Maps};
-use crate::render::{download, draw_overlay, draw_rgb, map_png, rgb_png, slug};
+use crate::app::{AppState, ImageStatus, ModelStatus, Original, Results as Maps, ViewMode};
+use crate::protocol::LIKELY_ABSENT;
+use crate::render::{download, draw_overlay, draw_rgb, gray_png, map_png, rgb_png, slug};
 
 /// The heatmaps: the selected one large over the photo, a strip of its layers, and one card per
 /// prompt (or per method when comparing) to switch.
@@ -73,6 +74,9 @@ struct ViewMap {
     label: String,
     slug: String,
     image_id: u64,
+    /// The method and prompt shown (the segmentation takes every prompt of the method).
+    method: usize,
+    prompt: usize,
 }
 
 fn view_map(state: AppState, r: &Maps) -> Option<ViewMap> {
@@ -121,7 +125,30 @@ fn view_map(state: AppState, r: &Maps) -> Option<ViewMap> {
         label,
         slug,
         image_id: r.ready.image_id,
+        method: m,
+        prompt: p,
     })
+}
+
+/// `values` over `region` of a picture of `to`; NaN (no mask's) where the map does not reach.
+fn full_frame(values: &[f32], region: (usize, usize), to: (usize, usize)) -> Vec<f32> {
+    let mut full = vec![f32::NAN; to.0 * to.1];
+    for y in 0..region.0.min(to.0) {
+        let w = region.1.min(to.1);
+        full[y * to.1..][..w].copy_from_slice(&values[y * region.1..][..w]);
+    }
+    full
+}
+
+/// Every prompt's map of method `method` resized onto a picture of `to` (the segmentation).
+fn prompt_maps(r: &Maps, method: usize, to: (usize, usize)) -> Vec<Vec<f32>> {
+    (0..r.ready.prompts.len())
+        .filter_map(|p| {
+            let (region, values) =
+                legrad::overlay::resize_onto(r.map(method, p), r.ready.size, r.ready.input, to).ok()?;
+            Some(full_frame(&values, region, to))
+        })
+        .collect()
 }
 
 #[component]
@@ -129,6 +156,8 @@ fn MainView() -> impl IntoView {
     let state = expect_context::<AppState>();
     let canvas = NodeRef::<Canvas>::new();
     let shown = RwSignal::new(None::<Arc<ViewMap>>);
+    // Every prompt's map on the view's picture, while the segmentation is shown.
+    let segments = RwSignal::new(None::<Arc<Vec<Vec<f32>>>>);
     let hover = RwSignal::new(None::<(f32, usize, usize)>);
     // The map for the selection, resized onto the photo: again only when the maps, the
     // selection or the photo change.
@@ -136,17 +165,35 @@ fn MainView() -> impl IntoView {
         let view = state.results.get().and_then(|r| view_map(state, &r));
         shown.set(view.map(Arc::new));
     });
+    Effect::new(move |_| {
+        let maps = (state.view_mode.get() == ViewMode::Segments)
+            .then(|| state.results.get().zip(shown.get()).map(|(r, v)| Arc::new(prompt_maps(&r, v.method, v.to))))
+            .flatten();
+        segments.set(maps);
+    });
     // Drawn again when the opacity or the colormap change (nothing is recomputed but colours).
     Effect::new(move |_| {
         let (Some(v), Some(c)) = (shown.get(), canvas.get()) else { return };
-        let rgb = legrad::overlay::blend_region(
-            &v.image,
-            v.to,
-            &v.values,
-            v.region,
-            state.opacity.get(),
-            state.colormap.get(),
-        );
+        let threshold = state.mask_threshold.get();
+        let rgb = match (state.view_mode.get(), segments.get()) {
+            (ViewMode::Mask, _) => {
+                let full = full_frame(&v.values, v.region, v.to);
+                let mask: Vec<u8> = legrad::masks::mask(&full, threshold).iter().map(|&m| m as u8).collect();
+                mask_view(&v.image, &mask, v.prompt, state.opacity.get())
+            }
+            (ViewMode::Segments, Some(maps)) => {
+                let refs: Vec<&[f32]> = maps.iter().map(|m| m.as_slice()).collect();
+                legrad::masks::draw_labels(&v.image, &legrad::masks::labels(&refs, threshold), state.opacity.get())
+            }
+            _ => legrad::overlay::blend_region(
+                &v.image,
+                v.to,
+                &v.values,
+                v.region,
+                state.opacity.get(),
+                state.colormap.get(),
+            ),
+        };
         draw_rgb(&c, &rgb, v.to);
         // Where the map peaks, on the canvas as drawn (with the image it was drawn over).
         let peak = v.values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
@@ -227,6 +274,51 @@ fn MainView() -> impl IntoView {
             download(&png, &format!("legrad-{}-map16.png", v.slug), "image/png");
         }
     };
+    // The selected prompt's mask at the photo's size.
+    let export_mask = move |_| {
+        let Some((v, to, _, region, values)) = at_photo() else { return };
+        let full = full_frame(&values, region, to);
+        let bytes: Vec<u8> = legrad::masks::mask(&full, state.mask_threshold.get_untracked())
+            .iter()
+            .map(|&m| if m { 255 } else { 0 })
+            .collect();
+        if let Some(png) = gray_png(&bytes, to) {
+            download(&png, &format!("legrad-{}-mask.png", v.slug), "image/png");
+        }
+    };
+    // Every prompt's label at the photo's size (0: none, k: the k-th prompt) and its legend,
+    // as `legrad explain --masks` writes them.
+    let export_labels = move |_| {
+        let (Some(v), Some(r)) = (shown.get_untracked(), state.results.get_untracked()) else { return };
+        let to = v.original.as_ref().map_or(v.to, |o| (o.height, o.width));
+        let threshold = state.mask_threshold.get_untracked();
+        // One prompt at a time: a photo's full-size maps of every prompt at once would be large.
+        let (mut best, mut labels) =
+            (vec![f32::NEG_INFINITY; to.0 * to.1], vec![legrad::masks::BACKGROUND; to.0 * to.1]);
+        for p in 0..r.ready.prompts.len().min(legrad::masks::MAX_LABELS) {
+            let Ok((region, values)) =
+                legrad::overlay::resize_onto(r.map(v.method, p), r.ready.size, r.ready.input, to)
+            else {
+                return;
+            };
+            let full = full_frame(&values, region, to);
+            for (i, &x) in full.iter().enumerate() {
+                if x >= threshold && x > best[i] {
+                    best[i] = x;
+                    labels[i] = (p + 1) as u8;
+                }
+            }
+        }
+        let prompts: Vec<String> = r.ready.prompts.iter().map(|p| p.prompt.clone()).collect();
+        let legend = legrad::masks::legend(&prompts, &labels, to, threshold);
+        if let Some(png) = gray_png(&labels, to) {
+            download(&png, "legrad-labels.png", "image/png");
+        }
+        if let Ok(json) = serde_json::to_string_pretty(&legend) {
+            download(json.as_bytes(), "legrad-labels.json", "application/json");
+        }
+    };
+    let mode = move || state.view_mode.get();
     let label = move || shown.get().map(|v| v.label.clone()).unwrap_or_default();
     // The photo's size (what exports have).
     let size = move || {
@@ -237,6 +329,15 @@ fn MainView() -> impl IntoView {
             .unwrap_or_default()
     };
     let input = move || state.results.get().map(|r| format!("{}x{}", r.ready.input.1, r.ready.input.0));
+    let shown_absent = move || {
+        let (_, p) = state.selected.get();
+        state.view_mode.get() == ViewMode::Heatmap
+            && state
+                .results
+                .get()
+                .and_then(|r| r.ready.prompts.get(p).map(|p| p.presence < LIKELY_ABSENT))
+                .unwrap_or(false)
+    };
     let score = move || {
         let (_, p) = state.selected.get();
         state
@@ -245,7 +346,8 @@ fn MainView() -> impl IntoView {
             .and_then(|r| r.ready.prompts.get(p).map(|p| format!("{} {:.3}", score_name(state), p.score)))
     };
     view! {
-        <figure class="main-view" data-testid="main-view" data-size=size data-input=input>
+        <figure class=move || if shown_absent() { "main-view absent" } else { "main-view" } data-testid="main-view" data-size=size data-input=input
+            data-mode=move || mode().key()>
             <canvas node_ref=canvas data-testid="main-canvas" tabindex="0"
                 style=move || shown.get().map(|v| format!("--ratio: {} / {}", v.to.1, v.to.0.max(1)))
                 aria-label=move || format!("Heatmap for {} over the image", label())
@@ -261,10 +363,21 @@ fn MainView() -> impl IntoView {
                     data-y=move || hover.get().map(|h| on_photo(h.1, h.2).1.to_string())>
                     {move || hover.get().map(|(v, x, y)| { let (x, y) = on_photo(x, y); format!("value {v:.3} at ({x}, {y})") }).unwrap_or_else(|| "point at or tap the map (or use the arrow keys) for its value".into())}
                 </span>
-                <Legend />
+                <ViewModes />
+                <Show when=move || mode() == ViewMode::Heatmap fallback=|| view! { <SegmentLegend /> }>
+                    <Legend />
+                </Show>
                 <span class="buttons">
-                    <button class="secondary" on:click=export_overlay>"Overlay PNG"</button>
-                    <button class="secondary" on:click=export_map>"Map PNG"</button>
+                    <Show when=move || mode() == ViewMode::Heatmap>
+                        <button class="secondary" on:click=export_overlay>"Overlay PNG"</button>
+                        <button class="secondary" on:click=export_map>"Map PNG"</button>
+                    </Show>
+                    <Show when=move || mode() == ViewMode::Mask>
+                        <button class="secondary" data-testid="export-mask" on:click=export_mask>"Mask PNG"</button>
+                    </Show>
+                    <Show when=move || mode() == ViewMode::Segments>
+                        <button class="secondary" data-testid="export-labels" on:click=export_labels>"Labels PNG + legend"</button>
+                    </Show>
                     <span class="small hint">{move || format!("at the image's size, {}", size().replace('x', "×"))}</span>
                 </span>
             </figcaption>
@@ -345,6 +458,118 @@ fn LayerButton(layer: Option<usize>) -> impl IntoView {
     }
 }
 
+/// The selected prompt's mask over `image`: inside, the photo tinted with the prompt's colour by
+/// `alpha`; outside, the photo darkened.
+fn mask_view(image: &[u8], mask: &[u8], prompt: usize, alpha: f32) -> Vec<u8> {
+    let c = legrad::masks::color(prompt);
+    image
+        .chunks_exact(3)
+        .zip(mask)
+        .flat_map(|(px, &m)| {
+            let f = |ch: usize| {
+                let v = if m == 1 { px[ch] as f32 * (1.0 - alpha) + c[ch] as f32 * alpha } else { px[ch] as f32 * 0.3 };
+                v.round().clamp(0.0, 255.0) as u8
+            };
+            [f(0), f(1), f(2)]
+        })
+        .collect()
+}
+
+/// The large view's modes and the masks' threshold (a slider: nothing is recomputed but the
+/// masks).
+#[component]
+fn ViewModes() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    view! {
+        <span class="view-modes" role="radiogroup" aria-label="Show">
+            {ViewMode::ALL.into_iter().map(|m| view! {
+                <label class="check">
+                    <input type="radio" name="view-mode" data-testid=format!("view-{}", m.key())
+                        prop:checked=move || state.view_mode.get() == m
+                        on:change=move |_| state.view_mode.set(m) />
+                    {m.label()}
+                </label>
+            }).collect_view()}
+            <Show when=move || state.view_mode.get() != ViewMode::Heatmap>
+                <label title="A pixel is in a prompt's mask where its map reaches this (0.5: the LeGrad paper's)">"Threshold "
+                    <input type="range" min="0.05" max="0.95" step="0.05" data-testid="mask-threshold"
+                        aria-valuetext=move || format!("{:.2}", state.mask_threshold.get())
+                        prop:value=move || state.mask_threshold.get().to_string()
+                        on:input=move |ev| { if let Ok(v) = event_target_value(&ev).parse::<f32>() { state.mask_threshold.set(v) } } />
+                    <span data-testid="mask-threshold-value">{move || format!("{:.2}", state.mask_threshold.get())}</span>
+                </label>
+            </Show>
+        </span>
+    }
+}
+
+/// The segmentation's (or the mask's) colours: one per prompt.
+#[component]
+fn SegmentLegend() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let entries = move || {
+        let r = state.results.get()?;
+        let (_, selected) = state.selected.get();
+        let only = (state.view_mode.get() == ViewMode::Mask).then_some(selected);
+        Some(
+            r.ready
+                .prompts
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| only.is_none_or(|s| s == *k))
+                .map(|(k, p)| {
+                    let colour = legrad::masks::hex(legrad::masks::color(k));
+                    let absent = p.presence < LIKELY_ABSENT;
+                    view! {
+                        <li data-testid="segment-legend-entry" data-color=colour.clone()>
+                            <span class="swatch" style=format!("background: {colour}") aria-hidden="true"></span>
+                            {p.prompt.clone()}
+                            {absent.then(|| view! { <span class="notice">" (likely absent)"</span> })}
+                        </li>
+                    }
+                })
+                .collect_view(),
+        )
+    };
+    view! { <ul class="segment-legend" aria-label="Mask colours">{entries}</ul> }
+}
+
+/// A prompt's words, each shaded by its share of the largest relevance (the values on hover and
+/// for screen readers).
+#[component]
+fn PromptWords(prompt: usize) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let words = move || {
+        state.results.get().and_then(|r| r.ready.prompts.get(prompt).map(|p| p.words.clone())).unwrap_or_default()
+    };
+    let described = move || {
+        let w = words();
+        let max = w.iter().fold(0f32, |m, x| m.max(x.relevance));
+        let parts: Vec<String> = w
+            .iter()
+            .map(|x| format!("{} {:.0}%", x.word, if max > 0.0 { 100.0 * x.relevance / max } else { 0.0 }))
+            .collect();
+        format!("Word relevance: {}", parts.join(", "))
+    };
+    view! {
+        <span class="words" data-testid="words" aria-label=described role="img">
+            {move || {
+                let w = words();
+                let max = w.iter().fold(0f32, |m, x| m.max(x.relevance));
+                w.into_iter().map(|x| {
+                    let share = if max > 0.0 { x.relevance / max } else { 0.0 };
+                    view! {
+                        <span class="word" data-testid="word" data-relevance=x.relevance.to_string()
+                            style=format!("--share: {share:.3}")
+                            title=format!("relevance {:.4} ({:.0}% of the prompt's largest)", x.relevance, 100.0 * share)
+                            aria-hidden="true">{x.word}</span>
+                    }
+                }).collect_view()
+            }}
+        </span>
+    }
+}
+
 #[component]
 fn MapCard(method: usize, prompt: usize) -> impl IntoView {
     let state = expect_context::<AppState>();
@@ -360,8 +585,10 @@ fn MapCard(method: usize, prompt: usize) -> impl IntoView {
     };
     let selected = move || state.selected.get() == (method, prompt);
     let select = move || state.selected.set((method, prompt));
+    let absent = move || info().is_some_and(|(_, p)| p.presence < LIKELY_ABSENT);
     view! {
-        <figure class=move || if selected() { "card selected" } else { "card" } data-testid="map-card"
+        <figure class=move || format!("card{}{}", if selected() { " selected" } else { "" }, if absent() { " absent" } else { "" })
+            data-testid="map-card" data-presence=move || info().map(|(_, p)| p.presence.to_string()).unwrap_or_default()
             data-prompt=move || info().map(|(_, p)| p.prompt).unwrap_or_default()
             data-method=move || info().map(|(m, _)| m.name().to_string()).unwrap_or_default()>
             <canvas node_ref=canvas data-testid="heatmap" tabindex="0" role="button"
@@ -375,8 +602,18 @@ fn MapCard(method: usize, prompt: usize) -> impl IntoView {
                     }
                 }></canvas>
             <figcaption>
-                <span class="prompt">{title}</span>
+                <Show when=move || !state.compare.get() && info().is_some_and(|(_, p)| !p.words.is_empty())
+                    fallback=move || view! { <span class="prompt">{title}</span> }>
+                    <PromptWords prompt=prompt />
+                </Show>
                 <span class="score" data-testid="score">{move || info().map(|(_, p)| format!("{} {:.3}", score_name(state), p.score))}</span>
+                <span class="presence" data-testid="presence">{move || info().map(|(_, p)| {
+                    if p.presence < LIKELY_ABSENT {
+                        format!("likely absent (presence {:.2})", p.presence)
+                    } else {
+                        format!("presence {:.2}", p.presence)
+                    }
+                })}</span>
                 <Show when=move || info().is_some_and(|(_, p)| p.constant)>
                     <span class="notice">"flat map: no positive gradient"</span>
                 </Show>

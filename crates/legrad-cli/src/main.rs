@@ -526,7 +526,8 @@ fn run(cli: Cli) -> CliResult<()> {
                                 legrad::overlay::resize_onto(&r.map.map, (h, w), (size.height, size.width), to)?;
                             let mut full = vec![0f32; to.0 * to.1];
                             for y in 0..region.0 {
-                                full[y * to.1..y * to.1 + region.1].copy_from_slice(&values[y * region.1..][..region.1]);
+                                full[y * to.1..y * to.1 + region.1]
+                                    .copy_from_slice(&values[y * region.1..][..region.1]);
                             }
                             maps.push(full);
                         }

@@ -750,6 +750,12 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
                     score: r.score,
                     truncated: r.truncated,
                     constant: r.map.constant,
+                    presence: r.presence,
+                    words: r
+                        .words
+                        .iter()
+                        .map(|w| WordRelevance { word: w.word.clone(), relevance: w.relevance })
+                        .collect(),
                 })
                 .collect();
         }

@@ -184,6 +184,26 @@ pub struct PromptResult {
     pub score: f32,
     pub truncated: bool,
     pub constant: bool,
+    /// Is it there at all, 0..1 (`legrad::presence`; below [`LIKELY_ABSENT`] the page says it
+    /// is likely absent and dims its map).
+    #[serde(default = "present")]
+    pub presence: f32,
+    /// The prompt's words and the relevance of each (`legrad::explain::words`).
+    #[serde(default)]
+    pub words: Vec<WordRelevance>,
+}
+
+pub use legrad::presence::LIKELY_ABSENT;
+
+fn present() -> f32 {
+    1.0
+}
+
+/// One word of a prompt and how much of its score rests on it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WordRelevance {
+    pub word: String,
+    pub relevance: f32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

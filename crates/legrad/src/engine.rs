@@ -19,15 +19,15 @@ pub use crate::explain::ExplainedPrompt;
 use crate::explain::legrad::{LegradModel, LegradTrace, score_jacobians};
 use crate::explain::rows::RowHelpers;
 use crate::explain::trace::{MAP_CACHE_CAPACITY, placeholder_trace, trace_image};
+use crate::explain::words::{WordRelevance, token_relevance, word_relevance};
 use crate::explain::{Context, ExplainOptions, ImageTrace, Method, TraceRequest, finish_maps};
 use crate::load::ModelInfo;
-use crate::explain::words::{WordRelevance, token_relevance, word_relevance};
 use crate::model::Clip;
-use crate::model::text::PromptWordTrace;
-use crate::presence::{PresenceRule, presence};
 use crate::model::int_linear::share::ImageHelpers;
+use crate::model::text::PromptWordTrace;
 use crate::model::vision::VisionHead;
 use crate::preprocess::InputSize;
+use crate::presence::{PresenceRule, presence};
 pub use crate::readback::read_f32;
 use crate::tokenizer::{TextTokenizer, Tokens};
 
@@ -227,7 +227,11 @@ impl Engine {
 
     /// Text embeddings `[P, E]` and each prompt's word trace from block `word_layer` on, from
     /// the cache where it holds those blocks.
-    fn encode_for(&self, prompts: &[PreparedPrompt], word_layer: usize) -> Result<(Tensor<2>, Vec<Arc<PromptWordTrace>>)> {
+    fn encode_for(
+        &self,
+        prompts: &[PreparedPrompt],
+        word_layer: usize,
+    ) -> Result<(Tensor<2>, Vec<Arc<PromptWordTrace>>)> {
         let mut cache = self.text_cache.lock().unwrap_or_else(|e| e.into_inner());
         let mut missing: Vec<&PreparedPrompt> = Vec::new();
         for p in prompts {
@@ -258,7 +262,11 @@ impl Engine {
 
     /// Embeddings `[P, E]` on the vision tower's device, and word traces from `word_layer` on,
     /// of token sequences (at most the largest prompt bucket where text is padded).
-    fn encode_sequences(&self, mut seqs: Vec<Vec<u32>>, word_layer: usize) -> Result<(Tensor<2>, Vec<PromptWordTrace>)> {
+    fn encode_sequences(
+        &self,
+        mut seqs: Vec<Vec<u32>>,
+        word_layer: usize,
+    ) -> Result<(Tensor<2>, Vec<PromptWordTrace>)> {
         let tower = self.text_tower();
         if !self.pad_text() {
             let (emb, words) = tower.encode_traced(&seqs, 0, word_layer)?;

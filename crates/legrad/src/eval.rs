@@ -92,7 +92,12 @@ pub struct PresenceMetrics {
 
 /// [`PresenceMetrics`] over `count` scenes of `seed` (a stream of its own, apart from
 /// [`localization`]'s scenes of the same seed).
-pub async fn presence(engine: &Engine, seed: u64, count: u64, size: usize) -> Result<PresenceMetrics, crate::LegradError> {
+pub async fn presence(
+    engine: &Engine,
+    seed: u64,
+    count: u64,
+    size: usize,
+) -> Result<PresenceMetrics, crate::LegradError> {
     use crate::presence::{LIKELY_ABSENT, PresenceRule, VOCABULARY, auroc, presence, standing};
     let classes = scenes::all_names();
     let names: Vec<String> = classes.iter().map(|(_, _, n)| n.clone()).collect();
@@ -102,7 +107,8 @@ pub async fn presence(engine: &Engine, seed: u64, count: u64, size: usize) -> Re
     let rule = PresenceRule::for_scoring(engine.model.scoring);
     let e = engine.model.config.embed_dim;
     let dot = |a: &[f32], b: &[f32]| -> f32 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
-    let (mut present, mut absent, mut present_vocab, mut absent_vocab) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut present, mut absent, mut present_vocab, mut absent_vocab) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..count {
         let scene = scenes::generate(seed, 2_000_000 + i, size, Some(2 + (i % 3) as usize));
         let img = engine.embed_image(scene_pixels(&scene), InputSize::square(size)).await?;

@@ -15,6 +15,7 @@ pub mod maps;
 pub mod masks;
 pub mod overlay;
 pub mod preprocess;
+pub mod presence;
 pub mod resample;
 pub mod rng;
 
@@ -38,8 +39,6 @@ pub mod load;
 pub mod model;
 #[cfg(all(feature = "engine", not(target_family = "wasm")))]
 pub mod npy;
-#[cfg(feature = "engine")]
-pub mod presence;
 #[cfg(feature = "engine")]
 pub mod readback;
 #[cfg(feature = "engine")]

@@ -8,20 +8,89 @@
 //!   [`VOCABULARY`]), the plain cosine ranks present above absent prompts better
 //!   (BENCHMARKS.md, "Masks, presence, words"); `legrad eval` reports both.
 
-use crate::model::Scoring;
-
 /// A reference vocabulary for [`standing`]: COCO's 80 object categories (a generic list of
 /// things photos hold, not chosen for any model; the default model has never seen one).
 pub const VOCABULARY: [&str; 80] = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 ];
 
 /// A CLIP cosine that reads as an even chance of being there. CLIP's cosines between an image
@@ -54,7 +123,7 @@ pub fn standing(cosine: f32, vocabulary: &[f32]) -> f32 {
     }
     let mean = vocabulary.iter().map(|&v| v as f64).sum::<f64>() / n;
     let var = vocabulary.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    if !(var > 0.0) {
+    if var.is_nan() || var <= 0.0 {
         return f32::NAN;
     }
     ((cosine as f64 - mean) / var.sqrt()) as f32
@@ -69,11 +138,12 @@ pub enum PresenceRule {
     Probability,
 }
 
+#[cfg(feature = "engine")]
 impl PresenceRule {
-    pub fn for_scoring(scoring: Scoring) -> Self {
+    pub fn for_scoring(scoring: crate::model::Scoring) -> Self {
         match scoring {
-            Scoring::Cosine => PresenceRule::Cosine,
-            Scoring::Sigmoid { .. } => PresenceRule::Probability,
+            crate::model::Scoring::Cosine => PresenceRule::Cosine,
+            crate::model::Scoring::Sigmoid { .. } => PresenceRule::Probability,
         }
     }
 }
@@ -92,7 +162,8 @@ pub fn auroc(present: &[f32], absent: &[f32]) -> f64 {
     if present.is_empty() || absent.is_empty() || present.iter().chain(absent).any(|v| v.is_nan()) {
         return f64::NAN;
     }
-    let mut all: Vec<(f32, bool)> = present.iter().map(|&v| (v, true)).chain(absent.iter().map(|&v| (v, false))).collect();
+    let mut all: Vec<(f32, bool)> =
+        present.iter().map(|&v| (v, true)).chain(absent.iter().map(|&v| (v, false))).collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     // Mann-Whitney U with mid-ranks for ties.
     let mut rank_sum = 0f64;

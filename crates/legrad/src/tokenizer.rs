@@ -8,9 +8,9 @@
 //! cut to what open_clip reads of it: the header line and the first 48,894 merges (the other
 //! 213,251 lines are never used; 1,356,917 -> 208,528 bytes, which the wasm carries).
 
-use std::ops::Range;
 use std::collections::HashMap;
 use std::io::Read;
+use std::ops::Range;
 
 use regex::Regex;
 use unicode_normalization::UnicodeNormalization;
@@ -759,11 +759,7 @@ impl TextTokenizer {
             spans.push((word.to_string(), at.min(ids.len())..end.min(ids.len())));
             at = end;
         }
-        if fits {
-            spans
-        } else {
-            vec![(prompt.trim().to_string(), start.min(ids.len())..at.min(ids.len()))]
-        }
+        if fits { spans } else { vec![(prompt.trim().to_string(), start.min(ids.len())..at.min(ids.len()))] }
     }
 }
 

@@ -100,7 +100,8 @@ pub fn token_relevance_autodiff(
         let [_, t, w] = x.dims();
         let att = block.attn.forward_burn(block.ln_1.forward(x.clone()), mask.clone());
         let z = att.probs.zeros_like().detach().autodiff().require_grad();
-        let out = block.forward_from_probs(x.clone(), att.probs.clone() + z.clone(), att.values.clone(), text.activation);
+        let out =
+            block.forward_from_probs(x.clone(), att.probs.clone() + z.clone(), att.values.clone(), text.activation);
         let row: Tensor<2> = out.slice([0..1, pool..pool + 1, 0..w]).reshape([1, w]);
         let tw = &text.weights;
         let mut f = tw.ln_final.forward(row).matmul(tw.text_projection.val());
@@ -131,7 +132,9 @@ pub fn word_relevance(spans: &[(String, Range<usize>)], relevance: &[f32]) -> Ve
         .iter()
         .map(|(word, r)| WordRelevance {
             word: word.clone(),
-            relevance: relevance.get(r.start.min(relevance.len())..r.end.min(relevance.len())).map_or(0.0, |v| v.iter().sum()),
+            relevance: relevance
+                .get(r.start.min(relevance.len())..r.end.min(relevance.len()))
+                .map_or(0.0, |v| v.iter().sum()),
         })
         .collect()
 }

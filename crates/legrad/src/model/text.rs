@@ -188,9 +188,14 @@ impl TextTower {
             for (i, &at) in pool_at.iter().enumerate() {
                 // The pooled row attends to the tokens up to it (causal) or to all (SigLIP).
                 let keys = if self.pooling == TextPooling::BidirectionalLast { t } else { at + 1 };
-                let row = |v: &Tensor<3>, width: usize| v.clone().slice([i..i + 1, at..at + 1, 0..width]).reshape([1, width]);
+                let row =
+                    |v: &Tensor<3>, width: usize| v.clone().slice([i..i + 1, at..at + 1, 0..width]).reshape([1, width]);
                 traces[i].layers.push(WordLayer {
-                    values: attention.values.clone().slice([i..i + 1, 0..heads, 0..keys, 0..d]).reshape([heads, keys, d]),
+                    values: attention
+                        .values
+                        .clone()
+                        .slice([i..i + 1, 0..heads, 0..keys, 0..d])
+                        .reshape([heads, keys, d]),
                     ln_2: crate::model::LayerNormStats {
                         x_hat: row(&ln_2.x_hat, w),
                         rstd: ln_2.rstd.clone().slice([i..i + 1, at..at + 1, 0..1]).reshape([1, 1]),
