@@ -1,8 +1,10 @@
 //! `legrad`: LeGrad explanations from the command line.
 
+mod batch;
 mod bench;
 mod convert;
 mod eval;
+mod explain;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,8 +16,8 @@ use legrad::engine::{DEFAULT_TEMPLATE, Engine};
 use legrad::explain::{ExplainOptions, Method};
 use legrad::load::ConfigSource;
 use legrad::npy;
-use legrad::overlay::{Colormap, overlay};
-use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, decode, denormalize_to_rgb};
+use legrad::overlay::Colormap;
+use legrad::preprocess::{DecodeLimits, DecodedImage, InputSize, decode};
 use legrad::{LegradError, TraceRequest};
 
 #[derive(Parser)]
@@ -130,6 +132,12 @@ struct ImageInput {
     /// An image file (any format the `image` crate reads).
     #[arg(long)]
     image: Option<PathBuf>,
+    /// Many images, the model loaded once: a folder (its image files), a glob pattern
+    /// ('photos/**/*.jpg', quoted), or @list.txt (one path per line). Each image's files go to
+    /// DIR/<its name>-<8 hex digits>/, DIR/index.jsonl lists them; a run again skips the images
+    /// the index has.
+    #[arg(long)]
+    images: Option<String>,
     /// Preprocessed pixels: an f32 .npy of shape [3, H, W] (or [1, 3, H, W]).
     #[arg(long)]
     pixels: Option<PathBuf>,
@@ -183,6 +191,10 @@ enum Command {
         /// The masks' threshold on the normalised map (default: the LeGrad paper's 0.5).
         #[arg(long, default_value_t = legrad::masks::DEFAULT_THRESHOLD)]
         mask_threshold: f32,
+        /// With --images: this machine's share, K/N (0 <= K < N): every Nth image from the
+        /// K-th, so that N machines share a data set with no coordinator.
+        #[arg(long)]
+        shard: Option<batch::Shard>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -373,38 +385,6 @@ fn read_image(
     Ok((img.to_pixels(size.height, size.width)?, size, Some(img)))
 }
 
-/// `--masks`: each prompt's mask, the label image, its legend and the segmentation drawn over
-/// `base` (RGB of `to`).
-fn write_masks(
-    out: &Path,
-    results: &[legrad::engine::ExplainedPrompt],
-    maps: &[Vec<f32>],
-    to: (usize, usize),
-    base: &[u8],
-    threshold: f32,
-) -> Result<(), LegradError> {
-    use legrad::masks;
-    let save = |name: String, bytes: &[u8], color: image::ExtendedColorType| {
-        image::save_buffer(out.join(&name), bytes, to.1 as u32, to.0 as u32, color)
-            .map_err(|e| LegradError::Input(format!("cannot write {name}: {e}")))
-    };
-    for (n, m) in maps.iter().enumerate() {
-        let bytes: Vec<u8> = masks::mask(m, threshold).iter().map(|&b| if b { 255 } else { 0 }).collect();
-        save(format!("{n}.mask.png"), &bytes, image::ExtendedColorType::L8)?;
-    }
-    if results.len() > masks::MAX_LABELS {
-        eprintln!("note: the label image holds the first {} prompts", masks::MAX_LABELS);
-    }
-    let refs: Vec<&[f32]> = maps.iter().map(|m| m.as_slice()).collect();
-    let labels = masks::labels(&refs, threshold);
-    save("labels.png".into(), &labels, image::ExtendedColorType::L8)?;
-    save("segmentation.png".into(), &masks::draw_labels(base, &labels, 0.55), image::ExtendedColorType::Rgb8)?;
-    let prompts: Vec<String> = results.iter().map(|r| r.prompt.clone()).collect();
-    let legend = masks::legend(&prompts, &labels, to, threshold);
-    std::fs::write(out.join("labels.json"), serde_json::to_string_pretty(&legend).unwrap_or_default())
-        .map_err(|e| LegradError::io_path(out, e))
-}
-
 fn run(cli: Cli) -> CliResult<()> {
     match cli.command {
         Command::Explain {
@@ -421,6 +401,7 @@ fn run(cli: Cli) -> CliResult<()> {
             on_original,
             masks,
             mask_threshold,
+            shard,
             out,
         } => {
             if !(0.0..=1.0).contains(&mask_threshold) {
@@ -428,28 +409,10 @@ fn run(cli: Cli) -> CliResult<()> {
                     "--mask-threshold {mask_threshold} is outside 0..1 (maps are normalised to 0..1)"
                 )));
             }
+            if shard.is_some() && input.images.is_none() {
+                return Err(LegradError::Input("--shard goes with --images".into()));
+            }
             let engine = load_engine(&model)?;
-            let patch = engine.model.config.vision.patch_size;
-            let (pixels, size, original) = read_image(&input, |img| {
-                if !keep_aspect {
-                    return Ok(size);
-                }
-                if size.width != size.height {
-                    return Err(LegradError::Input(format!(
-                        "--keep-aspect takes one number (the long side), not {size}"
-                    )));
-                }
-                Ok(InputSize::keep_aspect(size.width, img.width, img.height, patch))
-            })?;
-            let photo = match &original {
-                Some(img) if masks => Some(img.display_rgb(legrad::overlay::MAX_ORIGINAL_SIDE)?),
-                _ => None,
-            };
-            let original = match (on_original, original) {
-                (false, _) => None,
-                (true, Some(img)) => Some(img.display_rgb(legrad::overlay::MAX_ORIGINAL_SIDE)?),
-                (true, None) => return Err(LegradError::Input("--on-original needs --image".into())),
-            };
             let template = (template != "none").then_some(template.as_str());
             let prompts = engine.prepare(&prompt, template)?;
             for p in prompts.iter().filter(|p| p.tokens.truncated) {
@@ -460,86 +423,25 @@ fn run(cli: Cli) -> CliResult<()> {
             }
             let options = ExplainOptions { layer_index };
             let request: TraceRequest = engine.request_for(&[method], &options)?;
-            let trace = engine.trace(pixels.clone(), size, &request)?;
-            let results = pollster::block_on(engine.explain(&trace, &prompts, method, &options))?;
-            std::fs::create_dir_all(&out).map_err(|e| LegradError::io_path(&out, e))?;
-            let (h, w) = results[0].map.size;
-            // The overlay is drawn on what the model saw.
-            let rgb = denormalize_to_rgb(&pixels, size.height, size.width);
-            let rgb = crop_rgb(&rgb, size.width, h, w);
-            let mut scores = Vec::new();
-            for (n, r) in results.iter().enumerate() {
-                if r.map.constant {
-                    eprintln!("note: the map for '{}' is constant (no positive gradient): written as zeros", r.prompt);
-                }
-                npy::write_f32(&out.join(format!("{n}.npy")), &r.map.map, &[h, w])?;
-                let img = overlay(&rgb, &r.map.map, 0.6, colormap);
-                image::save_buffer(
-                    out.join(format!("{n}.png")),
-                    &img,
-                    w as u32,
-                    h as u32,
-                    image::ExtendedColorType::Rgb8,
-                )
-                .map_err(|e| LegradError::Input(format!("cannot write the overlay: {e}")))?;
-                if let Some((ow, oh, orgb)) = &original {
-                    let to = (*oh as usize, *ow as usize);
-                    let (region, values) =
-                        legrad::overlay::resize_onto(&r.map.map, (h, w), (size.height, size.width), to)?;
-                    npy::write_f32(&out.join(format!("{n}.original.npy")), &values, &[region.0, region.1])?;
-                    let img = legrad::overlay::blend_region(orgb, to, &values, region, 0.6, colormap);
-                    image::save_buffer(
-                        out.join(format!("{n}.original.png")),
-                        &img,
-                        *ow,
-                        *oh,
-                        image::ExtendedColorType::Rgb8,
-                    )
-                    .map_err(|e| LegradError::Input(format!("cannot write the overlay: {e}")))?;
-                }
-                if per_layer {
-                    for (l, m) in &r.map.per_layer {
-                        npy::write_f32(&out.join(format!("{n}.layer{l}.npy")), m, &[r.map.grid.0, r.map.grid.1])?;
-                    }
-                }
-                scores.push(serde_json::json!({
-                    "index": n, "prompt": r.prompt, "text": r.text, "score": r.score,
-                    "presence": r.presence, "likely_absent": r.presence < legrad::presence::LIKELY_ABSENT,
-                    "truncated": r.truncated, "constant_map": r.map.constant,
-                }));
+            let settings = explain::Settings {
+                prompts,
+                method,
+                options,
+                request,
+                colormap,
+                per_layer,
+                size,
+                keep_aspect,
+                on_original,
+                masks,
+                mask_threshold,
+            };
+            if let Some(images) = &input.images {
+                return batch::run(&engine, &settings, images, shard.unwrap_or_default(), &out);
             }
-            let words: Vec<_> = results
-                .iter()
-                .enumerate()
-                .map(|(n, r)| serde_json::json!({ "index": n, "prompt": r.prompt, "words": r.words }))
-                .collect();
-            std::fs::write(out.join("words.json"), serde_json::to_string_pretty(&words).unwrap_or_default())
-                .map_err(|e| LegradError::io_path(&out, e))?;
-            if masks {
-                // At the photo's size: each map resized onto it (the part the input covers).
-                let (to, base, maps) = match &photo {
-                    Some((pw, ph, prgb)) => {
-                        let to = (*ph as usize, *pw as usize);
-                        let mut maps = Vec::with_capacity(results.len());
-                        for r in &results {
-                            let (region, values) =
-                                legrad::overlay::resize_onto(&r.map.map, (h, w), (size.height, size.width), to)?;
-                            let mut full = vec![0f32; to.0 * to.1];
-                            for y in 0..region.0 {
-                                full[y * to.1..y * to.1 + region.1]
-                                    .copy_from_slice(&values[y * region.1..][..region.1]);
-                            }
-                            maps.push(full);
-                        }
-                        (to, prgb.clone(), maps)
-                    }
-                    None => ((h, w), rgb.clone(), results.iter().map(|r| r.map.map.clone()).collect()),
-                };
-                write_masks(&out, &results, &maps, to, &base, mask_threshold)?;
-            }
-            let json = serde_json::json!({ "method": method.name(), "size": [size.width, size.height], "layer_index": layer_index, "prompts": scores });
-            std::fs::write(out.join("scores.json"), serde_json::to_string_pretty(&json).unwrap_or_default())
-                .map_err(|e| LegradError::io_path(&out, e))?;
+            let patch = engine.model.config.vision.patch_size;
+            let image = explain::load_single(&settings, input.image.as_ref(), input.pixels.as_ref(), patch)?;
+            let (results, _) = explain::explain_one(&engine, &settings, image, &out)?;
             for (n, r) in results.iter().enumerate() {
                 let absent = if r.presence < legrad::presence::LIKELY_ABSENT { "  (likely absent)" } else { "" };
                 println!("{n}: {:.4}  presence {:.2}  {}{absent}", r.score, r.presence, r.text);
@@ -552,13 +454,13 @@ fn run(cli: Cli) -> CliResult<()> {
                 let p = engine.prepare(&[text], None)?;
                 pollster::block_on(engine.embed_texts(&p))?
             } else {
-                let (pixels, size) = read_input(&ImageInput { image, pixels }, size)?;
+                let (pixels, size) = read_input(&ImageInput { image, pixels, images: None }, size)?;
                 pollster::block_on(engine.embed_image(pixels, size))?
             };
             npy::write_f32(&out, &values, &[values.len()])
         }
         Command::Preprocess { image, size, out } => {
-            let (pixels, size) = read_input(&ImageInput { image: Some(image), pixels: None }, size)?;
+            let (pixels, size) = read_input(&ImageInput { image: Some(image), pixels: None, images: None }, size)?;
             npy::write_f32(&out, &pixels, &[3, size.height, size.width])
         }
         Command::Scenes { seed, start, count, size, objects, out, stream } => {
@@ -572,7 +474,7 @@ fn run(cli: Cli) -> CliResult<()> {
 }
 
 /// The map covers the grid times the patch; a size not divisible by the patch loses a margin.
-fn crop_rgb(rgb: &[u8], width: usize, h: usize, w: usize) -> Vec<u8> {
+pub(crate) fn crop_rgb(rgb: &[u8], width: usize, h: usize, w: usize) -> Vec<u8> {
     (0..h).flat_map(|y| rgb[(y * width) * 3..(y * width + w) * 3].iter().copied()).collect()
 }
 
