@@ -59,8 +59,9 @@ impl Shard {
 }
 
 /// File name extensions read as images in a folder (other files there are left alone).
-const IMAGE_EXTENSIONS: [&str; 16] =
-    ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "ico", "pnm", "pbm", "pgm", "ppm", "tga", "qoi", "avif"];
+const IMAGE_EXTENSIONS: [&str; 16] = [
+    "png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "ico", "pnm", "pbm", "pgm", "ppm", "tga", "qoi", "avif",
+];
 
 /// The images `spec` names, in a fixed order.
 pub(crate) fn list_images(spec: &str) -> CliResult<Vec<PathBuf>> {
@@ -111,9 +112,10 @@ pub(crate) fn folder_name(path: &Path) -> String {
     let tame: String =
         stem.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(48).collect();
     // FNV-1a: stable across runs and machines (the shards of one data set agree on names).
-    let hash = path.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = path
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
     format!("{tame}-{:08x}", hash as u32)
 }
 
@@ -145,9 +147,7 @@ pub(crate) fn run(engine: &Engine, s: &Settings, spec: &str, shard: Shard, out: 
     let key = |p: &Path| p.to_string_lossy().into_owned();
     let todo: Vec<PathBuf> = mine
         .iter()
-        .filter(|p| {
-            !done.get(&key(p)).is_some_and(|d| prompts.iter().all(|q| d.contains(*q)))
-        })
+        .filter(|p| !done.get(&key(p)).is_some_and(|d| prompts.iter().all(|q| d.contains(*q))))
         .cloned()
         .collect();
     let skipped = mine.len() - todo.len();
@@ -210,10 +210,14 @@ pub(crate) fn run(engine: &Engine, s: &Settings, spec: &str, shard: Shard, out: 
                 Err(e) => {
                     errors += 1;
                     bar.suspend(|| eprintln!("skipped {}: {e}", path.display()));
-                    lines.push_str(&format!("{}\n", serde_json::json!({ "image": key(&path), "error": e.to_string() })));
+                    lines
+                        .push_str(&format!("{}\n", serde_json::json!({ "image": key(&path), "error": e.to_string() })));
                 }
             }
-            index.write_all(lines.as_bytes()).and_then(|_| index.flush()).map_err(|e| LegradError::io_path(&index_path, e))?;
+            index
+                .write_all(lines.as_bytes())
+                .and_then(|_| index.flush())
+                .map_err(|e| LegradError::io_path(&index_path, e))?;
             bar.inc(1);
         }
         Ok(())

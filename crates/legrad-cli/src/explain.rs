@@ -182,11 +182,19 @@ fn write_masks(
     save("labels.png".into(), &labels, image::ExtendedColorType::L8)?;
     save("segmentation.png".into(), &masks::draw_labels(base, &labels, 0.55), image::ExtendedColorType::Rgb8)?;
     let prompts: Vec<String> = results.iter().map(|r| r.prompt.clone()).collect();
-    write_json(&out.join("labels.json"), &serde_json::to_value(masks::legend(&prompts, &labels, to, threshold)).unwrap_or_default())
+    write_json(
+        &out.join("labels.json"),
+        &serde_json::to_value(masks::legend(&prompts, &labels, to, threshold)).unwrap_or_default(),
+    )
 }
 
 /// The one image of `--image` or `--pixels`.
-pub(crate) fn load_single(s: &Settings, image: Option<&PathBuf>, pixels: Option<&PathBuf>, patch: usize) -> CliResult<Loaded> {
+pub(crate) fn load_single(
+    s: &Settings,
+    image: Option<&PathBuf>,
+    pixels: Option<&PathBuf>,
+    patch: usize,
+) -> CliResult<Loaded> {
     if let Some(path) = pixels {
         if s.on_original {
             return Err(LegradError::Input("--on-original needs --image".into()));

@@ -119,11 +119,31 @@ fn a_folder_explained_resumed_and_sharded() {
     std::fs::write(&list, "# two of them\nscene-0-1.png\n\nscene-0-4.png\n").unwrap();
     let by_list = temp("list");
     let arg = format!("@{}", list.display());
-    legrad(&["explain", "--images", &arg, "--prompt", "a red ring", "--size", "128", "--out", by_list.to_str().unwrap()]);
+    legrad(&[
+        "explain",
+        "--images",
+        &arg,
+        "--prompt",
+        "a red ring",
+        "--size",
+        "128",
+        "--out",
+        by_list.to_str().unwrap(),
+    ]);
     assert_eq!(explained(&index(&by_list)).keys().cloned().collect::<Vec<_>>(), ["scene-0-1.png", "scene-0-4.png"]);
     let pattern = format!("{d}/scene-0-[26].png");
     let by_glob = temp("glob");
-    legrad(&["explain", "--images", &pattern, "--prompt", "a red ring", "--size", "128", "--out", by_glob.to_str().unwrap()]);
+    legrad(&[
+        "explain",
+        "--images",
+        &pattern,
+        "--prompt",
+        "a red ring",
+        "--size",
+        "128",
+        "--out",
+        by_glob.to_str().unwrap(),
+    ]);
     assert_eq!(explained(&index(&by_glob)).keys().cloned().collect::<Vec<_>>(), ["scene-0-2.png", "scene-0-6.png"]);
 
     // What cannot work is said, not attempted.
