@@ -300,7 +300,12 @@ impl Engine {
         traces: &[Arc<PromptWordTrace>],
     ) -> Result<Vec<Vec<WordRelevance>>> {
         let tower = self.text_tower();
-        let rows = traces.iter().map(|t| token_relevance(tower, t, &trace.embedding)).collect::<Result<Vec<_>>>()?;
+        // On the text tower's device, through the host: a move between devices reads
+        // synchronously, which a GPU in the browser cannot.
+        let values = trace.embedding_values().await?;
+        let n = values.len();
+        let image: Tensor<1> = Tensor::from_data(TensorData::new(values, [n]), &self.text_device());
+        let rows = traces.iter().map(|t| token_relevance(tower, t, &image)).collect::<Result<Vec<_>>>()?;
         let lengths: Vec<usize> = rows.iter().map(|r| r.dims()[0]).collect();
         let all = read_f32(Tensor::cat(rows, 0)).await?;
         let mut at = 0;

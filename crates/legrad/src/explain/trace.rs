@@ -145,6 +145,8 @@ pub struct ImageTrace {
     /// shown costs one prompt, not N + 1 (a prompt's map does not depend on the prompts beside
     /// it). Filled by [`crate::Engine::explain_cached`].
     pub(crate) maps: Mutex<HashMap<MapKey, super::ExplainedPrompt>>,
+    /// `embedding` read back, once ([`embedding_values`](Self::embedding_values)).
+    embedding_read: std::sync::OnceLock<Vec<f32>>,
 }
 
 fn next_trace_id() -> u64 {
@@ -177,6 +179,16 @@ impl ImageTrace {
         })
     }
 
+    /// The image embedding's values, read from its device once (a GPU has no synchronous
+    /// read in the browser: a tensor moves to another device through these).
+    pub async fn embedding_values(&self) -> Result<Vec<f32>> {
+        if let Some(v) = self.embedding_read.get() {
+            return Ok(v.clone());
+        }
+        let v = crate::readback::read_f32(self.embedding.clone()).await?;
+        Ok(self.embedding_read.get_or_init(|| v).clone())
+    }
+
     /// How many maps this trace keeps.
     pub fn cached_maps(&self) -> usize {
         self.maps.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -198,6 +210,7 @@ impl ImageTrace {
             id: next_trace_id(),
             readers,
             maps: Mutex::new(HashMap::new()),
+            embedding_read: std::sync::OnceLock::new(),
         }
     }
 }

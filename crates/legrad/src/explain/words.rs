@@ -52,9 +52,9 @@ fn score_gradient(text: &TextTower, row: Tensor<2>, image: &Tensor<2>) -> Tensor
 }
 
 /// Relevance `[T]` of the tokens up to the pooled one (all of the context for SigLIP) for the
-/// image embedding `image` `[E]`, on the text tower's device: the closed form.
+/// image embedding `image` `[E]` (on the text tower's device), on that device: the closed form.
 pub fn token_relevance(text: &TextTower, trace: &PromptWordTrace, image: &Tensor<1>) -> Result<Tensor<1>> {
-    let image: Tensor<2> = image.clone().to_device(&text.weights.text_projection.val().device()).unsqueeze();
+    let image: Tensor<2> = image.clone().unsqueeze();
     let mut total: Option<Tensor<1>> = None;
     for (k, layer) in trace.layers.iter().enumerate() {
         let block = text

@@ -193,7 +193,8 @@ impl Dense {
     /// `dy Wᵀ`: the gradient at the layer's input for `dy` at its output.
     pub fn backward<const D: usize>(&self, dy: Tensor<D>) -> Tensor<D> {
         match self {
-            Dense::Burn(l) => dy.matmul(l.weight.val().transpose().unsqueeze()),
+            // A GPU's weight stays packed (8-bit): its f32 values for the product.
+            Dense::Burn(l) => dy.matmul(l.weight.val().dequantize().transpose().unsqueeze()),
             Dense::Integer(l) => l.backward(dy),
         }
     }
