@@ -534,7 +534,7 @@ fn SegmentLegend() -> impl IntoView {
     view! { <ul class="segment-legend" aria-label="Mask colours">{entries}</ul> }
 }
 
-/// A prompt's words, each shaded by its share of the largest relevance (the values on hover and
+/// A prompt's words, each underlined by its share of the largest relevance (the values on hover and
 /// for screen readers).
 #[component]
 fn PromptWords(prompt: usize) -> impl IntoView {
