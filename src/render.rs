@@ -38,33 +38,25 @@ pub fn draw_rgb(canvas: &web_sys::HtmlCanvasElement, rgb: &[u8], (h, w): (usize,
 }
 
 /// The map as a 16-bit greyscale PNG (0 → 0, 1 → 65535): the raw numbers, lossless enough.
-pub fn map_png(map: &[f32], (h, w): (usize, usize)) -> Option<Vec<u8>> {
-    use image::ImageEncoder;
+pub fn map_png(map: &[f32], size: (usize, usize)) -> Option<Vec<u8>> {
     let data: Vec<u8> = map.iter().flat_map(|v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes()).collect();
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(&data, w as u32, h as u32, image::ExtendedColorType::L16)
-        .ok()?;
-    Some(out)
+    png(&data, size, image::ExtendedColorType::L16)
 }
 
 /// One byte per pixel as an 8-bit greyscale PNG (masks: 0 or 255; labels: 0, 1, 2, ...).
-pub fn gray_png(bytes: &[u8], (h, w): (usize, usize)) -> Option<Vec<u8>> {
-    use image::ImageEncoder;
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(bytes, w as u32, h as u32, image::ExtendedColorType::L8)
-        .ok()?;
-    Some(out)
+pub fn gray_png(bytes: &[u8], size: (usize, usize)) -> Option<Vec<u8>> {
+    png(bytes, size, image::ExtendedColorType::L8)
 }
 
 /// RGB pixels as an 8-bit PNG.
-pub fn rgb_png(rgb: &[u8], (h, w): (usize, usize)) -> Option<Vec<u8>> {
+pub fn rgb_png(rgb: &[u8], size: (usize, usize)) -> Option<Vec<u8>> {
+    png(rgb, size, image::ExtendedColorType::Rgb8)
+}
+
+fn png(data: &[u8], (h, w): (usize, usize), color: image::ExtendedColorType) -> Option<Vec<u8>> {
     use image::ImageEncoder;
     let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
-        .ok()?;
+    image::codecs::png::PngEncoder::new(&mut out).write_image(data, w as u32, h as u32, color).ok()?;
     Some(out)
 }
 

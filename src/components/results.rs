@@ -130,14 +130,9 @@ fn view_map(state: AppState, r: &Maps) -> Option<ViewMap> {
     })
 }
 
-/// `values` over `region` of a picture of `to`; NaN (no mask's) where the map does not reach.
+/// `values` over `region` of a picture of `to`; NaN (in no mask) where the map does not reach.
 fn full_frame(values: &[f32], region: (usize, usize), to: (usize, usize)) -> Vec<f32> {
-    let mut full = vec![f32::NAN; to.0 * to.1];
-    for y in 0..region.0.min(to.0) {
-        let w = region.1.min(to.1);
-        full[y * to.1..][..w].copy_from_slice(&values[y * region.1..][..w]);
-    }
-    full
+    legrad::overlay::into_frame(values, region, to, f32::NAN)
 }
 
 /// Every prompt's map of method `method` resized onto a picture of `to` (the segmentation).
@@ -266,10 +261,7 @@ fn MainView() -> impl IntoView {
     let export_map = move |_| {
         let Some((v, to, _, region, values)) = at_photo() else { return };
         // What the map does not cover (a few pixels at most) is 0.
-        let mut full = vec![0f32; to.0 * to.1];
-        for y in 0..region.0 {
-            full[y * to.1..][..region.1].copy_from_slice(&values[y * region.1..][..region.1]);
-        }
+        let full = legrad::overlay::into_frame(&values, region, to, 0.0);
         if let Some(png) = map_png(&full, to) {
             download(&png, &format!("legrad-{}-map16.png", v.slug), "image/png");
         }
@@ -293,22 +285,16 @@ fn MainView() -> impl IntoView {
         let to = v.original.as_ref().map_or(v.to, |o| (o.height, o.width));
         let threshold = state.mask_threshold.get_untracked();
         // One prompt at a time: a photo's full-size maps of every prompt at once would be large.
-        let (mut best, mut labels) =
-            (vec![f32::NEG_INFINITY; to.0 * to.1], vec![legrad::masks::BACKGROUND; to.0 * to.1]);
+        let mut segmentation = legrad::masks::Segmentation::new(to.0 * to.1, threshold);
         for p in 0..r.ready.prompts.len().min(legrad::masks::MAX_LABELS) {
             let Ok((region, values)) =
                 legrad::overlay::resize_onto(r.map(v.method, p), r.ready.size, r.ready.input, to)
             else {
                 return;
             };
-            let full = full_frame(&values, region, to);
-            for (i, &x) in full.iter().enumerate() {
-                if x >= threshold && x > best[i] {
-                    best[i] = x;
-                    labels[i] = (p + 1) as u8;
-                }
-            }
+            segmentation.add(p, &full_frame(&values, region, to));
         }
+        let labels = segmentation.labels;
         let prompts: Vec<String> = r.ready.prompts.iter().map(|p| p.prompt.clone()).collect();
         let legend = legrad::masks::legend(&prompts, &labels, to, threshold);
         if let Some(png) = gray_png(&labels, to) {

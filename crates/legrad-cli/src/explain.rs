@@ -132,11 +132,7 @@ pub(crate) fn explain_one(
                 for r in &results {
                     let (region, values) =
                         legrad::overlay::resize_onto(&r.map.map, (h, w), (size.height, size.width), to)?;
-                    let mut full = vec![0f32; to.0 * to.1];
-                    for y in 0..region.0 {
-                        full[y * to.1..y * to.1 + region.1].copy_from_slice(&values[y * region.1..][..region.1]);
-                    }
-                    maps.push(full);
+                    maps.push(legrad::overlay::into_frame(&values, region, to, 0.0));
                 }
                 (to, prgb.clone(), maps)
             }

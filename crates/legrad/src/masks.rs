@@ -27,19 +27,40 @@ pub fn mask(map: &[f32], threshold: f32) -> Vec<bool> {
 /// `threshold`, else `k + 1` for the highest map `k` among those that do (the first on a tie).
 /// Maps past [`MAX_LABELS`] are left out.
 pub fn labels(maps: &[&[f32]], threshold: f32) -> Vec<u8> {
-    let n = maps.first().map_or(0, |m| m.len());
-    let mut out = vec![BACKGROUND; n];
-    for (px, label) in out.iter_mut().enumerate() {
-        let mut best = f32::NEG_INFINITY;
-        for (k, m) in maps.iter().take(MAX_LABELS).enumerate() {
-            let v = m.get(px).copied().unwrap_or(f32::NAN);
-            if v >= threshold && v > best {
-                best = v;
+    let mut s = Segmentation::new(maps.first().map_or(0, |m| m.len()), threshold);
+    for (k, m) in maps.iter().enumerate() {
+        s.add(k, m);
+    }
+    s.labels
+}
+
+/// [`labels`] built one map at a time (a photo's full-size maps of every prompt need not be
+/// held at once).
+pub struct Segmentation {
+    threshold: f32,
+    best: Vec<f32>,
+    /// One label per pixel so far.
+    pub labels: Vec<u8>,
+}
+
+impl Segmentation {
+    pub fn new(pixels: usize, threshold: f32) -> Self {
+        Self { threshold, best: vec![f32::NEG_INFINITY; pixels], labels: vec![BACKGROUND; pixels] }
+    }
+
+    /// Map `k` (in prompt order; past [`MAX_LABELS`] it is left out).
+    pub fn add(&mut self, k: usize, map: &[f32]) {
+        if k >= MAX_LABELS {
+            return;
+        }
+        for (px, label) in self.labels.iter_mut().enumerate() {
+            let v = map.get(px).copied().unwrap_or(f32::NAN);
+            if v >= self.threshold && v > self.best[px] {
+                self.best[px] = v;
                 *label = (k + 1) as u8;
             }
         }
     }
-    out
 }
 
 /// Prompt `k`'s colour: well apart from its neighbours (Tableau 10), then again.

@@ -110,6 +110,17 @@ pub fn resize_onto(
     Ok((region, resize_map(map, from, region)?))
 }
 
+/// Values of a `region` (from [`resize_onto`]) placed in a whole picture of `to`, `fill` where
+/// the map does not reach (0 for a map's export; NaN, below every threshold, for masks).
+pub fn into_frame(values: &[f32], region: (usize, usize), to: (usize, usize), fill: f32) -> Vec<f32> {
+    let mut full = vec![fill; to.0 * to.1];
+    let w = region.1.min(to.1);
+    for y in 0..region.0.min(to.0) {
+        full[y * to.1..][..w].copy_from_slice(&values[y * region.1..][..w]);
+    }
+    full
+}
+
 /// The overlay over a picture of `to` (RGB) for a map resized onto its `region` by
 /// [`resize_onto`]: coloured and blended there, the rest of the picture as it is (a page keeps
 /// the values and redraws only this when the opacity or the colormap changes).

@@ -9,26 +9,13 @@ mod common;
 use std::future::Future;
 use std::pin::Pin;
 
-use burn::tensor::Device;
 use common::*;
 use legrad::compute::Int16Products;
 use legrad::engine::DEFAULT_TEMPLATE;
 use legrad::explain::{ExplainOptions, Method};
-use legrad::load::{ConfigSource, Prepared, prepare_path};
+use legrad::load::Prepared;
 use legrad::model::int_linear::share::{BlockShare, ImageHelpers, StageJob, StageOut};
 use legrad::{ClipConfig, ComputePolicy, Engine, InputSize};
-
-fn build(p: Prepared, linear: Int16Products) -> Engine {
-    let device = Device::flex();
-    let policy = ComputePolicy::for_device(&device).with_int_linear(linear);
-    let (clip, info) = p.build_with(&device, &policy).expect("build");
-    Engine::new(clip, info).unwrap()
-}
-
-fn tiny(linear: Int16Products) -> Engine {
-    let config = ConfigSource::from_json(std::fs::read_to_string(fixtures().join("tiny-vit-b16.json")).unwrap());
-    build(prepare_path(&fixtures().join("tiny-vit-b16.safetensors"), Some(config)).unwrap(), linear)
-}
 
 fn pearson(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len() as f64;
@@ -92,8 +79,8 @@ fn fidelity(
 #[test]
 fn integer_path_matches_the_reference_on_the_fixture() {
     let exp = Expected::load("tiny-vit-b16.expected.safetensors");
-    let int = tiny(Int16Products::Always);
-    let exact = tiny(Int16Products::Never);
+    let int = tiny_b16_cpu(Int16Products::Always);
+    let exact = tiny_b16_cpu(Int16Products::Never);
     assert!(matches!(int.model.vision.weights.blocks[0].attn.in_proj, legrad::model::Dense::Integer(_)));
     assert!(matches!(exact.model.vision.weights.blocks[0].attn.in_proj, legrad::model::Dense::Burn(_)));
     let options = ExplainOptions { layer_index: -2 };
@@ -149,7 +136,7 @@ fn integer_path_keeps_the_bars_on_vit_b16_with_and_without_outliers() {
                 legrad::weights::random::with_outlier_channels(&mut map, config.vision.layers, &[17, 300, 611], 100.0)
                     .unwrap();
             }
-            build(
+            build_cpu(
                 Prepared {
                     map,
                     config: config.clone(),
@@ -212,14 +199,14 @@ fn shared_image_step_matches_the_unshared_one() {
     let vit = || {
         let config = ClipConfig::preset("ViT-B-16").unwrap();
         let map = legrad::weights::random::random_openclip(&config, 0);
-        build(
+        build_cpu(
             Prepared { map, config, source_format: "random".into(), notes: vec![], tokenizer: None },
             Int16Products::LargeLayers,
         )
     };
     let prompts: Vec<String> = ["a cat", "a red circle"].map(String::from).to_vec();
     let options = ExplainOptions::default();
-    for (engine, side, counts) in [(tiny(Int16Products::Always), 96, vec![1]), (vit(), 224, vec![1, 2, 3, 4])] {
+    for (engine, side, counts) in [(tiny_b16_cpu(Int16Products::Always), 96, vec![1]), (vit(), 224, vec![1, 2, 3, 4])] {
         let size = InputSize::square(side);
         // Images this small are not shared by default (too few tokens to pay for the messages).
         assert!(!engine.shares_image_step(size));

@@ -10,27 +10,15 @@ use legrad::compute::Int16Products;
 use legrad::engine::DEFAULT_TEMPLATE;
 use legrad::explain::words::{token_relevance, token_relevance_autodiff};
 use legrad::explain::{ExplainOptions, Method};
-use legrad::load::{ConfigSource, Prepared, prepare_path};
-use legrad::{ComputePolicy, Engine, InputSize};
-
-fn build(p: Prepared, linear: Int16Products) -> Engine {
-    let device = Device::flex();
-    let policy = ComputePolicy::for_device(&device).with_int_linear(linear);
-    let (clip, info) = p.build_with(&device, &policy).expect("build");
-    Engine::new(clip, info).unwrap()
-}
-
-fn clip(linear: Int16Products) -> Engine {
-    let config = ConfigSource::from_json(std::fs::read_to_string(fixtures().join("tiny-vit-b16.json")).unwrap());
-    build(prepare_path(&fixtures().join("tiny-vit-b16.safetensors"), Some(config)).unwrap(), linear)
-}
+use legrad::load::{ConfigSource, prepare_path};
+use legrad::{Engine, InputSize};
 
 fn siglip() -> Engine {
     let dir = fixtures().join("siglip");
     let config = ConfigSource::from_json(std::fs::read_to_string(dir.join("tiny-siglip-p16.json")).unwrap());
     let mut p = prepare_path(&dir.join("tiny-siglip-p16.safetensors"), Some(config)).unwrap();
     p.tokenizer = Some(std::fs::read_to_string(dir.join("tokenizer/tokenizer.json")).unwrap());
-    build(p, Int16Products::Never)
+    build_cpu(p, Int16Products::Never)
 }
 
 /// A unit image embedding, not a random text's: the score has a gradient in every direction.
@@ -64,7 +52,7 @@ fn twin_gap(engine: &Engine, prompt: &str, first: usize) -> f32 {
 
 #[test]
 fn words_closed_form_agrees_with_autodiff() {
-    for (name, engine) in [("CLIP f32", clip(Int16Products::Never)), ("SigLIP", siglip())] {
+    for (name, engine) in [("CLIP f32", tiny_b16_cpu(Int16Products::Never)), ("SigLIP", siglip())] {
         let depth = engine.model.text.weights.blocks.len();
         for first in [0, depth - 1] {
             for prompt in ["red circle", "a remote control on the sofa"] {
@@ -76,7 +64,7 @@ fn words_closed_form_agrees_with_autodiff() {
     }
     // The integer text tower's backward products (over the stored weights) against autodiff
     // through its dequantized weights: the same weights, f32 sums.
-    let engine = clip(Int16Products::Always);
+    let engine = tiny_b16_cpu(Int16Products::Always);
     assert!(matches!(engine.model.text.weights.blocks[0].mlp.c_fc, legrad::model::Dense::Integer(_)));
     let gap = twin_gap(&engine, "red circle", 0);
     eprintln!("CLIP integer text tower: {gap:.2e}");
@@ -85,7 +73,7 @@ fn words_closed_form_agrees_with_autodiff() {
 
 #[test]
 fn word_spans_follow_the_prompt() {
-    let engine = clip(Int16Products::Never);
+    let engine = tiny_b16_cpu(Int16Products::Never);
     let p = engine.prepare(&["Red  qwxzvk".to_string()], Some(DEFAULT_TEMPLATE)).unwrap();
     let spans = &p[0].words;
     assert_eq!(spans.len(), 2);
@@ -104,7 +92,7 @@ fn word_spans_follow_the_prompt() {
 
 #[test]
 fn every_map_comes_with_presence_and_words() {
-    let engine = clip(Int16Products::Never);
+    let engine = tiny_b16_cpu(Int16Products::Never);
     let options = ExplainOptions::default();
     let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
     let size = engine.model.config.vision.image_size;

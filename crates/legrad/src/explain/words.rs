@@ -38,16 +38,12 @@ pub struct WordRelevance {
 fn score_gradient(text: &TextTower, row: Tensor<2>, image: &Tensor<2>) -> Tensor<2> {
     let w = &text.weights;
     let (y, stats) = w.ln_final.forward_with_stats(row);
-    let proj = w.text_projection.val();
-    let mut z = y.matmul(proj.clone()); // [1, E]
-    if let Some(b) = &w.text_projection_bias {
-        z = z + b.val().unsqueeze();
-    }
+    let z = text.project(y); // [1, E]
     let norm = z.clone().powi_scalar(2).sum_dim(1).sqrt(); // [1, 1]
     let t = z / norm.clone();
     let s = (t.clone() * image.clone()).sum_dim(1); // [1, 1]
     let dz = (image.clone() - t * s) / norm; // [1, E]
-    let dy = dz.matmul(proj.transpose()); // [1, W]
+    let dy = dz.matmul(w.text_projection.val().transpose()); // [1, W]
     w.ln_final.backward(dy, &stats)
 }
 
@@ -103,11 +99,7 @@ pub fn token_relevance_autodiff(
         let out =
             block.forward_from_probs(x.clone(), att.probs.clone() + z.clone(), att.values.clone(), text.activation);
         let row: Tensor<2> = out.slice([0..1, pool..pool + 1, 0..w]).reshape([1, w]);
-        let tw = &text.weights;
-        let mut f = tw.ln_final.forward(row).matmul(tw.text_projection.val());
-        if let Some(b) = &tw.text_projection_bias {
-            f = f + b.val().unsqueeze();
-        }
+        let f = text.project(text.weights.ln_final.forward(row));
         let f = f.clone() / f.powi_scalar(2).sum_dim(1).sqrt();
         let s = (f * image.clone()).sum();
         let grads = s.backward();

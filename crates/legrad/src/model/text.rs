@@ -211,12 +211,17 @@ impl TextTower {
             .enumerate()
             .map(|(i, &at)| x.clone().slice([i..i + 1, at..at + 1, 0..w]).reshape([1, w]))
             .collect();
-        let pooled = Tensor::cat(pooled, 0);
-        let mut z = pooled.matmul(self.weights.text_projection.val());
-        if let Some(bias) = &self.weights.text_projection_bias {
-            z = z + bias.val().unsqueeze();
+        Ok((l2_normalize(self.project(Tensor::cat(pooled, 0))), traces))
+    }
+
+    /// Pooled rows `[P, W]` after `ln_final` through the projection (and SigLIP's bias), not
+    /// yet normalised.
+    pub fn project(&self, pooled: Tensor<2>) -> Tensor<2> {
+        let z = pooled.matmul(self.weights.text_projection.val());
+        match &self.weights.text_projection_bias {
+            Some(bias) => z + bias.val().unsqueeze(),
+            None => z,
         }
-        Ok((l2_normalize(z), traces))
     }
 
     /// Every block's input `[1, T, W]` for one token sequence, the mask, and the pooled

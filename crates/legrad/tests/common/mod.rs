@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use legrad::load::{ConfigSource, load_path};
-use legrad::{Engine, InputSize};
+use legrad::compute::Int16Products;
+use legrad::load::{ConfigSource, Prepared, load_path, prepare_path};
+use legrad::{ComputePolicy, Engine, InputSize};
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("../../tests/fixtures")
@@ -61,6 +62,21 @@ pub fn engine(model: &str, config: Option<&str>, device: &Device) -> Engine {
 
 pub fn tiny_b16(device: &Device) -> Engine {
     engine("tiny-vit-b16.safetensors", Some("tiny-vit-b16.json"), device)
+}
+
+/// A prepared model built on the CPU with the vision and text towers' linear layers on the
+/// integer grid as `linear` says.
+pub fn build_cpu(p: Prepared, linear: Int16Products) -> Engine {
+    let device = Device::flex();
+    let policy = ComputePolicy::for_device(&device).with_int_linear(linear);
+    let (clip, info) = p.build_with(&device, &policy).expect("build");
+    Engine::new(clip, info).unwrap()
+}
+
+/// The tiny ViT-B/16 fixture on the CPU, its linear layers as `linear` says.
+pub fn tiny_b16_cpu(linear: Int16Products) -> Engine {
+    let config = ConfigSource::from_json(std::fs::read_to_string(fixtures().join("tiny-vit-b16.json")).unwrap());
+    build_cpu(prepare_path(&fixtures().join("tiny-vit-b16.safetensors"), Some(config)).unwrap(), linear)
 }
 
 pub fn size_of(key: &str) -> InputSize {
