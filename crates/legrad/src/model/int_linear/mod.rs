@@ -123,27 +123,32 @@ impl IntMatrix {
     /// [`crate::explain::words`]). Its twin is the product with [`dequantized`](Self::dequantized).
     pub fn backward(&self, dy: &[f32], rows: usize) -> Vec<f32> {
         assert!(dy.len() == rows * self.d_out, "IntMatrix::backward: operands do not fit");
+        // A pair of inputs has 2·TILE stored values per tile (each output's two weights side by
+        // side): summed lane by lane over the tiles against the gradient with each value
+        // doubled, in registers, a multiply and an add per stored weight that the compiler
+        // vectorizes; the lanes are summed at the end.
+        const BLOCK: usize = 2 * TILE;
         let tiles = self.d_out / TILE;
         let mut dx = vec![0f32; rows * self.d_in];
         for r in 0..rows {
-            let g = &dy[r * self.d_out..][..self.d_out];
+            let doubled: Vec<f32> = dy[r * self.d_out..][..self.d_out].iter().flat_map(|&v| [v, v]).collect();
             let out = &mut dx[r * self.d_in..][..self.d_in];
-            let mut sums = vec![0f32; 2 * self.pairs];
-            for t in 0..tiles {
-                let gt = &g[t * TILE..][..TILE];
-                for p in 0..self.pairs {
-                    let w = &self.q[(t * self.pairs + p) * 2 * TILE..][..2 * TILE];
-                    let (mut a, mut b) = (0f32, 0f32);
-                    for lane in 0..TILE {
-                        a += gt[lane] * w[2 * lane] as f32;
-                        b += gt[lane] * w[2 * lane + 1] as f32;
+            for p in 0..self.pairs {
+                let mut acc = [0f32; BLOCK];
+                for t in 0..tiles {
+                    let w: &[i16; BLOCK] = self.q[(t * self.pairs + p) * BLOCK..][..BLOCK].try_into().expect("a block");
+                    let g: &[f32; BLOCK] = doubled[t * BLOCK..][..BLOCK].try_into().expect("a block");
+                    for k in 0..BLOCK {
+                        acc[k] += w[k] as f32 * g[k];
                     }
-                    sums[2 * p] += a;
-                    sums[2 * p + 1] += b;
                 }
-            }
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = sums[i] * self.scale[i];
+                for half in 0..2 {
+                    let i = 2 * p + half;
+                    if i < self.d_in {
+                        let sum: f32 = (0..TILE).map(|lane| acc[2 * lane + half]).sum();
+                        out[i] = sum * self.scale[i];
+                    }
+                }
             }
         }
         dx
