@@ -132,6 +132,8 @@ mod tests {
             prompts: vec![prompt("a"), prompt("b")],
             image_ms: 0.0,
             explain_ms: 0.0,
+            text_ms: 0.0,
+            words_ms: 0.0,
             traced: false,
             memory: EngineMemory::default(),
         };

@@ -10,13 +10,16 @@
 //   * image encode (the page's timing of the trace),
 //   * one new prompt with 0, 2 and 7 prompts already shown (the page's timing of the update),
 //   * one prompt replaced by another, median of 4 (the page's timing),
+//   * of each new prompt's timing, the engine's own split (issue 29): its words and presence
+//     against the rest (text encoding, maps), per model and backend,
 //   * for the ViT-B/16 on the page's pick (issue 28): the camera's frames/s at 224 (Chromium's
 //     fake camera, the page's own count), and the resident memory of all the browser's
 //     processes with the ViT-B/16 loaded from the browser's cache (a second visit) and one image
 //     explained at 224, then another at 448, minus the same with the default model.
 //
 //   LEGRAD_DIST=dist LEGRAD_CLI=target/release/legrad node tests/e2e/bench.mjs [--full] [--only default|vit]
-//       [--backends pick,webgpu,cpu,cpu1] [--sizes 224,448]     (cpu1: ?backend=cpu&threads=1)
+//       [--backends pick,webgpu,cpu,cpu1] [--sizes 224,448] [--no-camera]     (cpu1: ?backend=cpu&threads=1;
+//       --no-camera: the prompts alone, without the camera and memory steps)
 //
 // The ViT-B/16 on SwiftShader takes minutes per step (its image encode at 448 took 17.8 min
 // on 2026-11-26): without --full it is measured at 224 only, for page open, image encode and
@@ -37,6 +40,7 @@ const arg = (name, fallback) => {
   return i >= 0 ? process.argv[i + 1] : fallback;
 };
 const full = process.argv.includes("--full");
+const camera = !process.argv.includes("--no-camera");
 const only = arg("--only", null);
 const backends = arg("--backends", "pick,webgpu,cpu").split(",");
 const sizes = arg("--sizes", "224,448").split(",").map(Number);
@@ -55,7 +59,7 @@ const ms = (v) => (v === undefined || Number.isNaN(v) ? "-" : `${Math.round(v)} 
 const median = (v) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
 
 async function timing(page) {
-  return await page.$eval('[data-testid="timing"]', (e) => ({ image: +e.dataset.imageMs, explain: +e.dataset.explainMs, traced: e.dataset.traced === "true" }));
+  return await page.$eval('[data-testid="timing"]', (e) => ({ image: +e.dataset.imageMs, explain: +e.dataset.explainMs, words: +e.dataset.wordsMs, text: +e.dataset.textMs, traced: e.dataset.traced === "true" }));
 }
 
 /// Set the prompt box to `lines` and wait until every line has its card and nothing is pending.
@@ -107,7 +111,7 @@ async function measure(model, backend) {
   const software = /swiftshader|llvmpipe|lavapipe|warp/i.test(badge) && badge.startsWith("WebGPU");
   const rows = [];
   for (const size of sizes) {
-    const row = { size, ready, open, badge, image: NaN, p0: NaN, p2: NaN, p7: NaN, replace: NaN, note: "" };
+    const row = { size, ready, open, badge, image: NaN, p0: NaN, p2: NaN, p7: NaN, replace: NaN, note: "", words: [] };
     rows.push(row);
     if (software && model.slowOnSoftware && !full && size !== 224) { row.note = "skipped (ViT-B/16 on SwiftShader; --full)"; continue; }
     await page.fill('[data-testid="prompts"]', "");
@@ -117,21 +121,38 @@ async function measure(model, backend) {
     const first = await show(page, PROMPTS.slice(0, 1));
     row.image = first.image;
     row.p0 = first.explain;
+    row.words.push(first);
     console.error(`#   ${size}: image encode ${ms(row.image)}, first prompt ${ms(row.p0)}`);
     if (software && model.slowOnSoftware && !full) { row.note = "2 / 7 shown and replace skipped (--full)"; continue; }
     await show(page, PROMPTS.slice(0, 2));
-    row.p2 = (await show(page, PROMPTS.slice(0, 3))).explain;
+    const p2 = await show(page, PROMPTS.slice(0, 3));
+    row.p2 = p2.explain;
     await show(page, PROMPTS.slice(0, 7));
-    row.p7 = (await show(page, PROMPTS.slice(0, 8))).explain;
+    const p7 = await show(page, PROMPTS.slice(0, 8));
+    row.p7 = p7.explain;
+    row.words.push(p2, p7);
     console.error(`#   ${size}: new prompt with 2 shown ${ms(row.p2)}, with 7 shown ${ms(row.p7)}`);
     const replaced = [];
-    for (const p of PROMPTS.slice(8, 12)) replaced.push((await show(page, [p])).explain);
+    for (const p of PROMPTS.slice(8, 12)) {
+      const t = await show(page, [p]);
+      replaced.push(t.explain);
+      row.words.push(t);
+    }
     row.replace = median(replaced);
     console.error(`#   ${size}: one prompt replaced ${replaced.map(ms).join(", ")}`);
   }
   await context.close();
   for (const r of rows) {
     console.log(`| ${model.label} | ${backend} | ${r.badge} | ${r.size} | ${ms(r.ready)} | ${ms(r.open)} | ${ms(r.image)} | ${ms(r.p0)} | ${ms(r.p2)} | ${ms(r.p7)} | ${ms(r.replace)} | ${r.note} |`);
+  }
+  // Of each new prompt's update, the engine's own split: the words and presence against the
+  // rest (what the prompt would cost without them), in the same answer.
+  for (const r of rows.filter((r) => r.words.length)) {
+    const share = r.words.map((t) => t.words / (t.explain - t.words));
+    const each = r.words.map((t) => `${Math.round(t.explain)} (text ${t.text.toFixed(1)}, words ${t.words.toFixed(1)})`).join(", ");
+    const text = median(r.words.map((t) => t.text));
+    const maps = median(r.words.map((t) => t.explain - t.text - t.words));
+    words.push(`${model.label}, ${backend}, ${r.size}: words and presence take ${(100 * median(share)).toFixed(1)}% more than the rest of a new prompt (median of ${share.length}; largest ${(100 * Math.max(...share)).toFixed(1)}%; each new prompt's ms: ${each}); medians: text ${text.toFixed(1)} ms, maps ${maps.toFixed(1)} ms`);
   }
 }
 
@@ -240,7 +261,10 @@ if (only !== "default") {
   if (!existsSync(vit)) execFileSync(cli, ["convert", "--model", "random:ViT-B-16:0", "--quant", "q8", "--out", vit]);
   models.push({ label: "random ViT-B/16 (q8)", url: `${base}/files/vit-b16-random-q8.safetensors`, slowOnSoftware: true });
 }
+const words = [];
 for (const model of models) for (const backend of backends) await measure(model, backend);
-for (const model of models.filter((m) => m.url)) if (backends.includes("pick")) await cameraAndMemory(model);
+console.log("");
+for (const w of words) console.log(w);
+for (const model of models.filter((m) => m.url)) if (camera && backends.includes("pick")) await cameraAndMemory(model);
 await browser.close();
 await server.close();

@@ -713,6 +713,7 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
         }
     };
     let image_ms = if traced { t0.elapsed().as_secs_f64() * 1e3 } else { 0.0 };
+    engine.take_steps(); // what warm-ups spent is not this answer's
     let t1 = Instant::now();
     let mut maps: Vec<f32> = Vec::new();
     let mut results = Vec::new();
@@ -761,6 +762,7 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
         }
     }
     let explain_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let steps = engine.take_steps();
     // The overlay is drawn on what the model saw, cropped to the maps (grid × patch).
     let full = input.width;
     let rgb: Vec<u8> =
@@ -777,6 +779,8 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
         prompts: results,
         image_ms,
         explain_ms,
+        text_ms: steps.text_ms,
+        words_ms: steps.words_ms,
         traced,
         memory: engine_memory(&engine),
     };

@@ -225,6 +225,12 @@ pub struct MapsReady {
     /// Milliseconds: the image forward (0 when the trace was cached) and the explanation.
     pub image_ms: f64,
     pub explain_ms: f64,
+    /// Of `explain_ms`, the parts spent encoding new prompts' text and on the prompts' words
+    /// and presence (the engine's own split: `legrad::engine::ExplainSteps`).
+    #[serde(default)]
+    pub text_ms: f64,
+    #[serde(default)]
+    pub words_ms: f64,
     /// The image forward ran for this request (false: the cached trace served).
     pub traced: bool,
     /// The engine's memory after this answer.

@@ -102,6 +102,20 @@ pub struct Engine {
     /// whether the text tower's have been.
     warmed: Mutex<std::collections::HashSet<WarmKey>>,
     text_warmed: std::sync::atomic::AtomicBool,
+    /// Where the explanations' time went since [`Engine::take_steps`] last read it.
+    steps: Mutex<ExplainSteps>,
+}
+
+/// Milliseconds the explanations spent in each step (summed over calls): what the page reports
+/// beside its timing, so that a step's share of a prompt is measured in the same run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ExplainSteps {
+    /// Text encoding (new prompts only: the rest come from the cache).
+    pub text_ms: f64,
+    /// The maps and scores.
+    pub maps_ms: f64,
+    /// The prompts' word relevance ([`crate::explain::words`]) and presence.
+    pub words_ms: f64,
 }
 
 /// A grid, a method and a layer setting whose kernels warm-up has compiled.
@@ -137,6 +151,7 @@ impl Engine {
             text_cache: Mutex::new(HashMap::new()),
             warmed: Mutex::new(Default::default()),
             text_warmed: Default::default(),
+            steps: Mutex::new(ExplainSteps::default()),
             text_elsewhere: None,
             model,
             info,
@@ -159,6 +174,12 @@ impl Engine {
         }
         self.policy = policy;
         Ok(self)
+    }
+
+    /// The time [`explain_with`](Self::explain_with) spent per step since the last call (then
+    /// set back to zero).
+    pub fn take_steps(&self) -> ExplainSteps {
+        std::mem::take(&mut *self.steps.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn policy(&self) -> &ComputePolicy {
@@ -432,7 +453,9 @@ impl Engine {
                 method.name()
             )));
         }
+        let t0 = web_time::Instant::now();
         let (texts, word_traces) = self.encode_for(prompts, self.word_layer(options.layer_index)?)?;
+        let t1 = web_time::Instant::now();
         let split = helpers.filter(|h| self.shares_rows(method, *h)).map(|h| (h, options.layer_index));
         let (summed, per_layer, scores) = self.explain_texts(explainer.as_ref(), method, trace, texts, split).await?;
         let maps = finish_maps(
@@ -443,9 +466,17 @@ impl Engine {
             trace.patch_size,
             method.map_order(self.head()),
         );
+        let t2 = web_time::Instant::now();
         let shown: Vec<f32> = scores.iter().map(|&c| self.model.score(c)).collect();
         let presence = self.presences(&scores, &shown);
         let words = self.words(trace, prompts, &word_traces).await?;
+        {
+            let ms = |a: web_time::Instant, b: web_time::Instant| (b - a).as_secs_f64() * 1e3;
+            let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+            steps.text_ms += ms(t0, t1);
+            steps.maps_ms += ms(t1, t2);
+            steps.words_ms += ms(t2, web_time::Instant::now());
+        }
         Ok(prompts
             .iter()
             .zip(maps)

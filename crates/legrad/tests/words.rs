@@ -119,6 +119,11 @@ fn every_map_comes_with_presence_and_words() {
     }
     // Presence is the family's rule on the shown score.
     assert_eq!(out[0].presence, legrad::presence::clip_cosine_to_presence(out[0].score));
+    // The engine kept where the time went (the page's split of a prompt), and reading it
+    // starts the count again.
+    let steps = engine.take_steps();
+    assert!(steps.text_ms > 0.0 && steps.maps_ms > 0.0 && steps.words_ms > 0.0, "{steps:?}");
+    assert_eq!(engine.take_steps(), legrad::engine::ExplainSteps::default());
 }
 
 #[test]
