@@ -24,14 +24,6 @@ fn time(what: &str, f: &mut dyn FnMut()) {
     println!("  {what:<44} {:>8.3} ms", t[4]);
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => panic!("waited"),
-    }
-}
-
 fn report(name: &str, engine: &Engine, size: usize) {
     println!("-- {name}");
     let tower = &engine.model.text;
@@ -59,10 +51,10 @@ fn report(name: &str, engine: &Engine, size: usize) {
     time("explain, one new prompt (text, map, presence, words)", &mut || {
         n += 1;
         let p = engine.prepare(&[format!("a photo of a red circle {n}")], None).unwrap();
-        let _ = block_on(engine.explain(&trace, &p, Method::LeGrad, &options)).unwrap();
+        let _ = pollster::block_on(engine.explain(&trace, &p, Method::LeGrad, &options)).unwrap();
     });
     time("explain, the same prompt (text cached)", &mut || {
-        let _ = block_on(engine.explain(&trace, &prompts, Method::LeGrad, &options)).unwrap();
+        let _ = pollster::block_on(engine.explain(&trace, &prompts, Method::LeGrad, &options)).unwrap();
     });
 }
 
