@@ -8,7 +8,10 @@ use legrad::overlay::Colormap;
 use leptos::prelude::*;
 
 use crate::bridge;
-use crate::components::{Controls, Disclosure, Header, ImagePanel, ModelPanel, PromptPanel, Results, StatusBar};
+use crate::components::{
+    Controls, Disclosure, Gallery, Header, ImagePanel, ModelPanel, PromptPanel, Results, StatusBar,
+};
+pub use crate::gallery_run::GalleryState;
 use crate::protocol::*;
 use crate::share::Shared;
 pub use crate::view::{Original, Results, VIEW_MAX_SIDE};
@@ -97,6 +100,8 @@ pub struct AppState {
     next_image_id: StoredValue<u64>,
     next_seq: StoredValue<u64>,
     timer: StoredValue<Option<TimeoutHandle>>,
+    /// Many images, one prompt (gallery_run.rs).
+    pub gallery: GalleryState,
 }
 
 pub use crate::share::ViewMode;
@@ -143,6 +148,7 @@ impl AppState {
             next_image_id: StoredValue::new(1),
             next_seq: StoredValue::new(1),
             timer: StoredValue::new(None),
+            gallery: GalleryState::new(),
         }
     }
 
@@ -287,6 +293,8 @@ impl AppState {
 
     /// Ask for maps now (the debounce already happened).
     fn explain_now(&self) {
+        // The gallery follows what is asked (a no-op while nothing changed).
+        self.gallery.follow(*self);
         let ImageStatus::Ready { id, .. } = self.image.get_untracked() else { return self.frame_done(None) };
         if !matches!(self.model.get_untracked(), ModelStatus::Ready(_)) {
             return self.frame_done(None);
@@ -346,6 +354,7 @@ impl AppState {
                     self.size.set(summary.default_size as u32);
                 }
                 self.model.set(ModelStatus::Ready(summary));
+                self.gallery.model_changed(*self);
                 self.schedule_explain();
             }
             Response::ImageReady { id, width, height, display, view } => {
@@ -415,6 +424,8 @@ impl AppState {
                     per_layer: Arc::new(per_layer),
                 }));
             }
+            Response::GalleryItem(ready) => self.gallery.on_item(*self, ready, buffers),
+            Response::GalleryFailed { run, item, message } => self.gallery.on_failed(*self, run, item, message),
             Response::Error { about, message } => {
                 self.frame_done(None);
                 self.on_error(about, message)
@@ -516,6 +527,7 @@ pub fn App() -> impl IntoView {
                 <Results />
             </section>
         </main>
+        <Gallery />
         <StatusBar />
     }
 }

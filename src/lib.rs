@@ -12,6 +12,10 @@ pub mod app;
 pub mod bridge;
 #[cfg(target_family = "wasm")]
 pub mod components;
+pub mod gallery;
+#[cfg(target_family = "wasm")]
+pub mod gallery_run;
+pub mod png;
 #[cfg(target_family = "wasm")]
 pub mod render;
 pub mod share;

@@ -2,6 +2,8 @@
 //! `overlay` module, shared with the CLI).
 
 use legrad::overlay::{Colormap, overlay};
+
+pub use crate::png::{gray_png, map_png, rgb_png};
 use wasm_bindgen::{Clamped, JsCast};
 
 /// Draw `(1 - alpha) image + alpha heatmap` on `canvas`, at the map's size.
@@ -35,29 +37,6 @@ pub fn draw_rgb(canvas: &web_sys::HtmlCanvasElement, rgb: &[u8], (h, w): (usize,
     if let Ok(data) = web_sys::ImageData::new_with_u8_clamped_array_and_sh(Clamped(&rgba), w as u32, h as u32) {
         let _ = ctx.put_image_data(&data, 0.0, 0.0);
     }
-}
-
-/// The map as a 16-bit greyscale PNG (0 → 0, 1 → 65535): the raw numbers, lossless enough.
-pub fn map_png(map: &[f32], size: (usize, usize)) -> Option<Vec<u8>> {
-    let data: Vec<u8> = map.iter().flat_map(|v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_be_bytes()).collect();
-    png(&data, size, image::ExtendedColorType::L16)
-}
-
-/// One byte per pixel as an 8-bit greyscale PNG (masks: 0 or 255; labels: 0, 1, 2, ...).
-pub fn gray_png(bytes: &[u8], size: (usize, usize)) -> Option<Vec<u8>> {
-    png(bytes, size, image::ExtendedColorType::L8)
-}
-
-/// RGB pixels as an 8-bit PNG.
-pub fn rgb_png(rgb: &[u8], size: (usize, usize)) -> Option<Vec<u8>> {
-    png(rgb, size, image::ExtendedColorType::Rgb8)
-}
-
-fn png(data: &[u8], (h, w): (usize, usize), color: image::ExtendedColorType) -> Option<Vec<u8>> {
-    use image::ImageEncoder;
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out).write_image(data, w as u32, h as u32, color).ok()?;
-    Some(out)
 }
 
 /// Offer bytes as a download.

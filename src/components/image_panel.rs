@@ -17,12 +17,15 @@ pub const SAMPLES: [(&str, &str); 4] = [
 ];
 
 /// Files dropped, picked or pasted: a checkpoint (with its config.json and, for SigLIP, its
-/// tokenizer.json) loads as the model,
-/// anything else is tried as an image.
+/// tokenizer.json) loads as the model; several images go to the gallery; anything else is
+/// tried as an image.
 pub fn take_files(state: AppState, files: Vec<web_sys::File>) {
     let (models, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| is_model_file(&f.name()));
     let (configs, images): (Vec<_>, Vec<_>) =
         rest.into_iter().partition(|f| f.name().to_ascii_lowercase().ends_with(".json"));
+    if models.is_empty() && images.len() > 1 {
+        return state.gallery.add(state, images);
+    }
     spawn_local(async move {
         if let Some(model) = models.first() {
             let name = model.name();

@@ -4,6 +4,7 @@
 mod camera;
 mod controls;
 mod disclosure;
+mod gallery;
 mod header;
 mod image_panel;
 mod model_panel;
@@ -14,6 +15,7 @@ mod status;
 pub use camera::Camera;
 pub use controls::Controls;
 pub use disclosure::{Disclosure, narrow};
+pub use gallery::Gallery;
 pub use header::Header;
 pub use image_panel::ImagePanel;
 pub use model_panel::ModelPanel;

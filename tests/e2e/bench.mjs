@@ -18,8 +18,9 @@
 //     explained at 224, then another at 448, minus the same with the default model.
 //
 //   LEGRAD_DIST=dist LEGRAD_CLI=target/release/legrad node tests/e2e/bench.mjs [--full] [--only default|vit]
-//       [--backends pick,webgpu,cpu,cpu1] [--sizes 224,448] [--no-camera]     (cpu1: ?backend=cpu&threads=1;
-//       --no-camera: the prompts alone, without the camera and memory steps)
+//       [--backends pick,webgpu,cpu,cpu1] [--sizes 224,448] [--no-camera] [--gallery N]     (cpu1: ?backend=cpu&threads=1;
+//       --no-camera: the prompts alone, without the camera and memory steps; --gallery N: also
+//       the gallery's images/s over N scenes, on the pick, each model)
 //
 // The ViT-B/16 on SwiftShader takes minutes per step (its image encode at 448 took 17.8 min
 // on 2026-11-26): without --full it is measured at 224 only, for page open, image encode and
@@ -28,7 +29,7 @@
 import { chromium } from "@playwright/test";
 import { startServer } from "./support/server.mjs";
 import { chromiumArgs, chromiumPath, cli, dist, root } from "./support/env.mjs";
-import { readFileSync, readdirSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { readFileSync, readdirSync, existsSync, mkdirSync, unlinkSync, writeFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { tmpdir } from "node:os";
@@ -225,6 +226,33 @@ async function cameraAndMemory(model) {
   console.log(`${model.label}, the page's pick, then an image at 448: resident ${Math.round(cached.rss448)} MiB against ${Math.round(plain.rss448)} MiB with the default model: ${Math.round(cached.rss448 - plain.rss448)} MiB more`);
 }
 
+/// Issue 30: the gallery's throughput on the page's pick, at 224: `count` scenes (448 px, as
+/// photos come larger than the input) picked as a folder, one prompt; images/s by the page.
+async function gallery(model, count) {
+  const dir = join(work, `gallery-${count}`);
+  if (!existsSync(dir)) {
+    execFileSync(cli, ["scenes", "--seed", "45", "--count", String(count), "--size", "448", "--out", dir]);
+    for (const f of readdirSync(dir).filter((f) => f.includes(".mask"))) unlinkSync(join(dir, f));
+  }
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${base}/app/`, { waitUntil: "commit" });
+  await page.waitForSelector('[data-testid="model-info"]', { timeout: T });
+  if (model.url) await loadModel(page, model.url);
+  await page.selectOption('[data-testid="size"]', "224");
+  await page.fill('[data-testid="prompts"]', PROMPTS[0]);
+  const images = readdirSync(dir).filter((f) => f.endsWith(".png")).length;
+  const t0 = Date.now();
+  await page.setInputFiles('[data-testid="gallery-folder"]', dir);
+  await page.waitForFunction((n) => {
+    const p = document.querySelector('[data-testid="gallery-progress"]');
+    return p && +p.dataset.done === n && p.dataset.running === "false";
+  }, images, { timeout: T, polling: 250 });
+  const p = await page.$eval('[data-testid="gallery-progress"]', (e) => ({ perS: +e.dataset.perS, engine: +e.dataset.engineWasm }));
+  console.log(`${model.label}, the page's pick, 224, gallery of ${images} scenes (448 px): ${p.perS.toFixed(2)} images/s by the page (${((Date.now() - t0) / 1000).toFixed(0)} s from the pick to the last map by the test's clock); engine wasm memory after ${(p.engine / 1048576).toFixed(0)} MiB`);
+  await context.close();
+}
+
 // The modules themselves: download, compile, instantiate and start (the page's own in the page;
 // the engine's in the engine's worker and each helper).
 for (const name of ["legrad-web", "legrad-web-engine"].filter((n) => existsSync(join(dist, `${n}_bg.wasm`)))) {
@@ -266,5 +294,7 @@ for (const model of models) for (const backend of backends) await measure(model,
 console.log("");
 for (const w of words) console.log(w);
 for (const model of models.filter((m) => m.url)) if (camera && backends.includes("pick")) await cameraAndMemory(model);
+const galleryCount = +arg("--gallery", "0");
+if (galleryCount > 0) for (const model of models) await gallery(model, galleryCount);
 await browser.close();
 await server.close();

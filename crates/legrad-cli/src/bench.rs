@@ -168,7 +168,7 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
     // What the app does at model load (and, on a GPU, after each new image size).
     let mut warm_s = Step::default();
     if !args.no_warm_up {
-        let (_, s) = measure(&engine, || pollster::block_on(engine.warm_up(size, &options)))?;
+        let (_, s) = measure(&engine, || pollster::block_on(engine.warm_up(size, &options, None)))?;
         warm_s.samples.push(s);
     }
     let (mut trace_s, mut text_s, mut cached_s, mut new_s) =

@@ -399,7 +399,7 @@ pub fn install_helper() {
                 // helpers run only there), so the shares take the path the whole layer takes.
                 let device = Device::flex();
                 let policy = legrad::ComputePolicy::for_device(&device);
-                let held = from_message(dims, &envelope.buffers).and_then(|s| HeldRows::new(&s, &device, policy));
+                let held = from_message(dims, &envelope.buffers).and_then(|s| HeldRows::new(s, &device, policy));
                 // Rows it cannot take: it holds nothing, and says so at the next job.
                 HELD.with(|h| *h.borrow_mut() = held.ok().map(|held| (key, held)));
             }

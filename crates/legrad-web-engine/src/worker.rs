@@ -35,6 +35,16 @@ struct CachedTrace {
     rgb: Vec<u8>,
 }
 
+/// A gallery image's trace, kept for the next prompt ([`GALLERY_TRACES`] of them).
+struct GalleryTrace {
+    item: u64,
+    keep_aspect: bool,
+    size: u32,
+    trace: ImageTrace,
+    photo: (u32, u32),
+    thumb: (u32, u32, Vec<u8>),
+}
+
 #[derive(Default)]
 struct State {
     device: Option<Device>,
@@ -53,6 +63,8 @@ struct State {
     source: Option<ModelSource>,
     image: Option<(u64, Rc<DecodedImage>)>,
     trace: Option<Rc<CachedTrace>>,
+    /// The gallery's traces, most recently used first.
+    gallery: VecDeque<Rc<GalleryTrace>>,
     /// `?threads=N`, when the page asked.
     threads: Option<u32>,
     /// On the CPU: the helper workers that take a share of each prompt's rows.
@@ -172,10 +184,7 @@ async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
         }
         Request::SetImage { id, name } => {
             let bytes = buffers.first().map(buffer_to_bytes).unwrap_or_default();
-            // Browsers hold images of any size; the model needs at most 448 x 448, so the
-            // limits only guard memory (an image bomb is refused, not decoded).
-            let limits = DecodeLimits { max_pixels: 64_000_000, max_side: 16_384, max_alloc_bytes: 512 << 20 };
-            match decode(&bytes, &limits) {
+            match decode(&bytes, &DECODE_LIMITS) {
                 Ok(img) => take_image(id, &name, img),
                 Err(e) => post_error(ErrorAbout::Image, format!("{name}: {e}")),
             }
@@ -192,6 +201,23 @@ async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
             let img = DecodedImage { width, height, rgba, has_alpha: false, resize_mode: ResizeMode::Bicubic };
             take_image(id, "camera frame", img);
         }
+        Request::Gallery(req) => {
+            let (run, item) = (req.run, req.item);
+            let name = req.name.clone();
+            let mut result = gallery_item(req.clone(), &buffers).await;
+            // As for an explanation: a GPU lost meanwhile, and the image again on the CPU.
+            if result.is_err() && on_gpu() {
+                models::sleep_ms(200).await;
+            }
+            if let Some(reason) = take_gpu_lost() {
+                recover_on_cpu(reason).await;
+                result = gallery_item(req, &buffers).await;
+            }
+            if let Err(e) = result {
+                post(&Response::GalleryFailed { run, item, message: format!("{name}: {e}") }, vec![]);
+            }
+        }
+        Request::GalleryClear => STATE.with(|s| s.borrow_mut().gallery.clear()),
         Request::Explain(req) => {
             let mut result = explain(req.clone()).await;
             // A GPU that fails may have been lost: the browser tells (`GPUDevice.lost`) a moment
@@ -364,6 +390,7 @@ async fn recover_on_cpu(reason: String) {
         s.engine = None;
         s.summary = None;
         s.trace = None;
+        s.gallery.clear();
         s.source.clone()
     });
     post(&Response::Backend(choice), vec![]);
@@ -401,6 +428,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         s.engine = None;
         s.summary = None;
         s.trace = None;
+        s.gallery.clear();
         s.helpers.clone()
     });
     if let Some(h) = &helpers {
@@ -434,7 +462,8 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     progress(Stage::WarmUp, 0, None);
     let t1 = Instant::now();
     let native = engine.model.config.vision.image_size;
-    engine.warm_up(InputSize::square(native), &ExplainOptions::default()).await?;
+    let rows = helpers.as_deref().map(|h| h as &dyn legrad::explain::rows::RowHelpers);
+    engine.warm_up(InputSize::square(native), &ExplainOptions::default(), rows).await?;
     let warmup_ms = t1.elapsed().as_secs_f64() * 1e3;
     let c = &engine.model.config;
     let summary = ModelSummary {
@@ -489,6 +518,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         let mut s = s.borrow_mut();
         s.engine = Some(engine);
         s.trace = None;
+        s.gallery.clear();
         s.summary = Some(summary.clone());
     });
     post(&Response::ModelReady(summary), vec![]);
@@ -698,14 +728,15 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
                 .map_err(e(ErrorAbout::Explain))?;
             // Reading the embedding waits for the image forward, so the timing is honest.
             legrad::engine::read_f32(trace.embedding.clone()).await.map_err(e(ErrorAbout::Explain))?;
-            // On a GPU, the first trace at a grid compiles what every prompt count needs there,
-            // so that typing never waits for a compiler (once per grid; nothing on the CPU).
             for method in &req.methods {
-                engine.warm_up_prompts(&trace, *method, &options).await.map_err(e(ErrorAbout::Explain))?;
-                // On the CPU, the helpers get their rows of the trace with the image.
+                // On the CPU, the helpers get their rows of the trace with the image, first: they
+                // take them while this thread makes the score's Jacobians (`warm_up_prompts`).
                 if let Some(h) = helpers {
                     engine.prime_helpers(&trace, *method, &options, h).await.map_err(e(ErrorAbout::Explain))?;
                 }
+                // On a GPU, the first trace at a grid compiles what every prompt count needs
+                // there, so that typing never waits for a compiler (once per grid).
+                engine.warm_up_prompts(&trace, *method, &options).await.map_err(e(ErrorAbout::Explain))?;
             }
             let c = Rc::new(CachedTrace { image_id, size: input, request: request.clone(), trace, rgb });
             STATE.with(|s| s.borrow_mut().trace = Some(c.clone()));
@@ -788,6 +819,99 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
         return Ok(()); // read from a lost device: not sent (the caller explains again on the CPU)
     }
     post(&Response::Maps(ready), vec![bytes_to_buffer(&rgb), f32_to_buffer(&maps), f32_to_buffer(&per_layer)]);
+    Ok(())
+}
+
+/// Browsers hold images of any size; the model needs at most 448 x 448, so the limits only
+/// guard memory (an image bomb is refused, not decoded).
+const DECODE_LIMITS: DecodeLimits =
+    DecodeLimits { max_pixels: 64_000_000, max_side: 16_384, max_alloc_bytes: 512 << 20 };
+
+/// One gallery image for one prompt (LeGrad): its trace kept from an earlier prompt, or decoded
+/// and traced now (the decoded image is let go before the prompt runs: only the thumbnail
+/// stays); answered with the thumbnail and the map at grid resolution.
+async fn gallery_item(req: GalleryRequest, buffers: &[js_sys::ArrayBuffer]) -> Result<(), LegradError> {
+    let (engine, helpers) = STATE.with(|s| {
+        let s = s.borrow();
+        (s.engine.clone(), s.helpers.clone())
+    });
+    let engine = engine.ok_or_else(|| LegradError::Input("the model is still loading".into()))?;
+    let method = legrad::Method::LeGrad;
+    let options = ExplainOptions { layer_index: req.layer_index };
+    let request = engine.request_for(&[method], &options)?;
+    let t0 = Instant::now();
+    let kept = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let at = s.gallery.iter().position(|g| {
+            g.item == req.item
+                && g.size == req.size
+                && g.keep_aspect == req.keep_aspect
+                && g.trace.request.covers(&request)
+        });
+        at.and_then(|i| s.gallery.remove(i))
+    });
+    let traced = kept.is_none();
+    let entry = match kept {
+        Some(g) => g,
+        None => {
+            let bytes = buffers.first().map(buffer_to_bytes).unwrap_or_default();
+            let img = decode(&bytes, &DECODE_LIMITS)?;
+            drop(bytes);
+            let patch = engine.model.config.vision.patch_size;
+            let input = if req.keep_aspect {
+                InputSize::keep_aspect(req.size as usize, img.width, img.height, patch)
+            } else {
+                InputSize::square(req.size as usize)
+            };
+            let pixels = img.to_pixels(input.height, input.width)?;
+            let thumb = img.display_rgb(GALLERY_THUMB_SIDE)?;
+            let photo = (img.width, img.height);
+            drop(img);
+            let trace = image_step(&engine, pixels, input, &request, helpers.as_deref()).await?;
+            legrad::engine::read_f32(trace.embedding.clone()).await?;
+            if let Some(h) = helpers.as_deref() {
+                engine.prime_helpers(&trace, method, &options, h).await?;
+            }
+            engine.warm_up_prompts(&trace, method, &options).await?;
+            Rc::new(GalleryTrace { item: req.item, keep_aspect: req.keep_aspect, size: req.size, trace, photo, thumb })
+        }
+    };
+    let image_ms = if traced { t0.elapsed().as_secs_f64() * 1e3 } else { 0.0 };
+    let t1 = Instant::now();
+    let prompts = engine.prepare(std::slice::from_ref(&req.prompt), req.template.as_deref())?;
+    let rows = helpers.as_deref().map(|h| h as &dyn legrad::explain::rows::RowHelpers);
+    let out = engine.explain_cached(&entry.trace, &prompts, method, &options, rows).await?;
+    engine.take_steps();
+    let r = out.first().ok_or_else(|| LegradError::Backend("no map came for the prompt".into()))?;
+    let explain_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let input = (entry.trace.grid.0 * entry.trace.patch_size, entry.trace.grid.1 * entry.trace.patch_size);
+    let ready = GalleryItem {
+        run: req.run,
+        item: req.item,
+        photo: entry.photo,
+        thumb: (entry.thumb.0, entry.thumb.1),
+        input,
+        grid: r.map.grid,
+        patch: entry.trace.patch_size,
+        order: method.map_order(&engine.model.vision.weights.head),
+        score: r.score,
+        presence: r.presence,
+        constant: r.map.constant,
+        traced,
+        image_ms,
+        explain_ms,
+        memory: engine_memory(&engine),
+    };
+    let buffers = vec![bytes_to_buffer(&entry.thumb.2), f32_to_buffer(&r.map.grid_map)];
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.gallery.push_front(entry.clone());
+        s.gallery.truncate(GALLERY_TRACES);
+    });
+    if gpu_lost_now() {
+        return Err(LegradError::Backend("the GPU was lost".into()));
+    }
+    post(&Response::GalleryItem(ready), buffers);
     Ok(())
 }
 

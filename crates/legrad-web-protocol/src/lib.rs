@@ -124,6 +124,65 @@ pub enum Request {
         width: u32,
         height: u32,
     },
+    /// One image of the gallery, its file's bytes with it: answered by `GalleryItem` or
+    /// `GalleryFailed`. The page sends the next when the answer comes (one in flight: nothing
+    /// queues, and Cancel is not sending the next).
+    Gallery(GalleryRequest),
+    /// The gallery was emptied: the engine lets go of the traces it kept for it.
+    GalleryClear,
+}
+
+/// The gallery's traces the engine keeps, least recently used out first: a new prompt over the
+/// last images of a run reuses them instead of decoding and tracing again. A bound by count: a
+/// trace's size follows the model and the input size (the page bench prints the engine's
+/// memory over a gallery run).
+pub const GALLERY_TRACES: usize = 8;
+
+/// A gallery thumbnail's long side, in pixels (what the page keeps per image, with the map at
+/// grid resolution).
+pub const GALLERY_THUMB_SIDE: u32 = 128;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GalleryRequest {
+    /// The run it belongs to (a new prompt or set of images starts one; answers of an older run
+    /// are dropped).
+    pub run: u64,
+    /// The image's number in the gallery: the engine keeps its trace by it.
+    pub item: u64,
+    pub name: String,
+    pub prompt: String,
+    pub template: Option<String>,
+    pub size: u32,
+    pub keep_aspect: bool,
+    pub layer_index: i64,
+}
+
+/// One gallery image explained. Payload: the thumbnail (RGB bytes of `thumb`, the photo scaled
+/// to [`GALLERY_THUMB_SIDE`]), then the map at grid
+/// resolution (f32, min-max normalised: `legrad::maps::finish_maps` makes the map at the
+/// model's input size from it, as the engine does).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GalleryItem {
+    pub run: u64,
+    pub item: u64,
+    /// The photo's size and the thumbnail's, `(width, height)`.
+    pub photo: (u32, u32),
+    pub thumb: (u32, u32),
+    /// `(height, width)` of the model's input and `(rows, cols)` of the patch grid.
+    pub input: (usize, usize),
+    pub grid: (usize, usize),
+    pub patch: usize,
+    pub order: legrad::maps::MapOrder,
+    pub score: f32,
+    pub presence: f32,
+    pub constant: bool,
+    /// The image was decoded and traced for this answer (false: a kept trace served).
+    pub traced: bool,
+    /// Milliseconds: decoding and the image forward (0 when a kept trace served), the prompt.
+    pub image_ms: f64,
+    pub explain_ms: f64,
+    /// The engine's memory after this answer.
+    pub memory: EngineMemory,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -271,6 +330,13 @@ pub enum Response {
     /// then prompt, then pixels), then the raw per-layer grid maps of the methods in
     /// `layer_methods` (f32, method, then prompt, then layer, then cell).
     Maps(MapsReady),
+    GalleryItem(GalleryItem),
+    /// A gallery image that could not be explained (a broken file, say): the gallery goes on.
+    GalleryFailed {
+        run: u64,
+        item: u64,
+        message: String,
+    },
     Error {
         about: ErrorAbout,
         message: String,

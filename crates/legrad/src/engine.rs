@@ -670,8 +670,16 @@ impl Engine {
     /// Prepare the engine for the page's first requests at `size`: on a GPU, compile the kernels
     /// an image forward and LeGrad use (a blank image's trace, then an explanation); on the CPU,
     /// where nothing compiles, fill the per-model caches (LeGrad's per-layer constants) on a
-    /// placeholder trace, without paying for an image forward.
-    pub async fn warm_up(&self, size: InputSize, options: &ExplainOptions) -> Result<()> {
+    /// placeholder trace, without paying for an image forward. With `helpers`, the explanation
+    /// is shared with them as a prompt's is: each takes rows of the model's size once before the
+    /// first image (its memory grown and its code run then, not with the first prompt, where a
+    /// first hold cost twice a later one: docs/benchmarks-history.md §7).
+    pub async fn warm_up(
+        &self,
+        size: InputSize,
+        options: &ExplainOptions,
+        helpers: Option<&dyn RowHelpers>,
+    ) -> Result<()> {
         let request = self.request_for(&[Method::LeGrad], options)?;
         let trace = if self.compiles_kernels() {
             let trace = self.trace(vec![0.0; 3 * size.width * size.height], size, &request)?;
@@ -683,7 +691,7 @@ impl Engine {
         };
         self.warm_up_prompts(&trace, Method::LeGrad, options).await?;
         let prompts = self.prepare(&["warm up".to_string()], None)?;
-        self.explain(&trace, &prompts, Method::LeGrad, options).await?;
+        self.explain_with(&trace, &prompts, Method::LeGrad, options, helpers).await?;
         Ok(())
     }
 

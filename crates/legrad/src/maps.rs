@@ -93,7 +93,7 @@ pub fn min_max_normalize(values: &mut [f32]) -> bool {
 }
 
 /// The order of the reference's last two steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MapOrder {
     /// Upsample, then min-max (`compute_legrad_clip`, the baselines).
     UpsampleThenNormalise,

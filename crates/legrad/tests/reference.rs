@@ -125,6 +125,18 @@ fn legrad_maps_match_reference_from_pixels() {
     }
 }
 
+/// The model's warm-up shares its explanation with the helpers, as a prompt's is: each takes
+/// rows of the model's size and answers before the first image (history §7).
+#[test]
+fn the_warm_up_runs_the_row_helpers() {
+    use legrad::explain::rows::LocalHelpers;
+    let device = burn::tensor::Device::flex();
+    let engine = tiny_b16(&device);
+    let helpers = LocalHelpers::new(1, &device);
+    pollster::block_on(engine.warm_up(InputSize::square(64), &ExplainOptions::default(), Some(&helpers))).unwrap();
+    assert_eq!(helpers.answered.get(), 1, "the helper answered the warm-up's explanation");
+}
+
 /// CLIP's LeGrad on the CPU with its query rows shared out (`explain::rows`, what the browser's
 /// helper workers take): the reference's maps, as without helpers, for 1 to 20 helpers (more
 /// than the tokens of a 4x4 grid: some get none), both layer indices, and with helpers that

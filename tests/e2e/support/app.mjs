@@ -292,6 +292,41 @@ export class Camera {
   async waitStopped() { await this.page.waitForSelector(id("camera-pause"), { state: "detached", timeout: 10_000 }); }
 }
 
+/// The gallery: many images, one prompt; its progress, order, filter and ZIP.
+export class Gallery {
+  constructor(page) { this.page = page; }
+  /// Pick files (or a folder: its path) with the gallery's folder picker.
+  async pickFolder(path) { await this.page.setInputFiles(id("gallery-folder"), path); }
+  /// Pick several files with the image panel's picker.
+  async pickFiles(paths) { await this.page.setInputFiles(id("image-input"), paths); }
+  /// Until every image of the run is answered; the progress line's numbers.
+  async waitDone(total) {
+    await this.page.waitForFunction(({ sel, total }) => {
+      const p = document.querySelector(sel);
+      return p && +p.dataset.total === total && +p.dataset.done === total && p.dataset.running === "false";
+    }, { sel: id("gallery-progress"), total }, { timeout: TIMEOUT, polling: 250 });
+    return this.progress();
+  }
+  progress() {
+    return this.page.$eval(id("gallery-progress"), (p) => ({ done: +p.dataset.done, total: +p.dataset.total, perS: +p.dataset.perS,
+      running: p.dataset.running === "true", engineWasm: +p.dataset.engineWasm, text: p.textContent }));
+  }
+  async sort(key) { await this.page.selectOption(id("gallery-sort"), key); }
+  async prompt(p) { await this.page.selectOption(id("gallery-prompt"), p); }
+  async filter(text) { await this.page.fill(id("gallery-filter"), text); }
+  /// The cards shown, in order.
+  cards() {
+    return this.page.$$eval(id("gallery-card"), (cs) => cs.map((c) => ({ name: c.dataset.name, state: c.dataset.state,
+      score: c.dataset.score === "" ? null : +c.dataset.score, presence: c.dataset.presence === "" ? null : +c.dataset.presence,
+      text: c.textContent })));
+  }
+  async exportZip() {
+    const [download] = await Promise.all([this.page.waitForEvent("download", { timeout: TIMEOUT }), this.page.click(id("gallery-export"))]);
+    return download;
+  }
+  async open(name) { await this.page.click(`${id("gallery-card")}[data-name="${name}"] button`); }
+}
+
 /// The page, by its panels.
 export class App {
   constructor(page, site) {
@@ -305,6 +340,7 @@ export class App {
     this.results = new Results(page);
     this.status = new Status(page);
     this.camera = new Camera(page);
+    this.gallery = new Gallery(page);
   }
   /// Open the site (with a query: `?backend=cpu`, `#prompts=…`) and wait for its model.
   async open(query = "") {

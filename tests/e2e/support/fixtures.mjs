@@ -4,6 +4,7 @@
 import { test as base, expect } from "@playwright/test";
 import { execFileSync } from "node:child_process";
 import { readFileSync, existsSync } from "node:fs";
+import { inflateSync } from "node:zlib";
 import { join } from "node:path";
 import { App } from "./app.mjs";
 import { startServer } from "./server.mjs";
@@ -41,6 +42,37 @@ export function readNpy(path) {
   const shape = header.match(/shape': \(([^)]*)\)/)[1].split(",").filter((x) => x.trim()).map(Number);
   const data = new Float32Array(b.buffer.slice(b.byteOffset + 10 + len, b.byteOffset + b.length));
   return { shape, data };
+}
+
+/// A 16-bit greyscale PNG's values as 0..1 (the maps' export): { width, height, data }.
+export function readPng16(path) {
+  const b = readFileSync(path);
+  const [width, height, depth, colour] = [b.readUInt32BE(16), b.readUInt32BE(20), b[24], b[25]];
+  if (depth !== 16 || colour !== 0) throw new Error(`${path}: not a 16-bit greyscale PNG (depth ${depth}, colour ${colour})`);
+  const idat = [];
+  for (let at = 8; at < b.length;) {
+    const len = b.readUInt32BE(at);
+    if (b.toString("latin1", at + 4, at + 8) === "IDAT") idat.push(b.subarray(at + 8, at + 8 + len));
+    at += 12 + len;
+  }
+  const raw = inflateSync(Buffer.concat(idat));
+  const stride = width * 2;
+  const out = Buffer.alloc(stride * height);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (stride + 1)];
+    const line = raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1));
+    for (let x = 0; x < stride; x++) {
+      const a = x >= 2 ? out[y * stride + x - 2] : 0;
+      const up = y > 0 ? out[(y - 1) * stride + x] : 0;
+      const c = x >= 2 && y > 0 ? out[(y - 1) * stride + x - 2] : 0;
+      const p = a + up - c;
+      const pred = [0, a, up, (a + up) >> 1, Math.abs(p - a) <= Math.abs(p - up) && Math.abs(p - a) <= Math.abs(p - c) ? a : Math.abs(p - up) <= Math.abs(p - c) ? up : c][filter];
+      out[y * stride + x] = (line[x] + pred) & 0xff;
+    }
+  }
+  const data = new Float32Array(width * height);
+  for (let i = 0; i < data.length; i++) data[i] = out.readUInt16BE(2 * i) / 65535;
+  return { width, height, data };
 }
 
 /// Width, height and bit depth of a PNG file (its IHDR).

@@ -74,6 +74,29 @@ pub fn layer_terms_for(
     Ok((layers, terms))
 }
 
+/// The prompt-independent part of [`layer_terms_for`] (what a helper holds,
+/// [`super::rows::row_share`]), made without the score's Jacobians: a zero prompt stands in,
+/// so that the helpers get their rows while this thread makes the Jacobians.
+pub fn held_terms_for(
+    cx: &Context<'_>,
+    trace: &ClassTokenTrace,
+    layer_index: i64,
+) -> Result<(Vec<usize>, Vec<LayerTerms>)> {
+    let model = cx.model;
+    let l0 = first_layer(layer_index, model.vision.depth())?;
+    let layers: Vec<usize> = (l0..model.vision.depth()).collect();
+    let terms = layers
+        .iter()
+        .map(|&l| {
+            let lt = trace.layer(l)?;
+            let consts = cx.legrad.consts(model, lt.index)?;
+            let g = Tensor::zeros([1, consts.g_weights.dims()[0]], &lt.values.device());
+            Ok(layer_terms(consts, lt, g))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((layers, terms))
+}
+
 /// One layer's relevance `[P, N - 1]`: by the GPU kernels where the policy has them, else from
 /// [`relevance_sums`].
 fn relevance(t: &LayerTerms, policy: &ComputePolicy) -> Tensor<2> {

@@ -18,7 +18,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Context;
 use super::GridMaps;
-use super::legrad::{LayerTerms, layer_terms_for, relevance_sums, stack};
+use super::legrad::{LayerTerms, held_terms_for, layer_terms_for, relevance_sums, stack};
 use super::legrad_trace::{ClassTokenTrace, LegradTrace};
 use super::terms::finish_sums;
 use super::trace::ImageTrace;
@@ -39,8 +39,9 @@ impl HostTensor {
         Ok(Self { dims, data: read_f32(t).await? })
     }
 
-    /// Back to a tensor of rank `D` on `device`; a shape that does not fit is an error.
-    pub fn tensor<const D: usize>(&self, device: &Device) -> Result<Tensor<D>> {
+    /// Back to a tensor of rank `D` on `device` (its values moved, not copied: a helper's rows
+    /// of a ViT-B/16 are tens of MB); a shape that does not fit is an error.
+    pub fn into_tensor<const D: usize>(self, device: &Device) -> Result<Tensor<D>> {
         let n: usize = self.dims.iter().product();
         let dims: [usize; D] = self.dims.clone().try_into().map_err(|_| {
             LegradError::Input(format!("a helper's tensor has shape {:?}, expected rank {D}", self.dims))
@@ -52,7 +53,7 @@ impl HostTensor {
                 self.data.len()
             )));
         }
-        Ok(Tensor::from_data(TensorData::new(self.data.clone(), dims), device))
+        Ok(Tensor::from_data(TensorData::new(self.data, dims), device))
     }
 }
 
@@ -117,35 +118,39 @@ pub struct HeldRows {
 
 impl HeldRows {
     /// From [`row_share`]'s tensors, on `device`, computed as `policy` says.
-    pub fn new(share: &[HostTensor], device: &Device, policy: ComputePolicy) -> Result<Self> {
+    pub fn new(share: Vec<HostTensor>, device: &Device, policy: ComputePolicy) -> Result<Self> {
         if share.is_empty() || !share.len().is_multiple_of(6) {
             return Err(LegradError::Input(format!(
                 "a helper's rows came as {} tensors, not 6 per layer",
                 share.len()
             )));
         }
-        let layers = share
-            .chunks_exact(6)
-            .map(|c| {
-                let t = LayerTerms {
-                    act_grad: c[0].tensor(device)?,
-                    ag: Tensor::zeros([0, 0], device),
-                    k: c[1].tensor(device)?,
-                    m: Tensor::zeros([0, 0], device),
-                    ones_out: c[2].tensor(device)?,
-                    xhat_out: c[3].tensor(device)?,
-                    rstd: c[4].tensor(device)?,
-                    values: c[5].tensor(device)?,
-                };
-                let ([rows, m], [km, w]) = (t.act_grad.dims(), t.k.dims());
-                let fits = km == m
-                    && t.ones_out.dims() == [w]
-                    && t.xhat_out.dims() == [rows, w]
-                    && t.rstd.dims() == [rows]
-                    && t.values.dims()[0] * t.values.dims()[2] == w;
-                if fits { Ok(t) } else { Err(LegradError::Input("a helper's rows do not fit together".into())) }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut share = share.into_iter();
+        let mut layers = Vec::new();
+        while let (Some(act_grad), Some(k), Some(ones_out), Some(xhat_out), Some(rstd), Some(values)) =
+            (share.next(), share.next(), share.next(), share.next(), share.next(), share.next())
+        {
+            let t = LayerTerms {
+                act_grad: act_grad.into_tensor(device)?,
+                ag: Tensor::zeros([0, 0], device),
+                k: k.into_tensor(device)?,
+                m: Tensor::zeros([0, 0], device),
+                ones_out: ones_out.into_tensor(device)?,
+                xhat_out: xhat_out.into_tensor(device)?,
+                rstd: rstd.into_tensor(device)?,
+                values: values.into_tensor(device)?,
+            };
+            let ([rows, m], [km, w]) = (t.act_grad.dims(), t.k.dims());
+            let fits = km == m
+                && t.ones_out.dims() == [w]
+                && t.xhat_out.dims() == [rows, w]
+                && t.rstd.dims() == [rows]
+                && t.values.dims()[0] * t.values.dims()[2] == w;
+            if !fits {
+                return Err(LegradError::Input("a helper's rows do not fit together".into()));
+            }
+            layers.push(t);
+        }
         Ok(Self { layers, policy })
     }
 
@@ -160,7 +165,8 @@ impl HeldRows {
         }
         let mut sums = Vec::with_capacity(self.layers.len());
         for (held, p) in self.layers.iter().zip(prompts.chunks_exact(2)) {
-            let (ag, m): (Tensor<2>, Tensor<2>) = (p[0].tensor(device)?, p[1].tensor(device)?);
+            let (ag, m): (Tensor<2>, Tensor<2>) =
+                (p[0].clone().into_tensor(device)?, p[1].clone().into_tensor(device)?);
             let ([rows, mw], [w]) = (held.act_grad.dims(), held.ones_out.dims());
             let pp = ag.dims()[0];
             if ag.dims() != [pp, mw + w] || m.dims() != [pp, 2 * rows] {
@@ -215,10 +221,11 @@ fn clip_trace(trace: &ImageTrace) -> Result<&ClassTokenTrace> {
 }
 
 /// Hand the helpers their rows of a new trace now (with the image, where the user waits
-/// anyway) rather than with its first prompt: the rows do not depend on the prompt.
+/// anyway) rather than with its first prompt: the rows do not depend on the prompt. Made
+/// without the score's Jacobians, so that a helper takes its rows while this thread makes them
+/// (`Engine::prime_helpers` comes first).
 pub async fn prime(cx: &Context<'_>, trace: &ImageTrace, layer_index: i64, helpers: &dyn RowHelpers) -> Result<()> {
-    let texts = Tensor::zeros([1, cx.model.config.embed_dim], &cx.model.vision.device());
-    let (layers, terms) = layer_terms_for(cx, clip_trace(trace)?, trace.tokens(), texts, layer_index)?;
+    let (layers, terms) = held_terms_for(cx, clip_trace(trace)?, layer_index)?;
     hold_rows(&terms, trace, &layers, helpers).await.map(|_| ())
 }
 
@@ -296,7 +303,7 @@ impl RowHelpers for LocalHelpers {
         self.held.borrow()[i].as_ref().is_some_and(|(k, _)| *k == key)
     }
     fn hold(&self, i: usize, key: u64, share: Vec<HostTensor>) {
-        let held = HeldRows::new(&share, &self.device, self.policy).ok().map(|h| (key, h));
+        let held = HeldRows::new(share, &self.device, self.policy).ok().map(|h| (key, h));
         self.held.borrow_mut()[i] = held;
     }
     fn start(&self, i: usize, key: u64, prompts: Vec<HostTensor>) -> Pending {
