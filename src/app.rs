@@ -8,9 +8,11 @@ use legrad::overlay::Colormap;
 use leptos::prelude::*;
 
 use crate::bridge;
+pub use crate::clock::now_ms;
 use crate::components::{
     Controls, Disclosure, Gallery, Header, ImagePanel, ModelPanel, PromptPanel, Results, StatusBar,
 };
+use crate::gallery_run::GalleryHost;
 pub use crate::gallery_run::GalleryState;
 use crate::protocol::*;
 use crate::share::Shared;
@@ -460,9 +462,35 @@ impl AppState {
     }
 }
 
-/// Milliseconds from the page's clock.
-pub fn now_ms() -> f64 {
-    web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or(0.0)
+/// What the gallery reads and does through the page's state (gallery_run.rs does not know it).
+impl GalleryHost for AppState {
+    fn prompts(&self) -> Vec<String> {
+        AppState::prompts(self)
+    }
+
+    fn asked(&self) -> (Option<String>, u32, bool, i64) {
+        (
+            self.template_on.get_untracked().then(|| TEMPLATE.to_string()),
+            self.size.get_untracked(),
+            self.keep_aspect.get_untracked(),
+            self.layer_index.get_untracked(),
+        )
+    }
+
+    fn ready(&self) -> bool {
+        self.engine_ready.get_untracked() && matches!(self.model.get_untracked(), ModelStatus::Ready(_))
+    }
+
+    fn open_image(&self, name: String, bytes: js_sys::ArrayBuffer, prompt: Option<usize>) {
+        if let Some(i) = prompt {
+            self.selected.set((0, i));
+        }
+        self.set_image(name, bytes);
+    }
+
+    fn look(&self) -> (f32, Colormap) {
+        (self.opacity.get_untracked(), self.colormap.get_untracked())
+    }
 }
 
 #[component]

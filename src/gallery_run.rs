@@ -6,11 +6,28 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use crate::app::{AppState, ModelStatus, TEMPLATE, now_ms};
+use legrad::overlay::Colormap;
+
 use crate::bridge;
-use crate::components::file_bytes;
+use crate::clock::now_ms;
+use crate::files::file_bytes;
 use crate::gallery::{Entry, Explained, Filter, Outcome, Sort};
 use crate::protocol::*;
+
+/// What the gallery needs of the page's state (the app's `AppState`): it reads what is asked
+/// and opens an image in the large view, and never holds the state's type.
+pub trait GalleryHost: Copy + 'static {
+    /// The prompts typed, one per line, blanks skipped.
+    fn prompts(&self) -> Vec<String>;
+    /// The template (None: prompts as typed), the size, whether the shape is kept, the layers.
+    fn asked(&self) -> (Option<String>, u32, bool, i64);
+    /// The engine and its model are ready.
+    fn ready(&self) -> bool;
+    /// Make `bytes` the large view's image, the `prompt`-th prompt's card selected.
+    fn open_image(&self, name: String, bytes: js_sys::ArrayBuffer, prompt: Option<usize>);
+    /// The maps' opacity and colormap.
+    fn look(&self) -> (f32, Colormap);
+}
 
 /// What a run asks: a change of any part starts a new run.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -85,24 +102,19 @@ impl GalleryState {
     }
 
     /// The prompt the gallery explains: the one chosen if it is still typed, else the first.
-    pub fn prompt(&self, app: &AppState) -> Option<String> {
+    pub fn prompt(&self, app: &impl GalleryHost) -> Option<String> {
         let typed = app.prompts();
         let chosen = self.chosen.get();
         chosen.filter(|c| typed.contains(c)).or_else(|| typed.first().cloned())
     }
 
-    fn key(&self, app: &AppState) -> Option<RunKey> {
-        Some(RunKey {
-            prompt: self.prompt(app)?,
-            template: app.template_on.get_untracked().then(|| TEMPLATE.to_string()),
-            size: app.size.get_untracked(),
-            keep_aspect: app.keep_aspect.get_untracked(),
-            layer_index: app.layer_index.get_untracked(),
-        })
+    fn key(&self, app: &impl GalleryHost) -> Option<RunKey> {
+        let (template, size, keep_aspect, layer_index) = app.asked();
+        Some(RunKey { prompt: self.prompt(app)?, template, size, keep_aspect, layer_index })
     }
 
     /// Add files (those that are not images are counted and left out) and explain them.
-    pub fn add(&self, app: AppState, files: Vec<web_sys::File>) {
+    pub fn add(&self, app: impl GalleryHost, files: Vec<web_sys::File>) {
         let (images, other): (Vec<_>, Vec<_>) = files.into_iter().partition(is_image);
         self.skipped.set(other.len());
         if images.is_empty() {
@@ -132,7 +144,7 @@ impl GalleryState {
     }
 
     /// A new run when what is asked changed (prompt, template, size, layers, model); else go on.
-    pub fn follow(&self, app: AppState) {
+    pub fn follow(&self, app: impl GalleryHost) {
         let Some(key) = self.key(&app) else { return };
         if self.run.with_untracked(|r| r.key != key) {
             self.restart(app, key);
@@ -142,7 +154,7 @@ impl GalleryState {
     }
 
     /// A new model: every image again.
-    pub fn model_changed(&self, app: AppState) {
+    pub fn model_changed(&self, app: impl GalleryHost) {
         if let Some(key) = self.key(&app)
             && self.entries.with_untracked(|es| !es.is_empty())
         {
@@ -151,7 +163,7 @@ impl GalleryState {
     }
 
     /// Every image again (the model changed, or what is asked).
-    pub fn restart(&self, app: AppState, key: RunKey) {
+    pub fn restart(&self, app: impl GalleryHost, key: RunKey) {
         self.entries.update(|es| es.iter_mut().for_each(|e| e.outcome = Outcome::Waiting));
         self.run.update(|r| {
             *r = Run { id: r.id + 1, key, started_ms: now_ms(), answered: 0, last_ms: now_ms(), cancelled: false }
@@ -160,12 +172,12 @@ impl GalleryState {
     }
 
     /// Send the next waiting image, if none is on its way.
-    fn pump(&self, app: AppState) {
+    fn pump(&self, app: impl GalleryHost) {
         if self.in_flight.get_value() || self.run.with_untracked(|r| r.cancelled) {
             return;
         }
-        if !matches!(app.model.get_untracked(), ModelStatus::Ready(_)) || !app.engine_ready.get_untracked() {
-            return; // ModelReady calls `follow`
+        if !app.ready() {
+            return; // ModelReady calls `model_changed`
         }
         let Some(at) = self.entries.with_untracked(|es| es.iter().position(|e| e.outcome == Outcome::Waiting)) else {
             return;
@@ -193,7 +205,7 @@ impl GalleryState {
         });
     }
 
-    fn answered(&self, app: AppState, run: u64, item: u64, update: impl FnOnce(&mut Entry)) {
+    fn answered(&self, app: impl GalleryHost, run: u64, item: u64, update: impl FnOnce(&mut Entry)) {
         self.in_flight.set_value(false);
         if self.run.with_untracked(|r| r.id) == run {
             self.entries.update(|es| {
@@ -209,7 +221,7 @@ impl GalleryState {
         self.pump(app);
     }
 
-    pub fn on_item(&self, app: AppState, ready: GalleryItem, buffers: Vec<js_sys::ArrayBuffer>) {
+    pub fn on_item(&self, app: impl GalleryHost, ready: GalleryItem, buffers: Vec<js_sys::ArrayBuffer>) {
         self.memory.set(Some(ready.memory));
         let (run, item) = (ready.run, ready.item);
         let thumb = buffers.first().map(buffer_to_bytes).unwrap_or_default();
@@ -224,7 +236,7 @@ impl GalleryState {
         });
     }
 
-    pub fn on_failed(&self, app: AppState, run: u64, item: u64, message: String) {
+    pub fn on_failed(&self, app: impl GalleryHost, run: u64, item: u64, message: String) {
         self.answered(app, run, item, |e| {
             e.explained = None;
             e.outcome = Outcome::Failed(message);
@@ -236,7 +248,7 @@ impl GalleryState {
     }
 
     /// Go on after a cancel (the rate counts from now).
-    pub fn resume(&self, app: AppState) {
+    pub fn resume(&self, app: impl GalleryHost) {
         self.run.update(|r| {
             r.cancelled = false;
             r.started_ms = now_ms();
@@ -256,16 +268,12 @@ impl GalleryState {
     }
 
     /// Open image `at` in the large view, its prompt's card selected.
-    pub fn open(&self, app: AppState, at: usize) {
+    pub fn open(&self, app: impl GalleryHost, at: usize) {
         let Some(file) = self.files.with_value(|fs| fs.get(at).cloned()) else { return };
-        if let Some(p) = self.prompt(&app)
-            && let Some(i) = app.prompts().iter().position(|x| *x == p)
-        {
-            app.selected.set((0, i));
-        }
+        let prompt = self.prompt(&app).and_then(|p| app.prompts().iter().position(|x| *x == p));
         spawn_local(async move {
             if let Some(bytes) = file_bytes(&file).await {
-                app.set_image(file.name(), bytes);
+                app.open_image(file.name(), bytes, prompt);
                 if let Some(w) = web_sys::window() {
                     w.scroll_to_with_x_and_y(0.0, 0.0);
                 }
@@ -274,11 +282,10 @@ impl GalleryState {
     }
 
     /// Everything answered in this run, as one ZIP offered for download.
-    pub fn export(&self, app: AppState) -> Result<(), String> {
+    pub fn export(&self, app: impl GalleryHost) -> Result<(), String> {
         let prompt = self.run.with_untracked(|r| r.key.prompt.clone());
-        let bytes = self.entries.with_untracked(|es| {
-            crate::gallery::zip(es, &prompt, app.opacity.get_untracked(), app.colormap.get_untracked())
-        })?;
+        let (alpha, colormap) = app.look();
+        let bytes = self.entries.with_untracked(|es| crate::gallery::zip(es, &prompt, alpha, colormap))?;
         let name = format!("legrad-gallery-{}.zip", crate::render::slug(&prompt));
         crate::render::download(&bytes, &name, "application/zip");
         Ok(())

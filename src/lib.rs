@@ -11,7 +11,11 @@ pub mod app;
 #[cfg(target_family = "wasm")]
 pub mod bridge;
 #[cfg(target_family = "wasm")]
+pub mod clock;
+#[cfg(target_family = "wasm")]
 pub mod components;
+#[cfg(target_family = "wasm")]
+pub mod files;
 pub mod gallery;
 #[cfg(target_family = "wasm")]
 pub mod gallery_run;

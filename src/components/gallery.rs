@@ -100,7 +100,7 @@ pub fn Gallery() -> impl IntoView {
             done,
             total,
             run.answered,
-            (if running { crate::app::now_ms() } else { run.last_ms }) - run.started_ms,
+            (if running { crate::clock::now_ms() } else { run.last_ms }) - run.started_ms,
         );
         let text = if total == 0 {
             String::new()

@@ -26,10 +26,7 @@ pub use status::StatusBar;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-/// A file's bytes, read without blocking.
-pub async fn file_bytes(file: &web_sys::File) -> Option<js_sys::ArrayBuffer> {
-    JsFuture::from(file.array_buffer()).await.ok().and_then(|b| b.dyn_into().ok())
-}
+pub use crate::files::file_bytes;
 
 /// The bytes behind a URL of this site (sample images).
 pub async fn fetch_bytes(url: &str) -> Option<js_sys::ArrayBuffer> {
