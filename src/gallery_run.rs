@@ -101,6 +101,15 @@ impl GalleryState {
         }
     }
 
+    /// Images answered in this run, of all, and whether the run is going (tracked: the grid's
+    /// progress line and its buttons follow it).
+    pub fn counts(&self) -> (usize, usize, bool) {
+        let run = self.run.get();
+        let (done, total) =
+            self.entries.with(|es| (es.iter().filter(|e| e.outcome != Outcome::Waiting).count(), es.len()));
+        (done, total, done < total && !run.cancelled && !run.key.prompt.is_empty())
+    }
+
     /// The prompt the gallery explains: the one chosen if it is still typed, else the first.
     pub fn prompt(&self, app: &impl GalleryHost) -> Option<String> {
         let typed = app.prompts();

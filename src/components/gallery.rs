@@ -93,9 +93,7 @@ pub fn Gallery() -> impl IntoView {
     };
     let progress_line = move || {
         let run = g.run.get();
-        let (done, total) =
-            g.entries.with(|es| (es.iter().filter(|e| e.outcome != Outcome::Waiting).count(), es.len()));
-        let running = done < total && !run.cancelled && !run.key.prompt.is_empty();
+        let (done, total, running) = g.counts();
         let p = progress(
             done,
             total,
@@ -122,9 +120,7 @@ pub fn Gallery() -> impl IntoView {
     };
     let controls = move || {
         let run = g.run.get();
-        let (done, total) =
-            g.entries.with(|es| (es.iter().filter(|e| e.outcome != Outcome::Waiting).count(), es.len()));
-        let running = done < total && !run.cancelled && !run.key.prompt.is_empty();
+        let (done, total, running) = g.counts();
         view! {
             <Show when=move || running>
                 <button data-testid="gallery-cancel" on:click=move |_| g.cancel()>"Cancel"</button>
@@ -138,17 +134,14 @@ pub fn Gallery() -> impl IntoView {
     let chosen = move || g.prompt(&state).unwrap_or_default();
     // The cards shown, each keyed by its image and its answer: a new answer redraws its own
     // card only (a thumbnail's overlay is the page's largest cost per image).
+    let order = Memo::new(move |_| g.entries.with(|es| arrange(es, g.sort.get(), &g.filter.get())));
     let visible = move || {
-        let (sort, filter, shown) = (g.sort.get(), g.filter.get(), g.shown.get());
-        g.entries.with(|es| {
-            let order = arrange(es, sort, &filter);
-            order.into_iter().take(shown).map(|i| (card_key(&es[i]), i, es[i].clone())).collect::<Vec<_>>()
+        let shown = g.shown.get();
+        order.with(|o| {
+            g.entries.with(|es| o.iter().take(shown).map(|&i| (card_key(&es[i]), i, es[i].clone())).collect::<Vec<_>>())
         })
     };
-    let more = move || {
-        let (sort, filter, shown) = (g.sort.get(), g.filter.get(), g.shown.get());
-        g.entries.with(|es| arrange(es, sort, &filter).len().saturating_sub(shown))
-    };
+    let more = move || order.with(|o| o.len()).saturating_sub(g.shown.get());
     let skipped = move || {
         let n = g.skipped.get();
         (n > 0).then(|| view! { <p class="hint small" data-testid="gallery-skipped">{format!("{n} file(s) that are not images were left out.")}</p> })

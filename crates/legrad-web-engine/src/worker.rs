@@ -40,6 +40,8 @@ struct GalleryTrace {
     item: u64,
     keep_aspect: bool,
     size: u32,
+    /// The model's input the trace was made at (the map covers its top-left grid x patch).
+    input: InputSize,
     trace: ImageTrace,
     photo: (u32, u32),
     thumb: (u32, u32, Vec<u8>),
@@ -726,18 +728,9 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
             let trace = image_step(&engine, pixels, input, &request, shared.as_deref())
                 .await
                 .map_err(e(ErrorAbout::Explain))?;
-            // Reading the embedding waits for the image forward, so the timing is honest.
-            legrad::engine::read_f32(trace.embedding.clone()).await.map_err(e(ErrorAbout::Explain))?;
-            for method in &req.methods {
-                // On the CPU, the helpers get their rows of the trace with the image, first: they
-                // take them while this thread makes the score's Jacobians (`warm_up_prompts`).
-                if let Some(h) = helpers {
-                    engine.prime_helpers(&trace, *method, &options, h).await.map_err(e(ErrorAbout::Explain))?;
-                }
-                // On a GPU, the first trace at a grid compiles what every prompt count needs
-                // there, so that typing never waits for a compiler (once per grid).
-                engine.warm_up_prompts(&trace, *method, &options).await.map_err(e(ErrorAbout::Explain))?;
-            }
+            ready_for_prompts(&engine, &trace, &req.methods, &options, shared.as_deref())
+                .await
+                .map_err(e(ErrorAbout::Explain))?;
             let c = Rc::new(CachedTrace { image_id, size: input, request: request.clone(), trace, rgb });
             STATE.with(|s| s.borrow_mut().trace = Some(c.clone()));
             c
@@ -822,6 +815,28 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
     Ok(())
 }
 
+/// A new trace made ready for its prompts, `methods`' share of the work done with the image:
+/// the embedding read (which waits for the image forward, so the image's timing is honest);
+/// on the CPU the helpers get their rows first, taking them while this thread makes the
+/// score's Jacobians (`warm_up_prompts`); on a GPU the first trace at a grid compiles what every
+/// prompt count needs there, so that typing never waits for a compiler (once per grid).
+async fn ready_for_prompts(
+    engine: &Engine,
+    trace: &ImageTrace,
+    methods: &[legrad::Method],
+    options: &ExplainOptions,
+    helpers: Option<&Helpers>,
+) -> Result<(), LegradError> {
+    legrad::engine::read_f32(trace.embedding.clone()).await?;
+    for &method in methods {
+        if let Some(h) = helpers {
+            engine.prime_helpers(trace, method, options, h).await?;
+        }
+        engine.warm_up_prompts(trace, method, options).await?;
+    }
+    Ok(())
+}
+
 /// Browsers hold images of any size; the model needs at most 448 x 448, so the limits only
 /// guard memory (an image bomb is refused, not decoded).
 const DECODE_LIMITS: DecodeLimits =
@@ -868,12 +883,16 @@ async fn gallery_item(req: GalleryRequest, buffers: &[js_sys::ArrayBuffer]) -> R
             let photo = (img.width, img.height);
             drop(img);
             let trace = image_step(&engine, pixels, input, &request, helpers.as_deref()).await?;
-            legrad::engine::read_f32(trace.embedding.clone()).await?;
-            if let Some(h) = helpers.as_deref() {
-                engine.prime_helpers(&trace, method, &options, h).await?;
-            }
-            engine.warm_up_prompts(&trace, method, &options).await?;
-            Rc::new(GalleryTrace { item: req.item, keep_aspect: req.keep_aspect, size: req.size, trace, photo, thumb })
+            ready_for_prompts(&engine, &trace, &[method], &options, helpers.as_deref()).await?;
+            Rc::new(GalleryTrace {
+                item: req.item,
+                keep_aspect: req.keep_aspect,
+                size: req.size,
+                input,
+                trace,
+                photo,
+                thumb,
+            })
         }
     };
     let image_ms = if traced { t0.elapsed().as_secs_f64() * 1e3 } else { 0.0 };
@@ -881,16 +900,14 @@ async fn gallery_item(req: GalleryRequest, buffers: &[js_sys::ArrayBuffer]) -> R
     let prompts = engine.prepare(std::slice::from_ref(&req.prompt), req.template.as_deref())?;
     let rows = helpers.as_deref().map(|h| h as &dyn legrad::explain::rows::RowHelpers);
     let out = engine.explain_cached(&entry.trace, &prompts, method, &options, rows).await?;
-    engine.take_steps();
     let r = out.first().ok_or_else(|| LegradError::Backend("no map came for the prompt".into()))?;
     let explain_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let input = (entry.trace.grid.0 * entry.trace.patch_size, entry.trace.grid.1 * entry.trace.patch_size);
     let ready = GalleryItem {
         run: req.run,
         item: req.item,
         photo: entry.photo,
         thumb: (entry.thumb.0, entry.thumb.1),
-        input,
+        input: (entry.input.height, entry.input.width),
         grid: r.map.grid,
         patch: entry.trace.patch_size,
         order: method.map_order(&engine.model.vision.weights.head),
