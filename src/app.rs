@@ -16,7 +16,7 @@ use crate::gallery_run::GalleryHost;
 pub use crate::gallery_run::GalleryState;
 use crate::protocol::*;
 use crate::share::Shared;
-pub use crate::view::{Original, Results, VIEW_MAX_SIDE};
+pub use crate::view::{Original, Results, VIEW_MAX_SIDE, Words};
 
 /// What the page shows for the model.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +78,8 @@ pub struct AppState {
     /// The masks' threshold on the normalised map (`legrad::masks`).
     pub mask_threshold: RwSignal<f32>,
     pub results: RwSignal<Option<Results>>,
+    /// The results' words (they follow the maps: `view::Words`).
+    pub words: RwSignal<Words>,
     /// An explanation is on its way.
     pub pending: RwSignal<bool>,
     pub explain_error: RwSignal<Option<String>>,
@@ -136,6 +138,7 @@ impl AppState {
             view_mode: RwSignal::new(ViewMode::Heatmap),
             mask_threshold: RwSignal::new(legrad::masks::DEFAULT_THRESHOLD),
             results: RwSignal::new(None),
+            words: RwSignal::new(Words::default()),
             pending: RwSignal::new(false),
             explain_error: RwSignal::new(None),
             engine_error: RwSignal::new(None),
@@ -419,12 +422,21 @@ impl AppState {
                 if self.selected_layer.get_untracked().is_some_and(|l| l >= ready.layers.len()) {
                     self.selected_layer.set(None);
                 }
+                let words =
+                    self.results.with_untracked(|r| Words::carried(r.as_ref(), &self.words.get_untracked(), &ready));
+                self.words.set(words);
                 self.results.set(Some(Results {
                     ready,
                     rgb: Arc::new(rgb),
                     maps: Arc::new(maps),
                     per_layer: Arc::new(per_layer),
                 }));
+            }
+            Response::Words(words) => {
+                let mut w = self.words.get_untracked();
+                if w.take(words) {
+                    self.words.set(w);
+                }
             }
             Response::GalleryItem(ready) => self.gallery.on_item(*self, ready, buffers),
             Response::GalleryFailed { run, item, message } => self.gallery.on_failed(*self, run, item, message),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::protocol::MapsReady;
+use crate::protocol::{MapsReady, WordRelevance, WordsReady};
 
 /// The maps of the latest answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,6 +15,59 @@ pub struct Results {
     pub maps: Arc<Vec<f32>>,
     /// Raw per-layer grid maps (see `MapsReady`).
     pub per_layer: Arc<Vec<f32>>,
+}
+
+/// The prompts' words of the latest answer: they come a moment after its maps
+/// (`Response::Words`), and are kept apart from the maps so that their coming redraws no map.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Words {
+    /// The answer (`MapsReady::seq`, `image_id`) these are for.
+    pub seq: u64,
+    pub image_id: u64,
+    /// Per prompt of the answer, in its order. Until the answer's own words come, a prompt
+    /// keeps the words it had in the answer before (by text), as its map is kept while a new
+    /// one is computed: the shading does not blink at each keystroke or camera frame.
+    pub prompts: Vec<Vec<WordRelevance>>,
+    /// These are the answer's own words, not carried over.
+    pub current: bool,
+    /// What the engine spent on them (new prompts only).
+    pub ms: f64,
+}
+
+impl Words {
+    /// For a new answer `ready`: each prompt's words from the answer before (`before`, with
+    /// its words `had`) where it had them.
+    pub fn carried(before: Option<&Results>, had: &Words, ready: &MapsReady) -> Words {
+        let old = |text: &str| -> Vec<WordRelevance> {
+            before
+                .and_then(|b| {
+                    let i = b.ready.prompts.iter().position(|p| p.text == text)?;
+                    had.prompts.get(i).cloned()
+                })
+                .unwrap_or_default()
+        };
+        Words {
+            seq: ready.seq,
+            image_id: ready.image_id,
+            prompts: ready.prompts.iter().map(|p| old(&p.text)).collect(),
+            current: false,
+            ms: 0.0,
+        }
+    }
+
+    /// Take `words` where they are the answer's own (same request, same image, one per prompt).
+    pub fn take(&mut self, words: WordsReady) -> bool {
+        if words.seq != self.seq || words.image_id != self.image_id || words.prompts.len() != self.prompts.len() {
+            return false;
+        }
+        *self = Words { prompts: words.prompts, current: true, ms: words.words_ms, ..*self };
+        true
+    }
+
+    /// A prompt's words (none yet, or none known).
+    pub fn of(&self, prompt: usize) -> &[WordRelevance] {
+        self.prompts.get(prompt).map(Vec::as_slice).unwrap_or_default()
+    }
 }
 
 impl Results {
@@ -105,15 +158,7 @@ mod tests {
     use crate::protocol::{EngineMemory, PromptResult};
 
     fn prompt(p: &str) -> PromptResult {
-        PromptResult {
-            prompt: p.into(),
-            text: p.into(),
-            score: 0.5,
-            truncated: false,
-            constant: false,
-            presence: 1.0,
-            words: Vec::new(),
-        }
+        PromptResult { prompt: p.into(), text: p.into(), score: 0.5, truncated: false, constant: false, presence: 1.0 }
     }
 
     /// Two methods, the first with layers: two prompts on a 2x3 grid of 4-pixel patches.
@@ -133,7 +178,6 @@ mod tests {
             image_ms: 0.0,
             explain_ms: 0.0,
             text_ms: 0.0,
-            words_ms: 0.0,
             traced: false,
             memory: EngineMemory::default(),
         };
@@ -142,6 +186,37 @@ mod tests {
         // Method 0: prompt-major, then layer, then cell; its value says where it is.
         let per_layer: Vec<f32> = (0..2 * 3 * cells).map(|i| i as f32).collect();
         Results { ready, rgb: Arc::new(vec![0; n * 3]), maps: Arc::new(maps), per_layer: Arc::new(per_layer) }
+    }
+
+    fn word(w: &str, relevance: f32) -> WordRelevance {
+        WordRelevance { word: w.into(), relevance }
+    }
+
+    #[test]
+    fn words_come_after_the_maps_and_carry_over_by_text() {
+        let r = results();
+        let mut w = Words::carried(None, &Words::default(), &r.ready);
+        assert!(w.of(0).is_empty() && w.of(1).is_empty() && !w.current, "none before the words come");
+        let words = |seq, image_id, n| WordsReady {
+            seq,
+            image_id,
+            prompts: (0..n).map(|i| vec![word("a", i as f32)]).collect(),
+            words_ms: 3.0,
+        };
+        assert!(!w.take(words(0, 1, 2)), "an older request's");
+        assert!(!w.take(words(1, 2, 2)), "another image's");
+        assert!(!w.take(words(1, 1, 3)), "a count that is not the answer's");
+        assert!(w.of(1).is_empty() && !w.current);
+        assert!(w.take(words(1, 1, 2)));
+        assert_eq!((w.of(1), w.current, w.ms), (&[word("a", 1.0)][..], true, 3.0));
+        // The next answer: "b" kept, a new "c" has none yet; none of them current.
+        let mut ready = r.ready.clone();
+        ready.seq = 2;
+        ready.prompts = vec![prompt("c"), prompt("b")];
+        let carried = Words::carried(Some(&r), &w, &ready);
+        assert_eq!(carried.prompts, vec![vec![], vec![word("a", 1.0)]]);
+        assert!(!carried.current && carried.seq == 2);
+        assert!(Words::carried(None, &w, &ready).prompts.iter().all(Vec::is_empty));
     }
 
     #[test]

@@ -525,9 +525,7 @@ fn SegmentLegend() -> impl IntoView {
 #[component]
 fn PromptWords(prompt: usize) -> impl IntoView {
     let state = expect_context::<AppState>();
-    let words = move || {
-        state.results.get().and_then(|r| r.ready.prompts.get(prompt).map(|p| p.words.clone())).unwrap_or_default()
-    };
+    let words = move || state.words.with(|w| w.of(prompt).to_vec());
     let described = move || {
         let w = words();
         let max = w.iter().fold(0f32, |m, x| m.max(x.relevance));
@@ -588,7 +586,7 @@ fn MapCard(method: usize, prompt: usize) -> impl IntoView {
                     }
                 }></canvas>
             <figcaption>
-                <Show when=move || !state.compare.get() && info().is_some_and(|(_, p)| !p.words.is_empty())
+                <Show when=move || !state.compare.get() && state.words.with(|w| !w.of(prompt).is_empty())
                     fallback=move || view! { <span class="prompt">{title}</span> }>
                     <PromptWords prompt=prompt />
                 </Show>

@@ -55,7 +55,9 @@ pub fn StatusBar() -> impl IntoView {
                 data-image-ms=move || state.results.get().map(|r| r.ready.image_ms.to_string()).unwrap_or_default()
                 data-explain-ms=move || state.results.get().map(|r| r.ready.explain_ms.to_string()).unwrap_or_default()
                 data-text-ms=move || state.results.get().map(|r| r.ready.text_ms.to_string()).unwrap_or_default()
-                data-words-ms=move || state.results.get().map(|r| r.ready.words_ms.to_string()).unwrap_or_default()
+                data-words-ms=move || state.words.with(|w| if w.current { w.ms.to_string() } else { String::new() })
+                data-words-seq=move || state.words.with(|w| if w.current { w.seq.to_string() } else { String::new() })
+                data-seq=move || state.results.get().map(|r| r.ready.seq.to_string()).unwrap_or_default()
                 data-traced=move || state.results.get().map(|r| r.ready.traced.to_string()).unwrap_or_default()
                 data-wasm-bytes=move || state.results.get().map(|r| r.ready.memory.wasm_bytes.to_string()).unwrap_or_default()
                 data-gpu-bytes=move || state.results.get().and_then(|r| r.ready.memory.gpu_reserved_bytes).map(|b| b.to_string()).unwrap_or_default()>{timing}</span>

@@ -10,8 +10,8 @@
 //   * image encode (the page's timing of the trace),
 //   * one new prompt with 0, 2 and 7 prompts already shown (the page's timing of the update),
 //   * one prompt replaced by another, median of 4 (the page's timing),
-//   * of each new prompt's timing, the engine's own split (issue 29): its words and presence
-//     against the rest (text encoding, maps), per model and backend,
+//   * of each new prompt's timing, the engine's own split (issue 29): the text encoding, the
+//     maps with presence, and its words, which follow the map in an answer of their own,
 //   * for the ViT-B/16 on the page's pick (issue 28): the camera's frames/s at 224 (Chromium's
 //     fake camera, the page's own count), and the resident memory of all the browser's
 //     processes with the ViT-B/16 loaded from the browser's cache (a second visit) and one image
@@ -63,13 +63,18 @@ async function timing(page) {
   return await page.$eval('[data-testid="timing"]', (e) => ({ image: +e.dataset.imageMs, explain: +e.dataset.explainMs, words: +e.dataset.wordsMs, text: +e.dataset.textMs, traced: e.dataset.traced === "true" }));
 }
 
-/// Set the prompt box to `lines` and wait until every line has its card and nothing is pending.
+/// Set the prompt box to `lines` and wait until every line has its card and nothing is pending,
+/// then for the answer's words (they follow the maps; a build that sends none: LEGRAD_BENCH_NO_WORDS=1),
+/// so that no step overlaps the one before.
 async function show(page, lines) {
   await page.fill('[data-testid="prompts"]', lines.join("\n"));
   await page.waitForFunction((ps) => {
     const shown = [...document.querySelectorAll('[data-testid="map-card"]')].map((c) => c.dataset.prompt);
     return ps.every((p) => shown.includes(p)) && shown.length === ps.length && !document.querySelector('[data-testid="working"]');
   }, lines, { timeout: T });
+  if (!process.env.LEGRAD_BENCH_NO_WORDS) {
+    await page.waitForFunction(() => { const t = document.querySelector('[data-testid="timing"]'); return t.dataset.seq !== "" && t.dataset.wordsSeq === t.dataset.seq; }, null, { timeout: T });
+  }
   return await timing(page);
 }
 
@@ -146,14 +151,15 @@ async function measure(model, backend) {
   for (const r of rows) {
     console.log(`| ${model.label} | ${backend} | ${r.badge} | ${r.size} | ${ms(r.ready)} | ${ms(r.open)} | ${ms(r.image)} | ${ms(r.p0)} | ${ms(r.p2)} | ${ms(r.p7)} | ${ms(r.replace)} | ${r.note} |`);
   }
-  // Of each new prompt's update, the engine's own split: the words and presence against the
-  // rest (what the prompt would cost without them), in the same answer.
+  // Of each new prompt, the engine's own split: its maps (with presence and the text encoding),
+  // then its words, which follow in an answer of their own (the map does not wait for them).
   for (const r of rows.filter((r) => r.words.length)) {
-    const share = r.words.map((t) => t.words / (t.explain - t.words));
-    const each = r.words.map((t) => `${Math.round(t.explain)} (text ${t.text.toFixed(1)}, words ${t.words.toFixed(1)})`).join(", ");
+    const words = r.words.map((t) => t.words || 0);
+    const share = r.words.map((t, i) => words[i] / t.explain);
+    const each = r.words.map((t, i) => `${Math.round(t.explain)} (text ${t.text.toFixed(1)}, then words ${words[i].toFixed(1)})`).join(", ");
     const text = median(r.words.map((t) => t.text));
-    const maps = median(r.words.map((t) => t.explain - t.text - t.words));
-    words.push(`${model.label}, ${backend}, ${r.size}: words and presence take ${(100 * median(share)).toFixed(1)}% more than the rest of a new prompt (median of ${share.length}; largest ${(100 * Math.max(...share)).toFixed(1)}%; each new prompt's ms: ${each}); medians: text ${text.toFixed(1)} ms, maps ${maps.toFixed(1)} ms`);
+    const maps = median(r.words.map((t) => t.explain - t.text));
+    wordLines.push(`${model.label}, ${backend}, ${r.size}: a new prompt's words, after its map, take ${(100 * median(share)).toFixed(1)}% of its map's time (median of ${share.length}; largest ${(100 * Math.max(...share)).toFixed(1)}%; median ${median(words).toFixed(1)} ms; each new prompt's map in ms: ${each}); medians: text ${text.toFixed(1)} ms, maps ${maps.toFixed(1)} ms`);
   }
 }
 
@@ -289,10 +295,10 @@ if (only !== "default") {
   if (!existsSync(vit)) execFileSync(cli, ["convert", "--model", "random:ViT-B-16:0", "--quant", "q8", "--out", vit]);
   models.push({ label: "random ViT-B/16 (q8)", url: `${base}/files/vit-b16-random-q8.safetensors`, slowOnSoftware: true });
 }
-const words = [];
+const wordLines = [];
 for (const model of models) for (const backend of backends) await measure(model, backend);
 console.log("");
-for (const w of words) console.log(w);
+for (const w of wordLines) console.log(w);
 for (const model of models.filter((m) => m.url)) if (camera && backends.includes("pick")) await cameraAndMemory(model);
 const galleryCount = +arg("--gallery", "0");
 if (galleryCount > 0) for (const model of models) await gallery(model, galleryCount);

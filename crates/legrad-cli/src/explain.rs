@@ -77,6 +77,7 @@ pub(crate) fn explain_one(
     let Loaded { pixels, size, photo } = image;
     let trace = engine.trace(pixels.clone(), size, &s.request)?;
     let results = pollster::block_on(engine.explain(&trace, &s.prompts, s.method, &s.options))?;
+    let words = pollster::block_on(engine.words(&trace, &s.prompts, &s.options))?;
     std::fs::create_dir_all(out).map_err(|e| LegradError::io_path(out, e))?;
     let (h, w) = results[0].map.size;
     // The overlay is drawn on what the model saw.
@@ -119,8 +120,9 @@ pub(crate) fn explain_one(
     write_json(&out.join("scores.json"), &json)?;
     let words: Vec<_> = results
         .iter()
+        .zip(&words)
         .enumerate()
-        .map(|(n, r)| serde_json::json!({ "index": n, "prompt": r.prompt, "words": r.words }))
+        .map(|(n, (r, w))| serde_json::json!({ "index": n, "prompt": r.prompt, "words": w }))
         .collect();
     write_json(&out.join("words.json"), &serde_json::Value::Array(words))?;
     if s.masks {

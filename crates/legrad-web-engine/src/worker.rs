@@ -233,10 +233,56 @@ async fn handle(request: Request, buffers: Vec<js_sys::ArrayBuffer>) {
                 recover_on_cpu(reason).await;
                 result = explain(req).await;
             }
-            if let Err((about, e)) = result {
-                post_error(about, e.to_string());
+            match result {
+                Ok(Some(job)) => words_after(job).await,
+                Ok(None) => {}
+                Err((about, e)) => post_error(about, e.to_string()),
             }
         }
+    }
+}
+
+/// What a prompt's words need once its maps are out ([`words_after`]).
+struct WordsJob {
+    seq: u64,
+    image_id: u64,
+    trace: Rc<CachedTrace>,
+    prompts: Vec<legrad::engine::PreparedPrompt>,
+    options: ExplainOptions,
+}
+
+/// The prompts' words, in an answer after their maps (`Response::Words`): a map never waits for
+/// its words (issue 29's bar on a new prompt). Left out when a request that supersedes them
+/// came meanwhile (a newer explanation brings its own; a new image or model makes them moot).
+async fn words_after(job: WordsJob) {
+    // One turn of the event loop, so that what the page sent meanwhile is in the queue.
+    models::sleep_ms(0).await;
+    let superseded = STATE.with(|s| {
+        s.borrow().queue.iter().any(|(r, _)| {
+            matches!(
+                r,
+                Request::Explain(_) | Request::SetImage { .. } | Request::SetFrame { .. } | Request::LoadModel(_)
+            )
+        })
+    });
+    let Some(engine) = STATE.with(|s| s.borrow().engine.clone()) else { return };
+    if superseded {
+        return;
+    }
+    engine.take_steps();
+    match engine.words(&job.trace.trace, &job.prompts, &job.options).await {
+        Ok(words) => {
+            if gpu_lost_now() {
+                return; // read from a lost device: the next request recovers and explains again
+            }
+            let prompts = words
+                .into_iter()
+                .map(|ws| ws.into_iter().map(|w| WordRelevance { word: w.word, relevance: w.relevance }).collect())
+                .collect();
+            let words_ms = engine.take_steps().words_ms;
+            post(&Response::Words(WordsReady { seq: job.seq, image_id: job.image_id, prompts, words_ms }), vec![]);
+        }
+        Err(e) => post_error(ErrorAbout::Explain, format!("the prompts' words: {e}")),
     }
 }
 
@@ -684,7 +730,8 @@ async fn image_step(
     }
 }
 
-async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError)> {
+/// Explain `req`'s prompts and send their maps; what their words need, where maps were sent.
+async fn explain(mut req: ExplainRequest) -> Result<Option<WordsJob>, (ErrorAbout, LegradError)> {
     let (engine, image, cached, helpers) = STATE.with(|s| {
         let s = s.borrow();
         (s.engine.clone(), s.image.clone(), s.trace.clone(), s.helpers.clone())
@@ -694,7 +741,7 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
     let engine = engine.ok_or((ErrorAbout::Model, LegradError::Input("the model is still loading".into())))?;
     let (image_id, image) = image.ok_or((ErrorAbout::Image, LegradError::Input("drop an image first".into())))?;
     if image_id != req.image_id {
-        return Ok(()); // an answer for an image that is gone
+        return Ok(None); // an answer for an image that is gone
     }
     if req.methods.is_empty() {
         return Err((ErrorAbout::Explain, LegradError::Input("choose a method".into())));
@@ -776,11 +823,6 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
                     truncated: r.truncated,
                     constant: r.map.constant,
                     presence: r.presence,
-                    words: r
-                        .words
-                        .iter()
-                        .map(|w| WordRelevance { word: w.word.clone(), relevance: w.relevance })
-                        .collect(),
                 })
                 .collect();
         }
@@ -804,15 +846,14 @@ async fn explain(mut req: ExplainRequest) -> Result<(), (ErrorAbout, LegradError
         image_ms,
         explain_ms,
         text_ms: steps.text_ms,
-        words_ms: steps.words_ms,
         traced,
         memory: engine_memory(&engine),
     };
     if gpu_lost_now() {
-        return Ok(()); // read from a lost device: not sent (the caller explains again on the CPU)
+        return Ok(None); // read from a lost device: not sent (the caller explains again on the CPU)
     }
     post(&Response::Maps(ready), vec![bytes_to_buffer(&rgb), f32_to_buffer(&maps), f32_to_buffer(&per_layer)]);
-    Ok(())
+    Ok(Some(WordsJob { seq: req.seq, image_id, trace: cached, prompts, options }))
 }
 
 /// A new trace made ready for its prompts, `methods`' share of the work done with the image:

@@ -247,9 +247,6 @@ pub struct PromptResult {
     /// is likely absent and dims its map).
     #[serde(default = "present")]
     pub presence: f32,
-    /// The prompt's words and the relevance of each (`legrad::explain::words`).
-    #[serde(default)]
-    pub words: Vec<WordRelevance>,
 }
 
 pub use legrad::presence::LIKELY_ABSENT;
@@ -284,16 +281,28 @@ pub struct MapsReady {
     /// Milliseconds: the image forward (0 when the trace was cached) and the explanation.
     pub image_ms: f64,
     pub explain_ms: f64,
-    /// Of `explain_ms`, the parts spent encoding new prompts' text and on the prompts' words
-    /// and presence (the engine's own split: `legrad::engine::ExplainSteps`).
+    /// Of `explain_ms`, the part spent encoding new prompts' text (the engine's own split:
+    /// `legrad::engine::ExplainSteps`).
     #[serde(default)]
     pub text_ms: f64,
-    #[serde(default)]
-    pub words_ms: f64,
     /// The image forward ran for this request (false: the cached trace served).
     pub traced: bool,
     /// The engine's memory after this answer.
     pub memory: EngineMemory,
+}
+
+/// The prompts' words, sent after their maps ([`Response::Words`]): a map never waits for its
+/// words. Not sent when a newer request was already waiting (its own answer brings them).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WordsReady {
+    /// The [`MapsReady`] these words belong to.
+    pub seq: u64,
+    pub image_id: u64,
+    /// Each prompt's words and the relevance of each (`legrad::explain::words`), in the order
+    /// of that answer's `prompts`.
+    pub prompts: Vec<Vec<WordRelevance>>,
+    /// Milliseconds the words took (new prompts only: the engine keeps them with the trace).
+    pub words_ms: f64,
 }
 
 /// What the engine holds: the worker's wasm memory (it only grows; what the allocator frees is
@@ -330,6 +339,8 @@ pub enum Response {
     /// then prompt, then pixels), then the raw per-layer grid maps of the methods in
     /// `layer_methods` (f32, method, then prompt, then layer, then cell).
     Maps(MapsReady),
+    /// The words of the latest `Maps`' prompts, a moment after it.
+    Words(WordsReady),
     GalleryItem(GalleryItem),
     /// A gallery image that could not be explained (a broken file, say): the gallery goes on.
     GalleryFailed {
@@ -482,6 +493,14 @@ mod tests {
             let back: Request = Envelope::new(&r, Vec::new()).decode().unwrap();
             assert_eq!(back, r);
         }
+        let words = Response::Words(WordsReady {
+            seq: 3,
+            image_id: 7,
+            prompts: vec![vec![WordRelevance { word: "cat".into(), relevance: 0.25 }], vec![]],
+            words_ms: 1.5,
+        });
+        let back: Response = Envelope::new(&words, Vec::new()).decode().unwrap();
+        assert_eq!(back, words);
         // An older page's Init without threads still decodes.
         let old = Envelope { json: r#"{"Init":{"backend":"Auto"}}"#.into(), buffers: Vec::new() };
         assert_eq!(old.decode::<Request>().unwrap(), Request::Init { backend: BackendRequest::Auto, threads: None });

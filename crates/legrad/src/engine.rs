@@ -114,7 +114,7 @@ pub struct ExplainSteps {
     pub text_ms: f64,
     /// The maps and scores.
     pub maps_ms: f64,
-    /// The prompts' word relevance ([`crate::explain::words`]) and presence.
+    /// The prompts' word relevance ([`Engine::words`]).
     pub words_ms: f64,
 }
 
@@ -313,8 +313,57 @@ impl Engine {
         cosines.iter().zip(scores).map(|(&c, &s)| presence(rule, c, s)).collect()
     }
 
-    /// Each prompt's words and their relevance on `trace`'s image ([`crate::explain::words`]).
-    async fn words(
+    /// Each prompt's words and how much of its score rests on each, on `trace`'s image
+    /// ([`crate::explain::words`]), for LeGrad's `options.layer_index`. Apart from
+    /// [`explain`](Self::explain) so that a map never waits for its words (the page sends them
+    /// in an answer of their own); the text's word trace comes from the text encoding the map
+    /// made, and each prompt's words are kept with the trace (by word layer and text, up to
+    /// [`MAP_CACHE_CAPACITY`]).
+    pub async fn words(
+        &self,
+        trace: &ImageTrace,
+        prompts: &[PreparedPrompt],
+        options: &ExplainOptions,
+    ) -> Result<Vec<Vec<WordRelevance>>> {
+        let t0 = web_time::Instant::now();
+        let word_layer = self.word_layer(options.layer_index)?;
+        let missing: Vec<PreparedPrompt> = {
+            let known = trace.words.lock().unwrap_or_else(|e| e.into_inner());
+            let mut missing: Vec<PreparedPrompt> = Vec::new();
+            for p in prompts {
+                let new = !known.contains_key(&(word_layer, p.text.clone()));
+                if new && !missing.iter().any(|m| m.text == p.text) {
+                    missing.push(p.clone());
+                }
+            }
+            missing
+        };
+        let fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            let (_, traces) = self.encode_for(&missing, word_layer)?;
+            self.word_rows(trace, &missing, &traces).await?
+        };
+        let mut known = trace.words.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh: HashMap<String, Vec<WordRelevance>> = missing.into_iter().map(|p| p.text).zip(fresh).collect();
+        let out = prompts
+            .iter()
+            .map(|p| fresh.get(&p.text).or_else(|| known.get(&(word_layer, p.text.clone()))).cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| LegradError::Input("a prompt's words went missing; type it again".into()))?;
+        if known.len() + fresh.len() > MAP_CACHE_CAPACITY {
+            known.clear();
+        }
+        for (text, w) in fresh {
+            known.insert((word_layer, text), w);
+        }
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        steps.words_ms += (web_time::Instant::now() - t0).as_secs_f64() * 1e3;
+        Ok(out)
+    }
+
+    /// The word relevance of `prompts` from their word traces.
+    async fn word_rows(
         &self,
         trace: &ImageTrace,
         prompts: &[PreparedPrompt],
@@ -454,7 +503,8 @@ impl Engine {
             )));
         }
         let t0 = web_time::Instant::now();
-        let (texts, word_traces) = self.encode_for(prompts, self.word_layer(options.layer_index)?)?;
+        // With the word trace, which the words read later ([`Engine::words`]): one text forward.
+        let (texts, _) = self.encode_for(prompts, self.word_layer(options.layer_index)?)?;
         let t1 = web_time::Instant::now();
         let split = helpers.filter(|h| self.shares_rows(method, *h)).map(|h| (h, options.layer_index));
         let (summed, per_layer, scores) = self.explain_texts(explainer.as_ref(), method, trace, texts, split).await?;
@@ -469,27 +519,23 @@ impl Engine {
         let t2 = web_time::Instant::now();
         let shown: Vec<f32> = scores.iter().map(|&c| self.model.score(c)).collect();
         let presence = self.presences(&scores, &shown);
-        let words = self.words(trace, prompts, &word_traces).await?;
         {
             let ms = |a: web_time::Instant, b: web_time::Instant| (b - a).as_secs_f64() * 1e3;
             let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
             steps.text_ms += ms(t0, t1);
             steps.maps_ms += ms(t1, t2);
-            steps.words_ms += ms(t2, web_time::Instant::now());
         }
         Ok(prompts
             .iter()
             .zip(maps)
             .zip(shown)
             .zip(presence)
-            .zip(words)
-            .map(|((((p, map), score), presence), words)| ExplainedPrompt {
+            .map(|(((p, map), score), presence)| ExplainedPrompt {
                 prompt: p.prompt.clone(),
                 text: p.text.clone(),
                 truncated: p.tokens.truncated,
                 score,
                 presence,
-                words,
                 map,
             })
             .collect())

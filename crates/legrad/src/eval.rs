@@ -171,10 +171,9 @@ pub async fn wrong_word(engine: &Engine, seed: u64, count: u64, size: usize) -> 
         }
         let prepared = engine.prepare(&names, Some(DEFAULT_TEMPLATE))?;
         let trace = engine.trace(scene_pixels(&scene), InputSize::square(size), &request)?;
-        let out = engine.explain(&trace, &prepared, Method::LeGrad, &options).await?;
-        for r in &out {
+        for words in engine.words(&trace, &prepared, &options).await? {
             // "red circle": the colour word first, the shape's last.
-            if let [colour, .., shape] = r.words.as_slice() {
+            if let [colour, .., shape] = words.as_slice() {
                 wrong += (colour.relevance > shape.relevance) as usize;
                 prompts += 1;
             }

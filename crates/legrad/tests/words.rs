@@ -100,20 +100,29 @@ fn every_map_comes_with_presence_and_words() {
     let trace = engine.trace(pixels, InputSize::square(size), &request).unwrap();
     let prompts = engine.prepare(&["red circle".into(), "a dog".into()], Some(DEFAULT_TEMPLATE)).unwrap();
     let out = pollster::block_on(engine.explain(&trace, &prompts, Method::LeGrad, &options)).unwrap();
-    for r in &out {
+    let words = pollster::block_on(engine.words(&trace, &prompts, &options)).unwrap();
+    for (r, ws) in out.iter().zip(&words) {
         assert!((0.0..=1.0).contains(&r.presence), "{}: presence {}", r.prompt, r.presence);
-        let words: Vec<&str> = r.words.iter().map(|w| w.word.as_str()).collect();
-        assert_eq!(words, r.prompt.split_whitespace().collect::<Vec<_>>());
-        assert!(r.words.iter().all(|w| w.relevance.is_finite() && w.relevance >= 0.0), "{:?}", r.words);
-        assert!(r.words.iter().any(|w| w.relevance > 0.0), "{:?}", r.words);
+        let names: Vec<&str> = ws.iter().map(|w| w.word.as_str()).collect();
+        assert_eq!(names, r.prompt.split_whitespace().collect::<Vec<_>>());
+        assert!(ws.iter().all(|w| w.relevance.is_finite() && w.relevance >= 0.0), "{ws:?}");
+        assert!(ws.iter().any(|w| w.relevance > 0.0), "{ws:?}");
     }
+    // Kept with the trace: asked again, alone or beside another prompt, the same words.
+    let again = pollster::block_on(engine.words(&trace, &prompts[1..], &options)).unwrap();
+    assert_eq!(again[0], words[1]);
+    let other = engine.prepare(&["a blue square".into()], Some(DEFAULT_TEMPLATE)).unwrap();
+    let both = [other[0].clone(), prompts[0].clone()];
+    let mixed = pollster::block_on(engine.words(&trace, &both, &options)).unwrap();
+    assert_eq!(mixed[1], words[0]);
+    assert_eq!(mixed[0].len(), 3);
     // The engine's words are the twin's token relevance summed over each word's tokens.
     let text = &engine.model.text;
     let first = engine.word_layer(options.layer_index).unwrap();
     let (inputs, mask, pool) = text.block_inputs(&prompts[0].tokens.ids).unwrap();
     let auto = token_relevance_autodiff(text, first, &inputs[first..], mask, pool, &trace.embedding).unwrap();
     let auto: Vec<f32> = auto.into_data().try_to_vec::<f32>().unwrap();
-    for (w, (_, span)) in out[0].words.iter().zip(&prompts[0].words) {
+    for (w, (_, span)) in words[0].iter().zip(&prompts[0].words) {
         let want: f32 = auto[span.clone()].iter().sum();
         assert!((w.relevance - want).abs() <= 1e-4 * want.abs().max(1e-3), "{}: {} vs {want}", w.word, w.relevance);
     }
@@ -136,6 +145,7 @@ fn siglip_presence_is_its_probability() {
     let prompts = engine.prepare(&["a red circle".into()], Some(DEFAULT_TEMPLATE)).unwrap();
     let out = pollster::block_on(engine.explain(&trace, &prompts, Method::LeGrad, &options)).unwrap();
     assert_eq!(out[0].presence, out[0].score);
-    assert_eq!(out[0].words.len(), 3);
-    assert!(out[0].words.iter().all(|w| w.relevance.is_finite()));
+    let words = pollster::block_on(engine.words(&trace, &prompts, &options)).unwrap();
+    assert_eq!(words[0].len(), 3);
+    assert!(words[0].iter().all(|w| w.relevance.is_finite()));
 }

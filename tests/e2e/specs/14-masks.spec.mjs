@@ -13,6 +13,7 @@ test("presence, words, masks and the segmentation match the native engine's; the
   await app.settings.size("448");
   await app.prompts.fill(PROMPTS.join("\n"));
   await app.results.waitForCard("green star");
+  await app.results.waitForWords();
   const dir = join(work, "masks");
   native.run(["explain", "--model", defaultModel, "--image", scene, ...PROMPTS.flatMap((p) => ["--prompt", p]), "--size", "448", "--masks", "--out", dir]);
   const scores = JSON.parse(readFileSync(join(dir, "scores.json"), "utf8")).prompts;

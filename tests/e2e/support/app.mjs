@@ -172,6 +172,11 @@ export class Results {
     await this.page.waitForFunction((sel) => !document.querySelector(sel), id("working"), { timeout: TIMEOUT });
   }
   async waitWorking() { await this.page.waitForSelector(id("working"), { timeout: TIMEOUT }); }
+  /// Until the shown answer's own words have come (they follow its maps).
+  async waitForWords() {
+    await this.page.waitForFunction((sel) => { const t = document.querySelector(sel); return t && t.dataset.seq !== "" && t.dataset.wordsSeq === t.dataset.seq; },
+      id("timing"), { timeout: TIMEOUT });
+  }
   async openCard(prompt) { await this.page.click(`${this.card(prompt)} canvas`); }
   score() { return this.page.textContent(id("score")); }
   async waitForAnnouncement(re) {

@@ -127,8 +127,6 @@ pub struct ExplainedPrompt {
     /// Is it there at all, 0..1 ([`crate::presence`]): below
     /// [`crate::presence::LIKELY_ABSENT`] the prompt is likely absent.
     pub presence: f32,
-    /// The prompt's words and how much of the score rests on each ([`words`]).
-    pub words: Vec<words::WordRelevance>,
     #[serde(skip)]
     pub map: PromptMap,
 }

@@ -145,6 +145,9 @@ pub struct ImageTrace {
     /// shown costs one prompt, not N + 1 (a prompt's map does not depend on the prompts beside
     /// it). Filled by [`crate::Engine::explain_cached`].
     pub(crate) maps: Mutex<HashMap<MapKey, super::ExplainedPrompt>>,
+    /// Each prompt's words on this image, by the text block they start at and text
+    /// ([`crate::Engine::words`]).
+    pub(crate) words: Mutex<HashMap<(usize, String), Vec<super::words::WordRelevance>>>,
     /// `embedding` read back, once ([`embedding_values`](Self::embedding_values)).
     embedding_read: std::sync::OnceLock<Vec<f32>>,
 }
@@ -210,6 +213,7 @@ impl ImageTrace {
             id: next_trace_id(),
             readers,
             maps: Mutex::new(HashMap::new()),
+            words: Mutex::new(HashMap::new()),
             embedding_read: std::sync::OnceLock::new(),
         }
     }
