@@ -424,13 +424,14 @@ impl AppState {
                 }
                 let words =
                     self.results.with_untracked(|r| Words::carried(r.as_ref(), &self.words.get_untracked(), &ready));
-                self.words.set(words);
+                // The maps first: the card list follows them before the words reach any card.
                 self.results.set(Some(Results {
                     ready,
                     rgb: Arc::new(rgb),
                     maps: Arc::new(maps),
                     per_layer: Arc::new(per_layer),
                 }));
+                self.words.set(words);
             }
             Response::Words(words) => {
                 let mut w = self.words.get_untracked();

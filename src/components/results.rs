@@ -559,11 +559,17 @@ fn MapCard(method: usize, prompt: usize) -> impl IntoView {
     let state = expect_context::<AppState>();
     let canvas = NodeRef::<Canvas>::new();
     // Redraw when the maps, the opacity or the colormap change.
+    // A card of an answer with more prompts may hear of a smaller one before the list drops it:
+    // it then draws and says nothing.
     Effect::new(move |_| {
         let (Some(r), Some(c)) = (state.results.get(), canvas.get()) else { return };
-        draw_overlay(&c, &r.rgb, r.map(method, prompt), r.ready.size, state.opacity.get(), state.colormap.get());
+        if method < r.ready.methods.len() && prompt < r.ready.prompts.len() {
+            draw_overlay(&c, &r.rgb, r.map(method, prompt), r.ready.size, state.opacity.get(), state.colormap.get());
+        }
     });
-    let info = move || state.results.get().map(|r| (r.ready.methods[method], r.ready.prompts[prompt].clone()));
+    let info = move || {
+        state.results.get().and_then(|r| Some((*r.ready.methods.get(method)?, r.ready.prompts.get(prompt)?.clone())))
+    };
     let title = move || {
         info().map(|(m, p)| if state.compare.get() { format!("{} · {}", m.name(), p.prompt) } else { p.prompt })
     };

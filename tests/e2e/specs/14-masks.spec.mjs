@@ -106,4 +106,16 @@ test("presence, words, masks and the segmentation match the native engine's; the
   await expect(opened.page.locator('[data-testid="view-segments"]')).toBeChecked();
   await expect(opened.page.locator('[data-testid="mask-threshold-value"]')).toHaveText("0.70");
   await opened.page.close();
+
+  // Fewer prompts than shown (the words come after the maps; the cards of the longer answer go
+  // before they hear of the shorter one): one card, its own words, the page still answering.
+  await app.prompts.fill("red ring");
+  await app.results.waitForCount(1);
+  await app.results.waitForWords();
+  const ring = words.find((w) => w.prompt === "red ring");
+  const shown = await page.$$eval('[data-testid="map-card"] [data-testid="word"]', (ws) => ws.map((w) => w.textContent));
+  expect(shown).toEqual(ring.words.map((x) => x.word));
+  await app.prompts.fill("red ring\nblue circle");
+  await app.results.waitForCount(2);
+  await app.results.waitForWords();
 });
