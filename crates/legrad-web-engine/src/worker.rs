@@ -282,7 +282,16 @@ async fn words_after(job: WordsJob) {
             let words_ms = engine.take_steps().words_ms;
             post(&Response::Words(WordsReady { seq: job.seq, image_id: job.image_id, prompts, words_ms }), vec![]);
         }
-        Err(e) => post_error(ErrorAbout::Explain, format!("the prompts' words: {e}")),
+        Err(e) => {
+            // A GPU that fails may have been lost (the browser tells a moment later): then the
+            // maps shown stand, and the next request moves to the CPU and explains again.
+            if on_gpu() {
+                models::sleep_ms(200).await;
+            }
+            if !gpu_lost_now() {
+                post_error(ErrorAbout::Explain, format!("the prompts' words: {e}"));
+            }
+        }
     }
 }
 
