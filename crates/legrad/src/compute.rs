@@ -150,7 +150,18 @@ pub struct ComputePolicy {
     /// step is shared from this many tokens per image: below it a stage's products are too short
     /// to outweigh a message between workers ([`SHARED_STEP_MIN_TOKENS`]).
     pub shared_step_tokens: usize,
+    /// On the CPU, the prompts of one request are explained in chunks whose attention-shaped
+    /// intermediates (`tokens² · heads` values a prompt, per layer) stay within this many bytes
+    /// ([`CPU_PROMPT_CHUNK_BYTES`]).
+    pub prompt_chunk_bytes: usize,
 }
+
+/// The CPU's bound on a chunk of prompts' attention-shaped intermediates: all of a request's
+/// prompts at once while they are small (a ViT-B/16 at 224: 1.9 MB a prompt), a few at a time
+/// where each is large (at 448: 30 MB a prompt). Measured natively on 2 cores (history §9):
+/// eight prompts at 448 took 18-33% less in chunks of two than all at once, and at 224 one
+/// chunk of eight beat one prompt at a time by a third.
+pub const CPU_PROMPT_CHUNK_BYTES: usize = 64 << 20;
 
 /// The fewest tokens per image whose image step is shared with helper workers: measured in
 /// Chromium on 2 cores (BENCHMARKS.md, "The image step"), a ViT-B/16 at 224 px (197 tokens) ran
@@ -182,6 +193,7 @@ impl ComputePolicy {
             linear: Int16Products::LargeLayers,
             int_kernel,
             shared_step_tokens: SHARED_STEP_MIN_TOKENS,
+            prompt_chunk_bytes: CPU_PROMPT_CHUNK_BYTES,
         }
     }
 
@@ -193,6 +205,8 @@ impl ComputePolicy {
             linear: Int16Products::Never,
             int_kernel: IntKernel::Portable,
             shared_step_tokens: usize::MAX,
+            // Unused: a GPU's chunks are the padded prompt counts its kernels were compiled for.
+            prompt_chunk_bytes: usize::MAX,
         }
     }
 

@@ -619,7 +619,9 @@ impl Engine {
     /// Maps and scores for text embeddings `[P, E]`, read back: summed grid maps `[P, cells]`,
     /// per-layer maps `[L, P, cells]` where the method has layers, and scores `[P]`. On a GPU,
     /// in chunks padded to [`PROMPT_BUCKETS`] (a method that explains prompt by prompt gets one
-    /// at a time), so that only warmed-up shapes run.
+    /// at a time), so that only warmed-up shapes run; on the CPU, in chunks whose intermediates
+    /// stay within [`ComputePolicy::prompt_chunk_bytes`] (each prompt's map is its own: the
+    /// same maps in any chunks).
     async fn explain_texts(
         &self,
         explainer: &dyn crate::explain::Explainer,
@@ -630,7 +632,7 @@ impl Engine {
     ) -> Result<(Vec<f32>, Option<(Vec<usize>, Vec<f32>)>, Vec<f32>)> {
         let [p, e] = texts.dims();
         let (chunk, pad) = match (self.policy.is_gpu(), method.batches_prompts()) {
-            (false, _) => (p, false),
+            (false, _) => (self.cpu_prompt_chunk(trace.tokens()), false),
             (true, true) => (PROMPT_BUCKETS[PROMPT_BUCKETS.len() - 1], true),
             (true, false) => (1, false),
         };
@@ -673,6 +675,13 @@ impl Engine {
         }
         let per_layer = layers.map(|(ls, rows)| (ls, rows.concat()));
         Ok((summed, per_layer, scores))
+    }
+
+    /// How many prompts the CPU explains at once on an image of `tokens` tokens: the
+    /// attention-shaped intermediates of a prompt are `tokens² · heads` values a layer.
+    fn cpu_prompt_chunk(&self, tokens: usize) -> usize {
+        let per_prompt = 4 * tokens * tokens * self.model.vision.heads;
+        (self.policy.prompt_chunk_bytes / per_prompt.max(1)).max(1)
     }
 
     /// On a GPU, compile the per-prompt kernels for a trace's grid, for every prompt count and

@@ -412,3 +412,31 @@ fn a_traces_map_cache_serves_known_prompts_and_computes_new_ones() {
     pollster::block_on(engine.explain_cached(&trace, &second, Method::LeGrad, &other, None)).unwrap();
     assert_eq!(trace.cached_maps(), 5, "another layer index is another map");
 }
+
+#[test]
+fn the_cpus_prompt_chunks_give_the_same_maps() {
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let device = burn::tensor::Device::flex();
+    let options = ExplainOptions::default();
+    let explain = |engine: &legrad::Engine| {
+        let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+        let trace = engine.trace(exp.values("pixels/64x64").to_vec(), size_of("64x64"), &request).unwrap();
+        let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+        pollster::block_on(engine.explain(&trace, &prepared, Method::LeGrad, &options)).unwrap()
+    };
+    let engine = tiny_b16(&device);
+    let whole = explain(&engine);
+    // A bound below one prompt's intermediates: one prompt at a time.
+    let policy = legrad::ComputePolicy { prompt_chunk_bytes: 1, ..*engine.policy() };
+    let chunked = explain(&engine.with_policy(policy).unwrap());
+    assert_eq!(whole.len(), 3);
+    for (w, c) in whole.iter().zip(&chunked) {
+        assert_eq!(w.prompt, c.prompt);
+        assert_close(&c.map.map, &w.map.map, 1e-6, &format!("{}: map", w.prompt));
+        assert_close(&[c.score], &[w.score], 1e-6, &format!("{}: score", w.prompt));
+        for ((lw, mw), (lc, mc)) in w.map.per_layer.iter().zip(&c.map.per_layer) {
+            assert_eq!(lw, lc);
+            assert_close(mc, mw, 1e-6, &format!("{}: layer {lw}", w.prompt));
+        }
+    }
+}
