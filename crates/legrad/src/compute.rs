@@ -159,7 +159,7 @@ pub struct ComputePolicy {
 /// The CPU's bound on a chunk of prompts' attention-shaped intermediates: all of a request's
 /// prompts at once while they are small (a ViT-B/16 at 224: 1.9 MB a prompt), a few at a time
 /// where each is large (at 448: 30 MB a prompt). Measured natively on 2 cores (history §9):
-/// eight prompts at 448 took 18-33% less in chunks of two than all at once, and at 224 one
+/// eight prompts at 448 took 10-14% less in chunks of two than all at once, and at 224 one
 /// chunk of eight beat one prompt at a time by a third.
 pub const CPU_PROMPT_CHUNK_BYTES: usize = 64 << 20;
 
