@@ -327,36 +327,12 @@ impl Engine {
     ) -> Result<Vec<Vec<WordRelevance>>> {
         let t0 = web_time::Instant::now();
         let word_layer = self.word_layer(options.layer_index)?;
-        let missing: Vec<PreparedPrompt> = {
-            let known = trace.words.lock().unwrap_or_else(|e| e.into_inner());
-            let mut missing: Vec<PreparedPrompt> = Vec::new();
-            for p in prompts {
-                let new = !known.contains_key(&(word_layer, p.text.clone()));
-                if new && !missing.iter().any(|m| m.text == p.text) {
-                    missing.push(p.clone());
-                }
-            }
-            missing
-        };
-        let fresh = if missing.is_empty() {
-            Vec::new()
-        } else {
+        let compute = |missing: Vec<PreparedPrompt>| async move {
             let (_, traces) = self.encode_for(&missing, word_layer)?;
-            self.word_rows(trace, &missing, &traces).await?
+            self.word_rows(trace, &missing, &traces).await
         };
-        let mut known = trace.words.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh: HashMap<String, Vec<WordRelevance>> = missing.into_iter().map(|p| p.text).zip(fresh).collect();
-        let out = prompts
-            .iter()
-            .map(|p| fresh.get(&p.text).or_else(|| known.get(&(word_layer, p.text.clone()))).cloned())
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| LegradError::Input("a prompt's words went missing; type it again".into()))?;
-        if known.len() + fresh.len() > MAP_CACHE_CAPACITY {
-            known.clear();
-        }
-        for (text, w) in fresh {
-            known.insert((word_layer, text), w);
-        }
+        let out =
+            kept_by_text(&trace.words, prompts, |t| (word_layer, t.to_string()), compute, "a prompt's words").await?;
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         steps.words_ms += (web_time::Instant::now() - t0).as_secs_f64() * 1e3;
         Ok(out)
@@ -554,42 +530,13 @@ impl Engine {
         options: &ExplainOptions,
         helpers: Option<&dyn RowHelpers>,
     ) -> Result<Vec<ExplainedPrompt>> {
-        let key = |p: &PreparedPrompt| (method, options.layer_index, p.text.clone());
-        let missing: Vec<PreparedPrompt> = {
-            let known = trace.maps.lock().unwrap_or_else(|e| e.into_inner());
-            let mut missing: Vec<PreparedPrompt> = Vec::new();
-            for p in prompts {
-                if !known.contains_key(&key(p)) && !missing.iter().any(|m| m.text == p.text) {
-                    missing.push(p.clone());
-                }
-            }
-            missing
+        let compute = |missing: Vec<PreparedPrompt>| async move {
+            self.explain_with(trace, &missing, method, options, helpers).await
         };
-        let fresh = if missing.is_empty() {
-            Vec::new()
-        } else {
-            self.explain_with(trace, &missing, method, options, helpers).await?
-        };
-        let mut known = trace.maps.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh: HashMap<&str, ExplainedPrompt> = missing.iter().map(|p| p.text.as_str()).zip(fresh).collect();
-        let out: Vec<ExplainedPrompt> = prompts
-            .iter()
-            .filter_map(|p| {
-                fresh
-                    .get(p.text.as_str())
-                    .or_else(|| known.get(&key(p)))
-                    .map(|r| ExplainedPrompt { prompt: p.prompt.clone(), ..r.clone() })
-            })
-            .collect();
-        if out.len() != prompts.len() {
-            return Err(LegradError::Input("a prompt's map went missing; type it again".into()));
-        }
-        if known.len() + fresh.len() > MAP_CACHE_CAPACITY {
-            known.clear();
-        }
-        for (text, r) in fresh {
-            known.insert((method, options.layer_index, text.to_string()), r);
-        }
+        let key = |t: &str| (method, options.layer_index, t.to_string());
+        let kept = kept_by_text(&trace.maps, prompts, key, compute, "a prompt's map").await?;
+        // The map of the same text under the prompt as typed this time.
+        let out = prompts.iter().zip(kept).map(|(p, r)| ExplainedPrompt { prompt: p.prompt.clone(), ..r }).collect();
         Ok(out)
     }
 
@@ -852,4 +799,48 @@ impl Engine {
     pub async fn embed_texts(&self, prompts: &[PreparedPrompt]) -> Result<Vec<f32>> {
         read_f32(self.encode(prompts)?).await
     }
+}
+
+/// `prompts`' values kept with a trace in `cache` by `key` of their text: those not there are
+/// computed once each by `compute` (a text typed twice once), the rest read back; past
+/// [`MAP_CACHE_CAPACITY`] the cache starts again. The page's paths (maps, words): a new line
+/// next to N shown costs one.
+async fn kept_by_text<K, V, Fut>(
+    cache: &Mutex<HashMap<K, V>>,
+    prompts: &[PreparedPrompt],
+    key: impl Fn(&str) -> K,
+    compute: impl FnOnce(Vec<PreparedPrompt>) -> Fut,
+    what: &str,
+) -> Result<Vec<V>>
+where
+    K: Eq + std::hash::Hash,
+    V: Clone,
+    Fut: Future<Output = Result<Vec<V>>>,
+{
+    let missing: Vec<PreparedPrompt> = {
+        let known = cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut missing: Vec<PreparedPrompt> = Vec::new();
+        for p in prompts {
+            if !known.contains_key(&key(&p.text)) && !missing.iter().any(|m| m.text == p.text) {
+                missing.push(p.clone());
+            }
+        }
+        missing
+    };
+    let texts: Vec<String> = missing.iter().map(|p| p.text.clone()).collect();
+    let fresh = if missing.is_empty() { Vec::new() } else { compute(missing).await? };
+    let mut known = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh: HashMap<String, V> = texts.into_iter().zip(fresh).collect();
+    let out = prompts
+        .iter()
+        .map(|p| fresh.get(&p.text).or_else(|| known.get(&key(&p.text))).cloned())
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| LegradError::Input(format!("{what} went missing; type it again")))?;
+    if known.len() + fresh.len() > MAP_CACHE_CAPACITY {
+        known.clear();
+    }
+    for (text, v) in fresh {
+        known.insert(key(&text), v);
+    }
+    Ok(out)
 }
