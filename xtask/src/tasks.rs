@@ -253,23 +253,25 @@ pub fn bench(args: &[String]) -> Result {
     build_cli()?;
     let legrad = target_dir().join("release/legrad");
     println!(
-        "| size | prompts | step | legrad-web (Rust, CPU: integer image step) | the same, f32 image step (`--int-linear never`: before issue 28) | reference (PyTorch) |"
+        "| size | prompts | step | legrad-web (Rust, CPU: integer products where the CPU has them) | the same in f32 (`--int-linear never --int16 never`: before issue 28) | reference (PyTorch) |"
     );
     println!("|---|---|---|---|---|---|");
     for size in value(args, "--sizes").unwrap_or("224,448").split(',') {
         for prompts in value(args, "--prompts").unwrap_or("1,8").split(',') {
             let common = ["--size", size, "--prompts", prompts, "--threads", threads, "--runs", runs, "--json"];
-            let ours_run = |linear: &str| {
+            let ours_run = |products: &[&str]| {
                 output(
                     Command::new(&legrad)
-                        .args(["bench", "--model", "random:ViT-B-16:0", "--int-linear", linear])
+                        .args(["bench", "--model", "random:ViT-B-16:0"])
+                        .args(products)
                         .args(common),
                 )
                 .map(|o| o.lines().last().unwrap_or_default().to_string())
                 .ok_or("legrad bench failed")
             };
-            let ours = ours_run("large")?;
-            let before = ours_run("never")?;
+            // The policy's own choice, and every product in f32 (the image step and LeGrad's).
+            let ours = ours_run(&[])?;
+            let before = ours_run(&["--int-linear", "never", "--int16", "never"])?;
             let theirs = output(
                 Command::new(&python)
                     .args(["-W", "ignore", "tools/reference/bench.py"])

@@ -54,8 +54,9 @@ pub(crate) struct ModelArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     pub(crate) backend: BackendChoice,
     /// On the CPU: LeGrad's per-prompt products in 16-bit integers. `large`: for layers of at
-    /// least 200 M multiply-adds, as the browser does; `always`: every size. Default: never
-    /// (exact f32 natively).
+    /// least 200 M multiply-adds (a ViT-B/16, not the default model), as the browser does;
+    /// `always`: every size; `never`: exact f32. Default: `large` on x86 with AVX2 or AVX-512
+    /// VNNI (faster than f32 there), else `never`.
     #[arg(long, value_enum)]
     pub(crate) int16: Option<Int16Choice>,
     /// On the CPU: the vision tower's linear layers in 16-bit integer products. `large`

@@ -171,7 +171,8 @@ pub const SHARED_STEP_MIN_TOKENS: usize = 400;
 impl ComputePolicy {
     /// The policy for `device`: a GPU runtime gets the fused kernels with the tiles for its
     /// adapter (software by its name); the CPU gets the integer products for large layers in
-    /// the browser (no FMA for f32 there) and exact f32 natively.
+    /// the browser (no FMA for f32 there) and on x86 with AVX2 or AVX-512 VNNI, exact f32
+    /// elsewhere.
     pub fn for_device(device: &Device) -> Self {
         match gpu_adapter_name(device) {
             Some(name) => Self::gpu(is_software_adapter(&name)),
@@ -181,11 +182,16 @@ impl ComputePolicy {
 
     /// The CPU's policy on this platform.
     pub fn cpu() -> Self {
-        // Natively the per-prompt products stay f32 (`gemm` with the machine's FMA): the integer
-        // path's other steps (packing, the relevance's product) have no x86 forms, and with only
-        // `main` on AVX-512 VNNI a prompt took four times as long (BENCHMARKS.md, "The image step").
-        let int16 = if cfg!(target_family = "wasm") { Int16Products::LargeLayers } else { Int16Products::Never };
+        // Integer products for large layers in the browser (f32 has no FMA there) and on x86
+        // with AVX2 or AVX-512 VNNI, where `main` takes `K` on the linear layers' grid and the
+        // relevance has its own forms: half the time of `gemm`'s f32 (history §10). Elsewhere
+        // natively (the portable form) the f32 products stay.
         let int_kernel = IntKernel::best();
+        let int16 = match int_kernel {
+            _ if cfg!(target_family = "wasm") => Int16Products::LargeLayers,
+            IntKernel::Avx2 | IntKernel::Avx512Vnni => Int16Products::LargeLayers,
+            IntKernel::Portable | IntKernel::Simd128 => Int16Products::Never,
+        };
         Self {
             processor: Processor::Cpu,
             kernels: None,
@@ -325,9 +331,12 @@ mod tests {
         let cpu = ComputePolicy::for_device(&Device::flex());
         assert_eq!(cpu.processor, Processor::Cpu);
         assert_eq!(cpu.kernels, None);
-        assert_eq!(cpu.int16, Int16Products::Never, "natively the f32 products stay");
+        let x86 = matches!(cpu.int_kernel, IntKernel::Avx2 | IntKernel::Avx512Vnni);
+        let expected =
+            if cfg!(target_family = "wasm") || x86 { Int16Products::LargeLayers } else { Int16Products::Never };
+        assert_eq!(cpu.int16, expected, "integer products where they are faster than f32");
         let big = (785, 3072, 768);
-        assert!(!cpu.int16_for(big.0, big.1, big.2));
+        assert!(!cpu.with_int16(Int16Products::Never).int16_for(big.0, big.1, big.2));
         let large = cpu.with_int16(Int16Products::LargeLayers);
         assert!(large.int16_for(big.0, big.1, big.2));
         assert!(!large.int16_for(50, 512, 128));

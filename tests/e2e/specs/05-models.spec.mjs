@@ -48,7 +48,7 @@ test("a model by URL from localhost: downloaded, converted to 8-bit, kept for th
   expect(again.includes("downloaded") && !again.includes("from this browser's storage"), `model info after damage: ${again}`).toBe(true);
 });
 
-test("a model large enough for the CPU's 16-bit integer products: the map equals the native engine's, in f32 and in the same integers", async ({ app, native }) => {
+test("a model large enough for the CPU's 16-bit integer products: the map equals the native engine's, in f32 and in 16-bit integers", async ({ app, native }) => {
   // 512 wide, 2048 hidden: a layer at 448 (785 tokens) is 823 M multiply-adds, over the 200 M
   // from which the browser's CPU path takes LeGrad's products in 16-bit integers (explain::int16).
   const model = join(work, native.model("int16-model.json", 7, "int16-model.safetensors"));
@@ -66,9 +66,10 @@ test("a model large enough for the CPU's 16-bit integer products: the map equals
   await app.image.dropScene();
   await app.prompts.fill("a red circle");
   await app.results.waitForCard("a red circle");
-  // The native engine on the same 8-bit file, with f32 products and with the same integer ones
-  // (one thread's image step: the shared one differs by its shares' rounding, far below a pixel
-  // level).
+  // The native engine on the same 8-bit file, with f32 products and with 16-bit integer ones
+  // (on x86 with AVX2 or AVX-512 its own form of them, `K` on the linear layers' grid:
+  // explain::int16; and one thread's image step: the shared one differs by its shares'
+  // rounding). Each differs from the page's by far less than a pixel level.
   for (const [tag, int16] of [["int16-native-f32", "never"], ["int16-native-int16", "large"]]) {
     native.run(["explain", "--model", q8, "--image", scene, "--prompt", "a red circle", "--size", "448", "--int16", int16, "--out", join(work, tag)]);
     expectSamePicture(await app.results.compare("a red circle", app.site.file(`${tag}/0.png`)), `${tag}: canvas vs native`);

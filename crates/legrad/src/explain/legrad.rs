@@ -202,6 +202,7 @@ fn layer_terms(consts: &LegradConsts, lt: &ClassTokenLayer, g: Tensor<2>) -> Lay
         act_grad: lt.act_grad.clone(),
         ag,
         k: consts.k.clone(),
+        k_grid: consts.k_grid.clone(),
         m: mm,
         ones_out: consts.ones_out.clone(),
         xhat_out: lt.xhat_out.clone(),

@@ -22,6 +22,8 @@ use crate::tokenizer::TextTokenizer;
 #[derive(Clone, Debug)]
 pub struct LegradConsts {
     pub k: Tensor<2>,
+    /// `k` on the CPU's integer grid, once made (`super::terms::KOnGrid`).
+    pub k_grid: super::terms::KOnGrid,
     pub kappa: Tensor<1>,
     pub ones_out: Tensor<1>,
     pub g_weights: Tensor<2>,
@@ -94,7 +96,7 @@ fn fold(model: &Clip, layer: usize) -> LegradConsts {
     let ones_out = out_t.clone().sum_dim(0).squeeze_dim::<1>(0); // [W]
     let proj_t = block.mlp.c_proj.weight().dequantize().transpose(); // [W, M]
     let g_weights = Tensor::cat(vec![proj_t, out_t.clone()], 1); // [W, M + W]
-    LegradConsts { k: fc_t_gamma.matmul(out_t), kappa, ones_out, g_weights, fc_offset }
+    LegradConsts { k: fc_t_gamma.matmul(out_t), k_grid: Default::default(), kappa, ones_out, g_weights, fc_offset }
 }
 
 /// LeGrad's terms of one image, layers `first_layer..depth`, by the vision tower's head.

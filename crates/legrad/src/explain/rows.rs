@@ -134,6 +134,7 @@ impl HeldRows {
                 act_grad: act_grad.into_tensor(device)?,
                 ag: Tensor::zeros([0, 0], device),
                 k: k.into_tensor(device)?,
+                k_grid: Default::default(),
                 m: Tensor::zeros([0, 0], device),
                 ones_out: ones_out.into_tensor(device)?,
                 xhat_out: xhat_out.into_tensor(device)?,

@@ -2,7 +2,29 @@
 //! tensor forms: the reference every faster path is checked against (the GPU kernels in
 //! [`super::kernel`], the CPU's integer products in [`super::int16`]) and the CPU's f32 path.
 
+use std::sync::{Arc, OnceLock};
+
 use burn::tensor::Tensor;
+
+use crate::model::int_linear::IntMatrix;
+
+/// `K` on the integer grid of the CPU's linear layers (`model::int_linear`: a scale per input),
+/// made on first use by the CPU's x86 integer products (`super::int16`) and kept with the
+/// layer's constants, so that it is made once per model and layer; empty elsewhere.
+#[derive(Clone, Default)]
+pub struct KOnGrid(Arc<OnceLock<IntMatrix>>);
+
+impl KOnGrid {
+    pub fn get_or_init(&self, make: impl FnOnce() -> IntMatrix) -> &IntMatrix {
+        self.0.get_or_init(make)
+    }
+}
+
+impl std::fmt::Debug for KOnGrid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "KOnGrid(made)" } else { "KOnGrid(not made)" })
+    }
+}
 
 /// What one layer's relevance is made from, for `P` prompts (LEGRAD.md section 5, with ln_2
 /// and `out_proj` folded as in [`crate::model::VisionTower::legrad_consts`]): the gradient at
@@ -18,6 +40,8 @@ pub struct LayerTerms {
     pub ag: Tensor<2>,
     /// `K = W_fcᵀ diag(γ₂) W_outᵀ` `[M, W]`: `main = (act' ⊙ a) K` `[P, N, W]`.
     pub k: Tensor<2>,
+    /// `K` on the integer grid, where the CPU's x86 integer products have made it.
+    pub k_grid: KOnGrid,
     /// `[m₁ | m₂]` `[P, 2N]`: the LayerNorm's mean terms.
     pub m: Tensor<2>,
     /// `1ᵀ W_outᵀ` `[W]`.
@@ -76,6 +100,7 @@ impl LayerTerms {
             act_grad: self.act_grad.clone().narrow(0, start, len),
             ag: self.ag.clone(),
             k: self.k.clone(),
+            k_grid: self.k_grid.clone(),
             m,
             ones_out: self.ones_out.clone(),
             xhat_out: self.xhat_out.clone().narrow(0, start, len),

@@ -1,7 +1,8 @@
 //! The integer kernels on plain slices: rounding to 16-bit levels, packing, the two products.
-//! Each has a 128-bit SIMD form (wasm) and a portable form (natively) that do the same
-//! arithmetic in the same order, so their results are equal to the last bit
-//! ([`check_simd_against_portable`]).
+//! Each has a 128-bit SIMD form (wasm) and a portable form, and the products have x86 forms
+//! (AVX2, AVX-512 VNNI), that do the same arithmetic in the same order, so their results are
+//! equal to the last bit ([`check_simd_against_portable`]). Natively the packing and the
+//! products go over rayon's threads, in an order that leaves every value the same.
 
 use crate::model::int_linear::IntKernel;
 
@@ -71,9 +72,17 @@ impl QuantRows {
         let padded = rows.next_multiple_of(ROWS);
         let mut q = vec![0i16; padded * len];
         let mut scale = vec![0f32; padded];
-        for i in 0..rows {
-            scale[i] = quantize(&x[i * cols..(i + 1) * cols], levels, &mut q[i * len..i * len + cols]);
+        let row = |(i, (q, s)): (usize, (&mut [i16], &mut f32))| {
+            *s = quantize(&x[i * cols..(i + 1) * cols], levels, &mut q[..cols]);
+        };
+        // Natively the rows go over rayon's threads (each row is rounded on its own).
+        #[cfg(not(target_family = "wasm"))]
+        {
+            use rayon::prelude::*;
+            q.par_chunks_mut(len).zip(scale.par_iter_mut()).take(rows).enumerate().for_each(row);
         }
+        #[cfg(target_family = "wasm")]
+        q.chunks_mut(len).zip(scale.iter_mut()).take(rows).enumerate().for_each(row);
         Self { q, scale, rows: padded, len }
     }
 }
@@ -118,12 +127,44 @@ impl PackedValues {
 pub fn pack_scaled(a: &[f32], k: &[f32], m: usize, w: usize) -> (Vec<i16>, Vec<f32>) {
     let cols = w.next_multiple_of(COLS);
     let pairs = m.div_ceil(2);
-    let mut max = vec![0f32; w];
-    for (kk, &ak) in a.iter().enumerate().take(m) {
-        col_max(ak.abs(), &k[kk * w..(kk + 1) * w], &mut max);
-    }
+    let max = pack_max(a, k, m, w);
     let inv: Vec<f32> = max.iter().map(|&x| if x > 0.0 { DC_LEVELS as f32 / x } else { 0.0 }).collect();
     let mut q = vec![0i16; cols * pairs * 2];
+    #[cfg(not(target_family = "wasm"))]
+    {
+        // Natively, a range of pairs of rows per task (each reads its rows of K in order): in
+        // every block of columns, the task's pairs are one run of `q`. The same roundings as
+        // one pair at a time (below), in another order.
+        use rayon::prelude::*;
+        let tasks = (2 * rayon::current_num_threads()).clamp(1, pairs.max(1));
+        let per = pairs.div_ceil(tasks);
+        let mut parts: Vec<Vec<&mut [i16]>> = (0..tasks).map(|_| Vec::with_capacity(cols / COLS)).collect();
+        for block in q.chunks_mut(pairs * COLS * 2) {
+            let mut rest = block;
+            for (t, part) in parts.iter_mut().enumerate() {
+                let n = per.min(pairs.saturating_sub(t * per)) * COLS * 2;
+                let (head, tail) = rest.split_at_mut(n);
+                part.push(head);
+                rest = tail;
+            }
+        }
+        parts.into_par_iter().enumerate().for_each(|(t, mut blocks)| {
+            let zero = [0f32; COLS];
+            for (i, p) in (t * per..((t + 1) * per).min(pairs)).enumerate() {
+                // A row past the end is zero (as `pack_pair` leaves it).
+                let row = |kk: usize| if kk < m { (a[kk], &k[kk * w..(kk + 1) * w]) } else { (0.0, &zero[..0]) };
+                let (r0, r1) = (row(2 * p), row(2 * p + 1));
+                for (cb, q) in blocks.iter_mut().enumerate() {
+                    let j0 = cb * COLS;
+                    let j1 = (j0 + COLS).min(w);
+                    let c0 = if r0.1.is_empty() { (0.0, &zero[..j1 - j0]) } else { (r0.0, &r0.1[j0..j1]) };
+                    let c1 = if r1.1.is_empty() { (0.0, &zero[..j1 - j0]) } else { (r1.0, &r1.1[j0..j1]) };
+                    x86_or_not::pack_pair16(c0, c1, &inv[j0..j1], &mut q[i * COLS * 2..(i + 1) * COLS * 2]);
+                }
+            }
+        });
+    }
+    #[cfg(target_family = "wasm")]
     for p in 0..pairs {
         let row = |kk: usize| (kk < m).then(|| (a[kk], &k[kk * w..(kk + 1) * w]));
         pack_pair(row(2 * p), row(2 * p + 1), &inv, &mut q, p, pairs);
@@ -132,7 +173,85 @@ pub fn pack_scaled(a: &[f32], k: &[f32], m: usize, w: usize) -> (Vec<i16>, Vec<f
     (q, scale)
 }
 
+/// Each column's `max_k |a_k · K[k, j]|` (NaN once any is).
+fn pack_max(a: &[f32], k: &[f32], m: usize, w: usize) -> Vec<f32> {
+    let mut max = vec![0f32; w];
+    #[cfg(not(target_family = "wasm"))]
+    {
+        // Natively, a range of columns per task (a maximum is the same in any order).
+        use rayon::prelude::*;
+        let per = w.div_ceil(2 * rayon::current_num_threads()).next_multiple_of(COLS).max(COLS);
+        max.par_chunks_mut(per).enumerate().for_each(|(c, max)| {
+            let j0 = c * per;
+            for (kk, &ak) in a.iter().enumerate().take(m) {
+                x86_or_not::col_max(ak.abs(), &k[kk * w + j0..kk * w + j0 + max.len()], max);
+            }
+        });
+    }
+    #[cfg(target_family = "wasm")]
+    for (kk, &ak) in a.iter().enumerate().take(m) {
+        col_max(ak.abs(), &k[kk * w..(kk + 1) * w], &mut max);
+    }
+    max
+}
+
+/// Natively: the packing's loops compiled for AVX2 where the CPU has it (the crate is built
+/// for x86-64's baseline, whose 4-lane SSE2 the compiler otherwise vectorizes them to); the
+/// same operations, so the same values.
+#[cfg(not(target_family = "wasm"))]
+mod x86_or_not {
+    use super::portable;
+
+    /// One pair of rows (`(a, K's columns)`), 16 columns or fewer, rounded by `inv` into the
+    /// pair's packed values `q` (each column's two values side by side).
+    #[inline(always)]
+    fn pack_pair16_any(r0: (f32, &[f32]), r1: (f32, &[f32]), inv: &[f32], q: &mut [i16]) {
+        let n = inv.len();
+        let (k0, k1, q) = (&r0.1[..n], &r1.1[..n], &mut q[..2 * n]);
+        for (c, q) in q.chunks_exact_mut(2).enumerate() {
+            q[0] = portable::round_sat(r0.0 * k0[c] * inv[c]);
+            q[1] = portable::round_sat(r1.0 * k1[c] * inv[c]);
+        }
+    }
+
+    #[inline(always)]
+    fn col_max_any(a: f32, row: &[f32], max: &mut [f32]) {
+        portable::col_max(a, row, max)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn pack_pair16_avx2(r0: (f32, &[f32]), r1: (f32, &[f32]), inv: &[f32], q: &mut [i16]) {
+        pack_pair16_any(r0, r1, inv, q)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn col_max_avx2(a: f32, row: &[f32], max: &mut [f32]) {
+        col_max_any(a, row, max)
+    }
+
+    pub fn pack_pair16(r0: (f32, &[f32]), r1: (f32, &[f32]), inv: &[f32], q: &mut [i16]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked on the line above).
+            return unsafe { pack_pair16_avx2(r0, r1, inv, q) };
+        }
+        pack_pair16_any(r0, r1, inv, q)
+    }
+
+    pub fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { col_max_avx2(a, row, max) };
+        }
+        col_max_any(a, row, max)
+    }
+}
+
 /// `max[j] = max(max[j], a · |row[j]|)`, NaN once any is.
+#[cfg_attr(not(target_family = "wasm"), allow(dead_code))] // natively: `x86_or_not::col_max`, and the tests
 fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     simd128::col_max(a, row, max);
@@ -142,6 +261,8 @@ fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
 
 /// Rows `2p` and `2p + 1` of `diag(a) K` (each `(a_k, K[k])`, `None` past the end), rounded by
 /// the columns' `inv` scales, into pair `p` of the packed `q`.
+// Natively only the tests call it: the native packing goes by ranges of pairs over threads.
+#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
 fn pack_pair(r0: Option<(f32, &[f32])>, r1: Option<(f32, &[f32])>, inv: &[f32], q: &mut [i16], p: usize, pairs: usize) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     simd128::pack_pair(r0, r1, inv, q, p, pairs);
@@ -194,11 +315,27 @@ fn by_int_linear(kernel: IntKernel, a: &[i16], b: &[i16], rows: usize, pairs: us
         bias: &zeros,
         flush: DC_FLUSH,
     };
+    let run = |o: &Operands, y: &mut [f32]| {
+        // Natively the rows go over rayon's threads, a few shares a thread (rows are independent).
+        #[cfg(not(target_family = "wasm"))]
+        {
+            use rayon::prelude::*;
+            let per = o.rows.div_ceil(4 * rayon::current_num_threads()).next_multiple_of(STEP);
+            y.par_chunks_mut(per * cols).enumerate().for_each(|(c, y)| {
+                let rows = y.len() / cols;
+                let first = c * per;
+                let xq = &o.xq[first * pairs * 2..(first + rows) * pairs * 2];
+                product(kernel, &Operands { xq, sx: &o.sx[first..], rows, ..*o }, y)
+            });
+        }
+        #[cfg(target_family = "wasm")]
+        product(kernel, o, y);
+    };
     if padded == rows {
-        product(kernel, &o, &mut out[..rows * cols]);
+        run(&o, &mut out[..rows * cols]);
     } else {
         let mut y = vec![0f32; padded * cols];
-        product(kernel, &o, &mut y);
+        run(&o, &mut y);
         out[..rows * cols].copy_from_slice(&y[..rows * cols]);
     }
 }
@@ -213,8 +350,10 @@ pub struct RelevanceOperands<'a> {
     pub values: &'a PackedValues,
 }
 
-/// `out [keys] += Σ_h sv_h ⊙ Σ_i relu(q_h[i] · v_h) · scale[i, h]`.
-pub fn relevance_product(o: &RelevanceOperands, out: &mut [f32]) {
+/// `out [keys] += Σ_h sv_h ⊙ Σ_i relu(q_h[i] · v_h) · scale[i, h]`. Natively the blocks of keys
+/// go over rayon's threads (each block's heads in order, so the sums are the same), on x86 by
+/// the AVX2 or AVX-512 VNNI form (`kernel`).
+pub fn relevance_product(kernel: IntKernel, o: &RelevanceOperands, out: &mut [f32]) {
     let (v, pairs) = (o.values, o.values.pairs);
     assert!(
         o.rows.is_multiple_of(ROWS)
@@ -229,10 +368,38 @@ pub fn relevance_product(o: &RelevanceOperands, out: &mut [f32]) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     // SAFETY: the operands' lengths are asserted above; the kernel reads and writes within them.
     unsafe {
+        let _ = kernel;
         simd128::relevance_product(o, out)
     };
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    portable::relevance_product(o, out);
+    {
+        let blocks = |kb: std::ops::Range<usize>, out: &mut [f32]| match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has the features (checked where `kernel` is chosen: `IntKernel::best`
+            // and `available`, and again here); the lengths are asserted above.
+            IntKernel::Avx512Vnni if IntKernel::best() == IntKernel::Avx512Vnni => unsafe {
+                x86::relevance_avx512(o, kb, out)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            IntKernel::Avx2 if std::arch::is_x86_feature_detected!("avx2") => unsafe {
+                x86::relevance_avx2(o, kb, out)
+            },
+            _ => portable::relevance_blocks(o, kb, out),
+        };
+        let n = v.keys / COLS;
+        #[cfg(not(target_family = "wasm"))]
+        {
+            use rayon::prelude::*;
+            let per = n.div_ceil(2 * rayon::current_num_threads()).max(1);
+            out[..v.keys].par_chunks_mut(per * COLS).enumerate().for_each(|(c, out)| {
+                let first = c * per;
+                blocks(first..first + out.len() / COLS, out)
+            });
+        }
+        #[cfg(target_family = "wasm")]
+        blocks(0..n, out);
+    }
 }
 
 /// The same arithmetic in plain Rust, in the same order: natively, and the SIMD form's
@@ -253,22 +420,48 @@ mod portable {
         if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) }
     }
 
+    /// `max |x|`, NaN if any is: eight lanes and a flag each, so that the compiler vectorizes
+    /// it (a fold through `max_nan` cannot be reordered).
     pub fn abs_max(x: &[f32]) -> f32 {
-        x.iter().fold(0f32, |m, v| max_nan(m, v.abs()))
+        let (mut max, mut nan) = ([0f32; 8], [false; 8]);
+        let chunks = x.chunks_exact(8);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for l in 0..8 {
+                nan[l] |= c[l].is_nan();
+                max[l] = max[l].max(c[l].abs());
+            }
+        }
+        for v in tail {
+            nan[0] |= v.is_nan();
+            max[0] = max[0].max(v.abs());
+        }
+        if nan.iter().any(|&b| b) { f32::NAN } else { max.into_iter().fold(0.0, f32::max) }
+    }
+
+    /// `v.round_ties_even() as i16` (saturating, NaN to 0, as `i32x4.trunc_sat_f32x4` after
+    /// `f32x4.nearest` and the narrowing do), in operations the compiler vectorizes: the
+    /// library's `rint` is a call per value on x86-64's baseline.
+    #[inline(always)]
+    pub fn round_sat(v: f32) -> i16 {
+        let v = if v.is_nan() { 0.0 } else { v.clamp(-32768.0, 32767.0) };
+        crate::model::int_linear::kernels::round_to_int(v) as i16
     }
 
     pub fn round_into(x: &[f32], inv: f32, out: &mut [i16]) {
         for (o, v) in out.iter_mut().zip(x) {
-            *o = (v * inv).round_ties_even() as i16;
+            *o = round_sat(v * inv);
         }
     }
 
+    #[inline(always)]
     pub fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
         for (m, v) in max.iter_mut().zip(row) {
             *m = max_nan(*m, a * v.abs());
         }
     }
 
+    #[cfg_attr(not(target_family = "wasm"), allow(dead_code))] // natively: the tests' reference
     pub fn pack_pair(
         r0: Option<(f32, &[f32])>,
         r1: Option<(f32, &[f32])>,
@@ -281,7 +474,7 @@ mod portable {
             let Some((a, row)) = r else { continue };
             for (j, (&v, &s)) in row.iter().zip(inv).enumerate() {
                 let at = ((j / COLS) * pairs * COLS + p * COLS + j % COLS) * 2 + e;
-                q[at] = (a * v * s).round_ties_even() as i16;
+                q[at] = round_sat(a * v * s);
             }
         }
     }
@@ -318,12 +511,18 @@ mod portable {
         }
     }
 
+    #[allow(dead_code)] // the tests' reference (the launcher goes by ranges of blocks)
     pub fn relevance_product(o: &RelevanceOperands, out: &mut [f32]) {
+        relevance_blocks(o, 0..o.values.keys / COLS, out)
+    }
+
+    /// The blocks of keys `kbs`, into `out` (their outputs: `out[0]` is block `kbs.start`'s first).
+    pub fn relevance_blocks(o: &RelevanceOperands, kbs: std::ops::Range<usize>, out: &mut [f32]) {
         let (v, h) = (o.values, o.heads);
         let (pairs, keys) = (v.pairs, v.keys);
         let blocks = keys / COLS;
         for hh in 0..h {
-            for kb in 0..blocks {
+            for kb in kbs.clone() {
                 let block = &v.q[(hh * blocks + kb) * pairs * COLS * 2..][..pairs * COLS * 2];
                 let mut racc = [0f32; COLS];
                 for i in (0..o.rows).step_by(ROWS) {
@@ -344,9 +543,112 @@ mod portable {
                         }
                     }
                 }
-                let out = &mut out[kb * COLS..(kb + 1) * COLS];
+                let at = (kb - kbs.start) * COLS;
+                let out = &mut out[at..at + COLS];
                 for ((o, ra), s) in out.iter_mut().zip(&racc).zip(&v.scale[hh * keys + kb * COLS..]) {
                     *o += ra * s;
+                }
+            }
+        }
+    }
+}
+
+/// x86-64: the relevance product with `vpdpwssd` (AVX-512 VNNI: a block's 16 keys in one
+/// register) or `vpmaddwd` (AVX2: two), four query rows per step; each row's sum is added to
+/// the block's in row order, as in the portable form, so the results are the same to the bit.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{COLS, RelevanceOperands};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Rows per step.
+    const STEP: usize = 4;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn relevance_avx512(o: &RelevanceOperands, kbs: Range<usize>, out: &mut [f32]) {
+        // SAFETY: `relevance_product` asserted the operands' lengths; every pointer stays within
+        // them (`out` holds `kbs`' outputs).
+        unsafe {
+            let (v, h) = (o.values, o.heads);
+            let (pairs, keys) = (v.pairs, v.keys);
+            let blocks = keys / COLS;
+            let (qp, zero) = (o.q.as_ptr(), _mm512_setzero_si512());
+            let pair = |row: usize, p: usize| _mm512_set1_epi32((qp.add(row + 2 * p) as *const i32).read_unaligned());
+            for hh in 0..h {
+                for kb in kbs.clone() {
+                    let block = v.q.as_ptr().add((hh * blocks + kb) * pairs * COLS * 2);
+                    let mut racc = _mm512_setzero_ps();
+                    let mut i = 0;
+                    while i < o.rows {
+                        let n = STEP.min(o.rows - i);
+                        let row = |r: usize| ((i + r.min(n - 1)) * h + hh) * pairs * 2;
+                        let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+                        let mut acc = [zero; STEP];
+                        for p in 0..pairs {
+                            let b = _mm512_loadu_si512(block.add(p * COLS * 2) as *const __m512i);
+                            acc[0] = _mm512_dpwssd_epi32(acc[0], pair(r0, p), b);
+                            acc[1] = _mm512_dpwssd_epi32(acc[1], pair(r1, p), b);
+                            acc[2] = _mm512_dpwssd_epi32(acc[2], pair(r2, p), b);
+                            acc[3] = _mm512_dpwssd_epi32(acc[3], pair(r3, p), b);
+                        }
+                        for (r, a) in acc.into_iter().enumerate().take(n) {
+                            let s = _mm512_set1_ps(o.scale[(i + r) * h + hh]);
+                            let x = _mm512_cvtepi32_ps(_mm512_max_epi32(a, zero));
+                            racc = _mm512_add_ps(racc, _mm512_mul_ps(x, s));
+                        }
+                        i += n;
+                    }
+                    let y = out.as_mut_ptr().add((kb - kbs.start) * COLS);
+                    let s = _mm512_loadu_ps(v.scale.as_ptr().add(hh * keys + kb * COLS));
+                    _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), _mm512_mul_ps(racc, s)));
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn relevance_avx2(o: &RelevanceOperands, kbs: Range<usize>, out: &mut [f32]) {
+        // SAFETY: as `relevance_avx512`.
+        unsafe {
+            let (v, h) = (o.values, o.heads);
+            let (pairs, keys) = (v.pairs, v.keys);
+            let blocks = keys / COLS;
+            let (qp, zero) = (o.q.as_ptr(), _mm256_setzero_si256());
+            for hh in 0..h {
+                for kb in kbs.clone() {
+                    let block = v.q.as_ptr().add((hh * blocks + kb) * pairs * COLS * 2);
+                    let mut racc = [_mm256_setzero_ps(); 2];
+                    let mut i = 0;
+                    while i < o.rows {
+                        let n = STEP.min(o.rows - i);
+                        let rows: [usize; STEP] = std::array::from_fn(|r| ((i + r.min(n - 1)) * h + hh) * pairs * 2);
+                        let mut acc = [[zero; 2]; STEP];
+                        for p in 0..pairs {
+                            let b0 = _mm256_loadu_si256(block.add(p * COLS * 2) as *const __m256i);
+                            let b1 = _mm256_loadu_si256(block.add(p * COLS * 2 + COLS) as *const __m256i);
+                            for (a, &row) in acc.iter_mut().zip(&rows) {
+                                let x = _mm256_set1_epi32((qp.add(row + 2 * p) as *const i32).read_unaligned());
+                                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(x, b0));
+                                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(x, b1));
+                            }
+                        }
+                        for (r, a) in acc.into_iter().enumerate().take(n) {
+                            let s = _mm256_set1_ps(o.scale[(i + r) * h + hh]);
+                            for (ra, a) in racc.iter_mut().zip(a) {
+                                let x = _mm256_cvtepi32_ps(_mm256_max_epi32(a, zero));
+                                *ra = _mm256_add_ps(*ra, _mm256_mul_ps(x, s));
+                            }
+                        }
+                        i += n;
+                    }
+                    let y = out.as_mut_ptr().add((kb - kbs.start) * COLS);
+                    let s = v.scale.as_ptr().add(hh * keys + kb * COLS);
+                    for (e, ra) in racc.into_iter().enumerate() {
+                        let y = y.add(8 * e);
+                        let s = _mm256_loadu_ps(s.add(8 * e));
+                        _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), _mm256_mul_ps(ra, s)));
+                    }
                 }
             }
         }
@@ -659,8 +961,37 @@ pub fn check_simd_against_portable() -> Result<(), String> {
     let q = ints(rows * h * d, 3, levels);
     let scale = values(rows * h, 5, 0.0, 1e-3);
     let o = RelevanceOperands { q: &q, scale: &scale, rows, heads: h, values: &packed };
-    let (mut here, mut there) = (vec![0.5f32; packed.keys], vec![0.5f32; packed.keys]);
-    relevance_product(&o, &mut here);
+    let mut there = vec![0.5f32; packed.keys];
     portable::relevance_product(&o, &mut there);
-    same("relevance_product", &here, &there)
+    for kernel in IntKernel::available() {
+        let mut here = vec![0.5f32; packed.keys];
+        relevance_product(kernel, &o, &mut here);
+        same(&format!("relevance_product ({kernel:?})"), &here, &there)?;
+    }
+    // Natively, the packing's blocks of columns over threads against one pair at a time.
+    #[cfg(not(target_family = "wasm"))]
+    for (m, w) in [(5usize, 7usize), (6, 16), (37, 70)] {
+        let (mut a, mut k) = (values(m, 1, -2.0, 2.0), values(m * w, 2, -1.0, 1.0));
+        let (pairs, cols) = (m.div_ceil(2), w.next_multiple_of(COLS));
+        let pack = |a: &[f32], k: &[f32]| {
+            let (mut q, max) = (vec![0i16; cols * pairs * 2], pack_max(a, k, m, w));
+            let inv: Vec<f32> = max.iter().map(|&x| if x > 0.0 { DC_LEVELS as f32 / x } else { 0.0 }).collect();
+            for p in 0..pairs {
+                let row = |kk: usize| (kk < m).then(|| (a[kk], &k[kk * w..(kk + 1) * w]));
+                portable::pack_pair(row(2 * p), row(2 * p + 1), &inv, &mut q, p, pairs);
+            }
+            (q, max)
+        };
+        for poison in [None, Some(f32::NAN), Some(f32::INFINITY)] {
+            if let Some(x) = poison {
+                k[w + 3] = x;
+                a[m - 1] = 1e30;
+            }
+            let ((qa, sa), (qb, max)) = (pack_scaled(&a, &k, m, w), pack(&a, &k));
+            same_i("pack_scaled's blocks", &qa, &qb)?;
+            let sb: Vec<f32> = max.iter().map(|x| x / DC_LEVELS as f32).collect();
+            same("pack_scaled's scales", &sa, &sb)?;
+        }
+    }
+    Ok(())
 }

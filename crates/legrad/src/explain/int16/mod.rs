@@ -1,4 +1,4 @@
-//! LeGrad's per-prompt products on the CPU in 16-bit integers: the browser's CPU path.
+//! LeGrad's per-prompt products on the CPU in 16-bit integers: the browser's CPU path, and x86's.
 //!
 //! A new prompt on the CPU is two products per layer: `main = (act' ⊙ a) K` (`[N, 4W] x [4W, W]`)
 //! and `dA_h = dc_h V_hᵀ` per head, then `Σ_h Σ_i relu(dA_h)`. In wasm, f32 products run on
@@ -19,18 +19,26 @@
 //!
 //! [`relevance_sums`] is the kernel's launcher on burn's CPU tensors (in place, no copy of the
 //! trace); [`LayerTerms::relevance_sums_plain`] is its plain-tensor twin. It runs where the
-//! engine's [`ComputePolicy`](crate::compute::ComputePolicy) says so: in wasm, for layers of at
-//! least [`INT16_MIN_WORK`](crate::compute::INT16_MIN_WORK) multiply-adds (a ViT-B/16 at any
-//! size; not the small default model, which stays exact). Natively the f32 products (`gemm`
-//! with the machine's own FMA) are left as they are unless the caller asks (the CLI's
-//! `--int16`, the tests).
+//! engine's [`ComputePolicy`](crate::compute::ComputePolicy) says so: for layers of at least
+//! [`INT16_MIN_WORK`](crate::compute::INT16_MIN_WORK) multiply-adds (a ViT-B/16 at any size; not
+//! the small default model, which stays exact), in wasm and natively on x86 with AVX2 or
+//! AVX-512 VNNI.
+//!
+//! **On x86** `main` is the linear layers' product (`model::int_linear`): `K` on their grid (a
+//! scale per row of `K`, made once per model and layer: [`super::terms::KOnGrid`]) against the
+//! rows of `act' ⊙ a` rounded per prompt, where the form above rounds `diag(a) K` per prompt:
+//! two passes over `K`'s 9 MB (f32, a ViT-B/16's layer) per prompt, which natively cost more
+//! than the products (history §10). The relevance's product has AVX2 and AVX-512 VNNI forms
+//! (the same sums in the same order as the portable one: equal to the bit), and the rows, the
+//! blocks of keys and the packing go over rayon's threads. The browser keeps the form above,
+//! whose speed there is measured (§5); both are checked against the plain twin.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::terms::LayerTerms;
-use crate::model::int_linear::IntKernel;
+use crate::model::int_linear::{IntKernel, IntMatrix};
 
 pub mod kernels;
 
@@ -83,9 +91,27 @@ pub fn relevance_sums(t: &LayerTerms, kernel: IntKernel) -> Option<Tensor<2>> {
     let rstd = Host::of(&t.rstd)?;
     let values = Host::of(&t.values)?;
     let shape = Shape { r, m, w, h, n, d, kernel };
-    let a = QuantRows::new(act.data(), r, m, DC_LEVELS);
     let v = PackedValues::new(values.data(), h, n, d);
     let mut sums = Vec::with_capacity(p * n);
+    if matches!(kernel, IntKernel::Avx2 | IntKernel::Avx512Vnni) && IntMatrix::fits(m, w) {
+        // x86: `K` on the linear layers' grid, made once per model layer; per prompt only the
+        // rows `act' ⊙ a` are rounded (no pass over `K`).
+        let k = t.k_grid.get_or_init(|| IntMatrix::from_in_out(k.data(), m, w, kernel));
+        for q in 0..p {
+            let ag = &ag.data()[q * (m + w)..(q + 1) * (m + w)];
+            let terms = PromptTerms {
+                a: &ag[..m],
+                g_out: &ag[m..],
+                m1: &mm.data()[q * 2 * r..q * 2 * r + r],
+                m2: &mm.data()[q * 2 * r + r..(q + 1) * 2 * r],
+            };
+            let dc =
+                head_gradient_on_grid(&shape, act.data(), k, &terms, ones_out.data(), xhat_out.data(), rstd.data());
+            sums.extend(relevance_of(&shape, &dc, &v));
+        }
+        return Some(Tensor::from_data(TensorData::new(sums, [p, n]), &device));
+    }
+    let a = QuantRows::new(act.data(), r, m, DC_LEVELS);
     for q in 0..p {
         let ag = &ag.data()[q * (m + w)..(q + 1) * (m + w)];
         let terms = PromptTerms {
@@ -148,6 +174,43 @@ fn head_gradient(
     dc
 }
 
+/// [`head_gradient`] with `main = (act' ⊙ a) K` by the linear layers' integer product
+/// (`model::int_linear`: `K` with a scale per row, each row of `act' ⊙ a` rounded with its own).
+fn head_gradient_on_grid(
+    s: &Shape,
+    act: &[f32],
+    k: &IntMatrix,
+    t: &PromptTerms,
+    ones_out: &[f32],
+    xhat_out: &[f32],
+    rstd: &[f32],
+) -> Vec<f32> {
+    let mut x = vec![0f32; s.r * s.m];
+    let row = |(x, act): (&mut [f32], &[f32])| {
+        for ((x, h), a) in x.iter_mut().zip(act).zip(t.a) {
+            *x = h * a;
+        }
+    };
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        x.par_chunks_mut(s.m).zip(act.par_chunks(s.m)).for_each(row);
+    }
+    #[cfg(target_family = "wasm")]
+    x.chunks_mut(s.m).zip(act.chunks(s.m)).for_each(row);
+    let main = k.forward(&x, s.r, &vec![0f32; s.w]);
+    let mut dc = vec![0f32; s.r * s.w];
+    for i in 0..s.r {
+        let (m1, m2, rs) = (t.m1[i], t.m2[i], rstd[i]);
+        let out = dc[i * s.w..(i + 1) * s.w].iter_mut().zip(&main[i * s.w..(i + 1) * s.w]);
+        let rest = ones_out.iter().zip(&xhat_out[i * s.w..(i + 1) * s.w]).zip(t.g_out);
+        for ((o, x), ((one, xo), g)) in out.zip(rest) {
+            *o = (x - m1 * one - m2 * xo) * rs + g;
+        }
+    }
+    dc
+}
+
 /// `Σ_h Σ_i relu(dc_h V_hᵀ)` `[N]` of one prompt's `dc` `[R, W]`.
 fn relevance_of(s: &Shape, dc: &[f32], v: &PackedValues) -> Vec<f32> {
     // `dc` `[R, W]` is `[R·H, d]`: one scale per row and head. The kernel reads whole tiles of
@@ -157,7 +220,7 @@ fn relevance_of(s: &Shape, dc: &[f32], v: &PackedValues) -> Vec<f32> {
     q.q.resize(rows * s.h * q.len, 0);
     q.scale.resize(rows * s.h, 0.0);
     let mut out = vec![0f32; v.keys];
-    relevance_product(&RelevanceOperands { q: &q.q, scale: &q.scale, rows, heads: s.h, values: v }, &mut out);
+    relevance_product(s.kernel, &RelevanceOperands { q: &q.q, scale: &q.scale, rows, heads: s.h, values: v }, &mut out);
     out.truncate(s.n);
     out
 }
@@ -184,6 +247,7 @@ pub fn random_terms(shape: (usize, usize, usize, usize, usize, usize), seed: u32
         act_grad: Tensor::from_data(t(values(r * m, seed, -0.17, 1.13), &[r, m]), &device),
         ag: Tensor::from_data(t(values(p * (m + w), seed + 1, -1.0, 1.0), &[p, m + w]), &device),
         k: Tensor::from_data(t(values(m * w, seed + 2, -0.1, 0.1), &[m, w]), &device),
+        k_grid: Default::default(),
         m: Tensor::from_data(t(values(p * 2 * r, seed + 3, -0.5, 0.5), &[p, 2 * r]), &device),
         ones_out: Tensor::from_data(t(values(w, seed + 4, -1.0, 1.0), &[w]), &device),
         xhat_out: Tensor::from_data(t(values(r * w, seed + 5, -1.0, 1.0), &[r, w]), &device),
@@ -198,10 +262,17 @@ pub fn random_terms(shape: (usize, usize, usize, usize, usize, usize), seed: u32
 /// largest difference relative to the twin's largest sum, or why the kernel did not run.
 pub fn check_against_plain(shape: (usize, usize, usize, usize, usize, usize)) -> Result<f32, String> {
     let t = random_terms(shape, 11);
-    let ours = relevance_sums(&t, IntKernel::best()).ok_or("the kernel did not take the terms")?;
     let read = |x: Tensor<2>| x.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
-    let (ours, plain) = (read(ours)?, read(t.relevance_sums_plain())?);
-    crate::testing::relative_diff(&ours, &plain)
+    let plain = read(t.relevance_sums_plain())?;
+    // Every form this CPU runs: on x86 the portable one rounds `diag(a) K` per prompt, AVX2 and
+    // AVX-512 take `K` on the linear layers' grid (where its width fits the tiles).
+    let mut worst = 0f32;
+    for kernel in IntKernel::available() {
+        let ours = relevance_sums(&t, kernel).ok_or("the kernel did not take the terms")?;
+        let d = crate::testing::relative_diff(&read(ours)?, &plain).map_err(|e| format!("{kernel:?}: {e}"))?;
+        worst = if d.is_nan() || worst.is_nan() { f32::NAN } else { worst.max(d) };
+    }
+    Ok(worst)
 }
 
 #[cfg(test)]
