@@ -261,10 +261,7 @@ pub fn bench(args: &[String]) -> Result {
             let common = ["--size", size, "--prompts", prompts, "--threads", threads, "--runs", runs, "--json"];
             let ours_run = |products: &[&str]| {
                 output(
-                    Command::new(&legrad)
-                        .args(["bench", "--model", "random:ViT-B-16:0"])
-                        .args(products)
-                        .args(common),
+                    Command::new(&legrad).args(["bench", "--model", "random:ViT-B-16:0"]).args(products).args(common),
                 )
                 .map(|o| o.lines().last().unwrap_or_default().to_string())
                 .ok_or("legrad bench failed")
