@@ -30,8 +30,9 @@
 //! two passes over `K`'s 9 MB (f32, a ViT-B/16's layer) per prompt, which natively cost more
 //! than the products (history §10). The relevance's product has AVX2 and AVX-512 VNNI forms
 //! (the same sums in the same order as the portable one: equal to the bit), and the rows, the
-//! blocks of keys and the packing go over rayon's threads. The browser keeps the form above,
-//! whose speed there is measured (§5); both are checked against the plain twin.
+//! blocks of keys and the packing go over rayon's threads. The browser keeps the form above:
+//! there a helper would make `K`'s grid once per image, on its first prompt (measured slower:
+//! history §10). Both forms are checked against the plain twin.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchDevice, Flex};
