@@ -1,8 +1,9 @@
 //! The integer kernels on plain slices: rounding to 16-bit levels, packing, the two products.
 //! Each has a 128-bit SIMD form (wasm) and a portable form, and the products have x86 forms
 //! (AVX2, AVX-512 VNNI), that do the same arithmetic in the same order, so their results are
-//! equal to the last bit ([`check_simd_against_portable`]). Natively the packing and the
-//! products go over rayon's threads, in an order that leaves every value the same.
+//! equal to the last bit ([`check_simd_against_portable`]). Natively the rows' rounding and the
+//! relevance's blocks of keys go over rayon's threads, in an order that leaves every value the
+//! same.
 
 use crate::model::int_linear::IntKernel;
 
@@ -127,44 +128,12 @@ impl PackedValues {
 pub fn pack_scaled(a: &[f32], k: &[f32], m: usize, w: usize) -> (Vec<i16>, Vec<f32>) {
     let cols = w.next_multiple_of(COLS);
     let pairs = m.div_ceil(2);
-    let max = pack_max(a, k, m, w);
+    let mut max = vec![0f32; w];
+    for (kk, &ak) in a.iter().enumerate().take(m) {
+        col_max(ak.abs(), &k[kk * w..(kk + 1) * w], &mut max);
+    }
     let inv: Vec<f32> = max.iter().map(|&x| if x > 0.0 { DC_LEVELS as f32 / x } else { 0.0 }).collect();
     let mut q = vec![0i16; cols * pairs * 2];
-    #[cfg(not(target_family = "wasm"))]
-    {
-        // Natively, a range of pairs of rows per task (each reads its rows of K in order): in
-        // every block of columns, the task's pairs are one run of `q`. The same roundings as
-        // one pair at a time (below), in another order.
-        use rayon::prelude::*;
-        let tasks = (2 * rayon::current_num_threads()).clamp(1, pairs.max(1));
-        let per = pairs.div_ceil(tasks);
-        let mut parts: Vec<Vec<&mut [i16]>> = (0..tasks).map(|_| Vec::with_capacity(cols / COLS)).collect();
-        for block in q.chunks_mut(pairs * COLS * 2) {
-            let mut rest = block;
-            for (t, part) in parts.iter_mut().enumerate() {
-                let n = per.min(pairs.saturating_sub(t * per)) * COLS * 2;
-                let (head, tail) = rest.split_at_mut(n);
-                part.push(head);
-                rest = tail;
-            }
-        }
-        parts.into_par_iter().enumerate().for_each(|(t, mut blocks)| {
-            let zero = [0f32; COLS];
-            for (i, p) in (t * per..((t + 1) * per).min(pairs)).enumerate() {
-                // A row past the end is zero (as `pack_pair` leaves it).
-                let row = |kk: usize| if kk < m { (a[kk], &k[kk * w..(kk + 1) * w]) } else { (0.0, &zero[..0]) };
-                let (r0, r1) = (row(2 * p), row(2 * p + 1));
-                for (cb, q) in blocks.iter_mut().enumerate() {
-                    let j0 = cb * COLS;
-                    let j1 = (j0 + COLS).min(w);
-                    let c0 = if r0.1.is_empty() { (0.0, &zero[..j1 - j0]) } else { (r0.0, &r0.1[j0..j1]) };
-                    let c1 = if r1.1.is_empty() { (0.0, &zero[..j1 - j0]) } else { (r1.0, &r1.1[j0..j1]) };
-                    x86_or_not::pack_pair16(c0, c1, &inv[j0..j1], &mut q[i * COLS * 2..(i + 1) * COLS * 2]);
-                }
-            }
-        });
-    }
-    #[cfg(target_family = "wasm")]
     for p in 0..pairs {
         let row = |kk: usize| (kk < m).then(|| (a[kk], &k[kk * w..(kk + 1) * w]));
         pack_pair(row(2 * p), row(2 * p + 1), &inv, &mut q, p, pairs);
@@ -173,85 +142,7 @@ pub fn pack_scaled(a: &[f32], k: &[f32], m: usize, w: usize) -> (Vec<i16>, Vec<f
     (q, scale)
 }
 
-/// Each column's `max_k |a_k · K[k, j]|` (NaN once any is).
-fn pack_max(a: &[f32], k: &[f32], m: usize, w: usize) -> Vec<f32> {
-    let mut max = vec![0f32; w];
-    #[cfg(not(target_family = "wasm"))]
-    {
-        // Natively, a range of columns per task (a maximum is the same in any order).
-        use rayon::prelude::*;
-        let per = w.div_ceil(2 * rayon::current_num_threads()).next_multiple_of(COLS).max(COLS);
-        max.par_chunks_mut(per).enumerate().for_each(|(c, max)| {
-            let j0 = c * per;
-            for (kk, &ak) in a.iter().enumerate().take(m) {
-                x86_or_not::col_max(ak.abs(), &k[kk * w + j0..kk * w + j0 + max.len()], max);
-            }
-        });
-    }
-    #[cfg(target_family = "wasm")]
-    for (kk, &ak) in a.iter().enumerate().take(m) {
-        col_max(ak.abs(), &k[kk * w..(kk + 1) * w], &mut max);
-    }
-    max
-}
-
-/// Natively: the packing's loops compiled for AVX2 where the CPU has it (the crate is built
-/// for x86-64's baseline, whose 4-lane SSE2 the compiler otherwise vectorizes them to); the
-/// same operations, so the same values.
-#[cfg(not(target_family = "wasm"))]
-mod x86_or_not {
-    use super::portable;
-
-    /// One pair of rows (`(a, K's columns)`), 16 columns or fewer, rounded by `inv` into the
-    /// pair's packed values `q` (each column's two values side by side).
-    #[inline(always)]
-    fn pack_pair16_any(r0: (f32, &[f32]), r1: (f32, &[f32]), inv: &[f32], q: &mut [i16]) {
-        let n = inv.len();
-        let (k0, k1, q) = (&r0.1[..n], &r1.1[..n], &mut q[..2 * n]);
-        for (c, q) in q.chunks_exact_mut(2).enumerate() {
-            q[0] = portable::round_sat(r0.0 * k0[c] * inv[c]);
-            q[1] = portable::round_sat(r1.0 * k1[c] * inv[c]);
-        }
-    }
-
-    #[inline(always)]
-    fn col_max_any(a: f32, row: &[f32], max: &mut [f32]) {
-        portable::col_max(a, row, max)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn pack_pair16_avx2(r0: (f32, &[f32]), r1: (f32, &[f32]), inv: &[f32], q: &mut [i16]) {
-        pack_pair16_any(r0, r1, inv, q)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn col_max_avx2(a: f32, row: &[f32], max: &mut [f32]) {
-        col_max_any(a, row, max)
-    }
-
-    pub fn pack_pair16(r0: (f32, &[f32]), r1: (f32, &[f32]), inv: &[f32], q: &mut [i16]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked on the line above).
-            return unsafe { pack_pair16_avx2(r0, r1, inv, q) };
-        }
-        pack_pair16_any(r0, r1, inv, q)
-    }
-
-    pub fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { col_max_avx2(a, row, max) };
-        }
-        col_max_any(a, row, max)
-    }
-}
-
 /// `max[j] = max(max[j], a · |row[j]|)`, NaN once any is.
-#[cfg_attr(not(target_family = "wasm"), allow(dead_code))] // natively: `x86_or_not::col_max`, and the tests
 fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     simd128::col_max(a, row, max);
@@ -261,8 +152,6 @@ fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
 
 /// Rows `2p` and `2p + 1` of `diag(a) K` (each `(a_k, K[k])`, `None` past the end), rounded by
 /// the columns' `inv` scales, into pair `p` of the packed `q`.
-// Natively only the tests call it: the native packing goes by ranges of pairs over threads.
-#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
 fn pack_pair(r0: Option<(f32, &[f32])>, r1: Option<(f32, &[f32])>, inv: &[f32], q: &mut [i16], p: usize, pairs: usize) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     simd128::pack_pair(r0, r1, inv, q, p, pairs);
@@ -315,27 +204,11 @@ fn by_int_linear(kernel: IntKernel, a: &[i16], b: &[i16], rows: usize, pairs: us
         bias: &zeros,
         flush: DC_FLUSH,
     };
-    let run = |o: &Operands, y: &mut [f32]| {
-        // Natively the rows go over rayon's threads, a few shares a thread (rows are independent).
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            let per = o.rows.div_ceil(4 * rayon::current_num_threads()).next_multiple_of(STEP);
-            y.par_chunks_mut(per * cols).enumerate().for_each(|(c, y)| {
-                let rows = y.len() / cols;
-                let first = c * per;
-                let xq = &o.xq[first * pairs * 2..(first + rows) * pairs * 2];
-                product(kernel, &Operands { xq, sx: &o.sx[first..], rows, ..*o }, y)
-            });
-        }
-        #[cfg(target_family = "wasm")]
-        product(kernel, o, y);
-    };
     if padded == rows {
-        run(&o, &mut out[..rows * cols]);
+        product(kernel, &o, &mut out[..rows * cols]);
     } else {
         let mut y = vec![0f32; padded * cols];
-        run(&o, &mut y);
+        product(kernel, &o, &mut y);
         out[..rows * cols].copy_from_slice(&y[..rows * cols]);
     }
 }
@@ -454,14 +327,12 @@ mod portable {
         }
     }
 
-    #[inline(always)]
     pub fn col_max(a: f32, row: &[f32], max: &mut [f32]) {
         for (m, v) in max.iter_mut().zip(row) {
             *m = max_nan(*m, a * v.abs());
         }
     }
 
-    #[cfg_attr(not(target_family = "wasm"), allow(dead_code))] // natively: the tests' reference
     pub fn pack_pair(
         r0: Option<(f32, &[f32])>,
         r1: Option<(f32, &[f32])>,
@@ -967,31 +838,6 @@ pub fn check_simd_against_portable() -> Result<(), String> {
         let mut here = vec![0.5f32; packed.keys];
         relevance_product(kernel, &o, &mut here);
         same(&format!("relevance_product ({kernel:?})"), &here, &there)?;
-    }
-    // Natively, the packing's blocks of columns over threads against one pair at a time.
-    #[cfg(not(target_family = "wasm"))]
-    for (m, w) in [(5usize, 7usize), (6, 16), (37, 70)] {
-        let (mut a, mut k) = (values(m, 1, -2.0, 2.0), values(m * w, 2, -1.0, 1.0));
-        let (pairs, cols) = (m.div_ceil(2), w.next_multiple_of(COLS));
-        let pack = |a: &[f32], k: &[f32]| {
-            let (mut q, max) = (vec![0i16; cols * pairs * 2], pack_max(a, k, m, w));
-            let inv: Vec<f32> = max.iter().map(|&x| if x > 0.0 { DC_LEVELS as f32 / x } else { 0.0 }).collect();
-            for p in 0..pairs {
-                let row = |kk: usize| (kk < m).then(|| (a[kk], &k[kk * w..(kk + 1) * w]));
-                portable::pack_pair(row(2 * p), row(2 * p + 1), &inv, &mut q, p, pairs);
-            }
-            (q, max)
-        };
-        for poison in [None, Some(f32::NAN), Some(f32::INFINITY)] {
-            if let Some(x) = poison {
-                k[w + 3] = x;
-                a[m - 1] = 1e30;
-            }
-            let ((qa, sa), (qb, max)) = (pack_scaled(&a, &k, m, w), pack(&a, &k));
-            same_i("pack_scaled's blocks", &qa, &qb)?;
-            let sb: Vec<f32> = max.iter().map(|x| x / DC_LEVELS as f32).collect();
-            same("pack_scaled's scales", &sa, &sb)?;
-        }
     }
     Ok(())
 }

@@ -29,8 +29,8 @@
 //! rows of `act' ⊙ a` rounded per prompt, where the form above rounds `diag(a) K` per prompt:
 //! two passes over `K`'s 9 MB (f32, a ViT-B/16's layer) per prompt, which natively cost more
 //! than the products (history §10). The relevance's product has AVX2 and AVX-512 VNNI forms
-//! (the same sums in the same order as the portable one: equal to the bit), and the rows, the
-//! blocks of keys and the packing go over rayon's threads. The browser keeps the form above:
+//! (the same sums in the same order as the portable one: equal to the bit), and `main`'s rows,
+//! the blocks of keys and the rounding of rows go over rayon's threads. The browser keeps the form above:
 //! there a helper would make `K`'s grid once per image, on its first prompt (measured slower:
 //! history §10). Both forms are checked against the plain twin.
 
@@ -93,26 +93,14 @@ pub fn relevance_sums(t: &LayerTerms, kernel: IntKernel) -> Option<Tensor<2>> {
     let values = Host::of(&t.values)?;
     let shape = Shape { r, m, w, h, n, d, kernel };
     let v = PackedValues::new(values.data(), h, n, d);
+    // x86: `K` on the linear layers' grid, made once per model layer, and per prompt only the
+    // rows `act' ⊙ a` rounded; elsewhere `act'` rounded once here and `diag(a) K` per prompt.
+    let main = if matches!(kernel, IntKernel::Avx2 | IntKernel::Avx512Vnni) && IntMatrix::fits(m, w) {
+        Main::OnGrid(t.k_grid.get_or_init(|| IntMatrix::from_in_out(k.data(), m, w, kernel)))
+    } else {
+        Main::PerPrompt(QuantRows::new(act.data(), r, m, DC_LEVELS))
+    };
     let mut sums = Vec::with_capacity(p * n);
-    if matches!(kernel, IntKernel::Avx2 | IntKernel::Avx512Vnni) && IntMatrix::fits(m, w) {
-        // x86: `K` on the linear layers' grid, made once per model layer; per prompt only the
-        // rows `act' ⊙ a` are rounded (no pass over `K`).
-        let k = t.k_grid.get_or_init(|| IntMatrix::from_in_out(k.data(), m, w, kernel));
-        for q in 0..p {
-            let ag = &ag.data()[q * (m + w)..(q + 1) * (m + w)];
-            let terms = PromptTerms {
-                a: &ag[..m],
-                g_out: &ag[m..],
-                m1: &mm.data()[q * 2 * r..q * 2 * r + r],
-                m2: &mm.data()[q * 2 * r + r..(q + 1) * 2 * r],
-            };
-            let dc =
-                head_gradient_on_grid(&shape, act.data(), k, &terms, ones_out.data(), xhat_out.data(), rstd.data());
-            sums.extend(relevance_of(&shape, &dc, &v));
-        }
-        return Some(Tensor::from_data(TensorData::new(sums, [p, n]), &device));
-    }
-    let a = QuantRows::new(act.data(), r, m, DC_LEVELS);
     for q in 0..p {
         let ag = &ag.data()[q * (m + w)..(q + 1) * (m + w)];
         let terms = PromptTerms {
@@ -121,10 +109,22 @@ pub fn relevance_sums(t: &LayerTerms, kernel: IntKernel) -> Option<Tensor<2>> {
             m1: &mm.data()[q * 2 * r..q * 2 * r + r],
             m2: &mm.data()[q * 2 * r + r..(q + 1) * 2 * r],
         };
-        let dc = head_gradient(&shape, &a, k.data(), &terms, ones_out.data(), xhat_out.data(), rstd.data());
+        let (ones_out, xhat_out, rstd) = (ones_out.data(), xhat_out.data(), rstd.data());
+        let dc = match &main {
+            Main::OnGrid(k) => head_gradient_on_grid(&shape, act.data(), k, &terms, ones_out, xhat_out, rstd),
+            Main::PerPrompt(a) => head_gradient(&shape, a, k.data(), &terms, ones_out, xhat_out, rstd),
+        };
         sums.extend(relevance_of(&shape, &dc, &v));
     }
     Some(Tensor::from_data(TensorData::new(sums, [p, n]), &device))
+}
+
+/// How `main = (act' ⊙ a) K` is multiplied (`relevance_sums`).
+enum Main<'a> {
+    /// `K` on the linear layers' grid against `act' ⊙ a` rounded per prompt ([`head_gradient_on_grid`]).
+    OnGrid(&'a IntMatrix),
+    /// `act'` rounded once, `diag(a) K` per prompt ([`head_gradient`]).
+    PerPrompt(QuantRows),
 }
 
 /// The dimensions: `r` query rows, `m` hidden (4W), `w` width, `h` heads of `d`, `n` keys.
