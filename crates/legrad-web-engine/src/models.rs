@@ -5,6 +5,7 @@
 use legrad::LegradError;
 use legrad::format::{self, Quant};
 use legrad::load::{ConfigSource, prepare_bytes};
+use legrad::weights::ByteSource;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
@@ -16,10 +17,50 @@ const CACHE_NAME: &str = "legrad-web-models-v1";
 
 pub struct Obtained {
     pub name: String,
-    pub bytes: Vec<u8>,
+    pub bytes: ModelBytes,
     pub downloaded_bytes: u64,
     pub from_cache: bool,
     pub notes: Vec<String>,
+}
+
+/// A model file's bytes: in the engine's memory (downloaded or converted here), or a cached
+/// model's in a JavaScript buffer, from which the CPU's model is built a tensor at a time
+/// (`legrad::load::read_source`): the engine's memory, which never shrinks, then holds the model
+/// and never the file beside it (docs/ARCHITECTURE.md, "The engine's memory").
+pub enum ModelBytes {
+    Here(Vec<u8>),
+    Js(JsBytes),
+}
+
+impl ModelBytes {
+    /// The file's length in bytes.
+    pub fn size(&self) -> usize {
+        match self {
+            ModelBytes::Here(b) => b.len(),
+            ModelBytes::Js(b) => b.len(),
+        }
+    }
+
+    /// The bytes in the engine's memory (a GPU's load reads them whole).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            ModelBytes::Here(b) => b,
+            ModelBytes::Js(b) => b.0.to_vec(),
+        }
+    }
+}
+
+/// A JavaScript buffer's bytes, read a range at a time.
+pub struct JsBytes(js_sys::Uint8Array);
+
+impl ByteSource for JsBytes {
+    fn len(&self) -> usize {
+        self.0.length() as usize
+    }
+
+    fn read(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        self.0.subarray(range.start as u32, range.end as u32).to_vec()
+    }
 }
 
 fn js_err(context: &str, e: wasm_bindgen::JsValue) -> LegradError {
@@ -42,7 +83,7 @@ pub async fn obtain(
             let n = bytes.len() as u64;
             Ok(Obtained {
                 name: DEFAULT_MODEL_NAME.into(),
-                bytes,
+                bytes: ModelBytes::Here(bytes),
                 downloaded_bytes: n,
                 from_cache: false,
                 notes: vec![],
@@ -62,7 +103,7 @@ pub async fn obtain(
             let tokenizer = text(ExtraFile::Tokenizer);
             let (bytes, notes) = convert_if_needed(bytes, config.as_ref(), tokenizer, &name, progress)?;
             cancelled_while(abort, "converting").await?;
-            Ok(Obtained { name, bytes, downloaded_bytes: 0, from_cache: false, notes })
+            Ok(Obtained { name, bytes: ModelBytes::Here(bytes), downloaded_bytes: 0, from_cache: false, notes })
         }
         ModelSource::Url { url, config_url, tokenizer_url } => {
             if let Some(bytes) = cache_get(&url).await {
@@ -100,7 +141,13 @@ pub async fn obtain(
                 cache_delete(&url).await;
                 return Err(e);
             }
-            Ok(Obtained { name: url, bytes, downloaded_bytes: downloaded, from_cache: false, notes })
+            Ok(Obtained {
+                name: url,
+                bytes: ModelBytes::Here(bytes),
+                downloaded_bytes: downloaded,
+                from_cache: false,
+                notes,
+            })
         }
     }
 }
@@ -226,9 +273,6 @@ async fn read_body(
     }
 }
 
-/// The header a cached model's length is kept in (entries written before it are read whole).
-const LENGTH_HEADER: &str = "x-legrad-length";
-
 /// The Cache API, where there is one: pages served over plain HTTP (not localhost) have none,
 /// and a private window may refuse it.
 async fn open_cache() -> Option<web_sys::Cache> {
@@ -240,34 +284,26 @@ async fn open_cache() -> Option<web_sys::Cache> {
     JsFuture::from(caches.open(CACHE_NAME)).await.ok().map(|c| c.unchecked_into())
 }
 
-async fn cache_get(key: &str) -> Option<Vec<u8>> {
+async fn cache_get(key: &str) -> Option<ModelBytes> {
     let cache = open_cache().await?;
     let hit = JsFuture::from(cache.match_with_str(key)).await.ok()?;
     if hit.is_undefined() {
         return None;
     }
     let response: web_sys::Response = hit.unchecked_into();
-    // Streamed into the engine's memory where the length is known (a 150 MB model is then never
-    // a 150 MB JavaScript buffer as well); read whole otherwise.
-    let length = response.headers().get(LENGTH_HEADER).ok().flatten().and_then(|v| v.parse::<u64>().ok());
-    let bytes = match (length, response.body()) {
-        (Some(n), Some(body)) => read_body(body, Some(n), |_| {}).await.ok()?,
-        _ => buffer_to_bytes(&JsFuture::from(response.array_buffer().ok()?).await.ok()?.unchecked_into()),
-    };
+    // Read into a JavaScript buffer, not into the engine's memory: the model is built from it a
+    // tensor at a time, and the buffer goes with the load.
+    let buffer: js_sys::ArrayBuffer = JsFuture::from(response.array_buffer().ok()?).await.ok()?.unchecked_into();
+    let bytes = JsBytes(js_sys::Uint8Array::new(&buffer));
     // A damaged entry (a header that does not read, tensors that fail the checksum) is ignored
     // and replaced by the next download.
-    format::verify(&bytes).ok().map(|_| bytes)
+    format::verify_source(&bytes).ok().map(|_| ModelBytes::Js(bytes))
 }
 
 async fn cache_put(key: &str, bytes: &[u8]) -> Result<(), String> {
     let cache = open_cache().await.ok_or("the Cache API is unavailable")?;
     let array = js_sys::Uint8Array::from(bytes);
-    let init = web_sys::ResponseInit::new();
-    let headers = web_sys::Headers::new().map_err(|e| format!("{e:?}"))?;
-    headers.set(LENGTH_HEADER, &bytes.len().to_string()).map_err(|e| format!("{e:?}"))?;
-    init.set_headers(&headers);
-    let response =
-        web_sys::Response::new_with_opt_buffer_source_and_init(Some(&array), &init).map_err(|e| format!("{e:?}"))?;
+    let response = web_sys::Response::new_with_opt_buffer_source(Some(&array)).map_err(|e| format!("{e:?}"))?;
     JsFuture::from(cache.put_with_str(key, &response)).await.map_err(|e| format!("{e:?}"))?;
     Ok(())
 }

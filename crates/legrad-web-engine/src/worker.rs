@@ -24,7 +24,7 @@ use web_sys::DedicatedWorkerGlobalScope;
 use web_time::Instant;
 
 use crate::helpers::Helpers;
-use crate::models;
+use crate::models::{self, ModelBytes};
 use crate::protocol::*;
 
 struct CachedTrace {
@@ -74,7 +74,8 @@ struct State {
     queue: VecDeque<(Request, Vec<js_sys::ArrayBuffer>)>,
     busy: bool,
     /// The model's tower can be shared with the helpers and has not been yet (it is with the
-    /// first image large enough: [`Engine::shares_image_step`]).
+    /// load where the model's own size is shared, else with the first image large enough:
+    /// [`Engine::shares_image_step`]).
     tower_to_share: bool,
     abort: Option<web_sys::AbortController>,
 }
@@ -477,7 +478,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     let loaded = models::obtain(source, buffers, abort.as_ref(), &progress).await;
     STATE.with(|s| s.borrow_mut().abort = None);
     let mut loaded = loaded?;
-    let stored_bytes = loaded.bytes.len() as u64;
+    let stored_bytes = loaded.bytes.size() as u64;
     progress(Stage::Load, 0, None);
     // The previous model goes first: two ViT-B/16 side by side (or four, in a race) need not fit.
     let helpers = STATE.with(|s| {
@@ -492,18 +493,22 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         h.release_tower();
     }
     let race_gpu = STATE.with(|s| s.borrow().race_gpu.clone());
+    let bytes = std::mem::replace(&mut loaded.bytes, ModelBytes::Here(Vec::new()));
     let engine = match race_gpu {
-        Some((gpu, adapter)) => race(&loaded.bytes, gpu, adapter).await?,
-        // On the CPU the file's copy goes once its tensors are read, before the model is built:
-        // the engine's memory never holds the file, its tensors and the model at once (wasm
-        // memory does not shrink: its high-water mark is what the tab keeps).
+        Some((gpu, adapter)) => race(&bytes.into_vec(), gpu, adapter).await?,
+        // On the CPU the engine's memory (which does not shrink: its high-water mark is what the
+        // tab keeps) never holds the file and the model at once: a cached file stays in its
+        // JavaScript buffer and each tensor is read from it as the model takes it; a file here
+        // goes once its tensors are read, before the model is built.
         None if !on_gpu() => {
-            let prepared = legrad::load::read_bytes(&loaded.bytes, None)?;
-            loaded.bytes = Vec::new();
+            let prepared = match bytes {
+                ModelBytes::Js(js) => legrad::load::read_source(Rc::new(js))?,
+                ModelBytes::Here(b) => legrad::load::read_bytes(&b, None)?,
+            };
             let (clip, info) = prepared.build(&device)?;
             Rc::new(new_engine(clip, info)?)
         }
-        None => Rc::new(load_on(&device, &loaded.bytes).await?),
+        None => Rc::new(load_on(&device, &bytes.into_vec()).await?),
     };
     // On the CPU, a large tower's image step is shared with the helpers for large images; each
     // gets its share with the first such image (no memory spent where none comes).
@@ -511,7 +516,15 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         Some(h) if !engine.compiles_kernels() => h.can_share(&engine.model.vision),
         _ => 1,
     };
-    STATE.with(|s| s.borrow_mut().tower_to_share = image_threads > 1);
+    // A model whose own size is shared sends the helpers their shares now, with the load (its
+    // first image would otherwise wait for them); another, with its first image that is.
+    let native_shared = engine.shares_image_step(InputSize::square(engine.model.config.vision.image_size));
+    match &helpers {
+        Some(h) if image_threads > 1 && native_shared => {
+            h.share_tower(&engine.model.vision);
+        }
+        _ => STATE.with(|s| s.borrow_mut().tower_to_share = image_threads > 1),
+    }
     let shared_from = engine.shared_step_side();
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     // Warm-up: on a GPU, compile what an image and every prompt count the page can send use,
@@ -521,6 +534,15 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
     let native = engine.model.config.vision.image_size;
     let rows = helpers.as_deref().map(|h| h as &dyn legrad::explain::rows::RowHelpers);
     engine.warm_up(InputSize::square(native), &ExplainOptions::default(), rows).await?;
+    if !engine.compiles_kernels() {
+        // On the CPU, one image step of the model's own size on blank pixels (shared where its
+        // images are): the browser compiles a wasm function's optimized code once it runs hot,
+        // and the workers' memory grows for the step's intermediates; both were paid by the first
+        // image (a ViT-B/16 at 224: a third slower than the next, history §11).
+        let request = engine.request_for(&[legrad::Method::LeGrad], &ExplainOptions::default())?;
+        let size = InputSize::square(native);
+        image_step(&engine, vec![0.0; 3 * native * native], size, &request, helpers.as_deref()).await?;
+    }
     let warmup_ms = t1.elapsed().as_secs_f64() * 1e3;
     let c = &engine.model.config;
     let summary = ModelSummary {

@@ -164,9 +164,11 @@ pub struct ComputePolicy {
 pub const CPU_PROMPT_CHUNK_BYTES: usize = 64 << 20;
 
 /// The fewest tokens per image whose image step is shared with helper workers: measured in
-/// Chromium on 2 cores (BENCHMARKS.md, "The image step"), a ViT-B/16 at 224 px (197 tokens) ran
-/// no faster shared and its camera slower, at 448 px (785) a quarter to a third faster.
-pub const SHARED_STEP_MIN_TOKENS: usize = 400;
+/// Chromium on 2 cores (history §11), a ViT-B/16 at 224 px (197 tokens) took about 450-510 ms
+/// shared against 650-700 alone, and its camera's 4:3 frames (141 tokens) ran at 2.2-2.3
+/// frames/s against 1.7-1.9 (before the engine's static constructors ran once, history §10,
+/// 197 tokens ran no faster shared). Fewer tokens are not measured: they stay on one thread.
+pub const SHARED_STEP_MIN_TOKENS: usize = 128;
 
 impl ComputePolicy {
     /// The policy for `device`: a GPU runtime gets the fused kernels with the tiles for its

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ClipConfig;
 use crate::error::{LegradError, Result};
 use crate::weights::gptq::Hessian;
-use crate::weights::{RawTensor, StoredDType, TensorMap};
+use crate::weights::{ByteSource, Deferred, RawTensor, StoredDType, TensorMap};
 
 pub const FORMAT_NAME: &str = "legrad-web-model";
 pub const FORMAT_VERSION: u32 = 1;
@@ -283,7 +283,11 @@ fn verify_checksum(bytes: &[u8], metadata: &HashMap<String, String>) -> Result<(
         return Ok(());
     };
     let (_, start) = header_span(bytes)?;
-    let found = format!("{:08x}", crc32fast::hash(&bytes[start..]));
+    checksum_matches(crc32fast::hash(&bytes[start..]), expected)
+}
+
+fn checksum_matches(hash: u32, expected: &str) -> Result<()> {
+    let found = format!("{hash:08x}");
     if !found.eq_ignore_ascii_case(expected.trim()) {
         return Err(LegradError::ModelFile(format!(
             "the file is damaged: its tensors' checksum is {found}, its header says {expected} (changed or cut after it was written); download or convert it again"
@@ -316,9 +320,12 @@ pub fn write_plain(map: &TensorMap) -> Result<Vec<u8>> {
 pub fn read_header(bytes: &[u8]) -> Result<Header> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| LegradError::ModelFile(format!("truncated or corrupt ({e})")))?;
-    let md = meta
-        .metadata()
-        .as_ref()
+    header_of(&meta.metadata().clone().unwrap_or_default())
+}
+
+/// The header in a model file's `__metadata__`.
+fn header_of(md: &HashMap<String, String>) -> Result<Header> {
+    let md = Some(md)
         .filter(|m| m.get("format").map(String::as_str) == Some(FORMAT_NAME))
         .ok_or_else(|| LegradError::ModelFile("not a legrad-web model file (no legrad-web metadata)".into()))?;
     let header: Header = serde_json::from_str(md.get("header").map(String::as_str).unwrap_or(""))
@@ -357,36 +364,104 @@ pub fn read_map(bytes: &[u8]) -> Result<(TensorMap, Header)> {
         if name.ends_with(SCALES) {
             continue;
         }
-        let bad = |what: &str| LegradError::ModelFile(format!("tensor {name}: {what}"));
-        let shape = view.shape().to_vec();
-        let t = match view.dtype() {
-            safetensors::Dtype::F32 => {
-                RawTensor { shape, dtype: StoredDType::F32, bytes: view.data().to_vec(), scales: vec![] }
+        let s = scales.get(name.as_str()).map(|s| (s.shape(), s.data()));
+        let (shape, dtype, scales) = stored(name, view.dtype(), view.shape(), s)?;
+        map.insert(name.clone(), RawTensor { shape, dtype, bytes: view.data().to_vec(), scales });
+    }
+    Ok((map, header))
+}
+
+/// A tensor's shape, stored type and scales from its safetensors entry (`scales`: the shape and
+/// bytes of its `.scales` entry, where it has one).
+fn stored(
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: &[usize],
+    scales: Option<(&[usize], &[u8])>,
+) -> Result<(Vec<usize>, StoredDType, Vec<f32>)> {
+    let bad = |what: &str| LegradError::ModelFile(format!("tensor {name}: {what}"));
+    Ok(match dtype {
+        safetensors::Dtype::F32 => (shape.to_vec(), StoredDType::F32, vec![]),
+        safetensors::Dtype::F16 => (shape.to_vec(), StoredDType::F16, vec![]),
+        dt @ (safetensors::Dtype::I8 | safetensors::Dtype::U8) => {
+            let (sshape, sbytes) = scales.ok_or_else(|| bad("quantized values without scales"))?;
+            let scale_values: Vec<f32> =
+                sbytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+            let (rows, cols) = match (dt, shape) {
+                (safetensors::Dtype::I8, &[r, c]) => (r, c),
+                (_, &[r, c]) => (r, c * 2),
+                _ => return Err(bad("quantized tensors must be matrices")),
+            };
+            if sshape.len() != 2 || sshape[1] != cols || sshape[0] == 0 || rows % sshape[0] != 0 {
+                return Err(bad(&format!("scales of shape {sshape:?} do not fit [{rows}, {cols}]")));
             }
-            safetensors::Dtype::F16 => {
-                RawTensor { shape, dtype: StoredDType::F16, bytes: view.data().to_vec(), scales: vec![] }
-            }
-            dt @ (safetensors::Dtype::I8 | safetensors::Dtype::U8) => {
-                let s = scales.get(name.as_str()).ok_or_else(|| bad("quantized values without scales"))?;
-                let scale_values: Vec<f32> =
-                    s.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
-                let (rows, cols) = match (dt, shape.as_slice()) {
-                    (safetensors::Dtype::I8, &[r, c]) => (r, c),
-                    (_, &[r, c]) => (r, c * 2),
-                    _ => return Err(bad("quantized tensors must be matrices")),
-                };
-                let sshape = s.shape();
-                if sshape.len() != 2 || sshape[1] != cols || sshape[0] == 0 || rows % sshape[0] != 0 {
-                    return Err(bad(&format!("scales of shape {sshape:?} do not fit [{rows}, {cols}]")));
-                }
-                let block = rows / sshape[0];
-                let dtype =
-                    if dt == safetensors::Dtype::I8 { StoredDType::Q8 { block } } else { StoredDType::Q4 { block } };
-                RawTensor { shape: vec![rows, cols], dtype, bytes: view.data().to_vec(), scales: scale_values }
-            }
-            other => return Err(bad(&format!("unexpected type {other:?}"))),
-        };
-        map.insert(name.clone(), t);
+            let block = rows / sshape[0];
+            let dtype =
+                if dt == safetensors::Dtype::I8 { StoredDType::Q8 { block } } else { StoredDType::Q4 { block } };
+            (vec![rows, cols], dtype, scale_values)
+        }
+        other => return Err(bad(&format!("unexpected type {other:?}"))),
+    })
+}
+
+/// An app model file's header in `source`, its safetensors metadata and where its tensors'
+/// bytes start (the offsets checked against the source's length).
+fn source_metadata(source: &dyn ByteSource) -> Result<(Header, safetensors::tensor::Metadata, usize)> {
+    let err = |m: &str| LegradError::ModelFile(format!("truncated or corrupt ({m})"));
+    if source.len() < 8 {
+        return Err(err("no safetensors header"));
+    }
+    let len: [u8; 8] = source.read(0..8).try_into().map_err(|_| err("no safetensors header"))?;
+    let n = usize::try_from(u64::from_le_bytes(len)).map_err(|_| err("header length"))?;
+    let start =
+        n.checked_add(8).filter(|&s| s <= source.len() && n <= 100_000_000).ok_or_else(|| err("header length"))?;
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_slice(&source.read(8..start)).map_err(|e| err(&e.to_string()))?;
+    let end = meta.tensors().values().map(|t| t.data_offsets.1).max().unwrap_or(0);
+    if start + end != source.len() {
+        return Err(err("the tensors do not end where the file does"));
+    }
+    let md = meta.metadata().clone().unwrap_or_default();
+    Ok((header_of(&md)?, meta, start))
+}
+
+/// [`verify`] for a file in a [`ByteSource`]: its header, and its tensors against their checksum,
+/// read a few megabytes at a time.
+pub fn verify_source(source: &dyn ByteSource) -> Result<Header> {
+    let (header, meta, start) = source_metadata(source)?;
+    if let Some(expected) = meta.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) {
+        const CHUNK: usize = 8 << 20;
+        let mut hasher = crc32fast::Hasher::new();
+        for at in (start..source.len()).step_by(CHUNK) {
+            hasher.update(&source.read(at..(at + CHUNK).min(source.len())));
+        }
+        checksum_matches(hasher.finalize(), expected)?;
+    }
+    Ok(header)
+}
+
+/// [`read_map`] for a file in a [`ByteSource`], whose checksum the caller has checked
+/// ([`verify_source`]): each tensor stays in the source until the model takes it
+/// ([`TensorMap`]), so that a model is built from a file never held whole beside it.
+pub fn read_map_deferred(source: std::rc::Rc<dyn ByteSource>) -> Result<(TensorMap, Header)> {
+    let (header, meta, start) = source_metadata(source.as_ref())?;
+    let infos = meta.tensors();
+    let mut map = TensorMap::new();
+    for (name, info) in &infos {
+        if name.ends_with(SCALES) {
+            continue;
+        }
+        let scales = infos.get(&format!("{name}{SCALES}")).map(|s| {
+            let (a, b) = s.data_offsets;
+            (s.shape.as_slice(), source.read(start + a..start + b))
+        });
+        let (shape, dtype, scales) =
+            stored(name, info.dtype, &info.shape, scales.as_ref().map(|(s, b)| (*s, b.as_slice())))?;
+        let (a, b) = info.data_offsets;
+        map.insert_deferred(
+            name.clone(),
+            Deferred { shape, dtype, scales, range: start + a..start + b, source: source.clone() },
+        );
     }
     Ok((map, header))
 }

@@ -102,7 +102,7 @@ pub fn prepare(map: TensorMap, config: Option<&ConfigSource>) -> Result<Prepared
         Layout::OpenClip => {
             let config = match config {
                 Some(c) => c.parse()?,
-                None if map.get("visual.attn_pool.latent").is_some() => return Err(siglip_needs_config()),
+                None if map.contains("visual.attn_pool.latent") => return Err(siglip_needs_config()),
                 None => {
                     let inferred = weights::infer_config(&map.shapes())?;
                     if inferred.activation_source == ActivationSource::Default {
@@ -156,14 +156,26 @@ pub fn read_bytes(bytes: &[u8], config: Option<&ConfigSource>) -> Result<Prepare
     if !format::is_app_model(bytes) {
         return prepare_bytes(bytes, config);
     }
-    let (map, header) = format::read_map(bytes)?;
-    Ok(Prepared {
+    Ok(app_model(format::read_map(bytes)?))
+}
+
+/// [`read_bytes`] for an app model file in a [`ByteSource`](crate::weights::ByteSource) whose
+/// checksum the caller has checked ([`format::verify_source`]): its tensors stay in the source
+/// until the model takes them, so that building the model never holds the file beside it (the
+/// browser's engine, whose memory never shrinks).
+pub fn read_source(source: std::rc::Rc<dyn crate::weights::ByteSource>) -> Result<Prepared> {
+    Ok(app_model(format::read_map_deferred(source)?))
+}
+
+/// An app model file's tensors and header as what a model is built from.
+fn app_model((map, header): (TensorMap, format::Header)) -> Prepared {
+    Prepared {
         map,
         source_format: header.source_format(),
         config: header.config,
         notes: vec![],
         tokenizer: header.tokenizer.json,
-    })
+    }
 }
 
 /// Load from a file or a directory (a transformers model directory with `config.json`, or an

@@ -616,6 +616,11 @@ fn fuzz_sniffing_any_bytes() {
     fuzz("any-bytes", 5000, inputs(seeds, 16, false), |b| {
         run_model(one_line(load_bytes(b, None, &device))?)?;
         one_line(legrad::format::verify(b))?;
+        // The browser's engine reads a cached model through a source (a buffer outside it).
+        one_line(legrad::format::verify_source(&b.to_vec()))?;
+        if let Some(p) = one_line(legrad::load::read_source(std::rc::Rc::new(b.to_vec())))? {
+            run_model(one_line(p.build(&device))?)?;
+        }
         Ok(())
     });
 }

@@ -216,6 +216,64 @@ fn a_damaged_tensor_is_caught_by_the_checksum() {
     load_bytes(&unsealed, None, &device).unwrap();
 }
 
+/// The browser's engine reads a cached model from a buffer outside its memory, a tensor at a
+/// time (`read_map_deferred`): the same tensors as `read_map` of the bytes, the same maps, and
+/// the same refusals of damaged or cut files.
+#[test]
+fn a_model_read_from_a_source_is_the_model_read_from_bytes() {
+    use std::rc::Rc;
+    let device = burn::tensor::Device::flex();
+    for quant in [Quant::Q8, Quant::F16, Quant::Q4] {
+        let bytes = converted(quant);
+        let (mut whole, h1) = format::read_map(&bytes).unwrap();
+        assert_eq!(format::verify_source(&bytes).unwrap().quant, quant);
+        let (mut deferred, h2) = format::read_map_deferred(Rc::new(bytes.clone())).unwrap();
+        assert_eq!((h1.quant, h1.config.vision.width), (h2.quant, h2.config.vision.width));
+        let names: Vec<String> = whole.names().map(str::to_string).collect();
+        assert_eq!(names, deferred.names().map(str::to_string).collect::<Vec<_>>());
+        assert_eq!(whole.shapes(), deferred.shapes());
+        for name in &names {
+            assert!(deferred.contains(name));
+            let (a, b) = (whole.remove(name).unwrap(), deferred.remove(name).unwrap());
+            assert!(a.shape == b.shape && a.dtype == b.dtype, "{quant:?} {name}");
+            assert!(
+                a.bytes == b.bytes && a.scales.iter().map(|v| v.to_bits()).eq(b.scales.iter().map(|v| v.to_bits())),
+                "{quant:?} {name}"
+            );
+        }
+        assert!(deferred.is_empty());
+    }
+    // Built and explained: the same maps, to the bit, as the model loaded from the bytes.
+    let bytes = converted(Quant::Q8);
+    let exp = Expected::load("tiny-vit-b16.expected.safetensors");
+    let maps = |(clip, info)| {
+        let engine = Engine::new(clip, info).unwrap();
+        let prepared = engine.prepare(&prompts(), Some(DEFAULT_TEMPLATE)).unwrap();
+        let options = ExplainOptions::default();
+        let request = engine.request_for(&[Method::LeGrad], &options).unwrap();
+        let trace = engine.trace(exp.values("pixels/64x64").to_vec(), size_of("64x64"), &request).unwrap();
+        let out = pollster::block_on(engine.explain(&trace, &prepared, Method::LeGrad, &options)).unwrap();
+        out.into_iter().flat_map(|r| r.map.map).map(f32::to_bits).collect::<Vec<u32>>()
+    };
+    let from_bytes = maps(load_bytes(&bytes, None, &device).unwrap());
+    let from_source = maps(legrad::load::read_source(Rc::new(bytes.clone())).unwrap().build(&device).unwrap());
+    assert!(!from_bytes.is_empty() && from_bytes == from_source);
+    // Cut or damaged: a clear error, never a panic.
+    for cut in [0, 7, 10, 100, bytes.len() / 2, bytes.len() - 1] {
+        let cut = bytes[..cut].to_vec();
+        let e = format::verify_source(&cut).unwrap_err();
+        assert!(matches!(e, LegradError::ModelFile(_)), "{e}");
+        assert!(legrad::load::read_source(Rc::new(cut)).is_err());
+    }
+    let start = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for at in [start, bytes.len() - 1] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        let e = format::verify_source(&bad).unwrap_err();
+        assert!(e.to_string().contains("damaged"), "byte {at}: {e}");
+    }
+}
+
 /// On a GPU the weights stay packed (the matmuls read 8 bits); on the CPU they are dequantized
 /// once at load, since burn's CPU backend would dequantize them on every matmul.
 #[test]

@@ -61,7 +61,7 @@ test("a model large enough for the CPU's 16-bit integer products: the map equals
   // Its vision tower is on the integer grid (512 x 2048 per layer): with more than one core the
   // page's image step at 448 is shared with the helpers (model::int_linear::share).
   const info = await app.model.info();
-  expect(/The image step runs on [2-9] threads for images of 320 px and more\./.test(info), `model info: ${info}`).toBe(true);
+  expect(/The image step runs on [2-9] threads for images of 192 px and more\./.test(info), `model info: ${info}`).toBe(true);
   await app.settings.size("448");
   await app.image.dropScene();
   await app.prompts.fill("a red circle");

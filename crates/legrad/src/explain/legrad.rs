@@ -132,19 +132,16 @@ pub(crate) fn stack(layers: Vec<usize>, maps: Vec<Tensor<2>>) -> GridMaps {
     GridMaps { summed, per_layer: Some((layers, per_layer)) }
 }
 
-/// `∂g/∂t` `[L, E, W]` for every layer of `trace` (its rows: [`score_gradients`] of the unit
-/// text embeddings), computed on first use and kept with the trace. `g` is linear in the text
-/// embedding `t` (`ds/dz = (t - (t·e) e) / |z|`, then linear maps), so a prompt's `g` is one
-/// product with it, where the chain from `t` is some thirty small operations: thirty launches
-/// per prompt on a GPU, where launches, not arithmetic, are what a prompt on a small model costs.
+/// `∂g/∂t` `[L, E, W]` for every layer of `trace` ([`score_jacobian_rows`]), computed on first
+/// use and kept with the trace. `g` is linear in the text embedding `t` (`ds/dz = (t - (t·e) e)
+/// / |z|`, then linear maps), so a prompt's `g` is one product with it, where the chain from `t`
+/// is some thirty small operations: thirty launches per prompt on a GPU, where launches, not
+/// arithmetic, are what a prompt on a small model costs.
 pub fn score_jacobians(model: &Clip, trace: &ClassTokenTrace, tokens: usize) -> Result<Tensor<3>> {
     let proj = clip_proj(model)?;
     Ok(trace
         .score_jacobian
-        .get_or_init(|| {
-            let e = model.vision.embed_dim();
-            Box::new(score_gradients(model, &proj, &trace.layers, tokens, Tensor::eye(e, &model.vision.device())))
-        })
+        .get_or_init(|| Box::new(score_jacobian_rows(model, &proj, &trace.layers, tokens)))
         .as_ref()
         .clone())
 }
@@ -159,17 +156,13 @@ fn clip_proj(model: &Clip) -> Result<Tensor<2>> {
     }
 }
 
-/// `g = ds/dx_l[i]` `[L, P, W]` for every traced layer and prompt at once: the score
-/// `s = t · normalize(ln_post(m) @ proj)` of the mean token `m` of each layer, differentiated
-/// back to `m` and shared by every token (each is `1/N` of the mean). The chain is the same for
-/// every layer, so it runs once with the layers as a batch dimension.
-fn score_gradients(
-    model: &Clip,
-    proj: &Tensor<2>,
-    layers: &[ClassTokenLayer],
-    n: usize,
-    texts: Tensor<2>,
-) -> Tensor<3> {
+/// `g = ds/dx_l[i]` `[L, E, W]` for the unit text embeddings (row `p`: `t = δ_p`), every traced
+/// layer at once: the score `s = t · normalize(ln_post(m) @ proj)` of the mean token `m` of each
+/// layer, differentiated back to `m` and shared by every token (each is `1/N` of the mean).
+/// For `t = I`, `ds/dz = (I - eᵀe) / |z|` and `ds/dy = ds/dz projᵀ = (projᵀ - eᵀ (e projᵀ)) /
+/// |z|`: a rank-one update of `projᵀ`, where the product with the identity was an `[E, E] x
+/// [E, W]` matmul per layer (a tenth of a 224 px image step's serial part in the browser).
+fn score_jacobian_rows(model: &Clip, proj: &Tensor<2>, layers: &[ClassTokenLayer], n: usize) -> Tensor<3> {
     let v = &model.vision;
     let means: Vec<Tensor<1>> = layers.iter().map(|lt| lt.output_mean.clone()).collect();
     let m: Tensor<2> = Tensor::stack(means, 0); // [L, W]
@@ -178,11 +171,10 @@ fn score_gradients(
     let z = y.matmul(proj.clone().unsqueeze()); // [L, 1, E]
     let z_norm = z.clone().powi_scalar(2).sum_dim(2).sqrt(); // [L, 1, 1]
     let e = z / z_norm.clone(); // [L, 1, E]
-    let texts = texts.unsqueeze::<3>(); // [1, P, E]
-    let s = e.clone().matmul(texts.clone().swap_dims(1, 2)).swap_dims(1, 2); // [L, P, 1]
-    let ds_dz = (texts - s * e) / z_norm; // [L, P, E]
-    let ds_dy = ds_dz.matmul(proj.clone().transpose().unsqueeze()); // [L, P, W]
-    let ds_dm = v.weights.ln_post.backward(ds_dy, &stats); // [L, P, W]
+    let proj_t: Tensor<3> = proj.clone().transpose().unsqueeze(); // [1, E, W]
+    let e_proj = e.clone().matmul(proj_t.clone()); // [L, 1, W]
+    let ds_dy = (proj_t - e.swap_dims(1, 2) * e_proj) / z_norm; // [L, E, W]
+    let ds_dm = v.weights.ln_post.backward(ds_dy, &stats); // [L, E, W]
     ds_dm.div_scalar(n as f64)
 }
 

@@ -191,7 +191,7 @@ impl VisionTower {
                 Block::load(map, &prefix, w, v.heads, v.mlp_width, eps, products, device)
             })
             .collect::<Result<Vec<_>>>()?;
-        if map.get(&format!("visual.transformer.resblocks.{}.attn.in_proj_weight", v.layers)).is_some() {
+        if map.contains(&format!("visual.transformer.resblocks.{}.attn.in_proj_weight", v.layers)) {
             return Err(LegradError::Config(format!(
                 "the config says {} vision layers but the checkpoint has more",
                 v.layers

@@ -88,10 +88,65 @@ impl RawTensor {
     }
 }
 
-/// A checkpoint's tensors by name.
+/// A checkpoint's tensors by name. A map read with [`crate::format::read_map_deferred`] holds
+/// its quantized and f16 tensors as places in a [`ByteSource`], read when taken: the browser's
+/// engine builds a model from a file that stays outside its memory, one tensor at a time.
 #[derive(Clone, Debug, Default)]
 pub struct TensorMap {
     tensors: BTreeMap<String, RawTensor>,
+    deferred: BTreeMap<String, Deferred>,
+}
+
+/// Where a model file's bytes are read from, a range at a time: the browser's engine reads a
+/// cached model from a JavaScript buffer, so that its own memory (which never shrinks) holds the
+/// model and never the file as well.
+pub trait ByteSource {
+    fn len(&self) -> usize;
+    /// `range`'s bytes (within [`len`](Self::len)).
+    fn read(&self, range: std::ops::Range<usize>) -> Vec<u8>;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ByteSource for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn read(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        self[range].to_vec()
+    }
+}
+
+impl ByteSource for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn read(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        self[range].to_vec()
+    }
+}
+
+/// A tensor still in its [`ByteSource`]: everything but its bytes.
+#[derive(Clone)]
+pub(crate) struct Deferred {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dtype: StoredDType,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) range: std::ops::Range<usize>,
+    pub(crate) source: std::rc::Rc<dyn ByteSource>,
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Deferred({:?} {:?}, bytes {:?})", self.dtype, self.shape, self.range)
+    }
+}
+
+impl Deferred {
+    fn read(self) -> RawTensor {
+        RawTensor { shape: self.shape, dtype: self.dtype, bytes: self.source.read(self.range), scales: self.scales }
+    }
 }
 
 /// What a file's first bytes say it is.
@@ -136,33 +191,51 @@ impl TensorMap {
         self.tensors.insert(name.into(), tensor);
     }
 
+    pub(crate) fn insert_deferred(&mut self, name: impl Into<String>, tensor: Deferred) {
+        self.deferred.insert(name.into(), tensor);
+    }
+
     pub fn len(&self) -> usize {
-        self.tensors.len()
+        self.tensors.len() + self.deferred.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
+        self.len() == 0
     }
 
+    /// Every tensor's name, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+        let mut names: Vec<&str> = self.tensors.keys().chain(self.deferred.keys()).map(String::as_str).collect();
+        names.sort_unstable();
+        names.into_iter()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name) || self.deferred.contains_key(name)
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.tensors.get(name).map(|t| t.shape.as_slice())
+        self.tensors
+            .get(name)
+            .map(|t| t.shape.as_slice())
+            .or_else(|| self.deferred.get(name).map(|t| t.shape.as_slice()))
     }
 
+    /// A tensor held in memory; `None` for one still in its source (a map read deferred answers
+    /// through [`take`](Self::take), [`take_raw`](Self::take_raw) and [`remove`](Self::remove)).
     pub fn get(&self, name: &str) -> Option<&RawTensor> {
         self.tensors.get(name)
     }
 
+    /// Remove `name`, read from its source where it is still there.
     pub fn remove(&mut self, name: &str) -> Option<RawTensor> {
-        self.tensors.remove(name)
+        self.tensors.remove(name).or_else(|| self.deferred.remove(name).map(Deferred::read))
     }
 
     /// Shapes of every tensor, for config inference.
     pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        self.tensors.iter().map(|(k, v)| (k.clone(), v.shape.clone())).collect()
+        let held = self.tensors.iter().map(|(k, v)| (k.clone(), v.shape.clone()));
+        held.chain(self.deferred.iter().map(|(k, v)| (k.clone(), v.shape.clone()))).collect()
     }
 
     /// Remove `name`, checking its shape; a missing or mis-shaped tensor names the key and both
@@ -174,7 +247,6 @@ impl TensorMap {
     /// As [`take`](Self::take), keeping the stored form (quantized weights stay quantized).
     pub fn take_raw(&mut self, name: &str, expected: &[usize]) -> Result<RawTensor> {
         let tensor = self
-            .tensors
             .remove(name)
             .ok_or_else(|| LegradError::MissingTensor { key: name.to_string(), expected: expected.to_vec() })?;
         // A [1, N, W] positional embedding and a [N, W] one hold the same numbers.
