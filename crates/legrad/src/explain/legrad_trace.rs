@@ -200,7 +200,7 @@ impl LegradTraceBuilder {
                 let out = &b.out;
                 let x_hat = squeeze3(out.ln_2.x_hat.clone()); // [N, W]
                 let h = squeeze3(out.mlp_pre.clone()); // [N, M]
-                let act_grad = activate_grad(act, h.clone());
+                let act_grad = model.vision.weights.blocks[b.index].mlp.activate_grad(act, h.clone());
                 // x̂ diag(γ) W_fc = h - b_fc - β W_fc: no second [N, W] x [W, M] product.
                 let bb = h - consts.fc_offset.clone();
                 let xhat_out = x_hat.matmul(consts.out_t());

@@ -399,6 +399,15 @@ impl Mlp {
         }
     }
 
+    /// `act'(h)`, the integer path's host form where `c_proj` is on the grid
+    /// ([`int_linear::activate_grad`]), burn's otherwise.
+    pub fn activate_grad<const D: usize>(&self, act: Activation, h: Tensor<D>) -> Tensor<D> {
+        match self.c_proj {
+            Dense::Integer(_) => int_linear::activate_grad(act, h),
+            Dense::Burn(_) => activate_grad(act, h),
+        }
+    }
+
     /// `c_proj(act(h))`: on the integer path the activation is fused into `c_proj`'s rounding.
     pub fn project<const D: usize>(&self, act: Activation, h: Tensor<D>) -> Tensor<D> {
         match &self.c_proj {

@@ -426,6 +426,31 @@ pub fn activate_in_place(act: Activation, v: &mut [f32]) {
     }
 }
 
+/// `act'(x)` for LeGrad's analytic backward where `c_proj` is on the integer grid, on the host
+/// with the same `erf` and `exp` as [`activate_in_place`] (burn's form passes over the tensor
+/// once per operation, a scalar `erf` and `exp` per value: a third of the engine's serial part
+/// of a shared 224 px step in the browser, history §11); else burn's, its twin.
+pub fn activate_grad<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    let Some(mut v) = host_f32(&x) else { return super::activation::activate_grad(act, x) };
+    activate_grad_in_place(act, &mut v);
+    Tensor::from_data(TensorData::new(v, x.dims()), &x.device())
+}
+
+/// `act'(x)` in place: GELU's `Φ(x) + x φ(x)`, QuickGELU's `σ(ax) + a x σ(ax)(1 - σ(ax))`.
+pub fn activate_grad_in_place(act: Activation, v: &mut [f32]) {
+    const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+    match act {
+        Activation::Gelu => v.iter_mut().for_each(|x| {
+            let t = *x;
+            *x = 0.5 * (1.0 + erf(t * std::f32::consts::FRAC_1_SQRT_2)) + t * (exp(-0.5 * t * t) * FRAC_1_SQRT_2PI)
+        }),
+        Activation::QuickGelu => v.iter_mut().for_each(|x| {
+            let s = 1.0 / (1.0 + exp(-1.702 * *x));
+            *x = s + 1.702 * *x * s * (1.0 - s)
+        }),
+    }
+}
+
 /// `e^x` in f32, vectorizable: `2^n · p(r)` with `r = x - n ln 2` and a degree-6 polynomial
 /// (relative error below 2e-7 over `[-87, 88]`; 0 below, infinity above; NaN stays NaN).
 pub fn exp(x: f32) -> f32 {
@@ -556,20 +581,34 @@ mod tests {
     }
 
     #[test]
-    fn fast_activations_agree_with_burns() {
+    fn fast_activations_and_derivatives_agree_with_burns() {
+        use super::super::activation as burn;
+        type Form = fn(Activation, Tensor<1>) -> Tensor<1>;
         let device = Device::flex();
-        let xs: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) / 250.0).collect();
-        for act in [Activation::Gelu, Activation::QuickGelu] {
-            let x: Tensor<1> = Tensor::from_data(TensorData::new(xs.clone(), [xs.len()]), &device);
-            let ours = activate(act, x.clone()).into_data().try_into_vec::<f32>().unwrap();
-            let burns = super::super::activation::activate(act, x).into_data().try_into_vec::<f32>().unwrap();
-            let d = crate::testing::compare_or_explain(&ours, &burns).unwrap();
-            let worst = (0..xs.len())
-                .max_by(|&a, &b| (ours[a] - burns[a]).abs().total_cmp(&(ours[b] - burns[b]).abs()))
-                .unwrap();
-            assert!(d.max_abs < 2e-6, "{act:?}: {} at {}: {} vs {}", d.max_abs, xs[worst], ours[worst], burns[worst]);
+        let line: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) / 250.0).collect();
+        // The derivative also far out, where `exp(-x²/2)` underflows (the activation's `erf`
+        // saturates there: GELU(-60) is -4e-6, not 0).
+        let far: Vec<f32> = line.iter().copied().chain([-60.0, -20.0, 20.0, 60.0]).collect();
+        let pairs: [(&str, Form, Form, &[f32]); 2] =
+            [("act", activate, burn::activate, &line), ("act'", activate_grad, burn::activate_grad, &far)];
+        for (what, fast, plain, xs) in pairs {
+            for act in [Activation::Gelu, Activation::QuickGelu] {
+                let x: Tensor<1> = Tensor::from_data(TensorData::new(xs.to_vec(), [xs.len()]), &device);
+                let ours = fast(act, x.clone()).into_data().try_into_vec::<f32>().unwrap();
+                let burns = plain(act, x).into_data().try_into_vec::<f32>().unwrap();
+                // Fails on a NaN on either side.
+                crate::testing::compare_or_explain(&ours, &burns).unwrap();
+                // Within 2e-6, relative beyond 1 (GELU(60) is 60 to within an ulp).
+                let err = |i: usize| (ours[i] - burns[i]).abs() / burns[i].abs().max(1.0);
+                let worst = (0..xs.len()).max_by(|&a, &b| err(a).total_cmp(&err(b))).unwrap();
+                let (x, o, p) = (xs[worst], ours[worst], burns[worst]);
+                assert!(err(worst) < 2e-6, "{what} {act:?}: {} at {x}: {o} vs {p}", err(worst));
+            }
         }
         assert!(erf(f32::NAN).is_nan());
+        let mut nan = [f32::NAN];
+        activate_grad_in_place(Activation::Gelu, &mut nan);
+        assert!(nan[0].is_nan());
     }
 
     #[test]
