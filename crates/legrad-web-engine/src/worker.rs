@@ -510,8 +510,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         }
         None => Rc::new(load_on(&device, &bytes.into_vec()).await?),
     };
-    // On the CPU, a large tower's image step is shared with the helpers for large images; each
-    // gets its share with the first such image (no memory spent where none comes).
+    // On the CPU, a large tower's image step is shared with the helpers for large enough images.
     let image_threads = match &helpers {
         Some(h) if !engine.compiles_kernels() => h.can_share(&engine.model.vision),
         _ => 1,

@@ -93,8 +93,30 @@ impl RawTensor {
 /// engine builds a model from a file that stays outside its memory, one tensor at a time.
 #[derive(Clone, Debug, Default)]
 pub struct TensorMap {
-    tensors: BTreeMap<String, RawTensor>,
-    deferred: BTreeMap<String, Deferred>,
+    tensors: BTreeMap<String, Entry>,
+}
+
+/// A tensor in memory, or still in its source.
+#[derive(Clone, Debug)]
+enum Entry {
+    Held(RawTensor),
+    Deferred(Deferred),
+}
+
+impl Entry {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Entry::Held(t) => &t.shape,
+            Entry::Deferred(t) => &t.shape,
+        }
+    }
+
+    fn read(self) -> RawTensor {
+        match self {
+            Entry::Held(t) => t,
+            Entry::Deferred(t) => t.read(),
+        }
+    }
 }
 
 /// Where a model file's bytes are read from, a range at a time: the browser's engine reads a
@@ -123,7 +145,7 @@ impl ByteSource for Vec<u8> {
         Vec::len(self)
     }
     fn read(&self, range: std::ops::Range<usize>) -> Vec<u8> {
-        self[range].to_vec()
+        self.as_slice().read(range)
     }
 }
 
@@ -188,54 +210,50 @@ impl TensorMap {
     }
 
     pub fn insert(&mut self, name: impl Into<String>, tensor: RawTensor) {
-        self.tensors.insert(name.into(), tensor);
+        self.tensors.insert(name.into(), Entry::Held(tensor));
     }
 
     pub(crate) fn insert_deferred(&mut self, name: impl Into<String>, tensor: Deferred) {
-        self.deferred.insert(name.into(), tensor);
+        self.tensors.insert(name.into(), Entry::Deferred(tensor));
     }
 
     pub fn len(&self) -> usize {
-        self.tensors.len() + self.deferred.len()
+        self.tensors.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.tensors.is_empty()
     }
 
-    /// Every tensor's name, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        let mut names: Vec<&str> = self.tensors.keys().chain(self.deferred.keys()).map(String::as_str).collect();
-        names.sort_unstable();
-        names.into_iter()
+        self.tensors.keys().map(String::as_str)
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name) || self.deferred.contains_key(name)
+        self.tensors.contains_key(name)
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.tensors
-            .get(name)
-            .map(|t| t.shape.as_slice())
-            .or_else(|| self.deferred.get(name).map(|t| t.shape.as_slice()))
+        self.tensors.get(name).map(Entry::shape)
     }
 
     /// A tensor held in memory; `None` for one still in its source (a map read deferred answers
     /// through [`take`](Self::take), [`take_raw`](Self::take_raw) and [`remove`](Self::remove)).
     pub fn get(&self, name: &str) -> Option<&RawTensor> {
-        self.tensors.get(name)
+        match self.tensors.get(name)? {
+            Entry::Held(t) => Some(t),
+            Entry::Deferred(_) => None,
+        }
     }
 
     /// Remove `name`, read from its source where it is still there.
     pub fn remove(&mut self, name: &str) -> Option<RawTensor> {
-        self.tensors.remove(name).or_else(|| self.deferred.remove(name).map(Deferred::read))
+        self.tensors.remove(name).map(Entry::read)
     }
 
     /// Shapes of every tensor, for config inference.
     pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        let held = self.tensors.iter().map(|(k, v)| (k.clone(), v.shape.clone()));
-        held.chain(self.deferred.iter().map(|(k, v)| (k.clone(), v.shape.clone()))).collect()
+        self.tensors.iter().map(|(k, v)| (k.clone(), v.shape().to_vec())).collect()
     }
 
     /// Remove `name`, checking its shape; a missing or mis-shaped tensor names the key and both
