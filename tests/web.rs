@@ -246,8 +246,7 @@ async fn webgpu_fused_kernel_matches_its_plain_twin() {
         let terms = legrad::explain::legrad::LayerTerms {
             act_grad: normal([n, m]),
             ag: normal([p, m + w]),
-            k: normal([m, w]),
-            k_grid: Default::default(),
+            k: legrad::explain::terms::FoldedK::Tensor(normal([m, w])),
             m: normal([p, 2 * n]),
             ones_out: normal([1, w]).reshape([w]),
             xhat_out: normal([n, w]),

@@ -4,8 +4,9 @@
 //! - the image step: a helper holds its share of a large vision tower's integer products
 //!   (sent once per model, [`legrad::model::int_linear::share`]) and answers each block's two
 //!   halves (attention, MLP) on the rows the engine sends;
-//! - LeGrad's per-prompt rows ([`legrad::explain::rows`]): a helper holds its rows of the
-//!   current trace (sent once per image) and answers each prompt batch with its sums.
+//! - LeGrad's per-prompt rows ([`legrad::explain::rows`]): a helper holds each layer's `K`
+//!   (sent once per model) and its rows of the current trace (sent once per image), and answers
+//!   each prompt batch with its sums.
 //!
 //! A helper that fails (an error in it, a message it cannot read) is answered for by the engine
 //! itself: its job resolves with an error and the engine computes that work; after a worker
@@ -16,7 +17,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use legrad::explain::rows::{HeldRows, HostTensor, RowHelpers};
+use legrad::explain::rows::{HeldRows, HostK, HostTensor, RowHelpers};
+use legrad::explain::terms::FoldedK;
 use legrad::model::VisionTower;
 use legrad::model::int_linear::share::{BlockShare, ImageHelpers, SharePayload, ShareShape, Stage, StageJob, StageOut};
 use legrad::{LegradError, Result};
@@ -34,10 +36,19 @@ pub const HELPER_NAME: &str = "legrad-helper";
 /// Between the engine and its helpers (not the UI's protocol: the UI never sees these).
 #[derive(Serialize, Deserialize)]
 enum Message {
-    /// Hold these rows of trace `key` (one buffer per tensor, these shapes).
+    /// Hold these rows of trace `key` for `layers` (one buffer per tensor, these shapes).
     Hold {
         key: u64,
+        layers: Vec<usize>,
         dims: Vec<Vec<usize>>,
+    },
+    /// Hold layer `layer`'s `K` `[m, w]` until [`Message::Release`]: on the integer grid (two
+    /// buffers: packed weights, scales) or as one f32 buffer.
+    HoldK {
+        layer: usize,
+        m: usize,
+        w: usize,
+        grid: bool,
     },
     /// Sums for a prompt batch on trace `key`.
     Run {
@@ -49,7 +60,7 @@ enum Message {
     Sums {
         job: u64,
     },
-    /// Drop the share of a vision tower held (a new model is coming).
+    /// Drop the share of a vision tower and the layers' `K` held (a new model is coming).
     Release,
     /// Hold block `block`'s share of tower `key`: four buffers of packed weights (i16), then
     /// the four products' scales and `in_proj`'s and `c_fc`'s biases (f32): a [`SharePayload`].
@@ -117,6 +128,8 @@ impl Jobs {
 pub struct Helpers {
     workers: Vec<web_sys::Worker>,
     held: Vec<Cell<Option<u64>>>,
+    /// The layers whose `K` each helper holds (until the model goes).
+    held_k: Vec<RefCell<Vec<usize>>>,
     /// The vision tower whose shares every helper holds (none: the image step runs here).
     tower: Cell<Option<u64>>,
     towers: Cell<u64>,
@@ -162,12 +175,16 @@ impl Helpers {
             return None;
         }
         let held = workers.iter().map(|_| Cell::new(None)).collect();
-        Some(Self { workers, held, tower: Cell::new(None), towers: Cell::new(0), jobs })
+        let held_k = workers.iter().map(|_| RefCell::new(Vec::new())).collect();
+        Some(Self { workers, held, held_k, tower: Cell::new(None), towers: Cell::new(0), jobs })
     }
 
-    /// The helpers drop the tower's shares they hold (the model is going).
+    /// The helpers drop the tower's shares and the layers' `K` they hold (the model is going).
     pub fn release_tower(&self) {
         self.tower.set(None);
+        for k in &self.held_k {
+            k.borrow_mut().clear();
+        }
         for w in &self.workers {
             post_to(w, &Message::Release, vec![]);
         }
@@ -297,9 +314,27 @@ impl RowHelpers for Helpers {
         self.held[i].get() == Some(key)
     }
 
-    fn hold(&self, i: usize, key: u64, share: Vec<HostTensor>) {
+    fn holds_k(&self, i: usize, layer: usize) -> bool {
+        self.held_k[i].borrow().contains(&layer)
+    }
+
+    fn hold_k(&self, i: usize, layer: usize, k: HostK) {
+        let (message, buffers) = match k {
+            HostK::Tensor(t) => {
+                let [m, w] = [t.dims.first().copied().unwrap_or(0), t.dims.get(1).copied().unwrap_or(0)];
+                (Message::HoldK { layer, m, w, grid: false }, vec![f32_to_buffer(&t.data)])
+            }
+            HostK::Grid { q, scale, m, w } => {
+                (Message::HoldK { layer, m, w, grid: true }, vec![i16_to_buffer(&q), f32_to_buffer(&scale)])
+            }
+        };
+        post_to(&self.workers[i], &message, buffers);
+        self.held_k[i].borrow_mut().push(layer);
+    }
+
+    fn hold(&self, i: usize, key: u64, layers: &[usize], share: Vec<HostTensor>) {
         let (dims, buffers) = to_message(share);
-        post_to(&self.workers[i], &Message::Hold { key, dims }, buffers);
+        post_to(&self.workers[i], &Message::Hold { key, layers: layers.to_vec(), dims }, buffers);
         self.held[i].set(Some(key));
     }
 
@@ -326,6 +361,9 @@ impl RowHelpers for Helpers {
 
 thread_local! {
     static HELD: RefCell<Option<(u64, HeldRows)>> = const { RefCell::new(None) };
+    /// Each layer's `K` of the current model (a `K` that could not be read is left out: rows
+    /// for its layer are not taken, and the engine answers for them).
+    static LAYER_K: RefCell<HashMap<usize, FoldedK>> = RefCell::new(HashMap::new());
     /// This helper's share of the vision tower `key`, by block (a block whose share could not be
     /// read is `None`: its jobs fail, and the engine answers for them).
     static TOWER: RefCell<Option<(u64, Vec<Option<BlockShare>>)>> = const { RefCell::new(None) };
@@ -354,6 +392,24 @@ fn hold_block(key: u64, block: usize, shape: ShareShape, buffers: &[js_sys::Arra
             }
             blocks[block] = share;
         }
+    });
+}
+
+/// Layer `layer`'s `K` from a [`Message::HoldK`]'s buffers (one it cannot read is left out).
+fn hold_k(layer: usize, m: usize, w: usize, grid: bool, buffers: &[js_sys::ArrayBuffer]) {
+    let k = match (grid, buffers) {
+        (true, [q, scale]) => Some(HostK::Grid { q: buffer_to_i16(q), scale: buffer_to_f32(scale), m, w }),
+        (false, [data]) => Some(HostK::Tensor(HostTensor { dims: vec![m, w], data: buffer_to_f32(data) })),
+        _ => None,
+    };
+    let kernel = legrad::ComputePolicy::for_device(&Device::flex()).int_kernel;
+    let k = k.and_then(|k| k.into_folded(&Device::flex(), kernel).ok());
+    LAYER_K.with(|held| {
+        let mut held = held.borrow_mut();
+        match k {
+            Some(k) => held.insert(layer, k),
+            None => held.remove(&layer),
+        };
     });
 }
 
@@ -394,16 +450,27 @@ pub fn install_helper() {
     let onmessage = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
         let Ok(envelope) = Envelope::from_js(&ev.data()) else { return };
         match envelope.decode::<Message>() {
-            Ok(Message::Hold { key, dims }) => {
+            Ok(Message::Hold { key, layers, dims }) => {
                 // The CPU's policy on this platform: the engine's own on the CPU path (the
                 // helpers run only there), so the shares take the path the whole layer takes.
                 let device = Device::flex();
                 let policy = legrad::ComputePolicy::for_device(&device);
-                let held = from_message(dims, &envelope.buffers).and_then(|s| HeldRows::new(s, &device, policy));
+                let ks = LAYER_K.with(|k| {
+                    let k = k.borrow();
+                    layers.iter().map(|l| k.get(l).cloned()).collect::<Option<Vec<_>>>()
+                });
+                let held = ks
+                    .ok_or_else(|| LegradError::Input("rows came for a layer whose K this helper lacks".into()))
+                    .and_then(|ks| from_message(dims, &envelope.buffers).map(|s| (s, ks)))
+                    .and_then(|(s, ks)| HeldRows::new(s, ks, &device, policy));
                 // Rows it cannot take: it holds nothing, and says so at the next job.
                 HELD.with(|h| *h.borrow_mut() = held.ok().map(|held| (key, held)));
             }
-            Ok(Message::Release) => TOWER.with(|t| *t.borrow_mut() = None),
+            Ok(Message::Release) => {
+                TOWER.with(|t| *t.borrow_mut() = None);
+                LAYER_K.with(|k| k.borrow_mut().clear());
+            }
+            Ok(Message::HoldK { layer, m, w, grid }) => hold_k(layer, m, w, grid, &envelope.buffers),
             Ok(Message::HoldBlock { key, block, shape }) => hold_block(key, block, shape, &envelope.buffers),
             Ok(Message::Stage { key, job, stage: s }) => match stage(key, &s, &envelope.buffers) {
                 Ok(buffers) => post_to(&target, &Message::Answer { job }, buffers),

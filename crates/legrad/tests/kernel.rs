@@ -64,8 +64,7 @@ fn head_gradient_kernel_equals_the_plain_tensor_form_on_random_terms() {
         let terms = LayerTerms {
             act_grad: normal([n, m]),
             ag: normal([p, m + w]),
-            k: normal([m, w]),
-            k_grid: Default::default(),
+            k: legrad::explain::terms::FoldedK::Tensor(normal([m, w])),
             m: normal([p, 2 * n]),
             ones_out: normal([1, w]).reshape([w]),
             xhat_out: normal([n, w]),

@@ -2,39 +2,81 @@
 //! "a photo of a" embedding) and per image ([`LegradTrace`]: the closed form's terms of each
 //! layer, by head). LEGRAD.md section 5.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 
+use super::terms::FoldedK;
 use crate::error::{LegradError, Result};
+use crate::model::int_linear::{IntMatrix, host_f32};
 use crate::model::vision::{TracedBlock, VisionHead};
-use crate::model::{Clip, activate_grad};
+use crate::model::{Block, Clip, Dense, activate_grad};
 use crate::tokenizer::TextTokenizer;
 
 /// Block `layer`'s weights folded for LeGrad's closed-form backward (LEGRAD.md section 5): the
 /// path `c_fc`ᵀ → ln_2 (its diagonal part) → `out_proj`ᵀ as one `[M, W]` matrix `k = W_fcᵀ
 /// diag(γ₂) W_outᵀ`, so that a prompt costs one MLP-sized matmul per layer; `kappa = W_fcᵀ γ₂ /
-/// W` `[M]`, `ones_out = 1ᵀ W_outᵀ` `[W]`, and `g_weights = [W_projᵀ | W_outᵀ]` `[W, M + W]` (a
-/// prompt's `g W_projᵀ` and `g W_outᵀ` in one product), and `fc_offset = β₂ W_fc + b_fc` `[1, M]`
-/// (what an image's `x̂ diag(γ₂) W_fc` is short of its MLP pre-activation). Image-independent, from the dequantized
-/// weights (the same values the quantized matmuls use): 4 bytes a weight, 12 MB a layer for a
-/// ViT-B/16.
+/// W` `[M]`, `ones_out = 1ᵀ W_outᵀ` `[W]`, `fc_offset = β₂ W_fc + b_fc` `[1, M]` (what an
+/// image's `x̂ diag(γ₂) W_fc` is short of its MLP pre-activation), and the products with
+/// `W_projᵀ` and `W_outᵀ` a prompt and an image need ([`Transposed`]). Image-independent, from
+/// the weights the layers multiply by.
 #[derive(Clone, Debug)]
 pub struct LegradConsts {
-    pub k: Tensor<2>,
-    /// `k` on the CPU's integer grid, once made (`super::terms::KOnGrid`).
-    pub k_grid: super::terms::KOnGrid,
+    pub k: super::terms::FoldedK,
     pub kappa: Tensor<1>,
     pub ones_out: Tensor<1>,
-    pub g_weights: Tensor<2>,
+    pub transposed: Transposed,
     pub fc_offset: Tensor<2>,
 }
 
+/// How a layer's `g W_projᵀ`, `g W_outᵀ` (a prompt's) and `x̂ W_outᵀ` (an image's) are made, as
+/// the tower holds its linear layers ([`super::terms::FoldedK`]'s two forms).
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer
+pub enum Transposed {
+    /// `[W_projᵀ | W_outᵀ]` `[W, M + W]` (burn's layers: a prompt's two products in one, one
+    /// launch on a GPU): 4 bytes a weight.
+    Tensor(Tensor<2>),
+    /// The integer grid: `W_outᵀ` on it for `x̂ W_outᵀ` (an image's `[N, W]` rows by the integer
+    /// product); a prompt's few rows go back through `c_proj` and `out_proj` themselves
+    /// ([`crate::model::Dense::backward`], over the stored weights). No f32 copy of a weight.
+    Grid { out_t: Arc<IntMatrix> },
+}
+
 impl LegradConsts {
-    /// `W_outᵀ` `[W, W]`: the right part of `g_weights` (no copy of it is kept).
-    pub fn out_t(&self) -> Tensor<2> {
-        let [w, mw] = self.g_weights.dims();
-        self.g_weights.clone().narrow(1, mw - w, w)
+    /// `[g W_projᵀ | g W_outᵀ]` `[P, M + W]` for score gradients `g` `[P, W]` at block `block`.
+    pub fn ag(&self, block: &Block, g: Tensor<2>) -> Tensor<2> {
+        match &self.transposed {
+            Transposed::Tensor(t) => g.matmul(t.clone()),
+            Transposed::Grid { .. } => {
+                Tensor::cat(vec![block.mlp.c_proj.backward(g.clone()), block.attn.out_proj.backward(g)], 1)
+            }
+        }
+    }
+
+    /// `x̂ W_outᵀ` `[N, W]` for ln_2's `x̂` `[N, W]`.
+    pub fn xhat_out(&self, x_hat: Tensor<2>) -> Tensor<2> {
+        match &self.transposed {
+            Transposed::Tensor(t) => {
+                let [w, mw] = t.dims();
+                x_hat.matmul(t.clone().narrow(1, mw - w, w))
+            }
+            Transposed::Grid { out_t } => match host_f32(&x_hat) {
+                Some(x) => {
+                    let n = x_hat.dims()[0];
+                    let y = out_t.forward(&x, n, &vec![0f32; out_t.d_out()]);
+                    Tensor::from_data(TensorData::new(y, [n, out_t.d_out()]), &x_hat.device())
+                }
+                // Not a plain CPU tensor (autodiff): the grid's values by burn.
+                None => {
+                    let w = Tensor::from_data(
+                        TensorData::new(out_t.dequantized(), [out_t.d_in(), out_t.d_out()]),
+                        &x_hat.device(),
+                    );
+                    x_hat.matmul(w)
+                }
+            },
+        }
     }
 }
 
@@ -92,11 +134,44 @@ fn fold(model: &Clip, layer: usize) -> LegradConsts {
         fc_offset = fc_offset + bias.unsqueeze::<2>();
     }
     let fc_t_gamma = fc.transpose() * gamma; // [M, W]
+    let m = fc_t_gamma.dims()[0];
     let kappa = fc_t_gamma.clone().sum_dim(1).div_scalar(w as f64).squeeze_dim::<1>(1); // [M]
     let ones_out = out_t.clone().sum_dim(0).squeeze_dim::<1>(0); // [W]
-    let proj_t = block.mlp.c_proj.weight().dequantize().transpose(); // [W, M]
-    let g_weights = Tensor::cat(vec![proj_t, out_t.clone()], 1); // [W, M + W]
-    LegradConsts { k: fc_t_gamma.matmul(out_t), k_grid: Default::default(), kappa, ones_out, g_weights, fc_offset }
+    let k = fc_t_gamma.matmul(out_t.clone()); // [M, W]
+    // The tower's layers on the integer grid: `K` and `W_outᵀ` go onto it (their f32 values
+    // are dropped here); else tensors, `W_projᵀ` beside `W_outᵀ`.
+    let on_grid = match (&block.attn.out_proj, &block.mlp.c_proj) {
+        (Dense::Integer(out), Dense::Integer(_)) if IntMatrix::fits(m, w) && IntMatrix::fits(w, w) => {
+            let kernel = out.matrix.kernel();
+            match (host_f32(&k), host_f32(&out_t)) {
+                (Some(k), Some(out_t)) => {
+                    Some((IntMatrix::from_in_out(&k, m, w, kernel), IntMatrix::from_in_out(&out_t, w, w, kernel)))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    match on_grid {
+        Some((k, out_t)) => LegradConsts {
+            k: FoldedK::Grid(Arc::new(k)),
+            kappa,
+            ones_out,
+            transposed: Transposed::Grid { out_t: Arc::new(out_t) },
+            fc_offset,
+        },
+        None => {
+            let proj_t = block.mlp.c_proj.weight().dequantize().transpose(); // [W, M]
+            let g_weights = Tensor::cat(vec![proj_t, out_t], 1); // [W, M + W]
+            LegradConsts {
+                k: FoldedK::Tensor(k),
+                kappa,
+                ones_out,
+                transposed: Transposed::Tensor(g_weights),
+                fc_offset,
+            }
+        }
+    }
 }
 
 /// LeGrad's terms of one image, layers `first_layer..depth`, by the vision tower's head.
@@ -203,7 +278,7 @@ impl LegradTraceBuilder {
                 let act_grad = model.vision.weights.blocks[b.index].mlp.activate_grad(act, h.clone());
                 // x̂ diag(γ) W_fc = h - b_fc - β W_fc: no second [N, W] x [W, M] product.
                 let bb = h - consts.fc_offset.clone();
-                let xhat_out = x_hat.matmul(consts.out_t());
+                let xhat_out = consts.xhat_out(x_hat);
                 let kappa = consts.kappa.clone();
                 let mean_rows = Tensor::cat(
                     vec![act_grad.clone() * kappa.unsqueeze(), (act_grad.clone() * bb).div_scalar(w as f64)],

@@ -7,8 +7,10 @@
 //! statistics and mean terms) and every row sees all the keys, so a share of the rows gives a
 //! share of `Σ_h Σ_i relu(dA_h)[:, i, :]` ([`super::legrad::relevance_sums`]); the shares add up
 //! to the layer's sums. What a helper holds per trace (its rows of `act'`, `x̂ W_outᵀ`, `1/σ`,
-//! and the layer's `K`, `1ᵀ W_outᵀ` and values) travels once per image as [`HostTensor`]s;
-//! per prompt only `[a | g W_outᵀ]` and its rows' mean terms do (a few kB).
+//! and the layer's `1ᵀ W_outᵀ` and values) travels once per image as [`HostTensor`]s; a
+//! layer's `K`, which only the model decides, once per model ([`HostK`]: 9 MB a layer of a
+//! ViT-B/16, on the integer grid); per prompt only `[a | g W_outᵀ]` and its rows' mean terms
+//! do (a few kB).
 
 use std::future::Future;
 use std::ops::Range;
@@ -20,10 +22,11 @@ use super::Context;
 use super::GridMaps;
 use super::legrad::{LayerTerms, held_terms_for, layer_terms_for, relevance_sums, stack};
 use super::legrad_trace::{ClassTokenTrace, LegradTrace};
-use super::terms::finish_sums;
+use super::terms::{FoldedK, finish_sums};
 use super::trace::ImageTrace;
 use crate::compute::ComputePolicy;
 use crate::error::{LegradError, Result};
+use crate::model::int_linear::{IntKernel, IntMatrix};
 use crate::readback::read_f32;
 
 /// A tensor's values on the host, row-major, with its shape: what crosses to a helper.
@@ -57,20 +60,60 @@ impl HostTensor {
     }
 }
 
+/// A layer's `K` on the host, as the model holds it ([`FoldedK`]): what a helper keeps for the
+/// model's life.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostK {
+    Tensor(HostTensor),
+    /// The integer grid's packed weights and scales of a `[m, w]` matrix.
+    Grid {
+        q: Vec<i16>,
+        scale: Vec<f32>,
+        m: usize,
+        w: usize,
+    },
+}
+
+impl HostK {
+    pub async fn of(k: &FoldedK) -> Result<Self> {
+        Ok(match k {
+            FoldedK::Tensor(t) => HostK::Tensor(HostTensor::read(t.clone()).await?),
+            FoldedK::Grid(g) => {
+                let (q, scale) = g.parts();
+                HostK::Grid { q: q.to_vec(), scale: scale.to_vec(), m: g.d_in(), w: g.d_out() }
+            }
+        })
+    }
+
+    /// Back to `K` on `device`, a grid multiplied by `kernel`; parts that do not fit are an error.
+    pub fn into_folded(self, device: &Device, kernel: IntKernel) -> Result<FoldedK> {
+        Ok(match self {
+            HostK::Tensor(t) => FoldedK::Tensor(t.into_tensor(device)?),
+            HostK::Grid { q, scale, m, w } => {
+                FoldedK::Grid(std::sync::Arc::new(IntMatrix::from_parts(q, scale, m, w, kernel)?))
+            }
+        })
+    }
+}
+
 type Pending = Pin<Box<dyn Future<Output = Result<Vec<f32>>>>>;
 
-/// Threads that take a share of the rows. The engine calls [`hold`](Self::hold) once per trace
-/// and first layer (`key`: from [`ImageTrace::id`] and the layer) before the first
-/// [`start`](Self::start) on it; `start` hands
-/// the job over at once and returns its answer to await: the helper's `[L, P, N]` sums
-/// ([`HeldRows::sums`]).
+/// Threads that take a share of the rows. The engine gives a helper each layer's `K` once per
+/// model ([`hold_k`](Self::hold_k)), and calls [`hold`](Self::hold) once per trace and first
+/// layer (`key`: from [`ImageTrace::id`] and the layer) before the first
+/// [`start`](Self::start) on it; `start` hands the job over at once and returns its answer to
+/// await: the helper's `[L, P, N]` sums ([`HeldRows::sums`]).
 pub trait RowHelpers {
     /// Helpers ready to take work (0: all rows here).
     fn count(&self) -> usize;
     /// Does helper `i` hold its rows of trace `key`?
     fn holds(&self, i: usize, key: u64) -> bool;
-    /// Give helper `i` its rows of trace `key` ([`row_share`]).
-    fn hold(&self, i: usize, key: u64, share: Vec<HostTensor>);
+    /// Does helper `i` hold layer `layer`'s `K` of this model?
+    fn holds_k(&self, i: usize, layer: usize) -> bool;
+    /// Give helper `i` layer `layer`'s `K`, kept until the model goes.
+    fn hold_k(&self, i: usize, layer: usize, k: HostK);
+    /// Give helper `i` its rows of trace `key` for `layers` ([`row_share`]; it holds their `K`).
+    fn hold(&self, i: usize, key: u64, layers: &[usize], share: Vec<HostTensor>);
     /// Start helper `i` on a prompt batch ([`prompt_share`]).
     fn start(&self, i: usize, key: u64, prompts: Vec<HostTensor>) -> Pending;
 }
@@ -80,14 +123,13 @@ pub fn share_rows(n: usize, parts: usize, i: usize) -> Range<usize> {
     crate::model::int_linear::share::share_range(n, parts, i)
 }
 
-/// What a helper holds for rows `rows` of every layer: per layer `act'`, `K`, `1ᵀ W_outᵀ`,
-/// `x̂ W_outᵀ`, `1/σ`, the values.
+/// What a helper holds for rows `rows` of every layer (with the layer's `K`, held apart): per
+/// layer `act'`, `1ᵀ W_outᵀ`, `x̂ W_outᵀ`, `1/σ`, the values.
 pub async fn row_share(terms: &[LayerTerms], rows: Range<usize>) -> Result<Vec<HostTensor>> {
-    let mut out = Vec::with_capacity(6 * terms.len());
+    let mut out = Vec::with_capacity(5 * terms.len());
     for t in terms {
         let r = t.rows(rows.start, rows.len());
         out.push(HostTensor::read(r.act_grad).await?);
-        out.push(HostTensor::read(r.k).await?);
         out.push(HostTensor::read(r.ones_out).await?);
         out.push(HostTensor::read(r.xhat_out).await?);
         out.push(HostTensor::read(r.rstd).await?);
@@ -117,24 +159,26 @@ pub struct HeldRows {
 }
 
 impl HeldRows {
-    /// From [`row_share`]'s tensors, on `device`, computed as `policy` says.
-    pub fn new(share: Vec<HostTensor>, device: &Device, policy: ComputePolicy) -> Result<Self> {
-        if share.is_empty() || !share.len().is_multiple_of(6) {
+    /// From [`row_share`]'s tensors and each layer's `K` ([`HostK::into_folded`]), on
+    /// `device`, computed as `policy` says.
+    pub fn new(share: Vec<HostTensor>, ks: Vec<FoldedK>, device: &Device, policy: ComputePolicy) -> Result<Self> {
+        if share.is_empty() || share.len() != 5 * ks.len() {
             return Err(LegradError::Input(format!(
-                "a helper's rows came as {} tensors, not 6 per layer",
-                share.len()
+                "a helper's rows came as {} tensors for {} layers, not 5 per layer",
+                share.len(),
+                ks.len()
             )));
         }
         let mut share = share.into_iter();
+        let mut ks = ks.into_iter();
         let mut layers = Vec::new();
         while let (Some(act_grad), Some(k), Some(ones_out), Some(xhat_out), Some(rstd), Some(values)) =
-            (share.next(), share.next(), share.next(), share.next(), share.next(), share.next())
+            (share.next(), ks.next(), share.next(), share.next(), share.next(), share.next())
         {
             let t = LayerTerms {
                 act_grad: act_grad.into_tensor(device)?,
                 ag: Tensor::zeros([0, 0], device),
-                k: k.into_tensor(device)?,
-                k_grid: Default::default(),
+                k,
                 m: Tensor::zeros([0, 0], device),
                 ones_out: ones_out.into_tensor(device)?,
                 xhat_out: xhat_out.into_tensor(device)?,
@@ -204,8 +248,13 @@ async fn hold_rows(
     let parts = shares(trace, helpers);
     let key = hold_key(trace, layers);
     for i in 1..parts {
+        for (t, &layer) in terms.iter().zip(layers) {
+            if !helpers.holds_k(i - 1, layer) {
+                helpers.hold_k(i - 1, layer, HostK::of(&t.k).await?);
+            }
+        }
         if !helpers.holds(i - 1, key) {
-            helpers.hold(i - 1, key, row_share(terms, share_rows(trace.tokens(), parts, i)).await?);
+            helpers.hold(i - 1, key, layers, row_share(terms, share_rows(trace.tokens(), parts, i)).await?);
         }
     }
     Ok(parts)
@@ -280,6 +329,8 @@ pub struct LocalHelpers {
     /// How the helpers compute (the device's policy unless a test forces a path).
     pub policy: ComputePolicy,
     held: std::cell::RefCell<Vec<Option<(u64, HeldRows)>>>,
+    /// Each helper's `K` by layer.
+    held_k: std::cell::RefCell<Vec<std::collections::BTreeMap<usize, FoldedK>>>,
     /// Answer every job with an error (the engine then computes those rows itself).
     pub fail: bool,
     /// Jobs answered with sums.
@@ -291,7 +342,8 @@ impl LocalHelpers {
     pub fn new(helpers: usize, device: &Device) -> Self {
         let held = std::cell::RefCell::new((0..helpers).map(|_| None).collect());
         let policy = ComputePolicy::for_device(device);
-        Self { helpers, device: device.clone(), policy, held, fail: false, answered: Default::default() }
+        let held_k = std::cell::RefCell::new(vec![Default::default(); helpers]);
+        Self { helpers, device: device.clone(), policy, held, held_k, fail: false, answered: Default::default() }
     }
 }
 
@@ -303,8 +355,17 @@ impl RowHelpers for LocalHelpers {
     fn holds(&self, i: usize, key: u64) -> bool {
         self.held.borrow()[i].as_ref().is_some_and(|(k, _)| *k == key)
     }
-    fn hold(&self, i: usize, key: u64, share: Vec<HostTensor>) {
-        let held = HeldRows::new(share, &self.device, self.policy).ok().map(|h| (key, h));
+    fn holds_k(&self, i: usize, layer: usize) -> bool {
+        self.held_k.borrow()[i].contains_key(&layer)
+    }
+    fn hold_k(&self, i: usize, layer: usize, k: HostK) {
+        if let Ok(k) = k.into_folded(&self.device, self.policy.int_kernel) {
+            self.held_k.borrow_mut()[i].insert(layer, k);
+        }
+    }
+    fn hold(&self, i: usize, key: u64, layers: &[usize], share: Vec<HostTensor>) {
+        let ks: Option<Vec<FoldedK>> = layers.iter().map(|l| self.held_k.borrow()[i].get(l).cloned()).collect();
+        let held = ks.and_then(|ks| HeldRows::new(share, ks, &self.device, self.policy).ok()).map(|h| (key, h));
         self.held.borrow_mut()[i] = held;
     }
     fn start(&self, i: usize, key: u64, prompts: Vec<HostTensor>) -> Pending {

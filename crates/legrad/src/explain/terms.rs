@@ -2,27 +2,40 @@
 //! tensor forms: the reference every faster path is checked against (the GPU kernels in
 //! [`super::kernel`], the CPU's integer products in [`super::int16`]) and the CPU's f32 path.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::model::int_linear::IntMatrix;
 
-/// `K` on the integer grid of the CPU's linear layers (`model::int_linear`: a scale per input),
-/// made on first use by the CPU's x86 integer products (`super::int16`) and kept with the
-/// layer's constants, so that it is made once per model and layer; empty elsewhere.
-#[derive(Clone, Default)]
-pub struct KOnGrid(Arc<OnceLock<IntMatrix>>);
-
-impl KOnGrid {
-    pub fn get_or_init(&self, make: impl FnOnce() -> IntMatrix) -> &IntMatrix {
-        self.0.get_or_init(make)
-    }
+/// `K = W_fcᵀ diag(γ₂) W_outᵀ` `[M, W]` as the tower holds its linear layers.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer
+pub enum FoldedK {
+    /// A tensor: burn's layers (a GPU; the CPU's f32 path of small towers).
+    Tensor(Tensor<2>),
+    /// On the integer grid of the CPU's linear layers (`model::int_linear`, a scale per row of
+    /// `K`): where the tower's layers are on it. Made once per model and layer, the form the
+    /// integer products multiply (`super::int16`); no f32 copy is kept.
+    Grid(Arc<IntMatrix>),
 }
 
-impl std::fmt::Debug for KOnGrid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "KOnGrid(made)" } else { "KOnGrid(not made)" })
+impl FoldedK {
+    /// `[M, W]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            FoldedK::Tensor(k) => k.dims(),
+            FoldedK::Grid(k) => [k.d_in(), k.d_out()],
+        }
+    }
+
+    /// `K`'s values as a tensor on `device`: the grid's, dequantized (what the integer products
+    /// multiply by: the plain twin's operand).
+    pub fn tensor(&self, device: &Device) -> Tensor<2> {
+        match self {
+            FoldedK::Tensor(k) => k.clone(),
+            FoldedK::Grid(k) => Tensor::from_data(TensorData::new(k.dequantized(), [k.d_in(), k.d_out()]), device),
+        }
     }
 }
 
@@ -39,9 +52,7 @@ pub struct LayerTerms {
     /// `[a | g W_outᵀ]` `[P, M + W]`, `a = g W_projᵀ`.
     pub ag: Tensor<2>,
     /// `K = W_fcᵀ diag(γ₂) W_outᵀ` `[M, W]`: `main = (act' ⊙ a) K` `[P, N, W]`.
-    pub k: Tensor<2>,
-    /// `K` on the integer grid, where the CPU's x86 integer products have made it.
-    pub k_grid: KOnGrid,
+    pub k: FoldedK,
     /// `[m₁ | m₂]` `[P, 2N]`: the LayerNorm's mean terms.
     pub m: Tensor<2>,
     /// `1ᵀ W_outᵀ` `[W]`.
@@ -59,12 +70,13 @@ impl LayerTerms {
     pub fn head_gradient(&self) -> Tensor<3> {
         let [n, m] = self.act_grad.dims();
         let w = self.k.dims()[1];
+        let k = self.k.tensor(&self.act_grad.device());
         let a = self.ag.clone().narrow(1, 0, m);
         let g_out = self.ag.clone().narrow(1, m, w);
         let m1 = self.m.clone().narrow(1, 0, n);
         let m2 = self.m.clone().narrow(1, n, n);
         let dh = self.act_grad.clone().unsqueeze::<3>() * a.unsqueeze_dim(1); // [P, N, M]
-        let main = dh.matmul(self.k.clone().unsqueeze()); // [P, N, W]
+        let main = dh.matmul(k.unsqueeze()); // [P, N, W]
         (main
             - m1.unsqueeze_dim::<3>(2) * self.ones_out.clone().unsqueeze::<3>()
             - m2.unsqueeze_dim::<3>(2) * self.xhat_out.clone().unsqueeze::<3>())
@@ -79,7 +91,7 @@ impl LayerTerms {
         super::kernel::head_gradient_fused(
             self.act_grad.clone(),
             self.ag.clone(),
-            self.k.clone(),
+            self.k.tensor(&self.act_grad.device()),
             self.m.clone(),
             self.ones_out.clone(),
             self.xhat_out.clone(),
@@ -100,7 +112,6 @@ impl LayerTerms {
             act_grad: self.act_grad.clone().narrow(0, start, len),
             ag: self.ag.clone(),
             k: self.k.clone(),
-            k_grid: self.k_grid.clone(),
             m,
             ones_out: self.ones_out.clone(),
             xhat_out: self.xhat_out.clone().narrow(0, start, len),

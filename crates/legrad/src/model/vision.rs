@@ -10,11 +10,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::module::{Module, Param};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use super::int_linear::share::{self, BlockShare, ImageHelpers};
+use super::int_linear::{self, IntMatrix};
 use super::pos_embed::resample_bicubic_aa;
-use super::{AttentionPool, Block, BlockOutput, LayerNorm, tensor1, tensor2, transposed};
+use super::{AttentionPool, Block, BlockOutput, Dense, LayerNorm, tensor1, tensor2, transposed};
 use crate::compute::LinearProducts;
 use crate::config::{Activation, ClipConfig, HeadKind};
 use crate::error::{LegradError, Result};
@@ -23,8 +25,10 @@ use crate::weights::TensorMap;
 /// The vision tower's weights (a burn module, so it can be moved, quantized and saved).
 #[derive(Module, Debug)]
 pub struct VisionWeights {
-    /// `conv1` as a matrix `[3 * P * P, W]` over flattened patches (channel, row, column).
-    pub patch_embed: Param<Tensor<2>>,
+    /// `conv1` as a linear layer from flattened patches (channel, row, column) `[3 * P * P]` to
+    /// `[W]`, no bias (SigLIP's is the head's `patch_bias`): f32 in burn's layer, or on the
+    /// integer grid where the tower's layers are.
+    pub patch_embed: Dense,
     pub blocks: Vec<Block>,
     /// CLIP's `ln_post` (on the class token); SigLIP's final `norm` (on every token, before the
     /// attention pool).
@@ -166,7 +170,17 @@ impl VisionTower {
         let grid = v.grid();
         let eps = config.family.anatomy().ln_eps;
         let conv = map.take("visual.conv1.weight", &[w, 3, p, p])?;
-        let patch_embed = tensor2(transposed(&conv, w, 3 * p * p), [3 * p * p, w], device);
+        let patch_embed = match products {
+            LinearProducts::Integer(kernel) if IntMatrix::fits(3 * p * p, w) => {
+                Dense::Integer(int_linear::int_linear(&conv, vec![0.0; w], 3 * p * p, w, kernel, device))
+            }
+            // f32 on every device (a GPU's too: the patches' product is a small part of the
+            // image's, and it keeps the embedding as the reference's).
+            _ => Dense::Burn(Linear {
+                weight: Param::from_tensor(tensor2(transposed(&conv, w, 3 * p * p), [3 * p * p, w], device)),
+                bias: None,
+            }),
+        };
         // Each family's own tensors, in the order the checkpoint's keys are checked.
         let head = match config.family.anatomy().vision_head {
             HeadKind::ClassToken => VisionHead::ClassToken(ClassTokenHead {
@@ -199,7 +213,7 @@ impl VisionTower {
         }
         let ln_post = LayerNorm::load(map, "visual.ln_post", w, eps, device)?;
         Ok(Self {
-            weights: VisionWeights { patch_embed: Param::from_tensor(patch_embed), blocks, ln_post, head },
+            weights: VisionWeights { patch_embed, blocks, ln_post, head },
             patch_size: p,
             width: w,
             heads: v.heads,
@@ -221,7 +235,7 @@ impl VisionTower {
     }
 
     pub fn device(&self) -> Device {
-        self.weights.patch_embed.val().device()
+        self.weights.ln_post.weight.val().device()
     }
 
     /// Tokens before the patches (1: CLIP's class token; 0: SigLIP).
@@ -280,7 +294,7 @@ impl VisionTower {
         let (gh, gw) = self.grid_for(h, w)?;
         let pixels = if gh * p != h || gw * p != w { pixels.slice([0..b, 0..3, 0..gh * p, 0..gw * p]) } else { pixels };
         let patches = pixels.reshape([b, 3, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, 3 * p * p]);
-        let x = patches.matmul(self.weights.patch_embed.val().unsqueeze());
+        let x = self.weights.patch_embed.forward(patches);
         let pos = self.positional_embedding((gh, gw)).unsqueeze();
         let x = match &self.weights.head {
             VisionHead::ClassToken(head) => {

@@ -24,21 +24,23 @@
 //! the small default model, which stays exact), in wasm and natively on x86 with AVX2 or
 //! AVX-512 VNNI.
 //!
-//! **On x86** `main` is the linear layers' product (`model::int_linear`): `K` on their grid (a
-//! scale per row of `K`, made once per model and layer: [`super::terms::KOnGrid`]) against the
-//! rows of `act' ⊙ a` rounded per prompt, where the form above rounds `diag(a) K` per prompt:
-//! two passes over `K`'s 9 MB (f32, a ViT-B/16's layer) per prompt, which natively cost more
-//! than the products (history §10). The relevance's product has AVX2 and AVX-512 VNNI forms
-//! (the same sums in the same order as the portable one: equal to the bit), and `main`'s rows,
-//! the blocks of keys and the rounding of rows go over rayon's threads. The browser keeps the form above:
-//! there a helper would make `K`'s grid once per image, on its first prompt (measured slower:
-//! history §10). Both forms are checked against the plain twin.
+//! **Where the tower's linear layers are on the integer grid** (`model::int_linear`: a
+//! ViT-B/16 on the CPU, in the browser and natively) `main` is their product: `K` on their grid
+//! (a scale per row of `K`, made once per model and layer: [`super::terms::FoldedK::Grid`], sent
+//! once per model to the browser's helpers) against the rows of `act' ⊙ a` rounded per prompt,
+//! where the form above rounds `diag(a) K` per prompt: two passes over `K`'s 9 MB (f32, a
+//! ViT-B/16's layer) per prompt, which natively cost more than the products (history §10), and
+//! an f32 `K` held by the engine and each helper. The form above stays for a `K` held as a
+//! tensor. The relevance's product has AVX2 and AVX-512 VNNI forms (the same sums in the same
+//! order as the portable one: equal to the bit), and natively `main`'s rows, the blocks of keys
+//! and the rounding of rows go over rayon's threads. Both forms are checked against the plain
+//! twin.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::tensor::{DType, Tensor, TensorData};
 
-use super::terms::LayerTerms;
+use super::terms::{FoldedK, LayerTerms};
 use crate::model::int_linear::{IntKernel, IntMatrix};
 
 pub mod kernels;
@@ -84,7 +86,6 @@ pub fn relevance_sums(t: &LayerTerms, kernel: IntKernel) -> Option<Tensor<2>> {
         return None;
     }
     let act = Host::of(&t.act_grad)?;
-    let k = Host::of(&t.k)?;
     let ag = Host::of(&t.ag)?;
     let mm = Host::of(&t.m)?;
     let ones_out = Host::of(&t.ones_out)?;
@@ -93,12 +94,15 @@ pub fn relevance_sums(t: &LayerTerms, kernel: IntKernel) -> Option<Tensor<2>> {
     let values = Host::of(&t.values)?;
     let shape = Shape { r, m, w, h, n, d, kernel };
     let v = PackedValues::new(values.data(), h, n, d);
-    // x86: `K` on the linear layers' grid, made once per model layer, and per prompt only the
-    // rows `act' ⊙ a` rounded; elsewhere `act'` rounded once here and `diag(a) K` per prompt.
-    let main = if matches!(kernel, IntKernel::Avx2 | IntKernel::Avx512Vnni) && IntMatrix::fits(m, w) {
-        Main::OnGrid(t.k_grid.get_or_init(|| IntMatrix::from_in_out(k.data(), m, w, kernel)))
-    } else {
-        Main::PerPrompt(QuantRows::new(act.data(), r, m, DC_LEVELS))
+    // `K` on the linear layers' grid (a tower on it): per prompt only the rows `act' ⊙ a`
+    // rounded; a tensor `K`: `act'` rounded once here and `diag(a) K` per prompt.
+    let k_here;
+    let main = match &t.k {
+        FoldedK::Grid(k) => Main::OnGrid(k),
+        FoldedK::Tensor(k) => {
+            k_here = Host::of(k)?;
+            Main::PerPrompt(QuantRows::new(act.data(), r, m, DC_LEVELS), k_here.data())
+        }
     };
     let mut sums = Vec::with_capacity(p * n);
     for q in 0..p {
@@ -112,7 +116,7 @@ pub fn relevance_sums(t: &LayerTerms, kernel: IntKernel) -> Option<Tensor<2>> {
         let (ones_out, xhat_out, rstd) = (ones_out.data(), xhat_out.data(), rstd.data());
         let dc = match &main {
             Main::OnGrid(k) => head_gradient_on_grid(&shape, act.data(), k, &terms, ones_out, xhat_out, rstd),
-            Main::PerPrompt(a) => head_gradient(&shape, a, k.data(), &terms, ones_out, xhat_out, rstd),
+            Main::PerPrompt(a, k) => head_gradient(&shape, a, k, &terms, ones_out, xhat_out, rstd),
         };
         sums.extend(relevance_of(&shape, &dc, &v));
     }
@@ -124,7 +128,7 @@ enum Main<'a> {
     /// `K` on the linear layers' grid against `act' ⊙ a` rounded per prompt ([`head_gradient_on_grid`]).
     OnGrid(&'a IntMatrix),
     /// `act'` rounded once, `diag(a) K` per prompt ([`head_gradient`]).
-    PerPrompt(QuantRows),
+    PerPrompt(QuantRows, &'a [f32]),
 }
 
 /// The dimensions: `r` query rows, `m` hidden (4W), `w` width, `h` heads of `d`, `n` keys.
@@ -247,8 +251,7 @@ pub fn random_terms(shape: (usize, usize, usize, usize, usize, usize), seed: u32
     LayerTerms {
         act_grad: Tensor::from_data(t(values(r * m, seed, -0.17, 1.13), &[r, m]), &device),
         ag: Tensor::from_data(t(values(p * (m + w), seed + 1, -1.0, 1.0), &[p, m + w]), &device),
-        k: Tensor::from_data(t(values(m * w, seed + 2, -0.1, 0.1), &[m, w]), &device),
-        k_grid: Default::default(),
+        k: FoldedK::Tensor(Tensor::from_data(t(values(m * w, seed + 2, -0.1, 0.1), &[m, w]), &device)),
         m: Tensor::from_data(t(values(p * 2 * r, seed + 3, -0.5, 0.5), &[p, 2 * r]), &device),
         ones_out: Tensor::from_data(t(values(w, seed + 4, -1.0, 1.0), &[w]), &device),
         xhat_out: Tensor::from_data(t(values(r * w, seed + 5, -1.0, 1.0), &[r, w]), &device),
@@ -265,13 +268,23 @@ pub fn check_against_plain(shape: (usize, usize, usize, usize, usize, usize)) ->
     let t = random_terms(shape, 11);
     let read = |x: Tensor<2>| x.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"));
     let plain = read(t.relevance_sums_plain())?;
-    // Every form this CPU runs: on x86 the portable one rounds `diag(a) K` per prompt, AVX2 and
-    // AVX-512 take `K` on the linear layers' grid (where its width fits the tiles).
+    let (m, w) = (shape.1, shape.2 * shape.3);
+    let k = t.k.tensor(&t.act_grad.device()).into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    // Every form this CPU runs, each with `K` as a tensor (rounded per prompt) and, where its
+    // width fits the tiles, on the linear layers' grid (against the grid's values: its twin).
     let mut worst = 0f32;
     for kernel in IntKernel::available() {
-        let ours = relevance_sums(&t, kernel).ok_or("the kernel did not take the terms")?;
-        let d = crate::testing::relative_diff(&read(ours)?, &plain).map_err(|e| format!("{kernel:?}: {e}"))?;
-        worst = if d.is_nan() || worst.is_nan() { f32::NAN } else { worst.max(d) };
+        let mut forms = vec![(t.clone(), plain.clone())];
+        if IntMatrix::fits(m, w) {
+            let on_grid = LayerTerms { k: FoldedK::Grid(IntMatrix::from_in_out(&k, m, w, kernel).into()), ..t.clone() };
+            let twin = read(on_grid.relevance_sums_plain())?;
+            forms.push((on_grid, twin));
+        }
+        for (terms, twin) in forms {
+            let ours = relevance_sums(&terms, kernel).ok_or("the kernel did not take the terms")?;
+            let d = crate::testing::relative_diff(&read(ours)?, &twin).map_err(|e| format!("{kernel:?}: {e}"))?;
+            worst = if d.is_nan() || worst.is_nan() { f32::NAN } else { worst.max(d) };
+        }
     }
     Ok(worst)
 }

@@ -262,6 +262,11 @@ impl IntMatrix {
         IntMatrix { q, scale, d_in: inputs.len(), d_out: self.d_out, pairs, kernel: self.kernel }
     }
 
+    /// Its packed weights and scales, read ([`from_parts`](Self::from_parts) takes copies).
+    pub fn parts(&self) -> (&[i16], &[f32]) {
+        (&self.q, &self.scale)
+    }
+
     /// Its packed weights and scales, to be sent elsewhere ([`from_parts`](Self::from_parts)).
     pub fn into_parts(self) -> (Vec<i16>, Vec<f32>) {
         (self.q, self.scale)
