@@ -19,8 +19,8 @@ use std::rc::Rc;
 use burn::tensor::Device;
 use legrad::explain::rows::{HeldRows, HostK, HostTensor, RowHelpers};
 use legrad::explain::terms::FoldedK;
-use legrad::model::VisionTower;
 use legrad::model::int_linear::share::{BlockShare, ImageHelpers, SharePayload, ShareShape, Stage, StageJob, StageOut};
+use legrad::model::{Keep, VisionTower};
 use legrad::{LegradError, Result};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsCast;
@@ -281,13 +281,17 @@ impl ImageHelpers for Helpers {
             Ok(match (stage.stage, stage.keep) {
                 (Stage::Attention, keep) => {
                     let kept = match keep {
-                        true => Some((values.next().ok_or_else(missing)?, values.next().ok_or_else(missing)?)),
-                        false => None,
+                        Keep::Terms | Keep::Everything => {
+                            Some((values.next().ok_or_else(missing)?, values.next().ok_or_else(missing)?))
+                        }
+                        Keep::Output => None,
                     };
                     StageOut::Attention { partial, kept }
                 }
-                (Stage::Mlp, true) => StageOut::Mlp { partial, kept: Some(values.next().ok_or_else(missing)?) },
-                (Stage::Mlp, false) => StageOut::Mlp { partial, kept: None },
+                (Stage::Mlp, Keep::Terms | Keep::Everything) => {
+                    StageOut::Mlp { partial, kept: Some(values.next().ok_or_else(missing)?) }
+                }
+                (Stage::Mlp, Keep::Output) => StageOut::Mlp { partial, kept: None },
             })
         })
     }

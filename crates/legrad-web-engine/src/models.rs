@@ -24,9 +24,10 @@ pub struct Obtained {
 }
 
 /// A model file's bytes: in the engine's memory (downloaded or converted here), or a cached
-/// model's in a JavaScript buffer, from which the CPU's model is built a tensor at a time
+/// model's in the cache's `Blob`, from which the CPU's model is built a tensor at a time
 /// (`legrad::load::read_source`): the engine's memory, which never shrinks, then holds the model
-/// and never the file beside it (docs/ARCHITECTURE.md, "The engine's memory").
+/// and never the file beside it, and the page's process never holds the file at all
+/// (docs/ARCHITECTURE.md, "The engine's memory").
 pub enum ModelBytes {
     Here(Vec<u8>),
     Js(JsBytes),
@@ -45,21 +46,55 @@ impl ModelBytes {
     pub fn into_vec(self) -> Vec<u8> {
         match self {
             ModelBytes::Here(b) => b,
-            ModelBytes::Js(b) => b.0.to_vec(),
+            ModelBytes::Js(b) => b.read(0..b.len()),
         }
     }
 }
 
-/// A JavaScript buffer's bytes, read a range at a time.
-pub struct JsBytes(js_sys::Uint8Array);
+/// A `Blob`'s bytes (a cached response's body: the browser keeps it, on disk where it is
+/// large), read a range at a time with a worker's synchronous reader. Where the whole body was
+/// read into one `ArrayBuffer`, its 150 MB (a ViT-B/16) stayed in the page's process until the
+/// garbage collector ran, at a time of its choosing.
+pub struct JsBytes {
+    blob: web_sys::Blob,
+    reader: web_sys::FileReaderSync,
+    failed: std::cell::RefCell<Option<String>>,
+}
+
+impl JsBytes {
+    fn new(blob: web_sys::Blob) -> Option<Self> {
+        let reader = web_sys::FileReaderSync::new().ok()?;
+        Some(Self { blob, reader, failed: Default::default() })
+    }
+
+    fn try_read(&self, range: &std::ops::Range<usize>) -> Result<Vec<u8>, wasm_bindgen::JsValue> {
+        let part = self.blob.slice_with_f64_and_f64(range.start as f64, range.end as f64)?;
+        let buffer = self.reader.read_as_array_buffer(&part)?;
+        Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+    }
+}
 
 impl ByteSource for JsBytes {
     fn len(&self) -> usize {
-        self.0.length() as usize
+        self.blob.size() as usize
     }
 
     fn read(&self, range: std::ops::Range<usize>) -> Vec<u8> {
-        self.0.subarray(range.start as u32, range.end as u32).to_vec()
+        match self.try_read(&range) {
+            Ok(bytes) if bytes.len() == range.len() => bytes,
+            other => {
+                let why = match other {
+                    Ok(b) => format!("{} bytes where {} were asked", b.len(), range.len()),
+                    Err(e) => js_message(&e),
+                };
+                self.failed.borrow_mut().get_or_insert(format!("reading the cached model failed: {why}"));
+                vec![0; range.len()]
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
     }
 }
 
@@ -291,13 +326,13 @@ async fn cache_get(key: &str) -> Option<ModelBytes> {
         return None;
     }
     let response: web_sys::Response = hit.unchecked_into();
-    // Read into a JavaScript buffer, not into the engine's memory: the model is built from it a
-    // tensor at a time, and the buffer goes with the load.
-    let buffer: js_sys::ArrayBuffer = JsFuture::from(response.array_buffer().ok()?).await.ok()?.unchecked_into();
-    let bytes = JsBytes(js_sys::Uint8Array::new(&buffer));
-    // A damaged entry (a header that does not read, tensors that fail the checksum) is ignored
-    // and replaced by the next download.
-    format::verify_source(&bytes).ok().map(|_| ModelBytes::Js(bytes))
+    // The body as the cache's `Blob`, not read into the engine's memory: the model is built
+    // from it a tensor at a time.
+    let blob: web_sys::Blob = JsFuture::from(response.blob().ok()?).await.ok()?.unchecked_into();
+    let bytes = JsBytes::new(blob)?;
+    // A damaged entry (a header that does not read, tensors that fail the checksum, a read that
+    // fails) is ignored and replaced by the next download.
+    format::verify_source(&bytes).ok().filter(|_| bytes.failure().is_none()).map(|_| ModelBytes::Js(bytes))
 }
 
 async fn cache_put(key: &str, bytes: &[u8]) -> Result<(), String> {

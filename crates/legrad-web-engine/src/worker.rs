@@ -501,11 +501,18 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
         // JavaScript buffer and each tensor is read from it as the model takes it; a file here
         // goes once its tensors are read, before the model is built.
         None if !on_gpu() => {
-            let prepared = match bytes {
-                ModelBytes::Js(js) => legrad::load::read_source(Rc::new(js))?,
-                ModelBytes::Here(b) => legrad::load::read_bytes(&b, None)?,
+            let (prepared, source) = match bytes {
+                ModelBytes::Js(js) => {
+                    let source: Rc<dyn legrad::weights::ByteSource> = Rc::new(js);
+                    (legrad::load::read_source(source.clone())?, Some(source))
+                }
+                ModelBytes::Here(b) => (legrad::load::read_bytes(&b, None)?, None),
             };
             let (clip, info) = prepared.build(&device)?;
+            // A read from the cache that failed left zeros in its place: the model is refused.
+            if let Some(why) = source.and_then(|s| s.failure()) {
+                return Err(LegradError::ModelFile(why));
+            }
             Rc::new(new_engine(clip, info)?)
         }
         None => Rc::new(load_on(&device, &bytes.into_vec()).await?),

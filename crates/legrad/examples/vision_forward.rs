@@ -72,6 +72,8 @@ fn main() {
         let g = b.mlp.activate(clip.config.activation, hh.clone());
         time("c_proj", &|| sync(b.mlp.c_proj.forward(g.clone())));
         time("whole block", &|| sync(b.forward(x.clone(), None, clip.config.activation)));
-        time("block, traced", &|| sync(b.forward_traced(x.clone(), clip.config.activation).output));
+        time("block, traced", &|| {
+            sync(b.forward_traced(x.clone(), clip.config.activation, legrad::model::Keep::Everything).output)
+        });
     }
 }

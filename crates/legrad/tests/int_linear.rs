@@ -250,3 +250,33 @@ fn shared_image_step_matches_the_unshared_one() {
         }
     }
 }
+
+/// A trace for a reader of the attention keeps its probabilities through the shared step too
+/// (LeGrad's trace keeps none, `model::Keep`): Rollout and raw attention on the fixture, shared
+/// with one helper, against the unshared step.
+#[test]
+fn shared_step_keeps_the_probabilities_where_a_reader_asks() {
+    let engine = tiny_b16_cpu(Int16Products::Always);
+    let policy = ComputePolicy { shared_step_tokens: 0, ..*engine.policy() };
+    let engine = engine.with_policy(policy).unwrap();
+    let (side, options) = (96, ExplainOptions::default());
+    let size = InputSize::square(side);
+    let mut rng = legrad::rng::Rng::new(11);
+    let pixels: Vec<f32> = (0..3 * side * side).map(|_| rng.normal()).collect();
+    let methods = [Method::Rollout, Method::RawAttention, Method::LeGrad];
+    let request = engine.request_for(&methods, &options).unwrap();
+    let alone = engine.trace(pixels.clone(), size, &request).unwrap();
+    let fake = InProcess::new(&engine, 1);
+    assert_eq!(fake.count(), 1);
+    let shared = pollster::block_on(engine.trace_shared(pixels, size, &request, &fake)).unwrap();
+    let prepared = engine.prepare(&["a cat".to_string()], Some(DEFAULT_TEMPLATE)).unwrap();
+    for method in methods {
+        let maps = |t: &legrad::explain::trace::ImageTrace| {
+            pollster::block_on(engine.explain(t, &prepared, method, &options)).unwrap()
+        };
+        let (a, b) = (maps(&shared), maps(&alone));
+        let diff = compare(&a[0].map.map, &b[0].map.map).unwrap().max_abs;
+        eprintln!("{method:?}, shared against unshared: maps within {diff:.2e}");
+        assert!(diff <= 1e-3, "{method:?}: the shared step's map differs by {diff}");
+    }
+}

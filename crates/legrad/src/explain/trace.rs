@@ -18,9 +18,9 @@ use burn::tensor::{Distribution, Tensor};
 use super::Method;
 use super::legrad_trace::{LegradModel, LegradTrace, LegradTraceBuilder, missing_layer};
 use crate::error::{LegradError, Result};
-use crate::model::Clip;
 use crate::model::int_linear::share::ImageHelpers;
 use crate::model::vision::{TracedBlock, l2_normalize};
+use crate::model::{Clip, Keep};
 
 /// What an explainer reads of an image's forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -239,7 +239,7 @@ impl Building {
         match self {
             Building::LeGrad(t) => t.take(b, model, legrad)?,
             Building::Attention(t) if b.index >= t.first_layer => {
-                t.probs.push(b.out.attention.probs.clone().squeeze_dim(0))
+                t.probs.push(b.out.attention.probs.kept()?.clone().squeeze_dim(0))
             }
             Building::Tokens(t) if b.index >= t.first_layer => {
                 t.inputs.push(b.input.clone().squeeze_dim(0));
@@ -280,7 +280,9 @@ pub async fn trace_image(
     };
     let mut building: Vec<Building> = request.reads().map(|(r, l)| Building::new(r, l, model)).collect();
     run.skip_to(request.first_layer()).await?;
-    while let Some(block) = run.next_block().await? {
+    // The attention's probabilities only where a reader of them asked (LeGrad reads none).
+    let keep = if request.reads().any(|(r, _)| r == Reads::Attention) { Keep::Everything } else { Keep::Terms };
+    while let Some(block) = run.next_block(keep).await? {
         for b in &mut building {
             b.take(&block, model, legrad)?;
         }

@@ -284,6 +284,48 @@ impl LayerNorm {
     }
 }
 
+/// What a traced block keeps of what it computed: its readers decide
+/// ([`crate::explain::trace::Reads`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Keep {
+    /// Its output alone.
+    Output,
+    /// Everything but the attention's probabilities (LeGrad's closed form reads the values,
+    /// ln_2's statistics and the MLP's pre-activation).
+    Terms,
+    /// Everything (a reader of the attention asked): at 448 px a ViT-B/16 block's
+    /// probabilities are 30 MB.
+    Everything,
+}
+
+/// A traced block's attention probabilities `[B, H, N, N]`, where kept ([`Keep::Everything`]).
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per traced block
+pub enum Probabilities {
+    Kept(Tensor<4>),
+    NotKept,
+}
+
+impl Probabilities {
+    pub fn kept(&self) -> Result<&Tensor<4>> {
+        match self {
+            Probabilities::Kept(p) => Ok(p),
+            Probabilities::NotKept => Err(crate::error::LegradError::Backend(
+                "the attention's probabilities were not kept in this trace".into(),
+            )),
+        }
+    }
+}
+
+/// A traced block's attention: its output (after `out_proj`) `[B, N, W]`, its values `[B, H,
+/// N, d]`, its probabilities where kept.
+#[derive(Clone, Debug)]
+pub struct TracedAttention {
+    pub output: Tensor<3>,
+    pub probs: Probabilities,
+    pub values: Tensor<4>,
+}
+
 /// Multi-head self-attention with open_clip's fused `in_proj` (q, k, v stacked).
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -306,17 +348,29 @@ pub struct AttentionOutput {
 impl Attention {
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> AttentionOutput {
         if mask.is_none()
-            && let Some((context, Some((probs, values)))) = self.integer(&x, true)
+            && let Some((context, Some((Some(probs), values)))) = self.integer(&x, Keep::Everything)
         {
             return AttentionOutput { output: self.out_proj.forward(context), probs, values };
         }
         self.forward_burn(x, mask)
     }
 
+    /// What a traced block keeps of its attention (`keep`: [`Keep::Terms`] or
+    /// [`Keep::Everything`]); the integer path computes no probabilities it does not keep.
+    pub fn traced(&self, x: Tensor<3>, keep: Keep) -> TracedAttention {
+        if let Some((context, Some((probs, values)))) = self.integer(&x, keep) {
+            let probs = probs.map_or(Probabilities::NotKept, Probabilities::Kept);
+            return TracedAttention { output: self.out_proj.forward(context), probs, values };
+        }
+        let a = self.forward_burn(x, None);
+        let probs = if keep == Keep::Everything { Probabilities::Kept(a.probs) } else { Probabilities::NotKept };
+        TracedAttention { output: a.output, probs, values: a.values }
+    }
+
     /// The output alone (a block whose values nobody reads).
     pub fn output(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<3> {
         if mask.is_none()
-            && let Some((context, _)) = self.integer(&x, false)
+            && let Some((context, _)) = self.integer(&x, Keep::Output)
         {
             return self.out_proj.forward(context);
         }
@@ -324,10 +378,10 @@ impl Attention {
     }
 
     /// On the integer path (`in_proj` on the integer grid, one image of plain CPU tensors,
-    /// heads in whole tiles): the context `[1, N, W]` by [`int_linear::attention`], and where
-    /// `keep`, the probabilities `[1, H, N, N]` and values `[1, H, N, d]`.
+    /// heads in whole tiles): the context `[1, N, W]` by [`int_linear::attention`], and what
+    /// `keep` asks: the values `[1, H, N, d]`, and the probabilities `[1, H, N, N]`.
     #[allow(clippy::type_complexity)]
-    fn integer(&self, x: &Tensor<3>, keep: bool) -> Option<(Tensor<3>, Option<(Tensor<4>, Tensor<4>)>)> {
+    fn integer(&self, x: &Tensor<3>, keep: Keep) -> Option<(Tensor<3>, Option<(Option<Tensor<4>>, Tensor<4>)>)> {
         let Dense::Integer(in_proj) = &self.in_proj else { return None };
         let [b, n, w] = x.dims();
         let (h, d) = (self.heads, w / self.heads);
@@ -338,13 +392,14 @@ impl Attention {
         let bias = in_proj.bias.val().into_data().try_into_vec::<f32>().ok()?;
         let qkv = in_proj.matrix.forward(&data, n, &bias);
         let device = x.device();
-        let out = int_linear::attention::attention(&qkv, n, h, d, in_proj.matrix.kernel(), keep);
+        let probs = keep == Keep::Everything;
+        let out = int_linear::attention::attention(&qkv, n, h, d, in_proj.matrix.kernel(), probs);
         let context = Tensor::from_data(TensorData::new(out.context, [1, n, w]), &device);
-        if !keep {
+        if keep == Keep::Output {
             return Some((context, None));
         }
         let values = int_linear::attention::values(&qkv, n, h, d);
-        let probs = Tensor::from_data(TensorData::new(out.probs, [1, h, n, n]), &device);
+        let probs = probs.then(|| Tensor::from_data(TensorData::new(out.probs, [1, h, n, n]), &device));
         let values = Tensor::from_data(TensorData::new(values, [1, h, n, d]), &device);
         Some((context, Some((probs, values))))
     }
@@ -434,7 +489,7 @@ pub struct Block {
 #[derive(Clone, Debug)]
 pub struct BlockOutput {
     pub output: Tensor<3>,
-    pub attention: AttentionOutput,
+    pub attention: TracedAttention,
     /// The residual stream after attention, the MLP's input (`u`).
     pub post_attn: Tensor<3>,
     pub ln_2: LayerNormStats<3>,
@@ -503,8 +558,8 @@ impl Block {
         (out, [a, ctx, n2, g])
     }
 
-    pub fn forward_traced(&self, x: Tensor<3>, act: Activation) -> BlockOutput {
-        let attention = self.attn.forward(self.ln_1.forward(x.clone()), None);
+    pub fn forward_traced(&self, x: Tensor<3>, act: Activation, keep: Keep) -> BlockOutput {
+        let attention = self.attn.traced(self.ln_1.forward(x.clone()), keep);
         let u = x + attention.output.clone();
         self.finish(u, attention, act)
     }
@@ -515,7 +570,7 @@ impl Block {
         self.mlp_residual(x + self.attn.attend(probs, values), act)
     }
 
-    fn finish(&self, u: Tensor<3>, attention: AttentionOutput, act: Activation) -> BlockOutput {
+    fn finish(&self, u: Tensor<3>, attention: TracedAttention, act: Activation) -> BlockOutput {
         let (n2, ln_2) = self.ln_2.forward_with_stats(u.clone());
         let h = self.mlp.c_fc.forward(n2);
         let output = u.clone() + self.mlp.project(act, h.clone());

@@ -16,7 +16,7 @@ use burn::tensor::{Device, Tensor};
 use super::int_linear::share::{self, BlockShare, ImageHelpers};
 use super::int_linear::{self, IntMatrix};
 use super::pos_embed::resample_bicubic_aa;
-use super::{AttentionPool, Block, BlockOutput, Dense, LayerNorm, tensor1, tensor2, transposed};
+use super::{AttentionPool, Block, BlockOutput, Dense, Keep, LayerNorm, tensor1, tensor2, transposed};
 use crate::compute::LinearProducts;
 use crate::config::{Activation, ClipConfig, HeadKind};
 use crate::error::{LegradError, Result};
@@ -117,25 +117,26 @@ impl<'a> BlockRun<'a> {
     /// Run the blocks before `layer` keeping nothing.
     pub async fn skip_to(&mut self, layer: usize) -> Result<()> {
         while self.next < layer.min(self.tower.depth()) {
-            self.x = self.block(false).await?.0;
+            self.x = self.block(Keep::Output).await?.0;
             self.next += 1;
         }
         Ok(())
     }
 
-    /// The next block, with everything it computed; `None` after the last.
-    pub async fn next_block(&mut self) -> Result<Option<TracedBlock<'a>>> {
+    /// The next block, with what `keep` asks of what it computed ([`Keep::Terms`] or
+    /// [`Keep::Everything`]; [`Keep::Output`] is an error); `None` after the last.
+    pub async fn next_block(&mut self, keep: Keep) -> Result<Option<TracedBlock<'a>>> {
         let Some(block) = self.tower.weights.blocks.get(self.next) else { return Ok(None) };
         let input = self.x.clone();
         let out =
-            self.block(true).await?.1.ok_or_else(|| LegradError::Backend("a traced block kept nothing".into()))?;
+            self.block(keep).await?.1.ok_or_else(|| LegradError::Backend("a traced block kept nothing".into()))?;
         self.x = out.output.clone();
         self.next += 1;
         Ok(Some(TracedBlock { index: self.next - 1, block, input, out }))
     }
 
-    /// Block `next` on `x`: its output and, where `keep`, everything it computed.
-    async fn block(&self, keep: bool) -> Result<(Tensor<3>, Option<BlockOutput>)> {
+    /// Block `next` on `x`: its output and what `keep` asks of what it computed.
+    async fn block(&self, keep: Keep) -> Result<(Tensor<3>, Option<BlockOutput>)> {
         let (i, act) = (self.next, self.tower.activation);
         let block = &self.tower.weights.blocks[i];
         match &self.shared {
@@ -143,8 +144,8 @@ impl<'a> BlockRun<'a> {
                 let b = share::block_forward(block, i, &own[i], *helpers, self.x.clone(), keep).await?;
                 Ok((b.output, b.kept))
             }
-            None if keep => {
-                let out = block.forward_traced(self.x.clone(), act);
+            None if keep != Keep::Output => {
+                let out = block.forward_traced(self.x.clone(), act, keep);
                 Ok((out.output.clone(), Some(out)))
             }
             None => Ok((block.forward(self.x.clone(), None, act), None)),

@@ -124,10 +124,16 @@ impl Entry {
 /// model and never the file as well.
 pub trait ByteSource {
     fn len(&self) -> usize;
-    /// `range`'s bytes (within [`len`](Self::len)).
+    /// `range`'s bytes (within [`len`](Self::len)): always `range.len()` of them, zeros where a
+    /// read failed ([`failure`](Self::failure) then says why).
     fn read(&self, range: std::ops::Range<usize>) -> Vec<u8>;
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Why a read failed, once one has: a model built from this source is then refused (a
+    /// source in memory never fails).
+    fn failure(&self) -> Option<String> {
+        None
     }
 }
 

@@ -28,17 +28,20 @@ pub fn fits(d: usize) -> bool {
 pub fn attention(qkv: &[f32], n: usize, heads: usize, d: usize, kernel: IntKernel, keep: bool) -> HostAttention {
     let w = heads * d;
     assert!(qkv.len() == n * 3 * w && fits(d), "attention: operands do not fit");
-    let head = |h: usize| one_head(qkv, n, w, h, d, kernel);
+    let head = |h: usize| one_head(qkv, n, w, h, d, kernel, keep);
+    // Natively the heads run on rayon's threads, then are put together; in wasm (one thread)
+    // each head is put in its place as it is made, so that only one head's probabilities are
+    // held twice.
     #[cfg(not(target_family = "wasm"))]
-    let per_head: Vec<(Vec<f32>, Vec<f32>)> = {
+    let per_head: Box<dyn Iterator<Item = (Vec<f32>, Vec<f32>)>> = {
         use rayon::prelude::*;
-        (0..heads).into_par_iter().map(head).collect()
+        Box::new((0..heads).into_par_iter().map(head).collect::<Vec<_>>().into_iter())
     };
     #[cfg(target_family = "wasm")]
-    let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..heads).map(head).collect();
+    let per_head: Box<dyn Iterator<Item = (Vec<f32>, Vec<f32>)>> = Box::new((0..heads).map(head));
     let mut context = vec![0f32; n * w];
     let mut probs = Vec::with_capacity(if keep { heads * n * n } else { 0 });
-    for (h, (ctx, p)) in per_head.into_iter().enumerate() {
+    for (h, (ctx, p)) in per_head.enumerate() {
         for (i, row) in ctx.chunks_exact(d).enumerate() {
             context[i * w + h * d..i * w + (h + 1) * d].copy_from_slice(row);
         }
@@ -61,8 +64,17 @@ pub fn values(qkv: &[f32], n: usize, heads: usize, d: usize) -> Vec<f32> {
     values
 }
 
-/// Head `h`: its context `[N, d]` and probabilities `[N, N]`.
-fn one_head(qkv: &[f32], n: usize, w: usize, h: usize, d: usize, kernel: IntKernel) -> (Vec<f32>, Vec<f32>) {
+/// Head `h`: its context `[N, d]` and, where `keep`, its probabilities `[N, N]` (else none:
+/// every head's at once would be 30 MB at 448 px).
+fn one_head(
+    qkv: &[f32],
+    n: usize,
+    w: usize,
+    h: usize,
+    d: usize,
+    kernel: IntKernel,
+    keep: bool,
+) -> (Vec<f32>, Vec<f32>) {
     let keys = n.next_multiple_of(super::kernels::TILE);
     let col = |part: usize, i: usize| &qkv[i * 3 * w + part * w + h * d..i * 3 * w + part * w + (h + 1) * d];
     // torch scales q before the product (F.multi_head_attention_forward).
@@ -84,7 +96,7 @@ fn one_head(qkv: &[f32], n: usize, w: usize, h: usize, d: usize, kernel: IntKern
     let vm = IntMatrix::from_in_out(&v, n, d, kernel);
     let mut ctx = vec![0f32; n * d];
     vm.rows_into(&probs, &mut ctx, &vec![0f32; d], None);
-    (ctx, probs)
+    (ctx, if keep { probs } else { Vec::new() })
 }
 
 /// `p = softmax(s)`; a row with NaN gives NaN. The max and the sum in eight lanes, the

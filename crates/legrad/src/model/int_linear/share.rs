@@ -34,7 +34,7 @@ use super::kernels::TILE;
 use super::{IntKernel, IntMatrix, attention, host_f32};
 use crate::config::Activation;
 use crate::error::{LegradError, Result};
-use crate::model::{AttentionOutput, Block, BlockOutput, Dense};
+use crate::model::{Block, BlockOutput, Dense, Keep, Probabilities, TracedAttention};
 
 /// Share `i` of `n` units split into `parts` shares, as even as they come (share 0 is this
 /// thread's).
@@ -54,20 +54,22 @@ pub enum Stage {
 }
 
 /// What a share is asked for: `stage` of block `block` on `rows` input rows; `keep`: what an
-/// explainer reads too (the attention's probabilities and values, the MLP's pre-activation).
+/// explainer reads too (the attention's values and, for [`Keep::Everything`], probabilities;
+/// the MLP's pre-activation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageJob {
     pub block: usize,
     pub stage: Stage,
     pub rows: usize,
-    pub keep: bool,
+    pub keep: Keep,
 }
 
 /// A share's answer to a [`StageJob`]: its partial sum `[rows, width]` of the stage's last
 /// product (no bias), and where kept, what explainers read.
 #[derive(Debug)]
 pub enum StageOut {
-    /// Kept: the share's heads' probabilities `[heads, rows, rows]` and values `[heads, rows, d]`.
+    /// Kept: the share's heads' probabilities `[heads, rows, rows]` (empty unless
+    /// [`Keep::Everything`]) and values `[heads, rows, d]`.
     Attention { partial: Vec<f32>, kept: Option<(Vec<f32>, Vec<f32>)> },
     /// Kept: the share's hidden units' pre-activation `[rows, hidden]`.
     Mlp { partial: Vec<f32>, kept: Option<Vec<f32>> },
@@ -314,15 +316,16 @@ impl BlockShare {
             Stage::Attention => {
                 let qkv = self.qkv.product(x, rows)?;
                 let (h, d) = (self.heads, self.head_dim);
-                let out = attention::attention(&qkv, rows, h, d, self.qkv.matrix.kernel(), job.keep);
+                let probs = job.keep == Keep::Everything;
+                let out = attention::attention(&qkv, rows, h, d, self.qkv.matrix.kernel(), probs);
                 let partial = self.out_proj.partial(&out.context, rows, None)?;
-                let kept = job.keep.then(|| (out.probs, attention::values(&qkv, rows, h, d)));
+                let kept = (job.keep != Keep::Output).then(|| (out.probs, attention::values(&qkv, rows, h, d)));
                 StageOut::Attention { partial, kept }
             }
             Stage::Mlp => {
                 let pre = self.fc.product(x, rows)?;
                 let partial = self.proj.partial(&pre, rows, Some(self.activation))?;
-                StageOut::Mlp { partial, kept: job.keep.then_some(pre) }
+                StageOut::Mlp { partial, kept: (job.keep != Keep::Output).then_some(pre) }
             }
         })
     }
@@ -386,7 +389,7 @@ pub async fn block_forward(
     own: &BlockShare,
     helpers: &dyn ImageHelpers,
     x: Tensor<3>,
-    keep: bool,
+    keep: Keep,
 ) -> Result<SharedBlock> {
     let [_, n, w] = x.dims();
     let device = x.device();
@@ -416,22 +419,25 @@ pub async fn block_forward(
     }
     let parts: Vec<&[f32]> = partials.iter().map(|p| &p[..]).collect();
     let output = u.clone() + tensor(total(&parts, &bias_of(&block.mlp.c_proj)?)?, w);
-    let kept = if keep {
+    let kept = if keep != Keep::Output {
         let heads = block.attn.heads;
         let d = w / heads;
-        if probs.len() != heads * n * n
-            || values.len() != heads * n * d
-            || pre.iter().any(|p| !p.len().is_multiple_of(n))
-        {
+        let asked = if keep == Keep::Everything { heads * n * n } else { 0 };
+        if probs.len() != asked || values.len() != heads * n * d || pre.iter().any(|p| !p.len().is_multiple_of(n)) {
             return Err(LegradError::Backend("the shares did not answer every head and hidden unit".into()));
         }
         let pre = side_by_side(&pre, n);
         let hidden = pre.len() / n;
         Some(BlockOutput {
             output: output.clone(),
-            attention: AttentionOutput {
+            attention: TracedAttention {
                 output: attn_out,
-                probs: Tensor::from_data(TensorData::new(probs, [1, heads, n, n]), &device),
+                probs: match keep {
+                    Keep::Everything => {
+                        Probabilities::Kept(Tensor::from_data(TensorData::new(probs, [1, heads, n, n]), &device))
+                    }
+                    _ => Probabilities::NotKept,
+                },
                 values: Tensor::from_data(TensorData::new(values, [1, heads, n, d]), &device),
             },
             post_attn: u,
