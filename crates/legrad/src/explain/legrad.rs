@@ -68,7 +68,7 @@ pub fn layer_terms_for(
         .iter()
         .enumerate()
         .map(|(k, lt)| {
-            Ok(layer_terms(model, cx.legrad.consts(model, lt.index)?, lt, g.clone().narrow(0, k, 1).squeeze_dim(0)))
+            Ok(layer_terms(cx.legrad.consts(model, lt.index)?, lt, g.clone().narrow(0, k, 1).squeeze_dim(0)))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((layers, terms))
@@ -91,7 +91,7 @@ pub fn held_terms_for(
             let lt = trace.layer(l)?;
             let consts = cx.legrad.consts(model, lt.index)?;
             let g = Tensor::zeros([1, model.vision.width], &lt.values.device());
-            Ok(layer_terms(model, consts, lt, g))
+            Ok(layer_terms(consts, lt, g))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((layers, terms))
@@ -179,7 +179,7 @@ fn score_jacobian_rows(model: &Clip, proj: &Tensor<2>, layers: &[ClassTokenLayer
 }
 
 /// The terms of layer `lt` for the score gradients `g` `[P, W]`.
-fn layer_terms(model: &Clip, consts: &LegradConsts, lt: &ClassTokenLayer, g: Tensor<2>) -> LayerTerms {
+fn layer_terms(consts: &LegradConsts, lt: &ClassTokenLayer, g: Tensor<2>) -> LayerTerms {
     let [_, n, d] = lt.values.dims();
     let [_, m] = lt.act_grad.dims();
     let w = lt.xhat_out.dims()[1];
@@ -188,7 +188,7 @@ fn layer_terms(model: &Clip, consts: &LegradConsts, lt: &ClassTokenLayer, g: Ten
     // gradient at the attention's concatenated heads is (LayerNorm's backward, pushed through
     // out_proj): dc = rstd ⊙ (dh K - (dh·κ) 1ᵀW_outᵀ - (dh·B/W) x̂W_outᵀ) + g W_outᵀ; the two
     // mean terms are a's products with the trace's mean rows.
-    let ag = consts.ag(&model.vision.weights.blocks[lt.index], g); // [P, M + W]
+    let ag = consts.ag(g); // [P, M + W]
     let mm = ag.clone().narrow(1, 0, m).matmul(lt.mean_rows.clone().transpose()); // [P, 2N]
     LayerTerms {
         act_grad: lt.act_grad.clone(),

@@ -10,7 +10,7 @@ use super::terms::FoldedK;
 use crate::error::{LegradError, Result};
 use crate::model::int_linear::{IntMatrix, host_f32};
 use crate::model::vision::{TracedBlock, VisionHead};
-use crate::model::{Block, Clip, Dense, activate_grad};
+use crate::model::{Clip, Dense, activate_grad};
 use crate::tokenizer::TextTokenizer;
 
 /// Block `layer`'s weights folded for LeGrad's closed-form backward (LEGRAD.md section 5): the
@@ -37,20 +37,17 @@ pub enum Transposed {
     /// `[W_projᵀ | W_outᵀ]` `[W, M + W]` (burn's layers: a prompt's two products in one, one
     /// launch on a GPU): 4 bytes a weight.
     Tensor(Tensor<2>),
-    /// The integer grid: `W_outᵀ` on it for `x̂ W_outᵀ` (an image's `[N, W]` rows by the integer
-    /// product); a prompt's few rows go back through `c_proj` and `out_proj` themselves
-    /// ([`crate::model::Dense::backward`], over the stored weights). No f32 copy of a weight.
-    Grid { out_t: Arc<IntMatrix> },
+    /// The integer grid: `W_outᵀ` and `W_projᵀ` on it (1.2 and 4.7 MB a ViT-B/16 layer): an
+    /// image's `x̂ W_outᵀ` and a prompt's rows by the integer product. No f32 copy of a weight.
+    Grid { out_t: Arc<IntMatrix>, proj_t: Arc<IntMatrix> },
 }
 
 impl LegradConsts {
-    /// `[g W_projᵀ | g W_outᵀ]` `[P, M + W]` for score gradients `g` `[P, W]` at block `block`.
-    pub fn ag(&self, block: &Block, g: Tensor<2>) -> Tensor<2> {
+    /// `[g W_projᵀ | g W_outᵀ]` `[P, M + W]` for score gradients `g` `[P, W]`.
+    pub fn ag(&self, g: Tensor<2>) -> Tensor<2> {
         match &self.transposed {
             Transposed::Tensor(t) => g.matmul(t.clone()),
-            Transposed::Grid { .. } => {
-                Tensor::cat(vec![block.mlp.c_proj.backward(g.clone()), block.attn.out_proj.backward(g)], 1)
-            }
+            Transposed::Grid { out_t, proj_t } => Tensor::cat(vec![on_grid(proj_t, g.clone()), on_grid(out_t, g)], 1),
         }
     }
 
@@ -61,21 +58,23 @@ impl LegradConsts {
                 let [w, mw] = t.dims();
                 x_hat.matmul(t.clone().narrow(1, mw - w, w))
             }
-            Transposed::Grid { out_t } => match host_f32(&x_hat) {
-                Some(x) => {
-                    let n = x_hat.dims()[0];
-                    let y = out_t.forward(&x, n, &vec![0f32; out_t.d_out()]);
-                    Tensor::from_data(TensorData::new(y, [n, out_t.d_out()]), &x_hat.device())
-                }
-                // Not a plain CPU tensor (autodiff): the grid's values by burn.
-                None => {
-                    let w = Tensor::from_data(
-                        TensorData::new(out_t.dequantized(), [out_t.d_in(), out_t.d_out()]),
-                        &x_hat.device(),
-                    );
-                    x_hat.matmul(w)
-                }
-            },
+            Transposed::Grid { out_t, .. } => on_grid(out_t, x_hat),
+        }
+    }
+}
+
+/// `x W` `[R, d_out]` for `x` `[R, d_in]` by `w`'s integer product (plain CPU tensors; else
+/// burn's product with the grid's values).
+fn on_grid(w: &IntMatrix, x: Tensor<2>) -> Tensor<2> {
+    let [rows, _] = x.dims();
+    match host_f32(&x) {
+        Some(v) => {
+            let y = w.forward(&v, rows, &vec![0f32; w.d_out()]);
+            Tensor::from_data(TensorData::new(y, [rows, w.d_out()]), &x.device())
+        }
+        None => {
+            let device = x.device();
+            x.matmul(Tensor::from_data(TensorData::new(w.dequantized(), [w.d_in(), w.d_out()]), &device))
         }
     }
 }
@@ -138,40 +137,34 @@ fn fold(model: &Clip, layer: usize) -> LegradConsts {
     let kappa = fc_t_gamma.clone().sum_dim(1).div_scalar(w as f64).squeeze_dim::<1>(1); // [M]
     let ones_out = out_t.clone().sum_dim(0).squeeze_dim::<1>(0); // [W]
     let k = fc_t_gamma.matmul(out_t.clone()); // [M, W]
-    // The tower's layers on the integer grid: `K` and `W_outᵀ` go onto it (their f32 values
-    // are dropped here); else tensors, `W_projᵀ` beside `W_outᵀ`.
-    let on_grid = match (&block.attn.out_proj, &block.mlp.c_proj) {
-        (Dense::Integer(out), Dense::Integer(_)) if IntMatrix::fits(m, w) && IntMatrix::fits(w, w) => {
-            let kernel = out.matrix.kernel();
-            match (host_f32(&k), host_f32(&out_t)) {
-                (Some(k), Some(out_t)) => {
-                    Some((IntMatrix::from_in_out(&k, m, w, kernel), IntMatrix::from_in_out(&out_t, w, w, kernel)))
-                }
-                _ => None,
-            }
-        }
-        _ => None,
-    };
-    match on_grid {
-        Some((k, out_t)) => LegradConsts {
+    // The tower's layers on the integer grid: `K`, `W_outᵀ` and `W_projᵀ` go onto it, one at a
+    // time, each f32 copy dropped before the next is made (the engine's memory keeps its
+    // high-water mark); else tensors, `W_projᵀ` beside `W_outᵀ`.
+    if let (Dense::Integer(out), Dense::Integer(proj)) = (&block.attn.out_proj, &block.mlp.c_proj)
+        && IntMatrix::fits(m, w)
+        && IntMatrix::fits(w, w)
+        && IntMatrix::fits(w, m)
+        && let Some(k_host) = host_f32(&k)
+    {
+        let kernel = out.matrix.kernel();
+        drop((k, out_t));
+        let k = IntMatrix::from_in_out(&k_host, m, w, kernel);
+        drop(k_host);
+        // `x W_outᵀ` is `out_proj`'s stored `[in, out]` read as PyTorch's `[out, in]`: the same
+        // grid as `W_outᵀ` by `from_in_out` (a scale per input of each), with no transpose.
+        let out_t = IntMatrix::new(&out.matrix.dequantized(), w, w, kernel);
+        let proj_t = IntMatrix::new(&proj.matrix.dequantized(), w, m, kernel);
+        return LegradConsts {
             k: FoldedK::Grid(Arc::new(k)),
             kappa,
             ones_out,
-            transposed: Transposed::Grid { out_t: Arc::new(out_t) },
+            transposed: Transposed::Grid { out_t: Arc::new(out_t), proj_t: Arc::new(proj_t) },
             fc_offset,
-        },
-        None => {
-            let proj_t = block.mlp.c_proj.weight().dequantize().transpose(); // [W, M]
-            let g_weights = Tensor::cat(vec![proj_t, out_t], 1); // [W, M + W]
-            LegradConsts {
-                k: FoldedK::Tensor(k),
-                kappa,
-                ones_out,
-                transposed: Transposed::Tensor(g_weights),
-                fc_offset,
-            }
-        }
+        };
     }
+    let proj_t = block.mlp.c_proj.weight().dequantize().transpose(); // [W, M]
+    let g_weights = Tensor::cat(vec![proj_t, out_t], 1); // [W, M + W]
+    LegradConsts { k: FoldedK::Tensor(k), kappa, ones_out, transposed: Transposed::Tensor(g_weights), fc_offset }
 }
 
 /// LeGrad's terms of one image, layers `first_layer..depth`, by the vision tower's head.

@@ -126,27 +126,37 @@ impl IntMatrix {
         // A pair of inputs has 2·TILE stored values per tile (each output's two weights side by
         // side): summed lane by lane over the tiles against the gradient with each value
         // doubled, in registers, a multiply and an add per stored weight that the compiler
-        // vectorizes; the lanes are summed at the end.
+        // vectorizes; the lanes are summed at the end. Up to `GROUP` rows at once, so that a
+        // block of weights is read and converted once for them (a prompt batch's rows).
         const BLOCK: usize = 2 * TILE;
+        const GROUP: usize = 4;
         let tiles = self.d_out / TILE;
         let mut dx = vec![0f32; rows * self.d_in];
-        for r in 0..rows {
-            let doubled: Vec<f32> = dy[r * self.d_out..][..self.d_out].iter().flat_map(|&v| [v, v]).collect();
-            let out = &mut dx[r * self.d_in..][..self.d_in];
+        let doubled: Vec<f32> = dy.iter().flat_map(|&v| [v, v]).collect();
+        for first in (0..rows).step_by(GROUP) {
+            let group = GROUP.min(rows - first);
             for p in 0..self.pairs {
-                let mut acc = [0f32; BLOCK];
+                let mut acc = [[0f32; BLOCK]; GROUP];
                 for t in 0..tiles {
                     let w: &[i16; BLOCK] = self.q[(t * self.pairs + p) * BLOCK..][..BLOCK].try_into().expect("a block");
-                    let g: &[f32; BLOCK] = doubled[t * BLOCK..][..BLOCK].try_into().expect("a block");
-                    for k in 0..BLOCK {
-                        acc[k] += w[k] as f32 * g[k];
+                    let w: [f32; BLOCK] = std::array::from_fn(|k| w[k] as f32);
+                    for (g, acc) in acc.iter_mut().enumerate().take(group) {
+                        let r = first + g;
+                        let dr: &[f32; BLOCK] =
+                            doubled[(r * tiles + t) * BLOCK..][..BLOCK].try_into().expect("a block");
+                        for k in 0..BLOCK {
+                            acc[k] += w[k] * dr[k];
+                        }
                     }
                 }
-                for half in 0..2 {
-                    let i = 2 * p + half;
-                    if i < self.d_in {
-                        let sum: f32 = (0..TILE).map(|lane| acc[2 * lane + half]).sum();
-                        out[i] = sum * self.scale[i];
+                for (g, acc) in acc.iter().enumerate().take(group) {
+                    let out = &mut dx[(first + g) * self.d_in..][..self.d_in];
+                    for half in 0..2 {
+                        let i = 2 * p + half;
+                        if i < self.d_in {
+                            let sum: f32 = (0..TILE).map(|lane| acc[2 * lane + half]).sum();
+                            out[i] = sum * self.scale[i];
+                        }
                     }
                 }
             }
@@ -555,7 +565,7 @@ mod tests {
     #[test]
     fn the_backward_product_agrees_with_the_dequantized_weight() {
         // dy · W over the packed weights against the f32 product with the weights it stores.
-        let (d_in, d_out, rows) = (37, 48, 3);
+        let (d_in, d_out, rows) = (37, 48, 6); // a group of four rows and a remainder
         let w: Vec<f32> = (0..d_in * d_out).map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0).collect();
         let m = IntMatrix::new(&w, d_in, d_out, IntKernel::best());
         let dy: Vec<f32> = (0..rows * d_out).map(|i| ((i * 29 % 31) as f32 - 15.0) / 7.0).collect();
