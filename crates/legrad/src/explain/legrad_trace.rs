@@ -73,8 +73,8 @@ fn on_grid(w: &IntMatrix, x: Tensor<2>) -> Tensor<2> {
             Tensor::from_data(TensorData::new(y, [rows, w.d_out()]), &x.device())
         }
         None => {
-            let device = x.device();
-            x.matmul(Tensor::from_data(TensorData::new(w.dequantized(), [w.d_in(), w.d_out()]), &device))
+            let weight = w.weight(&x.device());
+            x.matmul(weight)
         }
     }
 }

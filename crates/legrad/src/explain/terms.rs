@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use crate::model::int_linear::IntMatrix;
 
@@ -34,7 +34,7 @@ impl FoldedK {
     pub fn tensor(&self, device: &Device) -> Tensor<2> {
         match self {
             FoldedK::Tensor(k) => k.clone(),
-            FoldedK::Grid(k) => Tensor::from_data(TensorData::new(k.dequantized(), [k.d_in(), k.d_out()]), device),
+            FoldedK::Grid(k) => k.weight(device),
         }
     }
 }

@@ -118,6 +118,12 @@ impl IntMatrix {
         w
     }
 
+    /// [`dequantized`](Self::dequantized) as a tensor `[d_in, d_out]` on `device`: the plain
+    /// twin's operand, and burn's product where the integer one does not run.
+    pub fn weight(&self, device: &Device) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(self.dequantized(), [self.d_in, self.d_out]), device)
+    }
+
     /// `dx [rows, d_in] = dy [rows, d_out] · W`: a gradient through the layer, in f32 over the
     /// stored weights (no f32 copy of the matrix; the text tower's word relevance,
     /// [`crate::explain::words`]). Its twin is the product with [`dequantized`](Self::dequantized).
@@ -342,8 +348,7 @@ pub struct IntLinear {
 impl IntLinear {
     /// The weight it multiplies by, `[d_in, d_out]` on the bias's device.
     pub fn weight(&self) -> Tensor<2> {
-        let m = &self.matrix;
-        Tensor::from_data(TensorData::new(m.dequantized(), [m.d_in, m.d_out]), &self.bias.val().device())
+        self.matrix.weight(&self.bias.val().device())
     }
 
     /// `dy Wᵀ` (the gradient at the inputs): on the host over the stored weights for plain CPU
