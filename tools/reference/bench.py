@@ -2,6 +2,7 @@
 
     python tools/reference/bench.py --size 448 --prompts 1 --threads 2 --json
     python tools/reference/bench.py --model ViT-B-16-SigLIP --tokenizer tests/fixtures/siglip/tokenizer
+    python tools/reference/bench.py --device cuda --size 224     (a GPU machine: tools/gpu/bench.sh)
 
 SigLIP models (`compute_legrad_siglip`, with its correction) need a tokenizer directory
 (`--tokenizer`; the published one is fetched by name, which needs a network).
@@ -27,12 +28,14 @@ import open_clip
 from legrad import LeWrapper
 
 
-def median_time(fn, runs):
+def median_time(fn, runs, sync=lambda: None):
     fn()
+    sync()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
         fn()
+        sync()  # a GPU's work is asynchronous: each run waits for its kernels
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -48,10 +51,13 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--tokenizer", help="a tokenizer directory for SigLIP models (HFTokenizer)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = open_clip.create_model(args.model, pretrained=None).eval()
+    model = open_clip.create_model(args.model, pretrained=None).eval().to(device)
     if args.tokenizer:
         cfg = open_clip.get_model_config(args.model)["text_cfg"]
         tok = open_clip.tokenizer.HFTokenizer(args.tokenizer, context_length=cfg["context_length"],
@@ -61,10 +67,10 @@ def main():
     wrapper = LeWrapper(model, layer_index=args.layer_index)
     if wrapper.model_type == "timm_siglip":  # its correction's prompt, without fetching the tokenizer
         with torch.no_grad():
-            wrapper.empty_embedding = F.normalize(wrapper.encode_text(tok(["a photo of a"])), dim=-1).t()
-    image = torch.randn(1, 3, args.size, args.size)
+            wrapper.empty_embedding = F.normalize(wrapper.encode_text(tok(["a photo of a"]).to(device)), dim=-1).t()
+    image = torch.randn(1, 3, args.size, args.size).to(device)
     prompts = [f"a photo of a thing number {i}." for i in range(args.prompts)]
-    tokens = tok(prompts)
+    tokens = tok(prompts).to(device)
     with torch.no_grad():
         text = F.normalize(wrapper.encode_text(tokens), dim=-1)
 
@@ -85,18 +91,21 @@ def main():
     result = {
         "implementation": "legrad-torch 1.1 / open_clip 2.23.0 / torch " + torch.__version__,
         "model": args.model,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "size": args.size,
         "prompts": args.prompts,
         "layer_index": args.layer_index,
         "runs": args.runs,
-        "image_forward_s": median_time(forward, args.runs),
-        "legrad_full_s": median_time(full, args.runs),
+        "image_forward_s": median_time(forward, args.runs, sync),
+        "legrad_full_s": median_time(full, args.runs, sync),
     }
     full()  # the cached call needs an image encoded with this prompt count
-    result["legrad_cached_s"] = median_time(cached, args.runs)
-    result["text_encode_s"] = median_time(encode_text, args.runs)
+    result["legrad_cached_s"] = median_time(cached, args.runs, sync)
+    result["text_encode_s"] = median_time(encode_text, args.runs, sync)
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device.type == "cuda":
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
     if args.json:
         print(json.dumps(result))
     else:

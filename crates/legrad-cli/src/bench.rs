@@ -221,6 +221,7 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         "model": args.model.label(),
         "vision": format!("width {} layers {} patch {}", c.vision.width, c.vision.layers, c.vision.patch_size),
         "backend": format!("{:?}", args.model.backend),
+        "image_products": engine.model.vision.weights.blocks.first().map(|b| b.mlp.c_fc.products()),
         "threads": args.threads.unwrap_or_else(rayon::current_num_threads),
         "size": size.to_string(),
         "prompts": args.prompts,
@@ -249,10 +250,11 @@ pub fn run(args: BenchArgs) -> Result<(), LegradError> {
         return Ok(());
     }
     println!(
-        "model {} ({}), backend {}, {} threads, size {}, {} prompt(s), layer_index {}, first call then median of {} runs",
+        "model {} ({}), backend {} ({} image products), {} threads, size {}, {} prompt(s), layer_index {}, first call then median of {} runs",
         result["model"].as_str().unwrap_or(""),
         result["vision"].as_str().unwrap_or(""),
         result["backend"].as_str().unwrap_or(""),
+        result["image_products"].as_str().unwrap_or("-"),
         result["threads"],
         size,
         args.prompts,

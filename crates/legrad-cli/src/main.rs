@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use legrad::compute::{ComputePolicy, Int16Products, Tiling};
+use legrad::compute::{ComputePolicy, GpuFloat, Int16Products, Tiling};
 use legrad::engine::{DEFAULT_TEMPLATE, Engine};
 use legrad::explain::{ExplainOptions, Method};
 use legrad::load::ConfigSource;
@@ -68,6 +68,18 @@ pub(crate) struct ModelArgs {
     /// their plain tensor twins.
     #[arg(long, value_enum, default_value_t = TilingChoice::Auto)]
     pub(crate) tiling: TilingChoice,
+    /// On a GPU: the float type of the image's products (the vision tower's linear layers and
+    /// attention products, q8 or q4 models). `auto`: f16 where the adapter has `shader-f16` and
+    /// is no software renderer, else f32; `f16` on an adapter without `shader-f16` is an error.
+    #[arg(long, value_enum, default_value_t = FloatChoice::Auto)]
+    pub(crate) gpu_float: FloatChoice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FloatChoice {
+    Auto,
+    F32,
+    F16,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -96,13 +108,22 @@ impl Int16Choice {
 }
 
 impl ModelArgs {
-    /// The policy a model is built with on `device` (`--int-linear`).
-    fn build_policy(&self, device: &Device) -> ComputePolicy {
-        let policy = ComputePolicy::for_device(device);
-        match self.int_linear {
-            Some(c) => policy.with_int_linear(c.products()),
-            None => policy,
+    /// The policy a model is built with on `device` (`--int-linear`, `--gpu-float`).
+    fn build_policy(&self, device: &Device) -> CliResult<ComputePolicy> {
+        let mut policy = ComputePolicy::for_device(device);
+        if let Some(c) = self.int_linear {
+            policy = policy.with_int_linear(c.products());
         }
+        let float = match self.gpu_float {
+            FloatChoice::Auto => return Ok(policy),
+            FloatChoice::F32 => GpuFloat::F32,
+            FloatChoice::F16 => GpuFloat::F16,
+        };
+        let policy = policy.with_gpu_float(float, device);
+        if policy.is_gpu() && policy.gpu_float != float {
+            return Err(LegradError::Input("--gpu-float f16: this adapter has no shader-f16".into()));
+        }
+        Ok(policy)
     }
 
     /// The engine's compute policy from its device, with these flags applied.
@@ -273,6 +294,7 @@ impl ModelArgs {
             int16: None,
             int_linear: None,
             tiling: TilingChoice::Auto,
+            gpu_float: FloatChoice::Auto,
         }
     }
 
@@ -340,7 +362,8 @@ fn load_engine_on_device(args: &ModelArgs) -> CliResult<Engine> {
         if args.config.is_some() {
             return Err(LegradError::Input("--config needs --model (the default model carries its own config)".into()));
         }
-        let (clip, info) = legrad::load::load_bytes(DEFAULT_MODEL, None, &device(args.backend))?;
+        let d = device(args.backend);
+        let (clip, info) = legrad::load::read_bytes(DEFAULT_MODEL, None)?.build_with(&d, &args.build_policy(&d)?)?;
         return Engine::new(clip, info);
     };
     if let Some(spec) = model.to_str().and_then(|s| s.strip_prefix("random:")) {
@@ -348,7 +371,7 @@ fn load_engine_on_device(args: &ModelArgs) -> CliResult<Engine> {
         let mut p = convert::random_model(spec, config.as_ref())?;
         p.tokenizer = tokenizer_file(&args.tokenizer)?;
         let d = device(args.backend);
-        let (clip, info) = p.build_with(&d, &args.build_policy(&d))?;
+        let (clip, info) = p.build_with(&d, &args.build_policy(&d)?)?;
         return Engine::new(clip, info);
     }
     let mut p = legrad::load::prepare_path(model, config)?;
@@ -356,7 +379,7 @@ fn load_engine_on_device(args: &ModelArgs) -> CliResult<Engine> {
         p.tokenizer = Some(t);
     }
     let d = device(args.backend);
-    let (clip, info) = p.build_with(&d, &args.build_policy(&d))?;
+    let (clip, info) = p.build_with(&d, &args.build_policy(&d)?)?;
     for note in &info.notes {
         eprintln!("note: {note}");
     }

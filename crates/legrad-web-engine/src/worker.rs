@@ -417,6 +417,13 @@ fn on_gpu() -> bool {
     ComputePolicy::for_device(&device()).is_gpu()
 }
 
+/// The policy a model is built with on `device`: the device's, with the page's reading of its
+/// adapter (a software renderer takes no f16 products, `compute::GpuFloat`).
+fn build_policy(device: &Device) -> ComputePolicy {
+    let software = STATE.with(|s| s.borrow().software_adapter);
+    ComputePolicy::for_device(device).with_software_adapter(software)
+}
+
 /// An engine for a model built on its device, with the compute policy of that device and the
 /// page's reading of its adapter.
 fn new_engine(clip: legrad::Clip, info: legrad::load::ModelInfo) -> Result<Engine, LegradError> {
@@ -508,7 +515,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
                 }
                 ModelBytes::Here(b) => (legrad::load::read_bytes(&b, None)?, None),
             };
-            let (clip, info) = prepared.build(&device)?;
+            let (clip, info) = prepared.build_with(&device, &build_policy(&device))?;
             // A read from the cache that failed left zeros in its place: the model is refused.
             if let Some(why) = source.and_then(|s| s.failure()) {
                 return Err(LegradError::ModelFile(why));
@@ -614,7 +621,7 @@ async fn load_model(source: ModelSource, buffers: Vec<js_sys::ArrayBuffer>) -> R
 /// with `?backend=webgpu`, the text tower still goes where it is faster ([`place_text`]), and
 /// the page is told.
 async fn load_on(device: &Device, bytes: &[u8]) -> Result<Engine, LegradError> {
-    let (clip, info) = legrad::load::load_bytes(bytes, None, device)?;
+    let (clip, info) = legrad::load::read_bytes(bytes, None)?.build_with(device, &build_policy(device))?;
     let engine = new_engine(clip, info)?;
     if !engine.compiles_kernels() {
         return Ok(engine);
@@ -636,7 +643,7 @@ async fn load_on(device: &Device, bytes: &[u8]) -> Result<Engine, LegradError> {
 /// faster and tell the page why. A new prompt is what the user waits for most often; an image
 /// encode less often: the cost compared is one image plus [`PROMPTS_PER_IMAGE`] new prompts.
 async fn race(bytes: &[u8], gpu: Device, adapter: String) -> Result<Rc<Engine>, LegradError> {
-    let (clip, info) = legrad::load::load_bytes(bytes, None, &gpu)?;
+    let (clip, info) = legrad::load::read_bytes(bytes, None)?.build_with(&gpu, &build_policy(&gpu))?;
     let on_gpu = new_engine(clip, info)?;
     let g = on_gpu.speed(RACE_RUNS).await?;
     let (clip, info) = legrad::load::load_bytes(bytes, None, &Device::flex())?;

@@ -54,7 +54,7 @@ fn main() {
         time("softmax", &|| activation::softmax(s.clone(), 3).into_data());
         let p = activation::softmax(s.clone(), 3);
         time("p v", &|| p.clone().matmul(vv.clone()).into_data());
-        let ctx = legrad::model::Attention::context(p.clone(), vv.clone());
+        let ctx = b.attn.context(p.clone(), vv.clone());
         let qkv_host = qkv.clone().into_data().try_into_vec::<f32>().unwrap();
         let kernel = ComputePolicy::for_device(&device).int_kernel;
         time("host attention core (integer)", &|| {
@@ -63,7 +63,7 @@ fn main() {
         time("host attention core, probs kept", &|| {
             legrad::model::int_linear::attention::attention(&qkv_host, n, h, d, kernel, true).context
         });
-        time("context (p v, heads merged)", &|| sync(legrad::model::Attention::context(p.clone(), vv.clone())));
+        time("context (p v, heads merged)", &|| sync(b.attn.context(p.clone(), vv.clone())));
         time("out_proj", &|| sync(b.attn.out_proj.forward(ctx.clone())));
         time("ln_2", &|| sync(b.ln_2.forward(x.clone())));
         time("c_fc", &|| sync(b.mlp.c_fc.forward(a.clone())));

@@ -94,11 +94,27 @@ impl IntKernel {
 /// default model's 65 K stays exact.
 pub const INT_LINEAR_MIN: usize = 1_000_000;
 
+/// The float type of a GPU's image products (the vision tower's linear layers and attention
+/// products; `model::Dense::Half`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuFloat {
+    F32,
+    /// f16 inputs and products, accumulated in f32 (burn's matmul does for f16 outputs); the
+    /// residual stream, the layer norms, the softmax and LeGrad's backward stay f32: a real
+    /// CLIP's massive channels (hundreds) squared overflow f16 in a layer norm's variance.
+    /// Where the adapter has `shader-f16` and is no software renderer (which has no f16
+    /// arithmetic to gain from); docs/benchmarks-history.md §13 has its fidelity.
+    F16,
+}
+
 /// How a tower's linear layers multiply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearProducts {
     /// burn's own: f32 on the CPU, packed quantized weights on a GPU.
     Burn,
+    /// On a GPU, f16 products against the packed quantized weights ([`GpuFloat::F16`]; a layer
+    /// whose weight is not quantized keeps [`LinearProducts::Burn`]).
+    Half,
     /// 16-bit integer products on the CPU by this form of the kernel (`model::int_linear`).
     Integer(IntKernel),
 }
@@ -146,6 +162,8 @@ pub struct ComputePolicy {
     pub linear: Int16Products,
     /// The form of the integer kernels this CPU runs best (found once, here).
     pub int_kernel: IntKernel,
+    /// The float type of a GPU's image products (decided when a model is built); F32 on the CPU.
+    pub gpu_float: GpuFloat,
     /// Where helper threads hold shares of the vision tower (the browser's CPU path), the image
     /// step is shared from this many tokens per image: below it a stage's products are too short
     /// to outweigh a message between workers ([`SHARED_STEP_MIN_TOKENS`]).
@@ -176,8 +194,8 @@ impl ComputePolicy {
     /// the browser (no FMA for f32 there) and on x86 with AVX2 or AVX-512 VNNI, exact f32
     /// elsewhere.
     pub fn for_device(device: &Device) -> Self {
-        match gpu_adapter_name(device) {
-            Some(name) => Self::gpu(is_software_adapter(&name)),
+        match gpu_adapter(device) {
+            Some(adapter) => Self::gpu(is_software_adapter(&adapter.name), adapter.f16),
             None => Self::cpu(),
         }
     }
@@ -200,18 +218,20 @@ impl ComputePolicy {
             int16,
             linear: Int16Products::LargeLayers,
             int_kernel,
+            gpu_float: GpuFloat::F32,
             shared_step_tokens: SHARED_STEP_MIN_TOKENS,
             prompt_chunk_bytes: CPU_PROMPT_CHUNK_BYTES,
         }
     }
 
-    fn gpu(software: bool) -> Self {
+    fn gpu(software: bool, f16: bool) -> Self {
         Self {
             processor: Processor::Gpu { software },
             kernels: Some(Tiling::for_adapter(software)),
             int16: Int16Products::Never,
             linear: Int16Products::Never,
             int_kernel: IntKernel::Portable,
+            gpu_float: if f16 && !software { GpuFloat::F16 } else { GpuFloat::F32 },
             shared_step_tokens: usize::MAX,
             // Unused: a GPU's chunks are the padded prompt counts its kernels were compiled for.
             prompt_chunk_bytes: usize::MAX,
@@ -226,6 +246,7 @@ impl ComputePolicy {
             Processor::Gpu { .. } => Self {
                 processor: Processor::Gpu { software },
                 kernels: self.kernels.map(|_| Tiling::for_adapter(software)),
+                gpu_float: if software { GpuFloat::F32 } else { self.gpu_float },
                 ..self
             },
             Processor::Cpu => self,
@@ -249,6 +270,28 @@ impl ComputePolicy {
     /// on a GPU).
     pub fn with_int_linear(self, linear: Int16Products) -> Self {
         Self { linear, ..self }
+    }
+
+    /// A GPU's image products in `float` where the adapter can ([`GpuFloat::F16`] needs
+    /// `shader-f16`, which [`for_device`](Self::for_device) read; the tests and the CLI choose it
+    /// on a software adapter, which has it but gains nothing). No effect on the CPU.
+    pub fn with_gpu_float(self, float: GpuFloat, device: &Device) -> Self {
+        match (self.processor, float) {
+            (Processor::Cpu, _) => self,
+            (Processor::Gpu { .. }, GpuFloat::F16) if !gpu_adapter(device).is_some_and(|a| a.f16) => self,
+            (Processor::Gpu { .. }, _) => Self { gpu_float: float, ..self },
+        }
+    }
+
+    /// How the vision tower (`width`, `mlp_width`) multiplies its linear layers: as
+    /// [`linear_products`](Self::linear_products), in f16 on a GPU where [`GpuFloat::F16`].
+    /// (The text tower's few rows a prompt stay f32: a cast each way per product would cost more
+    /// launches than its products take.)
+    pub fn image_products(&self, width: usize, mlp_width: usize) -> LinearProducts {
+        match (self.processor, self.gpu_float) {
+            (Processor::Gpu { .. }, GpuFloat::F16) => LinearProducts::Half,
+            _ => self.linear_products(width, mlp_width),
+        }
     }
 
     /// How a tower of `width` and `mlp_width` multiplies its linear layers.
@@ -284,12 +327,24 @@ impl ComputePolicy {
     }
 }
 
-/// The adapter's name where `device` is a GPU runtime; `None` for burn's CPU backend.
-fn gpu_adapter_name(device: &Device) -> Option<String> {
+/// What the policy reads of a GPU runtime's adapter.
+struct Adapter {
+    name: String,
+    /// `shader-f16`: f16 storage and arithmetic in shaders.
+    f16: bool,
+}
+
+/// The adapter where `device` is a GPU runtime; `None` for burn's CPU backend.
+fn gpu_adapter(device: &Device) -> Option<Adapter> {
     #[cfg(feature = "wgpu")]
     {
         match device.as_dispatch() {
-            burn::backend::DispatchDevice::Cube(d) => Some(d.client().properties().identity.name.clone()),
+            burn::backend::DispatchDevice::Cube(d) => {
+                let client = d.client();
+                let properties = client.properties();
+                let f16 = cubecl::ir::ElemType::Float(cubecl::ir::FloatKind::F16);
+                Some(Adapter { name: properties.identity.name.clone(), f16: properties.supports_type(f16) })
+            }
             _ => None,
         }
     }
@@ -350,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_gpu_policy_follows_its_adapter() {
-        let gpu = ComputePolicy::gpu(false);
+        let gpu = ComputePolicy::gpu(false, false);
         assert!(gpu.is_gpu() && !gpu.is_software_adapter());
         assert_eq!(gpu.kernels, Some(Tiling::GPU));
         let soft = gpu.with_software_adapter(true);
@@ -359,5 +414,16 @@ mod tests {
         assert_eq!(soft.with_tiling(None).kernels, None);
         assert_eq!(soft.with_tiling(None).with_software_adapter(false).kernels, None, "plain stays plain");
         assert!(!soft.with_int16(Int16Products::Always).int16_for(1, 1, 1), "no integer products on a GPU");
+        // f16 image products where the adapter has shader-f16 and is no software renderer.
+        assert_eq!(gpu.image_products(768, 3072), LinearProducts::Burn);
+        let half = ComputePolicy::gpu(false, true);
+        assert_eq!(half.gpu_float, GpuFloat::F16);
+        assert_eq!(half.image_products(768, 3072), LinearProducts::Half);
+        assert_eq!(half.linear_products(512, 2048), LinearProducts::Burn, "the text tower stays f32");
+        assert_eq!(ComputePolicy::gpu(true, true).gpu_float, GpuFloat::F32);
+        assert_eq!(half.with_software_adapter(true).gpu_float, GpuFloat::F32);
+        let cpu = ComputePolicy::cpu();
+        assert_eq!(cpu.with_gpu_float(GpuFloat::F16, &Device::flex()), cpu, "no effect on the CPU");
+        assert_eq!(cpu.image_products(768, 3072), cpu.linear_products(768, 3072));
     }
 }

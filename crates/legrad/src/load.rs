@@ -46,6 +46,7 @@ pub use crate::config::ModelInfo;
 
 /// A checkpoint in open_clip's names with its config: what the model is built from, and what
 /// `legrad convert` writes.
+#[derive(Clone)]
 pub struct Prepared {
     pub map: TensorMap,
     pub config: ClipConfig,

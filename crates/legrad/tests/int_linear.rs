@@ -17,65 +17,6 @@ use legrad::load::Prepared;
 use legrad::model::int_linear::share::{BlockShare, ImageHelpers, StageJob, StageOut};
 use legrad::{ClipConfig, ComputePolicy, Engine, InputSize};
 
-fn pearson(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().map(|&v| v as f64).sum::<f64>() / n, b.iter().map(|&v| v as f64).sum::<f64>() / n);
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (*x as f64 - ma, *y as f64 - mb);
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    ab / (aa * bb).sqrt()
-}
-
-/// The share of `b`'s top 10 % of pixels that are in `a`'s top 10 %.
-fn top_overlap(a: &[f32], b: &[f32]) -> f64 {
-    let k = a.len().div_ceil(10);
-    let top = |m: &[f32]| {
-        let mut idx: Vec<usize> = (0..m.len()).collect();
-        idx.sort_by(|&i, &j| m[j].total_cmp(&m[i]));
-        let mut set = vec![false; m.len()];
-        idx[..k].iter().for_each(|&i| set[i] = true);
-        set
-    };
-    let (ta, tb) = (top(a), top(b));
-    (0..a.len()).filter(|&i| ta[i] && tb[i]).count() as f64 / k as f64
-}
-
-/// The worst of each bar's number over `images` and `prompts` at `size`: embedding cosine,
-/// map Pearson r, top-10 % overlap, and the largest map difference.
-fn fidelity(
-    int: &Engine,
-    exact: &Engine,
-    images: &[Vec<f32>],
-    size: InputSize,
-    prompts: &[String],
-) -> (f64, f64, f64, f32) {
-    let options = ExplainOptions::default();
-    let request = exact.request_for(&[Method::LeGrad], &options).unwrap();
-    let (mut cos, mut r, mut overlap, mut diff) = (1f64, 1f64, 1f64, 0f32);
-    for pixels in images {
-        let a = int.trace(pixels.clone(), size, &request).unwrap();
-        let b = exact.trace(pixels.clone(), size, &request).unwrap();
-        let read = |t: &legrad::explain::trace::ImageTrace| {
-            pollster::block_on(legrad::engine::read_f32(t.embedding.clone())).unwrap()
-        };
-        cos = cos.min(cosine(&read(&a), &read(&b)));
-        let pa = int.prepare(prompts, Some(DEFAULT_TEMPLATE)).unwrap();
-        let pb = exact.prepare(prompts, Some(DEFAULT_TEMPLATE)).unwrap();
-        let ma = pollster::block_on(int.explain(&a, &pa, Method::LeGrad, &options)).unwrap();
-        let mb = pollster::block_on(exact.explain(&b, &pb, Method::LeGrad, &options)).unwrap();
-        for (x, y) in ma.iter().zip(&mb) {
-            diff = diff.max(compare(&x.map.map, &y.map.map).unwrap().max_abs);
-            r = r.min(pearson(&x.map.map, &y.map.map));
-            overlap = overlap.min(top_overlap(&x.map.map, &y.map.map));
-        }
-    }
-    (cos, r, overlap, diff)
-}
-
 #[test]
 fn integer_path_matches_the_reference_on_the_fixture() {
     let exp = Expected::load("tiny-vit-b16.expected.safetensors");
@@ -115,38 +56,10 @@ fn integer_path_matches_the_reference_on_the_fixture() {
 fn integer_path_keeps_the_bars_on_vit_b16_with_and_without_outliers() {
     let config = ClipConfig::preset("ViT-B-16").unwrap();
     let size = InputSize::square(448);
-    let images: Vec<Vec<f32>> = (0..4u64)
-        .map(|s| {
-            let mut rng = legrad::rng::Rng::new(100 + s);
-            // Smooth blobs plus noise, not white noise: maps with structure.
-            (0..3 * 448 * 448)
-                .map(|i| {
-                    let (y, x) = ((i / 448) % 448, i % 448);
-                    let f = 0.01 * (1.0 + s as f32);
-                    (x as f32 * f).sin() * (y as f32 * f * 0.7).cos() + 0.3 * rng.normal()
-                })
-                .collect()
-        })
-        .collect();
-    let prompts: Vec<String> = ["a cat", "a red circle", "the remote control"].map(String::from).to_vec();
+    let images = structured_images(4, 448);
+    let prompts = fidelity_prompts();
     for outliers in [false, true] {
-        let prepared = |linear| {
-            let mut map = legrad::weights::random::random_openclip(&config, 0);
-            if outliers {
-                legrad::weights::random::with_outlier_channels(&mut map, config.vision.layers, &[17, 300, 611], 100.0)
-                    .unwrap();
-            }
-            build_cpu(
-                Prepared {
-                    map,
-                    config: config.clone(),
-                    source_format: "random".into(),
-                    notes: vec![],
-                    tokenizer: None,
-                },
-                linear,
-            )
-        };
+        let prepared = |linear| build_cpu(random_vit_b16(&config, outliers), linear);
         let (int, exact) = (prepared(Int16Products::LargeLayers), prepared(Int16Products::Never));
         assert!(matches!(int.model.vision.weights.blocks[0].mlp.c_fc, legrad::model::Dense::Integer(_)));
         let (cos, r, overlap, diff) = fidelity(&int, &exact, &images, size, &prompts);

@@ -16,7 +16,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use few_rows::linear;
 use int_linear::IntLinear;
 
@@ -67,7 +67,7 @@ impl Clip {
         policy: &ComputePolicy,
     ) -> Result<Self> {
         config.validate()?;
-        let products = policy.linear_products(config.vision.width, config.vision.mlp_width);
+        let products = policy.image_products(config.vision.width, config.vision.mlp_width);
         let vision = VisionTower::load(&config, &mut map, products, device)?;
         let text_products = policy.linear_products(config.text.width, config.text.mlp_width);
         let text = TextTower::load(&config, &mut map, text_products, device)?;
@@ -164,11 +164,14 @@ pub(crate) fn weight_matrix(raw: RawTensor, d_in: usize, d_out: usize, device: &
 }
 
 /// A linear layer as the compute policy has it: burn's (f32 on the CPU, packed quantized
-/// weights on a GPU) or on the integer grid ([`int_linear`], the CPU path of large towers).
+/// weights on a GPU), burn's with f16 products on a GPU ([`GpuFloat::F16`](crate::compute::GpuFloat),
+/// its weight packed quantized), or on the integer grid ([`int_linear`], the CPU path of large
+/// towers).
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)] // one per layer
 pub enum Dense {
     Burn(Linear),
+    Half(Linear),
     Integer(IntLinear),
 }
 
@@ -177,6 +180,15 @@ impl Dense {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Dense::Burn(l) => linear(l, x),
+            // burn's quantized matmul takes the float type of its other side: the weight's
+            // 8-bit values become f16, the sums f32; the bias and the residual stream are f32.
+            Dense::Half(l) => {
+                let y = half_product(x, l.weight.val().unsqueeze());
+                match &l.bias {
+                    Some(b) => y + b.val().unsqueeze(),
+                    None => y,
+                }
+            }
             Dense::Integer(l) => l.forward(x),
         }
     }
@@ -185,26 +197,50 @@ impl Dense {
     /// integer grid's is dequantized here).
     pub fn weight(&self) -> Tensor<2> {
         match self {
-            Dense::Burn(l) => l.weight.val(),
+            Dense::Burn(l) | Dense::Half(l) => l.weight.val(),
             Dense::Integer(l) => l.weight(),
         }
     }
 
-    /// `dy Wᵀ`: the gradient at the layer's input for `dy` at its output.
+    /// `dy Wᵀ`: the gradient at the layer's input for `dy` at its output (in f32 on every path:
+    /// LeGrad's backward is f32).
     pub fn backward<const D: usize>(&self, dy: Tensor<D>) -> Tensor<D> {
         match self {
             // A GPU's weight stays packed (8-bit): its f32 values for the product.
-            Dense::Burn(l) => dy.matmul(l.weight.val().dequantize().transpose().unsqueeze()),
+            Dense::Burn(l) | Dense::Half(l) => dy.matmul(l.weight.val().dequantize().transpose().unsqueeze()),
             Dense::Integer(l) => l.backward(dy),
         }
     }
 
     pub fn bias(&self) -> Option<Tensor<1>> {
         match self {
-            Dense::Burn(l) => l.bias.as_ref().map(|b| b.val()),
+            Dense::Burn(l) | Dense::Half(l) => l.bias.as_ref().map(|b| b.val()),
             Dense::Integer(l) => Some(l.bias.val()),
         }
     }
+
+    /// How this layer multiplies, in words (benchmarks print it): `f32`, `f16`, `int16`.
+    pub fn products(&self) -> &'static str {
+        match self {
+            Dense::Burn(_) => "f32",
+            Dense::Half(_) => "f16",
+            Dense::Integer(_) => "int16",
+        }
+    }
+
+    /// Does this layer multiply in f16 ([`Dense::Half`])? Its block's attention products then
+    /// do too.
+    pub fn is_half(&self) -> bool {
+        matches!(self, Dense::Half(_))
+    }
+}
+
+/// `a b` with f16 inputs and products (sums in f32), the result back in f32: a GPU's image
+/// products under [`GpuFloat::F16`](crate::compute::GpuFloat). `b` may be packed quantized (it
+/// then takes `a`'s f16).
+pub fn half_product<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    let b = if b.dtype().is_float() { b.cast(FloatDType::F16) } else { b };
+    a.cast(FloatDType::F16).matmul(b).cast(FloatDType::F32)
 }
 
 /// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as burn's `Linear` (`[in, out]`),
@@ -224,6 +260,10 @@ pub(crate) fn load_linear(
 
 /// A layer from its raw weight `[out, in]` and bias.
 fn dense(w: RawTensor, b: Vec<f32>, d_in: usize, d_out: usize, products: LinearProducts, device: &Device) -> Dense {
+    let burn = |w, b| Linear {
+        weight: Param::from_tensor(weight_matrix(w, d_in, d_out, device)),
+        bias: Some(Param::from_tensor(tensor1(b, device))),
+    };
     match products {
         // 4-bit weights keep burn's path (their grid is coarser than any gain here).
         LinearProducts::Integer(kernel)
@@ -231,10 +271,13 @@ fn dense(w: RawTensor, b: Vec<f32>, d_in: usize, d_out: usize, products: LinearP
         {
             Dense::Integer(int_linear::int_linear(&w.to_f32(), b, d_in, d_out, kernel, device))
         }
-        _ => Dense::Burn(Linear {
-            weight: Param::from_tensor(weight_matrix(w, d_in, d_out, device)),
-            bias: Some(Param::from_tensor(tensor1(b, device))),
-        }),
+        // f16 products read the packed 8- or 4-bit weight; an f32 one stays f32 (an f16 copy
+        // would be a second copy, or f32 products lost).
+        LinearProducts::Half => {
+            let l = burn(w, b);
+            if matches!(l.weight.val().dtype(), DType::QFloat(_)) { Dense::Half(l) } else { Dense::Burn(l) }
+        }
+        _ => Dense::Burn(burn(w, b)),
     }
 }
 
@@ -416,7 +459,7 @@ impl Attention {
         let q = split(0).mul_scalar((d as f64).powf(-0.5));
         let k = split(1);
         let v = split(2);
-        let mut scores = q.matmul(k.swap_dims(2, 3));
+        let mut scores = self.product(q, k.swap_dims(2, 3));
         if let Some(mask) = mask {
             scores = scores + mask.unsqueeze::<4>();
         }
@@ -427,13 +470,20 @@ impl Attention {
 
     /// `out_proj(probs @ v)` with heads merged: the part of attention after the softmax.
     pub fn attend(&self, probs: Tensor<4>, values: Tensor<4>) -> Tensor<3> {
-        self.out_proj.forward(Self::context(probs, values))
+        self.out_proj.forward(self.context(probs, values))
     }
 
     /// `probs @ v` with heads merged `[B, N, W]`: `out_proj`'s input.
-    pub fn context(probs: Tensor<4>, values: Tensor<4>) -> Tensor<3> {
+    pub fn context(&self, probs: Tensor<4>, values: Tensor<4>) -> Tensor<3> {
         let [b, h, n, d] = values.dims();
-        probs.matmul(values).swap_dims(1, 2).reshape([b, n, h * d])
+        self.product(probs, values).swap_dims(1, 2).reshape([b, n, h * d])
+    }
+
+    /// An attention product (`q kᵀ`, `probs v`) in the block's float type: f16 where its
+    /// layers are [`Dense::Half`] (the softmax between stays f32), f32 else. (Under autodiff,
+    /// the baselines' gradients, the casts are differentiated with the rest.)
+    fn product(&self, a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+        if self.in_proj.is_half() { half_product(a, b) } else { a.matmul(b) }
     }
 }
 
@@ -450,7 +500,7 @@ impl Mlp {
     pub fn activate<const D: usize>(&self, act: Activation, h: Tensor<D>) -> Tensor<D> {
         match self.c_proj {
             Dense::Integer(_) => int_linear::activate(act, h),
-            Dense::Burn(_) => activate(act, h),
+            Dense::Burn(_) | Dense::Half(_) => activate(act, h),
         }
     }
 
@@ -459,7 +509,7 @@ impl Mlp {
     pub fn activate_grad<const D: usize>(&self, act: Activation, h: Tensor<D>) -> Tensor<D> {
         match self.c_proj {
             Dense::Integer(_) => int_linear::activate_grad(act, h),
-            Dense::Burn(_) => activate_grad(act, h),
+            Dense::Burn(_) | Dense::Half(_) => activate_grad(act, h),
         }
     }
 
@@ -467,7 +517,7 @@ impl Mlp {
     pub fn project<const D: usize>(&self, act: Activation, h: Tensor<D>) -> Tensor<D> {
         match &self.c_proj {
             Dense::Integer(l) => l.forward_after(act, h),
-            Dense::Burn(_) => self.c_proj.forward(activate(act, h)),
+            Dense::Burn(_) | Dense::Half(_) => self.c_proj.forward(activate(act, h)),
         }
     }
 }
@@ -550,7 +600,7 @@ impl Block {
     ) -> (Tensor<3>, [Tensor<3>; 4]) {
         let a = self.ln_1.forward(x.clone());
         let attention = self.attn.forward(a.clone(), mask);
-        let ctx = Attention::context(attention.probs, attention.values);
+        let ctx = self.attn.context(attention.probs, attention.values);
         let u = x + attention.output;
         let n2 = self.ln_2.forward(u.clone());
         let g = self.mlp.activate(act, self.mlp.c_fc.forward(n2.clone()));

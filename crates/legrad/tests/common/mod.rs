@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use legrad::compute::Int16Products;
+use legrad::engine::DEFAULT_TEMPLATE;
+use legrad::explain::{ExplainOptions, Method};
 use legrad::load::{ConfigSource, Prepared, load_path, prepare_path};
 use legrad::{ComputePolicy, Engine, InputSize};
 
@@ -98,4 +100,102 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 pub fn prompts() -> Vec<String> {
     ["cat", "the remote control", "something red"].map(String::from).to_vec()
+}
+
+/// Pearson's r of two maps.
+pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().map(|&v| v as f64).sum::<f64>() / n, b.iter().map(|&v| v as f64).sum::<f64>() / n);
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (*x as f64 - ma, *y as f64 - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// The share of `b`'s top 10 % of pixels that are in `a`'s top 10 %.
+pub fn top_overlap(a: &[f32], b: &[f32]) -> f64 {
+    let k = a.len().div_ceil(10);
+    let top = |m: &[f32]| {
+        let mut idx: Vec<usize> = (0..m.len()).collect();
+        idx.sort_by(|&i, &j| m[j].total_cmp(&m[i]));
+        let mut set = vec![false; m.len()];
+        idx[..k].iter().for_each(|&i| set[i] = true);
+        set
+    };
+    let (ta, tb) = (top(a), top(b));
+    (0..a.len()).filter(|&i| ta[i] && tb[i]).count() as f64 / k as f64
+}
+
+/// `approx` against `exact`: the worst of each bar's number over `images` and `prompts` at
+/// `size`: embedding cosine, map Pearson r, top-10 % overlap, and the largest map difference.
+pub fn fidelity(
+    approx: &Engine,
+    exact: &Engine,
+    images: &[Vec<f32>],
+    size: InputSize,
+    prompts: &[String],
+) -> (f64, f64, f64, f32) {
+    let options = ExplainOptions::default();
+    let request = exact.request_for(&[Method::LeGrad], &options).unwrap();
+    let (mut cos, mut r, mut overlap, mut diff) = (1f64, 1f64, 1f64, 0f32);
+    for pixels in images {
+        let a = approx.trace(pixels.clone(), size, &request).unwrap();
+        let b = exact.trace(pixels.clone(), size, &request).unwrap();
+        let read = |t: &legrad::explain::trace::ImageTrace| {
+            pollster::block_on(legrad::engine::read_f32(t.embedding.clone())).unwrap()
+        };
+        cos = cos.min(cosine(&read(&a), &read(&b)));
+        let pa = approx.prepare(prompts, Some(DEFAULT_TEMPLATE)).unwrap();
+        let pb = exact.prepare(prompts, Some(DEFAULT_TEMPLATE)).unwrap();
+        let ma = pollster::block_on(approx.explain(&a, &pa, Method::LeGrad, &options)).unwrap();
+        let mb = pollster::block_on(exact.explain(&b, &pb, Method::LeGrad, &options)).unwrap();
+        for (x, y) in ma.iter().zip(&mb) {
+            diff = diff.max(compare(&x.map.map, &y.map.map).unwrap().max_abs);
+            r = r.min(pearson(&x.map.map, &y.map.map));
+            overlap = overlap.min(top_overlap(&x.map.map, &y.map.map));
+        }
+    }
+    (cos, r, overlap, diff)
+}
+
+/// `count` images of `size`² with structure (smooth blobs plus noise, not white noise), for
+/// maps with structure.
+pub fn structured_images(count: u64, size: usize) -> Vec<Vec<f32>> {
+    (0..count)
+        .map(|s| {
+            let mut rng = legrad::rng::Rng::new(100 + s);
+            (0..3 * size * size)
+                .map(|i| {
+                    let (y, x) = ((i / size) % size, i % size);
+                    let f = 0.01 * (1.0 + s as f32);
+                    (x as f32 * f).sin() * (y as f32 * f * 0.7).cos() + 0.3 * rng.normal()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Issue 28's three prompts for its fidelity bars.
+pub fn fidelity_prompts() -> Vec<String> {
+    ["a cat", "a red circle", "the remote control"].map(String::from).to_vec()
+}
+
+/// A random ViT-B/16 (seed 0), with three massive residual channels (x100) where `outliers`
+/// (`weights::random::with_outlier_channels`).
+pub fn random_vit_b16(config: &legrad::ClipConfig, outliers: bool) -> Prepared {
+    let mut map = legrad::weights::random::random_openclip(config, 0);
+    if outliers {
+        legrad::weights::random::with_outlier_channels(&mut map, config.vision.layers, &[17, 300, 611], 100.0).unwrap();
+    }
+    Prepared { map, config: config.clone(), source_format: "random".into(), notes: vec![], tokenizer: None }
+}
+
+/// `p` with its weights as the app's q8 file stores them (`format::write`, read back).
+pub fn q8(p: Prepared) -> Prepared {
+    let bytes = legrad::format::write(&p.map, &p.config, legrad::format::Quant::Q8, "test").unwrap();
+    Prepared { map: legrad::format::read_map(&bytes).unwrap().0, ..p }
 }
