@@ -1,7 +1,8 @@
 //! A GPU's image products in f16 (`compute::GpuFloat::F16`, `model::Dense::Half`) against the
 //! same q8 model's f32 products, on wgpu (lavapipe here: it has `shader-f16`, which the policy
 //! takes only on hardware adapters, so the tests ask for it): issue 28's fidelity bars on the
-//! fixture model and on a random ViT-B/16 with and without massive activations.
+//! fixture models (CLIP and SigLIP) and on a random ViT-B/16 with and without massive
+//! activations.
 #![cfg(feature = "wgpu")]
 
 mod common;
@@ -48,6 +49,31 @@ fn half_products_keep_the_fixture_maps() {
         let (cos, r, overlap, diff) = fidelity(&half, &exact, &[pixels], size_of(key), &prompts());
         eprintln!(
             "fixture {key}, f16 products: cosine >= {cos:.7}, r >= {r:.6}, overlap >= {overlap:.4}, max difference {diff:.2e}"
+        );
+        assert!(cos >= 0.9995, "embedding cosine {cos}");
+        assert!(r >= 0.999, "maps Pearson r {r}");
+        assert!(diff > 0.0, "the maps equal the f32 products': f16 did not run");
+    }
+}
+
+/// SigLIP's blocks take the same products (its pool head stays f32): the tiny fixture in q8.
+#[test]
+fn half_products_keep_the_siglip_fixture_maps() {
+    let dir = fixtures().join("siglip");
+    let config = ConfigSource::from_json(std::fs::read_to_string(dir.join("tiny-siglip-p16.json")).unwrap());
+    let mut p = prepare_path(&dir.join("tiny-siglip-p16.safetensors"), Some(config)).unwrap();
+    p.tokenizer = Some(std::fs::read_to_string(dir.join("tokenizer/tokenizer.json")).unwrap());
+    let p = q8(p);
+    let (Some(half), Some(exact)) = (build(p.clone(), GpuFloat::F16), build(p, GpuFloat::F32)) else {
+        return;
+    };
+    assert!(matches!(half.model.vision.weights.blocks[0].mlp.c_fc, Dense::Half(_)));
+    let exp = Expected::load("siglip/tiny-siglip-p16.expected.safetensors");
+    for key in ["64x64", "96x96"] {
+        let pixels = exp.values(&format!("pixels/{key}")).to_vec();
+        let (cos, r, overlap, diff) = fidelity(&half, &exact, &[pixels], size_of(key), &prompts());
+        eprintln!(
+            "SigLIP fixture {key}, f16 products: cosine >= {cos:.7}, r >= {r:.6}, overlap >= {overlap:.4}, max difference {diff:.2e}"
         );
         assert!(cos >= 0.9995, "embedding cosine {cos}");
         assert!(r >= 0.999, "maps Pearson r {r}");

@@ -196,6 +196,9 @@ pub fn random_vit_b16(config: &legrad::ClipConfig, outliers: bool) -> Prepared {
 
 /// `p` with its weights as the app's q8 file stores them (`format::write`, read back).
 pub fn q8(p: Prepared) -> Prepared {
-    let bytes = legrad::format::write(&p.map, &p.config, legrad::format::Quant::Q8, "test").unwrap();
+    let q8 = legrad::format::Quant::Q8;
+    let bytes =
+        legrad::format::write_with_progress(&p.map, &p.config, p.tokenizer.as_deref(), q8, "test", &mut |_, _| {})
+            .unwrap();
     Prepared { map: legrad::format::read_map(&bytes).unwrap().0, ..p }
 }
