@@ -162,6 +162,17 @@ pub fn fidelity(
     (cos, r, overlap, diff)
 }
 
+/// Print `what`'s numbers from [`fidelity`] and assert issue 28's bars on them: embedding cosine
+/// >= 0.9995, maps Pearson r >= 0.999, top-10 % overlap >= 0.98.
+pub fn assert_bars(what: &str, (cos, r, overlap, diff): (f64, f64, f64, f32)) {
+    eprintln!(
+        "{what}: embedding cosine >= {cos:.6}, maps Pearson r >= {r:.6}, top-10% overlap >= {overlap:.4}, max difference {diff:.2e}"
+    );
+    assert!(cos >= 0.9995, "{what}: embedding cosine {cos}");
+    assert!(r >= 0.999, "{what}: maps Pearson r {r}");
+    assert!(overlap >= 0.98, "{what}: top-10% overlap {overlap}");
+}
+
 /// `count` images of `size`² with structure (smooth blobs plus noise, not white noise), for
 /// maps with structure.
 pub fn structured_images(count: u64, size: usize) -> Vec<Vec<f32>> {
